@@ -1,0 +1,176 @@
+//! Bodies and SSE events, parsed once and re-encoded only when a filter changed them.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// A request or response body: the bytes as received and, when they are JSON, the parsed
+/// document. Reading is free; [`JsonBody::json_mut`] marks the body changed so the engine
+/// re-encodes it.
+#[derive(Debug, Clone, Default)]
+pub struct JsonBody {
+    raw: Bytes,
+    json: Option<Value>,
+    dirty: bool,
+}
+
+impl JsonBody {
+    /// A body whose bytes were not (or could not be) parsed as JSON.
+    pub fn raw(raw: Bytes) -> JsonBody {
+        JsonBody {
+            raw,
+            json: None,
+            dirty: false,
+        }
+    }
+
+    /// A body with its parsed JSON document.
+    pub fn parsed(raw: Bytes, json: Value) -> JsonBody {
+        JsonBody {
+            raw,
+            json: Some(json),
+            dirty: false,
+        }
+    }
+
+    /// The bytes as received (before any rewrite).
+    pub fn bytes(&self) -> &Bytes {
+        &self.raw
+    }
+
+    pub fn json(&self) -> Option<&Value> {
+        self.json.as_ref()
+    }
+
+    /// The JSON document for rewriting; the body will be re-encoded.
+    pub fn json_mut(&mut self) -> Option<&mut Value> {
+        if self.json.is_some() {
+            self.dirty = true;
+        }
+        self.json.as_mut()
+    }
+
+    /// Replaces a non-JSON body's bytes (e.g. redacted text).
+    pub fn set_raw(&mut self, raw: Bytes) {
+        self.raw = raw;
+        self.json = None;
+        self.dirty = true;
+    }
+
+    pub fn is_changed(&self) -> bool {
+        self.dirty
+    }
+
+    /// The bytes to send on: the original ones, or the re-encoded document when changed.
+    pub fn to_bytes(&self) -> Bytes {
+        match (&self.json, self.dirty) {
+            (Some(v), true) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            _ => self.raw.clone(),
+        }
+    }
+}
+
+/// One server-sent event of a streamed response.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    /// The event as received, with its trailing blank line (empty for a synthesized event).
+    raw: Bytes,
+    kind: EventKind,
+    dirty: bool,
+}
+
+#[derive(Debug, Clone)]
+enum EventKind {
+    /// `data: {json}`.
+    Json(Value),
+    /// `data: [DONE]`.
+    Done,
+    /// Anything else (comments, other fields, unparsable data): passed on untouched.
+    Other,
+}
+
+impl StreamEvent {
+    /// An event as received. `data` is the joined `data:` field, when there was one.
+    pub fn received(raw: Bytes, data: Option<&[u8]>) -> StreamEvent {
+        let kind = match data {
+            Some(d) if d.trim_ascii() == b"[DONE]" => EventKind::Done,
+            Some(d) => match serde_json::from_slice::<Value>(d) {
+                Ok(v) => EventKind::Json(v),
+                Err(_) => EventKind::Other,
+            },
+            None => EventKind::Other,
+        };
+        StreamEvent {
+            raw,
+            kind,
+            dirty: false,
+        }
+    }
+
+    /// An event received but not parsed (no filter needs its JSON).
+    pub fn opaque(raw: Bytes) -> StreamEvent {
+        StreamEvent {
+            raw,
+            kind: EventKind::Other,
+            dirty: false,
+        }
+    }
+
+    /// A new `data: {json}` event.
+    pub fn json_event(v: Value) -> StreamEvent {
+        StreamEvent {
+            raw: Bytes::new(),
+            kind: EventKind::Json(v),
+            dirty: true,
+        }
+    }
+
+    /// A new `data: [DONE]` event.
+    pub fn done() -> StreamEvent {
+        StreamEvent {
+            raw: Bytes::from_static(b"data: [DONE]\n\n"),
+            kind: EventKind::Done,
+            dirty: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.kind, EventKind::Done)
+    }
+
+    pub fn json(&self) -> Option<&Value> {
+        match &self.kind {
+            EventKind::Json(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The JSON payload for rewriting; the event will be re-encoded.
+    pub fn json_mut(&mut self) -> Option<&mut Value> {
+        match &mut self.kind {
+            EventKind::Json(v) => {
+                self.dirty = true;
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn is_changed(&self) -> bool {
+        self.dirty
+    }
+
+    /// The bytes to send: the original event, or `data: {json}\n\n` when changed.
+    pub fn to_bytes(&self) -> Bytes {
+        match (&self.kind, self.dirty) {
+            (EventKind::Json(v), true) => {
+                let mut out = Vec::with_capacity(self.raw.len() + 16);
+                out.extend_from_slice(b"data: ");
+                // Serializing a Value cannot fail.
+                let _ = serde_json::to_writer(&mut out, v);
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            }
+            _ => self.raw.clone(),
+        }
+    }
+}

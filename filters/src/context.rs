@@ -1,0 +1,223 @@
+//! The per-request context every filter shares.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::Identity;
+
+/// Which of the contract's routes a request is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    ChatCompletions,
+    ListModels,
+    GetModel,
+    AgentRun,
+    AgentRunStatus,
+    Embeddings,
+    /// Any other `/v1/*` path, forwarded as is.
+    Passthrough,
+    /// Outside `/v1/`: answered 404 by the engine.
+    Unknown,
+}
+
+impl Route {
+    /// A bounded label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::ChatCompletions => "chat_completions",
+            Route::ListModels => "models",
+            Route::GetModel => "model",
+            Route::AgentRun => "agent_run",
+            Route::AgentRunStatus => "agent_run_status",
+            Route::Embeddings => "embeddings",
+            Route::Passthrough => "passthrough",
+            Route::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a request ended, as the audit trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Ok,
+    DeniedAuth,
+    DeniedPermission,
+    RateLimited,
+    DlpBlocked,
+    BadRequest,
+    UpstreamError,
+    ClientClosed,
+    InternalError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::DeniedAuth => "denied_auth",
+            Outcome::DeniedPermission => "denied_permission",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::DlpBlocked => "dlp_blocked",
+            Outcome::BadRequest => "bad_request",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::InternalError => "internal_error",
+        }
+    }
+
+    /// The outcome of an error Sluice answers itself.
+    pub fn for_error(status: StatusCode, code: &str) -> Outcome {
+        match (status.as_u16(), code) {
+            (_, "dlp_blocked") => Outcome::DlpBlocked,
+            (401, _) => Outcome::DeniedAuth,
+            (403, _) => Outcome::DeniedPermission,
+            (429, _) => Outcome::RateLimited,
+            (502 | 504, _) => Outcome::UpstreamError,
+            (500..=599, _) => Outcome::InternalError,
+            _ => Outcome::BadRequest,
+        }
+    }
+}
+
+/// Token usage as the upstream reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    /// Reads `{"prompt_tokens", "completion_tokens"}` from an OpenAI `usage` object.
+    pub fn from_json(v: &serde_json::Value) -> Option<Usage> {
+        let obj = v.as_object()?;
+        let get = |k: &str| obj.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        Some(Usage {
+            prompt_tokens: get("prompt_tokens"),
+            completion_tokens: get("completion_tokens"),
+        })
+    }
+}
+
+/// One DLP detector's findings on one direction of one request: never the matched text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DlpFinding {
+    /// The detector's stable name (`aws_access_key`, `email`, a custom rule's name, …).
+    pub detector: String,
+    /// `request` or `response`.
+    pub direction: &'static str,
+    /// `block`, `redact`, `mask` or `monitor`.
+    pub action: &'static str,
+    pub count: u32,
+}
+
+/// The typed facts filters share about one request.
+pub struct Cx {
+    pub request_id: String,
+    /// When the request arrived (monotonic) and its wall-clock time.
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub method: http::Method,
+    /// The path without the query string.
+    pub path: String,
+    pub route: Route,
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    /// The model the client asked for (the configured name, before any upstream rename).
+    pub model: Option<String>,
+    /// The upstream the request goes to, once routed.
+    pub upstream: Option<String>,
+    pub agent_id: Option<String>,
+    /// Whether the client asked for a streamed response.
+    pub stream: bool,
+    /// Whether the client itself asked for `stream_options.include_usage`.
+    pub client_wants_stream_usage: bool,
+    /// `max_tokens` (or `max_completion_tokens`) of the request, when given.
+    pub max_tokens: Option<u64>,
+    /// Set by the auth filter.
+    pub identity: Option<Identity>,
+    /// Set by the engine from the upstream's `usage` (non-streamed body or stream usage chunk).
+    pub usage: Option<Usage>,
+    /// Set by the DLP filter.
+    pub dlp: Vec<DlpFinding>,
+    /// Headers every response to this request carries (rate-limit headers), local replies
+    /// included.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// A filter's own per-request state, by type.
+    pub extensions: http::Extensions,
+}
+
+impl Cx {
+    pub fn new(request_id: String, method: http::Method, path: String) -> Cx {
+        Cx {
+            request_id,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            method,
+            path,
+            route: Route::Unknown,
+            client_ip: None,
+            user_agent: None,
+            model: None,
+            upstream: None,
+            agent_id: None,
+            stream: false,
+            client_wants_stream_usage: false,
+            max_tokens: None,
+            identity: None,
+            usage: None,
+            dlp: Vec::new(),
+            response_headers: Vec::new(),
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    /// Adds `count` findings of `detector` to the request's tally.
+    pub fn record_dlp(
+        &mut self,
+        detector: &str,
+        direction: &'static str,
+        action: &'static str,
+        count: u32,
+    ) {
+        if let Some(f) = self
+            .dlp
+            .iter_mut()
+            .find(|f| f.detector == detector && f.direction == direction && f.action == action)
+        {
+            f.count += count;
+        } else {
+            self.dlp.push(DlpFinding {
+                detector: detector.to_string(),
+                direction,
+                action,
+                count,
+            });
+        }
+    }
+
+    /// Sets (or replaces) a header every response to this request carries.
+    pub fn set_response_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.response_headers.retain(|(n, _)| n != name);
+        self.response_headers.push((name, value));
+    }
+}
+
+/// How a request ended, for [`crate::Filter::on_log`].
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The status the client received (0 when it never received one).
+    pub status: u16,
+    pub outcome: Outcome,
+    /// From arrival to the last byte sent (or the failure).
+    pub latency: Duration,
+    /// From the upstream request to the upstream's last byte, when the upstream was contacted.
+    pub upstream_latency: Option<Duration>,
+    /// The contract error code when Sluice answered an error itself.
+    pub error_code: Option<&'static str>,
+}

@@ -1,0 +1,269 @@
+//! The configuration sections filters are built from, their validation, and the factory trait.
+//!
+//! The engine parses the TOML file; the sections that are policy (who may call, how often, what
+//! is scanned and recorded) are typed here so that filters and embedders share them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::audit::AuditSettings;
+use crate::dlp::DlpSettings;
+use crate::ratelimit::RateLimitSettings;
+use crate::{Filter, Permission, Shared};
+
+/// One problem in the config, with the field path that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// e.g. `dlp.rules[2].regex`, `models[3].upstream`.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found while building a filter.
+#[derive(Debug, Clone, Default)]
+pub struct BuildError(pub Vec<ConfigError>);
+
+impl BuildError {
+    pub fn one(path: impl Into<String>, message: impl Into<String>) -> BuildError {
+        BuildError(vec![ConfigError::new(path, message)])
+    }
+}
+
+impl From<ConfigError> for BuildError {
+    fn from(e: ConfigError) -> Self {
+        BuildError(vec![e])
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A rate limit at one level (`[[orgs]]`, `[[users]]`, `[[keys]]`). Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RateLimitSpec {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    /// Capacity of the request bucket (defaults to `requests_per_minute`): how many requests
+    /// may arrive at once after a quiet period.
+    pub burst: Option<u64>,
+    /// Capacity of the token bucket (defaults to `tokens_per_minute`).
+    pub token_burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrgConfig {
+    pub name: String,
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoleConfig {
+    pub name: String,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub agents: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserConfig {
+    pub name: String,
+    pub org: String,
+    pub role: String,
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyConfig {
+    pub id: String,
+    pub user: String,
+    /// Hex SHA-256 of the full key.
+    pub sha256: String,
+    pub models: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimitSpec>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// The policy sections of one config, as filter factories see them.
+#[derive(Clone, Copy)]
+pub struct Policy<'a> {
+    pub orgs: &'a [OrgConfig],
+    pub roles: &'a [RoleConfig],
+    pub users: &'a [UserConfig],
+    pub keys: &'a [KeyConfig],
+    pub rate_limit: &'a RateLimitSettings,
+    pub dlp: &'a DlpSettings,
+    pub audit: &'a AuditSettings,
+    /// The configured model names, in order.
+    pub models: &'a [String],
+    /// The configured agent ids, in order.
+    pub agents: &'a [String],
+}
+
+impl Policy<'_> {
+    /// Checks the references between orgs, roles, users and keys and the shape of each entry.
+    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, o) in self.orgs.iter().enumerate() {
+            if !seen.insert(o.name.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("orgs[{i}].name"),
+                    format!("duplicate org `{}`", o.name),
+                ));
+            }
+            if let Some(rl) = &o.rate_limit {
+                validate_spec(rl, &format!("orgs[{i}].rate_limit"), errs);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.roles.iter().enumerate() {
+            if !seen.insert(r.name.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("roles[{i}].name"),
+                    format!("duplicate role `{}`", r.name),
+                ));
+            }
+            for (j, p) in r.permissions.iter().enumerate() {
+                if Permission::parse(p).is_none() {
+                    let all: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+                    errs.push(ConfigError::new(
+                        format!("roles[{i}].permissions[{j}]"),
+                        format!("unknown permission `{p}` (known: {})", all.join(", ")),
+                    ));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if !seen.insert(u.name.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("users[{i}].name"),
+                    format!("duplicate user `{}`", u.name),
+                ));
+            }
+            if !self.orgs.iter().any(|o| o.name == u.org) {
+                errs.push(ConfigError::new(
+                    format!("users[{i}].org"),
+                    format!("no org named `{}` in [[orgs]]", u.org),
+                ));
+            }
+            if !self.roles.iter().any(|r| r.name == u.role) {
+                errs.push(ConfigError::new(
+                    format!("users[{i}].role"),
+                    format!("no role named `{}` in [[roles]]", u.role),
+                ));
+            }
+            if let Some(rl) = &u.rate_limit {
+                validate_spec(rl, &format!("users[{i}].rate_limit"), errs);
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            if !ids.insert(k.id.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("keys[{i}].id"),
+                    format!("duplicate key id `{}`", k.id),
+                ));
+            }
+            if !self.users.iter().any(|u| u.name == k.user) {
+                errs.push(ConfigError::new(
+                    format!("keys[{i}].user"),
+                    format!("no user named `{}` in [[users]]", k.user),
+                ));
+            }
+            let ok_hex = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok_hex {
+                errs.push(ConfigError::new(
+                    format!("keys[{i}].sha256"),
+                    "must be the 64 hex digits of the key's SHA-256 (see `sluice keys new`)",
+                ));
+            } else if !hashes.insert(k.sha256.to_ascii_lowercase()) {
+                errs.push(ConfigError::new(
+                    format!("keys[{i}].sha256"),
+                    "the same key hash appears twice",
+                ));
+            }
+            if let Some(rl) = &k.rate_limit {
+                validate_spec(rl, &format!("keys[{i}].rate_limit"), errs);
+            }
+        }
+    }
+}
+
+fn validate_spec(rl: &RateLimitSpec, path: &str, errs: &mut Vec<ConfigError>) {
+    for (name, v) in [
+        ("requests_per_minute", rl.requests_per_minute),
+        ("tokens_per_minute", rl.tokens_per_minute),
+        ("burst", rl.burst),
+        ("token_burst", rl.token_burst),
+    ] {
+        if v == Some(0) {
+            errs.push(ConfigError::new(
+                format!("{path}.{name}"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+    }
+}
+
+/// Builds a filter from the config. `options` is the filter's `[[filters]]` table without
+/// `type`; `path` is its field path (`filters[2]`) for errors.
+///
+/// Implemented for closures, so an embedder registers a custom filter type with one function.
+pub trait FilterFactory: Send + Sync + 'static {
+    fn build(
+        &self,
+        policy: &Policy<'_>,
+        options: &toml::Table,
+        path: &str,
+        shared: &Shared,
+    ) -> Result<Arc<dyn Filter>, BuildError>;
+}
+
+impl<F> FilterFactory for F
+where
+    F: Fn(&Policy<'_>, &toml::Table, &str, &Shared) -> Result<Arc<dyn Filter>, BuildError>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn build(
+        &self,
+        policy: &Policy<'_>,
+        options: &toml::Table,
+        path: &str,
+        shared: &Shared,
+    ) -> Result<Arc<dyn Filter>, BuildError> {
+        self(policy, options, path, shared)
+    }
+}

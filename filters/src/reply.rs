@@ -1,0 +1,74 @@
+//! Local replies in OpenAI's error shape.
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::Outcome;
+
+/// A response Sluice produces itself, without the upstream.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// Extra headers (`retry-after`, …). `content-type` and `content-length` are set by the
+    /// engine.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    /// The audit outcome this reply stands for.
+    pub outcome: Outcome,
+    /// The contract's error code (`invalid_api_key`, …) when this is an error.
+    pub code: Option<&'static str>,
+}
+
+impl Reply {
+    /// An error in OpenAI's shape: `{"error":{"message","type","code","param":null}}`.
+    /// The type is derived from the status (and `dlp_blocked`), as in the contract's table.
+    pub fn error(status: u16, code: &'static str, message: impl Into<String>) -> Reply {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = error_type(status, code);
+        let body = serde_json::json!({
+            "error": {"message": message.into(), "type": kind, "code": code, "param": null}
+        });
+        Reply {
+            status,
+            headers: Vec::new(),
+            content_type: "application/json",
+            body: Bytes::from(body.to_string()),
+            outcome: Outcome::for_error(status, code),
+            code: Some(code),
+        }
+    }
+
+    /// A successful JSON answer produced by Sluice (the models list, an agent run).
+    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            headers: Vec::new(),
+            content_type: "application/json",
+            body: Bytes::from(value.to_string()),
+            outcome: Outcome::Ok,
+            code: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl AsRef<str>) -> Reply {
+        if let Ok(v) = http::HeaderValue::from_str(value.as_ref()) {
+            self.headers.push((http::HeaderName::from_static(name), v));
+        }
+        self
+    }
+}
+
+/// The `type` field of an error, from the contract's table.
+pub fn error_type(status: StatusCode, code: &str) -> &'static str {
+    match (status.as_u16(), code) {
+        (_, "dlp_blocked") => "dlp_violation",
+        (401, _) => "authentication_error",
+        (403, _) => "permission_error",
+        (429, _) => "rate_limit_error",
+        (502 | 504, _) => "upstream_error",
+        (503, _) => "server_error",
+        (500..=599, _) => "server_error",
+        _ => "invalid_request_error",
+    }
+}
