@@ -107,6 +107,13 @@ pub trait Filter: Send + Sync + 'static {
     /// before a trailing `[DONE]`).
     fn on_stream_events(&self, _events: &mut Vec<StreamEvent>, _end: bool, _cx: &mut Cx) {}
 
+    /// Runs synchronously just before the last bytes of a response go to the client (an
+    /// upstream's answer or a local reply). A filter that must make something durable before
+    /// the client can hold a complete response (audit with `fsync = "always"`) does it here and
+    /// may block (bounded); [`Filter::on_log`] still runs afterwards. Not called when the
+    /// request fails before its response completes.
+    fn on_response_complete(&self, _ex: &Exchange, _cx: &Cx) {}
+
     /// Runs after the response was delivered or the request failed, for every outcome.
     async fn on_log(&self, _ex: &Exchange, _cx: &Cx) {}
 
