@@ -25,10 +25,10 @@ pub struct FilterTypes {
 
 impl Default for FilterTypes {
     fn default() -> Self {
-        let t = FilterTypes {
+        let mut t = FilterTypes {
             factories: HashMap::new(),
         };
-        // BUILTINS: registered here once the filter modules land.
+        t.register("auth", sluice_filters::auth::build);
         t
     }
 }

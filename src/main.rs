@@ -157,9 +157,14 @@ fn check(path: PathBuf) -> ExitCode {
 }
 
 fn keys_new(user: &str, id: Option<String>) -> ExitCode {
-    let _ = (user, id);
-    eprintln!("sluice keys new: not available in this build");
-    ExitCode::from(2)
+    use sluice::filters::auth;
+    let id = id.unwrap_or_else(|| format!("{user}-{:06x}", rand::random::<u32>() & 0xff_ffff));
+    let key = auth::generate_key();
+    println!("# The API key for {user} (shown once; Sluice stores only its SHA-256):");
+    println!("#   {key}");
+    println!("# Add this entry to your config, then reload (SIGHUP or POST /admin/reload):");
+    print!("{}", auth::key_entry_toml(&id, user, &key));
+    ExitCode::SUCCESS
 }
 
 fn audit_verify(files: &[PathBuf]) -> ExitCode {
