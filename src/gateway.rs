@@ -257,6 +257,7 @@ impl Drop for InflightGuard {
 }
 
 /// Builds a gateway: a config (file or value) plus any custom filter types.
+#[derive(Clone)]
 pub struct GatewayBuilder {
     config_path: Option<PathBuf>,
     config: Option<Config>,

@@ -187,6 +187,8 @@ fn chat(body: &[u8], chunk_delay: u64, die_after: Option<u64>) -> Response<Body>
     tokio::spawn(async move {
         for (i, ev) in events.into_iter().enumerate() {
             if die_after.is_some_and(|n| i as u64 >= n) {
+                // Die while "generating": after the chunks sent so far reached the client.
+                tokio::time::sleep(Duration::from_millis(chunk_delay.max(100))).await;
                 let _ = tx
                     .send(Err(std::io::Error::other("mock upstream dies mid-stream")))
                     .await;

@@ -439,7 +439,9 @@ impl ProxyHttp for SluiceProxy {
             }
         };
         let status = reply.status.as_u16();
-        match self.respond(session, ctx, reply, false).await {
+        // Pingora closes the connection after a proxy failure: say so, so that no client
+        // reuses it for its next request.
+        match self.respond(session, ctx, reply, true).await {
             Ok(()) => FailToProxy {
                 error_code: status,
                 can_reuse_downstream: false,
@@ -811,12 +813,14 @@ impl SluiceProxy {
         }
     }
 
+    /// Writes a local reply. `close`: the connection is not reused afterwards (the request body
+    /// was left unread, or Pingora will drop it).
     async fn respond(
         &self,
         session: &mut Session,
         ctx: &mut ReqCtx,
         reply: Reply,
-        body_unread: bool,
+        close: bool,
     ) -> Result<()> {
         let mut h = ResponseHeader::build(reply.status, Some(8))?;
         h.insert_header("content-type", reply.content_type)?;
@@ -836,7 +840,7 @@ impl SluiceProxy {
         let ex = self.exchange(ctx, status, reply.outcome, reply.code);
         ctx.snap.chain.on_response_complete(&ex, &ctx.cx);
         ctx.completed = true;
-        if body_unread {
+        if close {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(h), false).await?;
