@@ -257,23 +257,12 @@ impl Drop for InflightGuard {
 }
 
 /// Builds a gateway: a config (file or value) plus any custom filter types.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct GatewayBuilder {
     config_path: Option<PathBuf>,
     config: Option<Config>,
     types: FilterTypes,
     handle_signals: bool,
-}
-
-impl Default for GatewayBuilder {
-    fn default() -> Self {
-        GatewayBuilder {
-            config_path: None,
-            config: None,
-            types: FilterTypes::default(),
-            handle_signals: false,
-        }
-    }
 }
 
 impl GatewayBuilder {
@@ -391,12 +380,14 @@ impl GatewayBuilder {
 
         // The pingora server, on its own thread; it stops when `pingora_stop` fires.
         let pingora_stop = Arc::new(Notify::new());
-        let mut conf = ServerConf::default();
-        conf.threads = config.server.threads;
-        conf.grace_period_seconds = Some(config.server.shutdown_grace_seconds);
-        conf.graceful_shutdown_timeout_seconds = Some(1);
-        conf.pid_file = String::new();
-        conf.upgrade_sock = String::new();
+        let conf = ServerConf {
+            threads: config.server.threads,
+            grace_period_seconds: Some(config.server.shutdown_grace_seconds),
+            graceful_shutdown_timeout_seconds: Some(1),
+            pid_file: String::new(),
+            upgrade_sock: String::new(),
+            ..Default::default()
+        };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
         let mut proxy = pingora_proxy::http_proxy_service(
