@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
+    pub agent_runs: crate::agents::AgentRunsConfig,
+    #[serde(default)]
     pub filters: Vec<toml::Table>,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
@@ -353,6 +355,20 @@ impl Config {
                 errs.push(ConfigError::new(
                     format!("agents[{i}].model"),
                     format!("no model named `{}` in [[models]]", a.model),
+                ));
+            }
+        }
+        let ar = &self.agent_runs;
+        for (field, v) in [
+            ("max_in_flight", ar.max_in_flight as u64),
+            ("retention_seconds", ar.retention_seconds),
+            ("max_stored", ar.max_stored as u64),
+            ("timeout_seconds", ar.timeout_seconds),
+        ] {
+            if v == 0 {
+                errs.push(ConfigError::new(
+                    format!("agent_runs.{field}"),
+                    "must be at least 1",
                 ));
             }
         }

@@ -18,6 +18,7 @@ pub struct EngineMetrics {
     pub active_streams: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub agent_runs: IntCounterVec,
 }
 
 impl EngineMetrics {
@@ -64,7 +65,12 @@ impl EngineMetrics {
                 Opts::new("sluice_config_reloads_total", "Config reloads by result"),
                 &["result"],
             )?,
+            agent_runs: IntCounterVec::new(
+                Opts::new("sluice_agent_runs_total", "Agent runs by agent and status"),
+                &["agent", "status"],
+            )?,
         };
+        registry.register(Box::new(m.agent_runs.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;

@@ -178,6 +178,7 @@ impl ProxyHttp for SluiceProxy {
             req.remove_header(n.as_str());
         });
         req.remove_header("authorization");
+        req.remove_header(crate::agents::INTERNAL_RUN_HEADER);
         if let Some(auth) = &u.authorization {
             req.insert_header("authorization", auth.clone())?;
         }
@@ -501,6 +502,15 @@ impl ProxyHttp for SluiceProxy {
                 .with_label_values(&[model, org, "completion"])
                 .inc_by(u.completion_tokens);
         }
+        if ctx.agent_response {
+            let agent = ctx.cx.agent_id.as_deref().unwrap_or("");
+            let status = if outcome == Outcome::Ok {
+                "completed"
+            } else {
+                "failed"
+            };
+            m.agent_runs.with_label_values(&[agent, status]).inc();
+        }
         if ctx.stream_counted {
             m.active_streams.dec();
             ctx.stream_counted = false;
@@ -541,6 +551,29 @@ impl SluiceProxy {
             ctx.cx.agent_id = id.map(str::to_string);
         }
         let headers = req.headers.clone();
+        if let Some(token) = headers.get(crate::agents::INTERNAL_RUN_HEADER) {
+            let claimed = match (route, id, token.to_str()) {
+                (Route::AgentRun, Some(agent), Ok(t)) => self.state.runs.claim(t, agent),
+                _ => None,
+            };
+            let loopback = ctx.cx.client_ip.is_some_and(|ip| ip.is_loopback());
+            match claimed {
+                Some((_run, identity)) if loopback => {
+                    ctx.cx.identity = identity;
+                    ctx.cx.extensions.insert(sluice_filters::PreAuthenticated);
+                }
+                _ => {
+                    return Ok(Step::Reply(
+                        Reply::error(
+                            401,
+                            "invalid_api_key",
+                            "Unknown or used internal run token.",
+                        ),
+                        !session.is_body_done(),
+                    ))
+                }
+            }
+        }
         let head = RequestHead {
             method: &method,
             path: &path,
@@ -612,6 +645,7 @@ impl SluiceProxy {
         };
 
         // What the route needs from the body, and where it goes.
+        let mut async_input = None;
         match route {
             Route::ChatCompletions | Route::Embeddings => {
                 if let Some(r) =
@@ -651,6 +685,7 @@ impl SluiceProxy {
                 let agent_id = id.unwrap_or_default();
                 match crate::agents::prepare(&snap, &mut ctx.cx, agent_id, &mut body) {
                     Ok(prep) => {
+                        async_input = prep.async_input;
                         ctx.upstream = Some(prep.upstream);
                         ctx.cx.upstream = Some(snap.upstreams[prep.upstream].name.clone());
                         ctx.upstream_path = Some("/v1/chat/completions".into());
@@ -689,6 +724,40 @@ impl SluiceProxy {
                     },
                     false,
                 ));
+            }
+            Route::AgentRun if async_input.is_some() => {
+                let cfg = &snap.config.agent_runs;
+                let started = match self.state.runs.start(cfg, &ctx.cx) {
+                    Ok(s) => s,
+                    Err(r) => return Ok(Step::Reply(r, false)),
+                };
+                let agent = ctx.cx.agent_id.clone().unwrap_or_default();
+                self.state
+                    .metrics
+                    .agent_runs
+                    .with_label_values(&[agent.as_str(), "queued"])
+                    .inc();
+                let queued = Reply::json(202, &started.queued);
+                // The execution is counted when it finishes, not this acceptance.
+                ctx.agent_response = false;
+                let listen = session.server_addr().and_then(|a| a.as_inet()).copied();
+                match listen {
+                    Some(addr) => {
+                        let input = async_input.take().unwrap_or_default();
+                        tokio::spawn(crate::agents::execute(
+                            self.state.clone(),
+                            addr,
+                            agent,
+                            started,
+                            input,
+                        ));
+                    }
+                    None => {
+                        let failed = json!({"status": "failed", "error": {"message": "no listener address"}});
+                        self.state.runs.finish(cfg, &started.run_id, failed);
+                    }
+                }
+                return Ok(Step::Reply(queued, false));
             }
             Route::AgentRunStatus => {
                 let reply = self.state.runs.status(

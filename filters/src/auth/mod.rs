@@ -347,6 +347,11 @@ impl Filter for AuthFilter {
     }
 
     async fn on_request_head(&self, head: &RequestHead<'_>, cx: &mut Cx) -> Verdict {
+        // The engine's own background requests carry the identity of the caller who started
+        // them (an asynchronous agent run); only the engine sets this marker.
+        if cx.identity.is_some() && cx.extensions.get::<crate::PreAuthenticated>().is_some() {
+            return Verdict::Continue;
+        }
         match self.authenticate(head, &cx.request_id) {
             Ok(identity) => {
                 cx.identity = Some(identity.clone());
