@@ -51,6 +51,8 @@ async fn handle(
         ("GET", "/readyz") => {
             if state.draining.load(Ordering::SeqCst) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !state.ready.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }

@@ -193,6 +193,8 @@ pub struct EngineState {
     pub config_path: Option<PathBuf>,
     pub inflight: AtomicUsize,
     pub draining: AtomicBool,
+    /// Set once the gateway has fully started (signal handlers included).
+    pub ready: AtomicBool,
     pub runs: AgentRuns,
 }
 
@@ -202,7 +204,10 @@ impl EngineState {
         let config = match next {
             Some(c) => c,
             None => match &self.config_path {
-                Some(p) => Config::load(p)?,
+                Some(p) => match Config::load(p) {
+                    Ok(c) => c,
+                    Err(e) => return Err(self.rejected(e)),
+                },
                 None => {
                     return Err(ConfigErrors(vec![ConfigError::new(
                         "config",
@@ -226,17 +231,20 @@ impl EngineState {
                 tracing::info!("config reloaded");
                 Ok(())
             }
-            Err(e) => {
-                self.metrics
-                    .config_reloads
-                    .with_label_values(&["error"])
-                    .inc();
-                for err in &e.0 {
-                    tracing::error!(error = %err, "config reload rejected; keeping the running config");
-                }
-                Err(e)
-            }
+            Err(e) => Err(self.rejected(e)),
         }
+    }
+
+    /// Logs and counts a rejected reload; the running config stays.
+    fn rejected(&self, e: ConfigErrors) -> ConfigErrors {
+        self.metrics
+            .config_reloads
+            .with_label_values(&["error"])
+            .inc();
+        for err in &e.0 {
+            tracing::error!(error = %err, "config reload rejected; keeping the running config");
+        }
+        e
     }
 }
 
@@ -326,6 +334,14 @@ impl GatewayBuilder {
             .build()
             .map_err(|e| StartError::Io(format!("control runtime: {e}")))?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Signal handlers are registered before anything listens, so a signal sent as soon as
+        // the gateway is reachable is never left to its default action (termination).
+        let signals = if self.handle_signals {
+            let _guard = control.enter();
+            Some(Signals::register().map_err(|e| StartError::Io(format!("signal handlers: {e}")))?)
+        } else {
+            None
+        };
 
         let needs_mock = config
             .upstreams
@@ -367,6 +383,7 @@ impl GatewayBuilder {
             config_path: self.config_path,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             runs: AgentRuns::default(),
         });
 
@@ -422,9 +439,10 @@ impl GatewayBuilder {
             stopped: Arc::new(AtomicBool::new(false)),
             done,
         };
-        if self.handle_signals {
-            gw.install_signal_handlers();
+        if let Some(signals) = signals {
+            gw.install_signal_handlers(signals);
         }
+        gw.state.ready.store(true, Ordering::SeqCst);
         Ok(gw)
     }
 }
@@ -448,6 +466,24 @@ fn wait_until_accepting(
     Err(StartError::Io(format!(
         "nothing accepts on {addr} after 10 s"
     )))
+}
+
+/// SIGHUP, SIGTERM and SIGINT streams, registered up front.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
 }
 
 /// Why a gateway did not start.
@@ -514,15 +550,15 @@ impl Gateway {
         self.state.reload(Some(config))
     }
 
-    fn install_signal_handlers(&self) {
+    fn install_signal_handlers(&self, signals: Signals) {
         let Some(rt) = &self.control else { return };
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
         let state = self.state.clone();
         rt.spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading config");
                 let s = state.clone();
@@ -531,13 +567,6 @@ impl Gateway {
         });
         let stop = self.shutdown_trigger();
         rt.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: draining"),
                 _ = int.recv() => tracing::info!("SIGINT: draining"),

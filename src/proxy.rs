@@ -770,7 +770,7 @@ impl SluiceProxy {
             _ => {}
         }
 
-        if matches!(route, Route::ChatCompletions | Route::AgentRun) {
+        if body.json().is_some() && ctx.cx.model.is_some() {
             self.rewrite_for_upstream(&snap, ctx, &mut body);
         }
         let out = body.to_bytes();

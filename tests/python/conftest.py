@@ -289,6 +289,20 @@ class Gateway:
         except FileNotFoundError:
             return ""
 
+    def wait_log(self, needle: str, timeout: float = 10.0) -> bool:
+        """Waits (bounded) until the log holds `needle`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return True
+            time.sleep(0.05)
+        return needle in self.log_text()
+
+    def wait_serving(self) -> None:
+        """Waits for `sluice run`'s own "serving" line: startup is complete (signal handlers
+        included). Signal tests use it so that they test draining, not the startup window."""
+        assert self.wait_log("sluice is serving"), self.log_text()
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
