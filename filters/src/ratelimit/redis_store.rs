@@ -1,0 +1,360 @@
+//! `backend = "redis"`: buckets in Redis, shared by every Sluice instance that uses it.
+//!
+//! One admission is one `EVALSHA` of `admit.lua`, which reads Redis's clock, checks every bucket
+//! of the request and charges them only if all fit. Redis runs a script atomically, so
+//! concurrent requests on any number of instances see one consistent set of buckets.
+//!
+//! ## Keys
+//!
+//! `<prefix>:{<org>}:org`, `<prefix>:{<org>}:user:<user>`, `<prefix>:{<org>}:key:<key id>`.
+//! A script may only touch keys of one Redis Cluster slot, so every key of a request carries the
+//! same hash tag: the caller's org (a user belongs to one org, a key to one user). Names are
+//! percent-escaped (`%`, `{`, `}`, `:`), so no name can end a tag early or collide with another
+//! level's key. Consequences: one org's traffic lands on one slot (its org bucket is the hot key
+//! anyway), and a user moved to another org starts with fresh buckets. Each hash expires once its
+//! buckets have refilled completely, so idle callers cost no memory.
+//!
+//! ## Connection
+//!
+//! Building never contacts Redis (`sluice check` and startup work while it is down). The first
+//! request starts a connection in the background and waits for it at most `redis_timeout_ms`;
+//! a failed attempt is retried no sooner than [`RETRY_CONNECT`] later, so a dead Redis costs
+//! requests nothing but the decision of `on_backend_error`. Once connected, `redis`'s
+//! `ConnectionManager` reconnects by itself after Redis restarts.
+//!
+//! A call that times out may still have been applied by Redis (the charge counts, the request
+//! was answered per `on_backend_error`): timeouts err on the side of counting.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, OnceCell};
+
+use super::bucket::{view_from_parts, BucketView, Decision, Kind, Level, Plan};
+
+static ADMIT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("admit.lua")));
+
+/// How long after a failed connection attempt the next one may start.
+pub(crate) const RETRY_CONNECT: Duration = Duration::from_millis(500);
+
+/// Why the store could not answer.
+#[derive(Debug)]
+pub(crate) enum BackendError {
+    /// No connection yet, and none could be made in time.
+    Unavailable,
+    Timeout,
+    Redis(redis::RedisError),
+    /// The script answered something it never answers.
+    Protocol,
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Unavailable => f.write_str("not connected to Redis"),
+            BackendError::Timeout => f.write_str("Redis did not answer in time"),
+            // The redis crate's errors name the failure (I/O, auth, script), never the URL.
+            BackendError::Redis(e) => write!(f, "Redis error: {e}"),
+            BackendError::Protocol => f.write_str("unexpected answer from the rate-limit script"),
+        }
+    }
+}
+
+/// The connection to one Redis URL, kept in [`crate::Shared`] so reloads reuse it.
+pub(crate) struct RedisConn {
+    client: redis::Client,
+    manager: OnceCell<ConnectionManager>,
+    connecting: AtomicBool,
+    /// Milliseconds since `origin` before which no new connection attempt starts.
+    retry_at_ms: AtomicU64,
+    origin: Instant,
+    /// Wakes the requests waiting for a connection attempt to end.
+    attempt_done: Notify,
+    /// For throttling warnings: seconds since `origin` of the last one.
+    last_warning_s: AtomicU64,
+}
+
+impl RedisConn {
+    /// Parses the URL; does not connect.
+    pub(crate) fn new(url: &str) -> redis::RedisResult<RedisConn> {
+        Ok(RedisConn {
+            client: redis::Client::open(url)?,
+            manager: OnceCell::new(),
+            connecting: AtomicBool::new(false),
+            retry_at_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+            attempt_done: Notify::new(),
+            last_warning_s: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a warning about Redis may be logged now: at most one every 10 seconds, so a dead
+    /// Redis does not turn every request into a log line.
+    pub(crate) fn should_warn(&self) -> bool {
+        let now = self.origin.elapsed().as_secs();
+        let last = self.last_warning_s.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < 10 {
+            return false;
+        }
+        self.last_warning_s
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The connection, or a new attempt waited for until `deadline`.
+    async fn connection(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+        connect_timeout: Duration,
+    ) -> Result<ConnectionManager, BackendError> {
+        if let Some(m) = self.manager.get() {
+            return Ok(m.clone());
+        }
+        let done = self.attempt_done.notified();
+        tokio::pin!(done);
+        // Register before looking again, so an attempt that ends in between still wakes us.
+        done.as_mut().enable();
+        if let Some(m) = self.manager.get() {
+            return Ok(m.clone());
+        }
+        if !self.start_connecting(connect_timeout) && !self.connecting.load(Ordering::Acquire) {
+            // Backing off after a failure (or an attempt just ended): answer at once.
+            return self.manager.get().cloned().ok_or(BackendError::Unavailable);
+        }
+        let _ = tokio::time::timeout_at(deadline, done).await;
+        self.manager.get().cloned().ok_or(BackendError::Unavailable)
+    }
+
+    /// Starts a background connection attempt unless one is running or the last one failed
+    /// less than [`RETRY_CONNECT`] ago. Returns whether it started one.
+    fn start_connecting(self: &Arc<Self>, connect_timeout: Duration) -> bool {
+        if self.elapsed_ms() < self.retry_at_ms.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(connect_timeout)
+                // After a drop, retry with a jittered backoff capped at one second, a handful of
+                // times; the next command after that starts a new round. Redis coming back is
+                // noticed within about a second.
+                .set_number_of_retries(4)
+                .set_factor(50)
+                .set_max_delay(1000);
+            let attempt = tokio::time::timeout(
+                connect_timeout,
+                ConnectionManager::new_with_config(this.client.clone(), config),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(m)) => {
+                    let _ = this.manager.set(m);
+                }
+                Ok(Err(e)) => {
+                    this.failed_attempt();
+                    if this.should_warn() {
+                        tracing::warn!(error = %e, "rate_limit: cannot connect to Redis");
+                    }
+                }
+                Err(_) => {
+                    this.failed_attempt();
+                    if this.should_warn() {
+                        tracing::warn!("rate_limit: connecting to Redis timed out");
+                    }
+                }
+            }
+            this.connecting.store(false, Ordering::Release);
+            this.attempt_done.notify_waiters();
+        });
+        true
+    }
+
+    fn failed_attempt(&self) {
+        let at = self
+            .elapsed_ms()
+            .saturating_add(u64::try_from(RETRY_CONNECT.as_millis()).unwrap_or(u64::MAX));
+        self.retry_at_ms.store(at, Ordering::Release);
+    }
+}
+
+/// The Redis store as one filter instance uses it.
+pub(crate) struct RedisStore {
+    pub conn: Arc<RedisConn>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl RedisStore {
+    pub(crate) async fn admit(&self, plan: &Plan) -> Result<Decision, BackendError> {
+        self.decide("admit", plan).await
+    }
+
+    /// What [`RedisStore::admit`] would decide, without charging.
+    pub(crate) async fn peek(&self, plan: &Plan) -> Result<Decision, BackendError> {
+        self.decide("peek", plan).await
+    }
+
+    async fn decide(&self, mode: &str, plan: &Plan) -> Result<Decision, BackendError> {
+        let out = self
+            .run(mode, plan, |item| {
+                let limits = &item.entity.limits;
+                [
+                    limits
+                        .requests
+                        .filter(|_| item.requests > 0)
+                        .map(|s| (s, item.requests as i64)),
+                    limits
+                        .tokens
+                        .filter(|_| item.tokens > 0)
+                        .map(|s| (s, item.tokens as i64)),
+                ]
+            })
+            .await?;
+        parse_decision(plan, &out)
+    }
+
+    /// Adds `delta` tokens (negative: a refund) to the token buckets of `plan`.
+    pub(crate) async fn adjust_tokens(&self, plan: &Plan, delta: i64) -> Result<(), BackendError> {
+        self.run("adjust", plan, |item| {
+            let limits = &item.entity.limits;
+            [
+                None,
+                limits
+                    .tokens
+                    .filter(|_| item.tokens > 0)
+                    .map(|s| (s, delta)),
+            ]
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn run(
+        &self,
+        mode: &str,
+        plan: &Plan,
+        charges: impl Fn(&super::bucket::PlanItem) -> [Option<(super::bucket::BucketSpec, i64)>; 2],
+    ) -> Result<Vec<i64>, BackendError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut conn = self.conn.connection(deadline, self.connect_timeout).await?;
+        let mut call = ADMIT.prepare_invoke();
+        call.arg(mode);
+        for item in &plan.items {
+            call.key(item.entity.redis_key.as_str());
+            for c in charges(item) {
+                match c {
+                    Some((spec, cost)) => call.arg(spec.capacity).arg(spec.per_minute).arg(cost),
+                    None => call.arg(0).arg(0).arg(0),
+                };
+            }
+        }
+        match tokio::time::timeout_at(deadline, call.invoke_async::<Vec<i64>>(&mut conn)).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(BackendError::Redis(e)),
+            Err(_) => Err(BackendError::Timeout),
+        }
+    }
+}
+
+/// Reads the script's answer. A peek never charged anything, so a "fits" answer to a peek is
+/// reported as `Admitted` with uncharged buckets.
+fn parse_decision(plan: &Plan, out: &[i64]) -> Result<Decision, BackendError> {
+    let [admitted, limiting, limiting_kind, wait_us, rest @ ..] = out else {
+        return Err(BackendError::Protocol);
+    };
+    let mut views: Vec<BucketView> = Vec::with_capacity(rest.len() / 2);
+    let mut pairs = rest.chunks_exact(2);
+    let mut limited_at: Option<(Level, Kind)> = None;
+    for (i, item) in plan.items.iter().enumerate() {
+        for (kind, spec, _) in item.charges() {
+            let [level, reset_us] = pairs.next().ok_or(BackendError::Protocol)? else {
+                return Err(BackendError::Protocol);
+            };
+            views.push(view_from_parts(
+                &item.entity,
+                kind,
+                spec,
+                *level,
+                micros(*reset_us),
+            ));
+        }
+        if usize::try_from(*limiting).ok() == Some(i + 1) {
+            let kind = match limiting_kind {
+                1 => Kind::Requests,
+                2 => Kind::Tokens,
+                _ => return Err(BackendError::Protocol),
+            };
+            limited_at = Some((item.entity.level, kind));
+        }
+    }
+    match (*admitted, limited_at) {
+        (1, None) => Ok(Decision::Admitted(views)),
+        (0, Some((level, kind))) => Ok(Decision::Limited {
+            level,
+            kind,
+            wait: micros(*wait_us),
+            buckets: views,
+        }),
+        _ => Err(BackendError::Protocol),
+    }
+}
+
+fn micros(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// The Redis key of one org, user or key (see the module docs).
+pub(crate) fn key(prefix: &str, org: &str, level: Level, name: &str) -> String {
+    let org = escape(org);
+    match level {
+        Level::Org => format!("{prefix}:{{{org}}}:org"),
+        Level::User => format!("{prefix}:{{{org}}}:user:{}", escape(name)),
+        Level::Key => format!("{prefix}:{{{org}}}:key:{}", escape(name)),
+    }
+}
+
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '%' | '{' | '}' | ':' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_org_tag_and_cannot_collide() {
+        assert_eq!(
+            key("sluice:rl", "acme", Level::Org, "acme"),
+            "sluice:rl:{acme}:org"
+        );
+        assert_eq!(
+            key("sluice:rl", "acme", Level::User, "alice"),
+            "sluice:rl:{acme}:user:alice"
+        );
+        assert_eq!(
+            key("p", "a}:user:b", Level::Org, "a}:user:b"),
+            "p:{a%7D%3Auser%3Ab}:org"
+        );
+        assert_ne!(
+            key("p", "a", Level::User, "b:key:c"),
+            key("p", "a", Level::Key, "c")
+        );
+    }
+}
