@@ -37,7 +37,7 @@ for i = 1, #KEYS do
     local a = 1 + (i - 1) * 6 + (k - 1) * 3
     local cap = tonumber(ARGV[a + 1])
     if cap > 0 then
-      local rate = tonumber(ARGV[a + 2]) / 60000000
+      local per_min = tonumber(ARGV[a + 2])
       local cost = tonumber(ARGV[a + 3])
       local level = tonumber(h[2 * k - 1])
       local at = tonumber(h[2 * k])
@@ -46,15 +46,16 @@ for i = 1, #KEYS do
       else
         local elapsed = now - at
         if elapsed < 0 then elapsed = 0 end
-        level = math.min(cap, level + elapsed * rate)
+        level = math.min(cap, level + elapsed * per_min / 60000000)
       end
       if check and level < cost then
-        local w = (cost - level) / rate
+        -- Multiply before dividing: whole-unit waits stay exact.
+        local w = (cost - level) * 60000000 / per_min
         if w > wait then
           wait, limiting, limiting_kind = w, i, k
         end
       end
-      s[k] = { level = level, cap = cap, rate = rate, cost = cost }
+      s[k] = { level = level, cap = cap, per_min = per_min, cost = cost }
     end
   end
   state[i] = s
@@ -73,7 +74,7 @@ for i = 1, #KEYS do
         redis.call('HSET', KEYS[i], fields[k][1], b.level, fields[k][2], now)
       end
       local reset = 0
-      if b.level < b.cap then reset = (b.cap - b.level) / b.rate end
+      if b.level < b.cap then reset = (b.cap - b.level) * 60000000 / b.per_min end
       if reset > ttl then ttl = reset end
       out[#out + 1] = math.floor(b.level)
       out[#out + 1] = math.ceil(reset)

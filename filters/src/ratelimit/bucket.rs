@@ -49,16 +49,14 @@ pub(crate) struct BucketSpec {
 const NANOS_PER_MINUTE: f64 = 60e9;
 
 impl BucketSpec {
-    fn rate_per_nano(&self) -> f64 {
-        self.per_minute as f64 / NANOS_PER_MINUTE
-    }
-
-    /// How long the bucket needs to go from `level` to `target`.
+    /// How long the bucket needs to go from `level` to `target`, rounded up to the nanosecond.
+    /// (Multiplying before dividing keeps whole-unit waits exact: 1 request at 2 per minute is
+    /// 30 s, not 30 s and a rounding error.)
     pub(crate) fn time_to(&self, level: f64, target: f64) -> Duration {
         if level >= target {
             return Duration::ZERO;
         }
-        let nanos = ((target - level) / self.rate_per_nano()).ceil();
+        let nanos = ((target - level) * NANOS_PER_MINUTE / self.per_minute as f64).ceil();
         // A wait longer than u64 nanoseconds (584 years) only arises from absurd configs.
         Duration::from_nanos(if nanos >= u64::MAX as f64 {
             u64::MAX
@@ -122,7 +120,7 @@ impl Bucket {
             None => cap,
             Some(b) => {
                 let elapsed = now.saturating_sub(b.at) as f64;
-                (b.level + elapsed * spec.rate_per_nano()).min(cap)
+                (b.level + elapsed * spec.per_minute as f64 / NANOS_PER_MINUTE).min(cap)
             }
         }
     }

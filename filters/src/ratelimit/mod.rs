@@ -658,9 +658,9 @@ fn set_headers(cx: &mut Cx, buckets: &[BucketView]) {
 }
 
 /// A duration as OpenAI's rate-limit headers spell it (Go's `time.Duration` format, to the
-/// millisecond, rounded up): `0s`, `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3.5s`.
+/// nearest millisecond): `0s`, `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3.5s`.
 pub(crate) fn openai_duration(d: Duration) -> String {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0);
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
     if ms == 0 {
         return "0s".into();
     }
@@ -779,7 +779,8 @@ mod tests {
     fn durations_in_openai_format() {
         assert_eq!(openai_duration(Duration::ZERO), "0s");
         assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
-        assert_eq!(openai_duration(Duration::from_micros(19_001)), "20ms");
+        assert_eq!(openai_duration(Duration::from_micros(19_600)), "20ms");
+        assert_eq!(openai_duration(Duration::from_micros(19_001)), "19ms");
         assert_eq!(openai_duration(Duration::from_secs(1)), "1s");
         assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(openai_duration(Duration::from_millis(59_999)), "59.999s");

@@ -17,10 +17,11 @@
 //! ## Connection
 //!
 //! Building never contacts Redis (`sluice check` and startup work while it is down). The first
-//! request starts a connection in the background and waits for it at most `redis_timeout_ms`;
-//! a failed attempt is retried no sooner than [`RETRY_CONNECT`] later, so a dead Redis costs
-//! requests nothing but the decision of `on_backend_error`. Once connected, `redis`'s
-//! `ConnectionManager` reconnects by itself after Redis restarts.
+//! request starts a connection in the background and waits for it at most `redis_timeout_ms`.
+//! Once connected, `redis`'s `ConnectionManager` reconnects by itself after Redis restarts.
+//! A circuit breaker ([`RedisConn`]) keeps a dead Redis from slowing requests down: after a
+//! failure they get the `on_backend_error` decision at once, and one request every
+//! [`PROBE_AFTER`] checks whether Redis is back.
 //!
 //! A call that times out may still have been applied by Redis (the charge counts, the request
 //! was answered per `on_backend_error`): timeouts err on the side of counting.
@@ -37,13 +38,13 @@ use super::bucket::{view_from_parts, BucketView, Decision, Kind, Level, Plan};
 static ADMIT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("admit.lua")));
 
-/// How long after a failed connection attempt the next one may start.
-pub(crate) const RETRY_CONNECT: Duration = Duration::from_millis(500);
+/// How long Redis is left alone after a failure before one request probes it again.
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(500);
 
 /// Why the store could not answer.
 #[derive(Debug)]
 pub(crate) enum BackendError {
-    /// No connection yet, and none could be made in time.
+    /// No connection yet, or Redis failed recently and is not being asked until the next probe.
     Unavailable,
     Timeout,
     Redis(redis::RedisError),
@@ -54,7 +55,7 @@ pub(crate) enum BackendError {
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BackendError::Unavailable => f.write_str("not connected to Redis"),
+            BackendError::Unavailable => f.write_str("Redis is unavailable"),
             BackendError::Timeout => f.write_str("Redis did not answer in time"),
             // The redis crate's errors name the failure (I/O, auth, script), never the URL.
             BackendError::Redis(e) => write!(f, "Redis error: {e}"),
@@ -64,17 +65,57 @@ impl std::fmt::Display for BackendError {
 }
 
 /// The connection to one Redis URL, kept in [`crate::Shared`] so reloads reuse it.
+///
+/// A small circuit breaker sits in front of it: after a failure, requests are answered per
+/// `on_backend_error` at once, without waiting for Redis, until [`PROBE_AFTER`] has passed; then
+/// one request at a time probes Redis, and the first success closes the breaker. Without it a
+/// dead Redis would add `redis_timeout_ms` to every request.
 pub(crate) struct RedisConn {
     client: redis::Client,
     manager: OnceCell<ConnectionManager>,
     connecting: AtomicBool,
-    /// Milliseconds since `origin` before which no new connection attempt starts.
-    retry_at_ms: AtomicU64,
-    origin: Instant,
     /// Wakes the requests waiting for a connection attempt to end.
     attempt_done: Notify,
+    origin: Instant,
+    /// Milliseconds since `origin` until which the breaker is open; 0 when closed.
+    open_until_ms: AtomicU64,
+    /// Whether a probe is in flight while the breaker is open.
+    probing: AtomicBool,
     /// For throttling warnings: seconds since `origin` of the last one.
     last_warning_s: AtomicU64,
+}
+
+/// A request's passage through the breaker. Dropping it unfinished (the request was cancelled)
+/// still frees the probe slot, so a cancelled probe cannot keep the breaker open forever.
+pub(crate) struct Pass<'a> {
+    conn: &'a RedisConn,
+    probe: bool,
+}
+
+impl Pass<'_> {
+    fn finish(self, ok: bool) {
+        let conn = self.conn;
+        if ok {
+            if conn.open_until_ms.load(Ordering::Relaxed) != 0 {
+                conn.open_until_ms.store(0, Ordering::Release);
+            }
+        } else {
+            let until = conn
+                .elapsed_ms()
+                .saturating_add(u64::try_from(PROBE_AFTER.as_millis()).unwrap_or(u64::MAX))
+                // 0 means closed.
+                .max(1);
+            conn.open_until_ms.store(until, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.conn.probing.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl RedisConn {
@@ -84,9 +125,10 @@ impl RedisConn {
             client: redis::Client::open(url)?,
             manager: OnceCell::new(),
             connecting: AtomicBool::new(false),
-            retry_at_ms: AtomicU64::new(0),
-            origin: Instant::now(),
             attempt_done: Notify::new(),
+            origin: Instant::now(),
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
             last_warning_s: AtomicU64::new(u64::MAX),
         })
     }
@@ -108,6 +150,24 @@ impl RedisConn {
             .is_ok()
     }
 
+    /// Lets a request through to Redis, unless the breaker is open (and this is not the probe).
+    fn enter(&self) -> Result<Pass<'_>, BackendError> {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return Ok(Pass {
+                conn: self,
+                probe: false,
+            });
+        }
+        if self.elapsed_ms() < until || self.probing.swap(true, Ordering::AcqRel) {
+            return Err(BackendError::Unavailable);
+        }
+        Ok(Pass {
+            conn: self,
+            probe: true,
+        })
+    }
+
     /// The connection, or a new attempt waited for until `deadline`.
     async fn connection(
         self: &Arc<Self>,
@@ -124,30 +184,24 @@ impl RedisConn {
         if let Some(m) = self.manager.get() {
             return Ok(m.clone());
         }
-        if !self.start_connecting(connect_timeout) && !self.connecting.load(Ordering::Acquire) {
-            // Backing off after a failure (or an attempt just ended): answer at once.
-            return self.manager.get().cloned().ok_or(BackendError::Unavailable);
-        }
+        self.start_connecting(connect_timeout);
         let _ = tokio::time::timeout_at(deadline, done).await;
         self.manager.get().cloned().ok_or(BackendError::Unavailable)
     }
 
-    /// Starts a background connection attempt unless one is running or the last one failed
-    /// less than [`RETRY_CONNECT`] ago. Returns whether it started one.
-    fn start_connecting(self: &Arc<Self>, connect_timeout: Duration) -> bool {
-        if self.elapsed_ms() < self.retry_at_ms.load(Ordering::Acquire) {
-            return false;
-        }
+    /// Starts a background connection attempt unless one is running. It runs in the background
+    /// so that a Redis slower to connect than `redis_timeout_ms` still ends up connected.
+    fn start_connecting(self: &Arc<Self>, connect_timeout: Duration) {
         if self.connecting.swap(true, Ordering::AcqRel) {
-            return false;
+            return;
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(connect_timeout)
-                // After a drop, retry with a jittered backoff capped at one second, a handful of
-                // times; the next command after that starts a new round. Redis coming back is
-                // noticed within about a second.
+                // After a drop the manager retries with a jittered backoff capped at one second,
+                // a few times; the next command after that starts a new round. Redis coming back
+                // is noticed within about a second.
                 .set_number_of_retries(4)
                 .set_factor(50)
                 .set_max_delay(1000);
@@ -161,13 +215,11 @@ impl RedisConn {
                     let _ = this.manager.set(m);
                 }
                 Ok(Err(e)) => {
-                    this.failed_attempt();
                     if this.should_warn() {
                         tracing::warn!(error = %e, "rate_limit: cannot connect to Redis");
                     }
                 }
                 Err(_) => {
-                    this.failed_attempt();
                     if this.should_warn() {
                         tracing::warn!("rate_limit: connecting to Redis timed out");
                     }
@@ -176,14 +228,6 @@ impl RedisConn {
             this.connecting.store(false, Ordering::Release);
             this.attempt_done.notify_waiters();
         });
-        true
-    }
-
-    fn failed_attempt(&self) {
-        let at = self
-            .elapsed_ms()
-            .saturating_add(u64::try_from(RETRY_CONNECT.as_millis()).unwrap_or(u64::MAX));
-        self.retry_at_ms.store(at, Ordering::Release);
     }
 }
 
@@ -240,6 +284,18 @@ impl RedisStore {
     }
 
     async fn run(
+        &self,
+        mode: &str,
+        plan: &Plan,
+        charges: impl Fn(&super::bucket::PlanItem) -> [Option<(super::bucket::BucketSpec, i64)>; 2],
+    ) -> Result<Vec<i64>, BackendError> {
+        let pass = self.conn.enter()?;
+        let result = self.call(mode, plan, charges).await;
+        pass.finish(result.is_ok());
+        result
+    }
+
+    async fn call(
         &self,
         mode: &str,
         plan: &Plan,
