@@ -679,8 +679,11 @@ async fn a_reservation_larger_than_the_bucket_never_fits(store: Store) {
     let env = Env::new(
         store,
         &[
-            ("org", "tokens_per_minute = 100000"),
-            ("a1", "requests_per_minute = 1, tokens_per_minute = 1000"),
+            ("org", "tokens_per_minute = 1, token_burst = 100000"),
+            (
+                "a1",
+                "requests_per_minute = 1, tokens_per_minute = 1, token_burst = 1000",
+            ),
         ],
     );
     let (v, cx) = env.chat("a1", 5000).await;

@@ -14,8 +14,9 @@
 //! - an image part counts 85 tokens (OpenAI's low-detail price); its URL or base64 data is not
 //!   text and is not counted;
 //! - tool and function definitions count by the size of their JSON;
-//! - an agent run (`{"input": …}`) counts its input; the agent's configured instructions are
-//!   added by the engine and are not visible here (the reconciliation covers them);
+//! - an agent run arrives already rewritten by the engine into a chat completion (its
+//!   instructions as the system message, `input` as the user message) and counts as one; a
+//!   bare `{"input": …}` body counts its input as one message;
 //! - a body that is not JSON counts by its size.
 
 use serde_json::Value;

@@ -29,6 +29,9 @@
 //! - no usage and no 2xx (an error from the upstream or a later filter, no response): the
 //!   reservation is released.
 //!
+//! A reconciliation the store cannot apply (Redis down) is counted and dropped: the reservation
+//! stands as charged.
+//!
 //! ## Answers
 //!
 //! Refused: `429 rate_limit_exceeded` with `Retry-After` (whole seconds, rounded up, ≥ 1) =
@@ -70,9 +73,7 @@ use self::bucket::{BucketView, Decision, Entity, Kind, Level, Limits, Plan, Plan
 use self::local::LocalStore;
 use self::redis_store::{BackendError, RedisConn, RedisStore};
 use crate::policy::{BuildError, ConfigError, Policy, RateLimitSpec};
-use crate::{
-    Cx, Exchange, Filter, Identity, JsonBody, Needs, Reply, Request, Route, Shared, Verdict,
-};
+use crate::{Cx, Exchange, Filter, Identity, JsonBody, Reply, Request, Route, Shared, Verdict};
 
 /// `[rate_limit]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -261,12 +262,6 @@ pub fn build(
             keys.insert(Arc::clone(&e.name), e);
         }
     }
-    let token_limits = orgs
-        .values()
-        .chain(users.values())
-        .chain(keys.values())
-        .any(|e| e.limits.tokens.is_some());
-
     let metrics = Metrics::register(shared).map_err(|e| {
         BuildError::one(path, format!("cannot register the rate_limit metrics: {e}"))
     })?;
@@ -278,7 +273,6 @@ pub fn build(
         store,
         default_max_tokens: settings.default_max_tokens,
         on_backend_error: settings.on_backend_error,
-        token_limits,
         metrics,
     }))
 }
@@ -310,8 +304,6 @@ pub struct RateLimitFilter {
     store: Store,
     default_max_tokens: u64,
     on_backend_error: OnBackendError,
-    /// Whether any org, user or key has a token limit (then the upstream's usage is needed).
-    token_limits: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -405,7 +397,8 @@ impl RateLimitFilter {
         has(&self.orgs, &id.org) || has(&self.users, &id.user) || has(&self.keys, &id.key_id)
     }
 
-    fn backend_error(&self, op: &'static str, e: &BackendError) -> Verdict {
+    /// Counts and (at most every 10 s) logs a store failure.
+    fn note_backend_error(&self, op: &'static str, e: &BackendError) {
         match op {
             "check" => self.metrics.backend_errors_check.inc(),
             _ => self.metrics.backend_errors_reconcile.inc(),
@@ -419,6 +412,11 @@ impl RateLimitFilter {
                 "rate_limit: backend unavailable"
             );
         }
+    }
+
+    /// The answer to a request whose admission check failed.
+    fn on_check_error(&self, e: &BackendError) -> Verdict {
+        self.note_backend_error("check", e);
         match self.on_backend_error {
             OnBackendError::Allow => Verdict::Continue,
             OnBackendError::Deny => Verdict::Respond(
@@ -438,15 +436,6 @@ impl RateLimitFilter {
 impl Filter for RateLimitFilter {
     fn name(&self) -> &str {
         "rate_limit"
-    }
-
-    fn needs(&self) -> Needs {
-        // Reconciling a token reservation needs the upstream's usage, which the engine finds in
-        // the response body or the stream's usage chunk.
-        Needs {
-            response_body: self.token_limits,
-            stream_events: self.token_limits,
-        }
     }
 
     async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
@@ -505,7 +494,7 @@ impl Filter for RateLimitFilter {
                         .with_header("retry-after", secs.to_string()),
                 )
             }
-            Err(e) => self.backend_error("check", &e),
+            Err(e) => self.on_check_error(&e),
         }
     }
 
@@ -535,9 +524,8 @@ impl Filter for RateLimitFilter {
                     self.metrics.returned.inc_by(delta.unsigned_abs());
                 }
             }
-            Err(e) => {
-                let _ = self.backend_error("reconcile", &e);
-            }
+            // The adjustment is lost and the reservation stands: the request is long answered.
+            Err(e) => self.note_backend_error("reconcile", &e),
         }
     }
 }

@@ -395,6 +395,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn breaker_fails_fast_then_lets_one_probe_through() {
+        let mut conn = RedisConn::new("redis://127.0.0.1:1").unwrap();
+        // Pretend the process has been up for a while, so that "open until 1 ms" has passed.
+        conn.origin = Instant::now()
+            .checked_sub(Duration::from_secs(10))
+            .unwrap_or(conn.origin);
+        let pass = conn.enter().expect("closed at first");
+        assert!(!pass.probe);
+        pass.finish(false);
+        // Open: answered at once, nobody waits for Redis.
+        assert!(matches!(conn.enter(), Err(BackendError::Unavailable)));
+        // Once the pause is over, exactly one request probes.
+        conn.open_until_ms.store(1, Ordering::Release);
+        let probe = conn.enter().expect("the probe");
+        assert!(probe.probe);
+        assert!(conn.enter().is_err());
+        // A cancelled probe frees the slot.
+        drop(probe);
+        let probe = conn.enter().expect("a new probe");
+        probe.finish(true);
+        let pass = conn.enter().expect("closed again");
+        assert!(!pass.probe);
+    }
+
+    #[test]
     fn keys_share_the_org_tag_and_cannot_collide() {
         assert_eq!(
             key("sluice:rl", "acme", Level::Org, "acme"),
