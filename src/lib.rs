@@ -1,1 +1,23 @@
+//! # Sluice
+//!
+//! A self-hosted, OpenAI-compatible LLM API gateway on Pingora. The engine lives here: config,
+//! the filter chain, the Pingora proxy adapter, routes, metrics, the admin listener and the
+//! mock upstream. Policy lives in the [`sluice_filters`] crate.
+//!
+//! Embedding: build a [`GatewayBuilder`], register your own filter types with
+//! [`GatewayBuilder::filter_type`], and [`GatewayBuilder::start`] it (see `examples/`).
 
+pub mod admin;
+pub mod agents;
+pub mod chain;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod mock;
+pub mod proxy;
+pub mod routes;
+pub mod sse;
+
+pub use config::{Config, ConfigErrors};
+pub use gateway::{Gateway, GatewayBuilder, ShutdownTrigger, StartError};
+pub use sluice_filters as filters;

@@ -208,6 +208,12 @@ impl Cx {
     }
 }
 
+/// Marks, in [`Cx::extensions`], an identity the engine established itself before the chain
+/// ran (the background execution of an asynchronous agent run, on behalf of the caller who
+/// started it). The auth filter keeps such an identity instead of asking for a key.
+#[derive(Debug, Clone, Copy)]
+pub struct PreAuthenticated;
+
 /// How a request ended, for [`crate::Filter::on_log`].
 #[derive(Debug, Clone)]
 pub struct Exchange {

@@ -60,10 +60,11 @@ pub struct Request<'a> {
     pub body: &'a mut JsonBody,
 }
 
-/// The upstream's response status and headers, before they reach the client.
+/// The upstream's response status and headers, before they reach the client. Headers to add
+/// go through [`Cx::set_response_header`].
 pub struct ResponseHead<'a> {
     pub status: StatusCode,
-    pub headers: &'a mut HeaderMap,
+    pub headers: &'a HeaderMap,
 }
 
 /// A stage of the gateway's chain.
@@ -96,7 +97,7 @@ pub trait Filter: Send + Sync + 'static {
     }
 
     /// The upstream's response headers (any status). Runs in reverse chain order.
-    fn on_response_head(&self, _resp: &mut ResponseHead<'_>, _cx: &mut Cx) {}
+    fn on_response_head(&self, _resp: &ResponseHead<'_>, _cx: &mut Cx) {}
 
     /// A whole non-streamed 2xx JSON response body (only when [`Needs::response_body`]).
     fn on_response_body(&self, _body: &mut JsonBody, _cx: &mut Cx) {}

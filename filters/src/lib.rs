@@ -22,7 +22,7 @@ mod reply;
 mod shared;
 
 pub use body::{JsonBody, StreamEvent};
-pub use context::{Cx, DlpFinding, Exchange, Outcome, Route, Usage};
+pub use context::{Cx, DlpFinding, Exchange, Outcome, PreAuthenticated, Route, Usage};
 pub use filter::{Filter, Needs, Request, RequestHead, ResponseHead, Verdict};
 pub use identity::{glob_match, Grants, Identity, Permission};
 pub use policy::{BuildError, ConfigError, FilterFactory, Policy};

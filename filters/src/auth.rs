@@ -1,1 +1,0 @@
-//! The `auth` filter: API keys looked up by SHA-256, RBAC from the key's user's role.

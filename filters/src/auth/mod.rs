@@ -1,0 +1,388 @@
+//! The `auth` filter: API keys looked up by SHA-256, RBAC from the key's user's role.
+//!
+//! # Keys
+//!
+//! The config holds only the SHA-256 of each key (`[[keys]].sha256`); `sluice keys new` prints a
+//! key once, with the entry to paste ([`generate_key`], [`key_entry_toml`]). A request presents
+//! its key as `Authorization: Bearer <key>`; the filter hashes it and looks the digest up in a
+//! table built when the config is loaded, which maps it to a ready-made [`Identity`] (key id,
+//! user, org, role and the key's [`Grants`]). A reload builds a new table, so added, removed and
+//! disabled keys take effect for the next request.
+//!
+//! # Why a lookup by hash is constant-time enough
+//!
+//! Comparing a presented key with stored keys byte by byte would leak, through timing, how much
+//! of a real key a guess gets right. Here no secret is ever compared: the presented key is
+//! hashed (time depends on its length only) and the *digest* is looked up. Whatever timing the
+//! table lookup leaks concerns digests, and knowing a digest does not help to produce a key
+//! that hashes to it (SHA-256 is preimage resistant, and a generated key carries ≈ 238 bits of
+//! entropy, far beyond guessing). The table's buckets are chosen by a randomly keyed SipHash,
+//! and its final equality check is constant-time anyway (`KeyDigest`), so even the
+//! digest of a weak, imported key does not leak byte by byte.
+//!
+//! # What never leaves the filter
+//!
+//! The presented key is borrowed from the request headers, hashed and dropped. It is not
+//! copied into the context, a log line (at any level), an error message, a metric or `Debug`
+//! output. Unknown, disabled and malformed keys get the same reply, so a caller cannot tell a
+//! revoked key from a mistyped one. Forwarding is the engine's side: it replaces the client's
+//! `Authorization` with the upstream's own key.
+//!
+//! # Authorisation
+//!
+//! Once the body is read and the route, model and agent are known, each route checks the
+//! permission it needs (module `rbac`): chat completions `chat` and the model globs, the model
+//! list `models:list`, agents `agents:run` and the agent globs, `/v1/embeddings` `embeddings`,
+//! any other `/v1/*` `passthrough` (and the model globs when the body names a model).
+
+mod key;
+mod rbac;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prometheus::{IntCounter, IntCounterVec, Opts};
+
+use crate::policy::{BuildError, ConfigError, Policy};
+use crate::{
+    Cx, Filter, Grants, Identity, Permission, Reply, Request, RequestHead, Shared, Verdict,
+};
+
+pub use key::{
+    generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
+};
+use key::{parse_authorization, KeyDigest, Presented};
+
+/// The metric counting refused authentications, by `reason` (`missing` or `invalid`).
+pub const FAILURES_METRIC: &str = "sluice_auth_failures_total";
+
+const MISSING_MESSAGE: &str = "You didn't provide an API key. Send it in the \
+     `Authorization: Bearer <key>` header (an OpenAI SDK does this with its `api_key` setting); \
+     your administrator creates keys with `sluice keys new`.";
+
+/// One message for unknown, disabled and malformed keys alike: which one it was is for the
+/// operator's logs, not for whoever holds the key.
+const INVALID_MESSAGE: &str = "Incorrect API key provided. Check that the \
+     `Authorization: Bearer <key>` header carries the whole key you were given; if it does, \
+     the key is no longer valid: ask your administrator for a new one.";
+
+/// The `auth` filter. Build it with [`build`] (or [`AuthFilter::from_policy`]).
+pub struct AuthFilter {
+    keys: HashMap<KeyDigest, KeyEntry>,
+    missing: IntCounter,
+    invalid: IntCounter,
+}
+
+/// A configured key, resolved once at load time.
+struct KeyEntry {
+    identity: Identity,
+    /// Kept (rather than left out of the table) so that the operator's logs can say a revoked
+    /// key is still in use, and by which key id.
+    disabled: bool,
+}
+
+/// Builds the `auth` filter: the [`crate::FilterFactory`] for `type = "auth"`.
+pub fn build(
+    policy: &Policy<'_>,
+    options: &toml::Table,
+    path: &str,
+    shared: &Shared,
+) -> Result<Arc<dyn Filter>, BuildError> {
+    Ok(Arc::new(AuthFilter::from_policy(
+        policy, options, path, shared,
+    )?))
+}
+
+impl AuthFilter {
+    /// Resolves every key of `policy` to its identity and grants.
+    ///
+    /// The reference checks mirror [`Policy::validate`] with the same paths and messages (so an
+    /// engine that reports both can deduplicate them); the filter re-checks because it relies
+    /// on them and may be built by an embedder that never validated.
+    pub fn from_policy(
+        policy: &Policy<'_>,
+        options: &toml::Table,
+        path: &str,
+        shared: &Shared,
+    ) -> Result<AuthFilter, BuildError> {
+        let mut errs = Vec::new();
+        for name in options.keys() {
+            errs.push(ConfigError::new(
+                format!("{path}.{name}"),
+                "unknown option: the auth filter takes none (keys, users and roles are \
+                 configured in [[keys]], [[users]] and [[roles]])",
+            ));
+        }
+        let keys = resolve_keys(policy, &mut errs);
+        if !errs.is_empty() {
+            return Err(BuildError(errs));
+        }
+        // Registered once per process and found again after a reload, so the counts survive it.
+        let failures = shared
+            .metric(FAILURES_METRIC, || {
+                IntCounterVec::new(
+                    Opts::new(
+                        FAILURES_METRIC,
+                        "Requests refused by the auth filter, by reason (missing or invalid API key).",
+                    ),
+                    &["reason"],
+                )
+            })
+            .map_err(|e| BuildError::one(path, format!("cannot register {FAILURES_METRIC}: {e}")))?;
+        if keys.is_empty() {
+            tracing::warn!(
+                "the auth filter is on but no [[keys]] are configured: every request will be refused with 401"
+            );
+        }
+        Ok(AuthFilter {
+            keys,
+            missing: failures.with_label_values(&["missing"]),
+            invalid: failures.with_label_values(&["invalid"]),
+        })
+    }
+
+    /// How many keys the filter knows (disabled ones included).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The identity a request's headers authenticate as, or the reply refusing it.
+    fn authenticate(&self, head: &RequestHead<'_>, request_id: &str) -> Result<&Identity, Reply> {
+        let key = match parse_authorization(head.headers) {
+            Presented::Key(key) => key,
+            Presented::Missing => {
+                self.missing.inc();
+                tracing::debug!(request_id, "refused: no API key");
+                return Err(Reply::error(401, "missing_api_key", MISSING_MESSAGE));
+            }
+            Presented::Malformed(why) => {
+                self.invalid.inc();
+                tracing::debug!(request_id, why, "refused: malformed API key");
+                return Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE));
+            }
+        };
+        match self.keys.get(&KeyDigest::of(key)) {
+            Some(entry) if !entry.disabled => Ok(&entry.identity),
+            Some(entry) => {
+                self.invalid.inc();
+                tracing::debug!(
+                    request_id,
+                    key_id = %entry.identity.key_id,
+                    "refused: disabled API key"
+                );
+                Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE))
+            }
+            None => {
+                self.invalid.inc();
+                tracing::debug!(request_id, "refused: unknown API key");
+                Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE))
+            }
+        }
+    }
+}
+
+/// Builds the digest → identity table, pushing every broken reference to `errs`.
+fn resolve_keys(policy: &Policy<'_>, errs: &mut Vec<ConfigError>) -> HashMap<KeyDigest, KeyEntry> {
+    let mut roles: HashMap<&str, (Vec<Permission>, &crate::policy::RoleConfig)> = HashMap::new();
+    for (i, r) in policy.roles.iter().enumerate() {
+        if roles.contains_key(r.name.as_str()) {
+            errs.push(ConfigError::new(
+                format!("roles[{i}].name"),
+                format!("duplicate role `{}`", r.name),
+            ));
+            continue;
+        }
+        let mut permissions = Vec::with_capacity(r.permissions.len());
+        for (j, p) in r.permissions.iter().enumerate() {
+            match Permission::parse(p) {
+                Some(p) => permissions.push(p),
+                None => {
+                    let all: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+                    errs.push(ConfigError::new(
+                        format!("roles[{i}].permissions[{j}]"),
+                        format!("unknown permission `{p}` (known: {})", all.join(", ")),
+                    ));
+                }
+            }
+        }
+        roles.insert(&r.name, (permissions, r));
+    }
+
+    let orgs: HashSet<&str> = policy.orgs.iter().map(|o| o.name.as_str()).collect();
+    let mut users = HashMap::new();
+    for (i, u) in policy.users.iter().enumerate() {
+        if users.contains_key(u.name.as_str()) {
+            errs.push(ConfigError::new(
+                format!("users[{i}].name"),
+                format!("duplicate user `{}`", u.name),
+            ));
+            continue;
+        }
+        let mut ok = true;
+        if !orgs.contains(u.org.as_str()) {
+            ok = false;
+            errs.push(ConfigError::new(
+                format!("users[{i}].org"),
+                format!("no org named `{}` in [[orgs]]", u.org),
+            ));
+        }
+        if !roles.contains_key(u.role.as_str()) {
+            ok = false;
+            errs.push(ConfigError::new(
+                format!("users[{i}].role"),
+                format!("no role named `{}` in [[roles]]", u.role),
+            ));
+        }
+        // A broken user is reported once, here; its keys are skipped silently below.
+        users.insert(u.name.as_str(), ok.then_some(u));
+    }
+
+    let mut table = HashMap::with_capacity(policy.keys.len());
+    let mut ids = HashSet::new();
+    for (i, k) in policy.keys.iter().enumerate() {
+        if !ids.insert(k.id.as_str()) {
+            errs.push(ConfigError::new(
+                format!("keys[{i}].id"),
+                format!("duplicate key id `{}`", k.id),
+            ));
+        }
+        let user = match users.get(k.user.as_str()) {
+            Some(Some(user)) => Some(*user),
+            Some(None) => None,
+            None => {
+                errs.push(ConfigError::new(
+                    format!("keys[{i}].user"),
+                    format!("no user named `{}` in [[users]]", k.user),
+                ));
+                None
+            }
+        };
+        let digest = if k.sha256.len() == 64 {
+            KeyDigest::from_hex(&k.sha256)
+        } else {
+            None
+        };
+        let Some(digest) = digest else {
+            errs.push(ConfigError::new(
+                format!("keys[{i}].sha256"),
+                "must be the 64 hex digits of the key's SHA-256 (see `sluice keys new`)",
+            ));
+            continue;
+        };
+        if table.contains_key(&digest) {
+            errs.push(ConfigError::new(
+                format!("keys[{i}].sha256"),
+                "the same key hash appears twice",
+            ));
+            continue;
+        }
+        let Some(user) = user else { continue };
+        let Some((permissions, role)) = roles.get(user.role.as_str()) else {
+            continue;
+        };
+        let grants = Grants {
+            permissions: permissions.clone(),
+            models: role.models.clone(),
+            key_models: k.models.clone(),
+            agents: role.agents.clone(),
+        };
+        if k.models.is_some()
+            && !policy.models.is_empty()
+            && !policy.models.iter().any(|m| grants.may_use_model(m))
+        {
+            // Legal (a key may be narrowed to nothing), but more likely a typo than intent.
+            tracing::warn!(
+                key_id = %k.id,
+                "keys[{i}].models and its role `{}` have no configured model in common: the key may use no model",
+                role.name
+            );
+        }
+        let identity = Identity {
+            key_id: Arc::from(k.id.as_str()),
+            user: Arc::from(user.name.as_str()),
+            org: Arc::from(user.org.as_str()),
+            role: Arc::from(role.name.as_str()),
+            grants: Arc::new(grants),
+        };
+        table.insert(
+            digest,
+            KeyEntry {
+                identity,
+                disabled: k.disabled,
+            },
+        );
+    }
+    table
+}
+
+/// Shows key ids only: never a key, never a digest.
+impl fmt::Debug for AuthFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<(&str, bool)> = self
+            .keys
+            .values()
+            .map(|e| (&*e.identity.key_id, e.disabled))
+            .collect();
+        ids.sort_unstable();
+        let (enabled, disabled): (Vec<_>, Vec<_>) = ids.into_iter().partition(|(_, d)| !d);
+        f.debug_struct("AuthFilter")
+            .field(
+                "keys",
+                &enabled.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .field(
+                "disabled_keys",
+                &disabled.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Filter for AuthFilter {
+    fn name(&self) -> &str {
+        "auth"
+    }
+
+    async fn on_request_head(&self, head: &RequestHead<'_>, cx: &mut Cx) -> Verdict {
+        // The engine's own background requests carry the identity of the caller who started
+        // them (an asynchronous agent run); only the engine sets this marker.
+        if cx.identity.is_some() && cx.extensions.get::<crate::PreAuthenticated>().is_some() {
+            return Verdict::Continue;
+        }
+        match self.authenticate(head, &cx.request_id) {
+            Ok(identity) => {
+                cx.identity = Some(identity.clone());
+                Verdict::Continue
+            }
+            Err(reply) => {
+                // Nothing a filter before us put there may survive a refused authentication.
+                cx.identity = None;
+                Verdict::Respond(reply)
+            }
+        }
+    }
+
+    async fn on_request(&self, _req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
+        let Some(identity) = cx.identity.as_ref() else {
+            // Only reachable if something cleared the identity after `on_request_head`: fail
+            // closed rather than authorise an anonymous request.
+            self.missing.inc();
+            return Verdict::Respond(Reply::error(401, "missing_api_key", MISSING_MESSAGE));
+        };
+        match rbac::authorize(identity, cx) {
+            Ok(()) => Verdict::Continue,
+            Err(reply) => {
+                tracing::debug!(
+                    request_id = %cx.request_id,
+                    key_id = %identity.key_id,
+                    code = reply.code.unwrap_or(""),
+                    "refused by role"
+                );
+                Verdict::Respond(reply)
+            }
+        }
+    }
+}

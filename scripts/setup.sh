@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs on a fresh Debian/Ubuntu machine:
+# cmake (Pingora's zlib-ng build), redis-server (rate-limit tests), the Python test client.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+if [ "${1:-}" != "--no-redis" ]; then
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${need_apt[*]} (apt)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  fi
+fi
+if ! command -v cmake >/dev/null 2>&1; then
+  echo "setup: installing cmake from PyPI"
+  python3 -m pip install -q cmake
+fi
+command -v cmake >/dev/null || { echo "setup: cmake is required to build Pingora" >&2; exit 1; }
+if [ "${1:-}" != "--no-redis" ] && ! command -v redis-server >/dev/null 2>&1; then
+  echo "setup: redis-server is required by the rate-limit tests (apt-get install redis-server)" >&2
+  exit 1
+fi
+if [ "${1:-}" != "--no-python" ] && [ "${1:-}" != "--no-redis" ]; then
+  python3 -c "import openai, pytest, requests" 2>/dev/null || {
+    echo "setup: installing the Python test client (openai, pytest, requests)"
+    python3 -m pip install -q -r tests/python/requirements.txt
+  }
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test: installs prerequisites, then the Rust unit and integration tests (real
+# gateways, a real mock upstream, real redis-server processes) and the OpenAI-SDK suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --locked --bins --examples
+cargo test --locked --workspace --all-targets -- --test-threads=4
+SLUICE_BIN="$PWD/target/debug/sluice" python3 -m pytest -q tests/python

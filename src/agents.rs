@@ -1,0 +1,460 @@
+//! Agent runs (SPEC §5): a configured agent is a model, instructions and parameters; a run is a
+//! chat completion built from them and sent through the same chain as any other request.
+//!
+//! `"async": true` answers `202` with a queued run at once. The run itself is then executed by
+//! the gateway as a request to its own public listener, on behalf of the caller: it carries a
+//! single-use token (128 random bits, loopback only) that the engine exchanges for the caller's
+//! identity, so auth, rate limits, DLP and audit apply to the execution exactly as to a
+//! synchronous run (the audit trail holds two records: the accepted request, `202`, and the
+//! execution, with its usage). `GET /v1/agents/{agentId}/runs/{runId}` returns the run to the
+//! org that started it, until `agent_runs.retention_seconds` after it finished.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_filters::{Cx, Identity, JsonBody, Reply};
+
+use crate::gateway::Snapshot;
+
+/// The header carrying an internal run's token; never accepted from outside the loopback
+/// execution and never forwarded upstream.
+pub const INTERNAL_RUN_HEADER: &str = "x-sluice-internal-run";
+
+/// `[agent_runs]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentRunsConfig {
+    /// Asynchronous runs queued or running at once; more answer 429.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// How long a finished run stays readable.
+    #[serde(default = "default_retention")]
+    pub retention_seconds: u64,
+    /// Finished runs kept at most (oldest dropped first).
+    #[serde(default = "default_max_stored")]
+    pub max_stored: usize,
+    /// Bound on one asynchronous run's execution.
+    #[serde(default = "default_run_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_in_flight() -> usize {
+    16
+}
+fn default_retention() -> u64 {
+    3600
+}
+fn default_max_stored() -> usize {
+    10_000
+}
+fn default_run_timeout() -> u64 {
+    600
+}
+
+impl Default for AgentRunsConfig {
+    fn default() -> Self {
+        AgentRunsConfig {
+            max_in_flight: default_in_flight(),
+            retention_seconds: default_retention(),
+            max_stored: default_max_stored(),
+            timeout_seconds: default_run_timeout(),
+        }
+    }
+}
+
+/// Where a prepared run goes and how it runs.
+pub struct Prepared {
+    pub upstream: usize,
+    /// `Some(input)` for `"async": true`.
+    pub async_input: Option<Value>,
+}
+
+/// Turns `{"input": …}` into the agent's chat completion request (in `body`) and fills the
+/// context (model, stream, max_tokens).
+pub fn prepare(
+    snap: &Snapshot,
+    cx: &mut Cx,
+    agent_id: &str,
+    body: &mut JsonBody,
+) -> Result<Prepared, Reply> {
+    let Some(agent) = snap.config.agents.iter().find(|a| a.id == agent_id) else {
+        return Err(Reply::error(
+            404,
+            "agent_not_found",
+            format!(
+                "No agent `{}` is configured on this gateway.",
+                truncate(agent_id)
+            ),
+        ));
+    };
+    cx.agent_id = Some(agent.id.clone());
+    let req = body.json().cloned().unwrap_or(Value::Null);
+    let input = match req.get("input") {
+        Some(Value::String(s)) if !s.is_empty() => Value::String(s.clone()),
+        Some(Value::Array(parts)) if !parts.is_empty() => Value::Array(parts.clone()),
+        _ => {
+            return Err(Reply::error(
+                400,
+                "missing_input",
+                "The request needs `input`: the text the agent should work on.",
+            ))
+        }
+    };
+    let flag = |name: &str| -> Result<bool, Reply> {
+        match req.get(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(Reply::error(
+                400,
+                "invalid_request",
+                format!("`{name}` must be true or false."),
+            )),
+        }
+    };
+    let stream = flag("stream")?;
+    let is_async = flag("async")?;
+    if stream && is_async {
+        return Err(Reply::error(
+            400,
+            "invalid_request",
+            "`stream` and `async` cannot be combined: poll an asynchronous run instead.",
+        ));
+    }
+    let Some(&(_, upstream)) = snap.models.get(&agent.model) else {
+        return Err(Reply::error(
+            500,
+            "internal_error",
+            "The agent's model is not routable.",
+        ));
+    };
+    let mut chat = json!({
+        "model": agent.model,
+        "messages": [
+            {"role": "system", "content": agent.instructions},
+            {"role": "user", "content": input},
+        ],
+        "stream": stream,
+    });
+    if let Value::Object(o) = &mut chat {
+        if let Some(m) = agent.max_tokens {
+            o.insert("max_tokens".into(), json!(m));
+        }
+        if let Some(t) = agent.temperature {
+            o.insert("temperature".into(), json!(t));
+        }
+        if let Some(p) = agent.top_p {
+            o.insert("top_p".into(), json!(p));
+        }
+    }
+    match body.json_mut() {
+        Some(v) => *v = chat,
+        None => {
+            *body = JsonBody::parsed(body.bytes().clone(), chat);
+            let _ = body.json_mut();
+        }
+    }
+    cx.model = Some(agent.model.clone());
+    cx.stream = stream;
+    cx.max_tokens = agent.max_tokens;
+    Ok(Prepared {
+        upstream,
+        async_input: is_async.then_some(input),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(128).collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn new_run_id() -> String {
+    format!("run_{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// The run object for a finished (non-streamed) run, from the upstream's chat completion.
+pub fn run_object(cx: &Cx, completion: Option<&Value>) -> Value {
+    let output = completion
+        .and_then(|c| c.pointer("/choices/0/message/content"))
+        .cloned();
+    let finish = completion
+        .and_then(|c| c.pointer("/choices/0/finish_reason"))
+        .cloned();
+    let status = if output.is_some() {
+        "completed"
+    } else {
+        "failed"
+    };
+    let mut run = json!({
+        "id": new_run_id(),
+        "object": "agent.run",
+        "agent_id": cx.agent_id,
+        "status": status,
+        "output": output.unwrap_or(Value::Null),
+        "model": cx.model,
+        "created": now_secs(),
+    });
+    if let Value::Object(o) = &mut run {
+        if let Some(u) = completion.and_then(|c| c.get("usage")) {
+            o.insert("usage".into(), u.clone());
+        }
+        if let Some(f) = finish {
+            o.insert("finish_reason".into(), f);
+        }
+    }
+    run
+}
+
+struct RunEntry {
+    agent_id: String,
+    org: Option<Arc<str>>,
+    object: Value,
+    finished_at: Option<Instant>,
+}
+
+struct Pending {
+    run_id: String,
+    agent_id: String,
+    identity: Option<Identity>,
+}
+
+#[derive(Default)]
+struct Runs {
+    entries: HashMap<String, RunEntry>,
+    finished: VecDeque<String>,
+    pending: HashMap<String, Pending>,
+    in_flight: usize,
+}
+
+/// Runs started with `"async": true`, kept until they expire.
+#[derive(Default)]
+pub struct AgentRuns {
+    inner: Mutex<Runs>,
+}
+
+/// What the background execution needs.
+pub struct Started {
+    pub run_id: String,
+    pub token: String,
+    pub queued: Value,
+}
+
+impl AgentRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a run, or refuses (429) when `max_in_flight` runs are already queued or running.
+    pub fn start(&self, cfg: &AgentRunsConfig, cx: &Cx) -> Result<Started, Reply> {
+        let mut runs = self.lock();
+        purge(&mut runs, cfg);
+        if runs.in_flight >= cfg.max_in_flight {
+            return Err(Reply::error(
+                429,
+                "rate_limit_exceeded",
+                format!(
+                    "{} asynchronous agent runs are already in flight; retry shortly.",
+                    runs.in_flight
+                ),
+            )
+            .with_header("retry-after", "1"));
+        }
+        let agent_id = cx.agent_id.clone().unwrap_or_default();
+        let run_id = new_run_id();
+        let token = format!("{:032x}", rand::random::<u128>());
+        let queued = json!({
+            "id": run_id, "object": "agent.run", "agent_id": agent_id, "status": "queued",
+            "output": null, "model": cx.model, "created": now_secs(),
+        });
+        runs.in_flight += 1;
+        runs.entries.insert(
+            run_id.clone(),
+            RunEntry {
+                agent_id: agent_id.clone(),
+                org: cx.identity.as_ref().map(|i| i.org.clone()),
+                object: queued.clone(),
+                finished_at: None,
+            },
+        );
+        runs.pending.insert(
+            token.clone(),
+            Pending {
+                run_id: run_id.clone(),
+                agent_id,
+                identity: cx.identity.clone(),
+            },
+        );
+        Ok(Started {
+            run_id,
+            token,
+            queued,
+        })
+    }
+
+    /// Exchanges an internal token (once) for its run id and the caller's identity, if the
+    /// token is for this agent. Marks the run `running`.
+    pub fn claim(&self, token: &str, agent_id: &str) -> Option<(String, Option<Identity>)> {
+        let mut runs = self.lock();
+        let p = runs.pending.remove(token)?;
+        if p.agent_id != agent_id {
+            return None;
+        }
+        if let Some(e) = runs.entries.get_mut(&p.run_id) {
+            e.object["status"] = json!("running");
+        }
+        Some((p.run_id, p.identity))
+    }
+
+    /// Stores a run's final object.
+    pub fn finish(&self, cfg: &AgentRunsConfig, run_id: &str, object: Value) {
+        let mut runs = self.lock();
+        runs.in_flight = runs.in_flight.saturating_sub(1);
+        runs.pending.retain(|_, p| p.run_id != run_id);
+        if let Some(e) = runs.entries.get_mut(run_id) {
+            e.object = object;
+            e.finished_at = Some(Instant::now());
+            runs.finished.push_back(run_id.to_string());
+        }
+        purge(&mut runs, cfg);
+    }
+
+    /// `GET /v1/agents/{agentId}/runs/{runId}`: only the org that started a run may read it.
+    pub fn status(&self, agent_id: &str, run_id: &str, identity: Option<&Identity>) -> Reply {
+        let runs = self.lock();
+        let visible = runs.entries.get(run_id).filter(|e| {
+            e.agent_id == agent_id
+                && match (&e.org, identity) {
+                    (Some(org), Some(i)) => *org == i.org,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                }
+        });
+        match visible {
+            Some(e) => Reply::json(200, &e.object),
+            None => Reply::error(
+                404,
+                "not_found",
+                format!(
+                    "No run `{}` of agent `{}` is known (finished runs expire).",
+                    truncate(run_id),
+                    truncate(agent_id)
+                ),
+            ),
+        }
+    }
+}
+
+fn purge(runs: &mut Runs, cfg: &AgentRunsConfig) {
+    let retention = Duration::from_secs(cfg.retention_seconds);
+    while let Some(id) = runs.finished.front().cloned() {
+        let expired = runs
+            .entries
+            .get(&id)
+            .and_then(|e| e.finished_at)
+            .is_none_or(|t| t.elapsed() >= retention);
+        if expired || runs.finished.len() > cfg.max_stored {
+            runs.finished.pop_front();
+            runs.entries.remove(&id);
+        } else {
+            break;
+        }
+    }
+}
+
+/// Executes an asynchronous run: a request to the gateway's own listener carrying the run's
+/// token, so the whole chain applies. Stores the result.
+pub async fn execute(
+    runs: Arc<crate::gateway::EngineState>,
+    listen: SocketAddr,
+    agent_id: String,
+    started: Started,
+    input: Value,
+) {
+    let cfg = runs.snapshot.load().config.agent_runs.clone();
+    let body = json!({"input": input}).to_string();
+    let call = call_self(listen, &agent_id, &started.token, body);
+    let result = tokio::time::timeout(Duration::from_secs(cfg.timeout_seconds), call).await;
+    // The execution request is counted by the proxy like any run; count here only what never
+    // reached it.
+    if !matches!(result, Ok(Ok(_))) {
+        runs.metrics
+            .agent_runs
+            .with_label_values(&[agent_id.as_str(), "failed"])
+            .inc();
+    }
+    let mut object = match result {
+        Ok(Ok((200, v))) if v.get("object").and_then(Value::as_str) == Some("agent.run") => v,
+        Ok(Ok((status, v))) => json!({
+            "status": "failed",
+            "error": v.get("error").cloned().unwrap_or_else(|| json!({"message": format!("the run answered {status}")})),
+        }),
+        Ok(Err(e)) => {
+            json!({"status": "failed", "error": {"message": format!("the run could not be executed: {e}"), "type": "server_error", "code": "internal_error", "param": null}})
+        }
+        Err(_) => {
+            json!({"status": "failed", "error": {"message": "the run timed out", "type": "server_error", "code": "run_timeout", "param": null}})
+        }
+    };
+    let queued = started.queued;
+    if let (Value::Object(o), Value::Object(q)) = (&mut object, &queued) {
+        for k in ["id", "object", "agent_id", "created"] {
+            if let Some(v) = q.get(k) {
+                o.insert(k.into(), v.clone());
+            }
+        }
+        if !o.contains_key("model") {
+            if let Some(m) = q.get("model") {
+                o.insert("model".into(), m.clone());
+            }
+        }
+    }
+    runs.runs.finish(&cfg, &started.run_id, object);
+}
+
+async fn call_self(
+    listen: SocketAddr,
+    agent_id: &str,
+    token: &str,
+    body: String,
+) -> Result<(u16, Value), String> {
+    let addr = if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("/v1/agents/{agent_id}/run"))
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .header("user-agent", "sluice-agent-runner")
+        .header(INTERNAL_RUN_HEADER, token)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = Limited::new(resp.into_body(), 64 << 20)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, v))
+}

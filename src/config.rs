@@ -1,0 +1,558 @@
+//! The TOML config: parsing, validation with field paths, and address resolution.
+//!
+//! Every problem is reported, each with the path of the field that holds it
+//! (`models[3].upstream: no upstream named "x"`), so `sluice check` shows them all at once.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_filters::audit::AuditSettings;
+use sluice_filters::dlp::DlpSettings;
+use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
+use sluice_filters::ratelimit::RateLimitSettings;
+use sluice_filters::{ConfigError, Policy};
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub orgs: Vec<OrgConfig>,
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+    #[serde(default)]
+    pub dlp: DlpSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    #[serde(default)]
+    pub agent_runs: crate::agents::AgentRunsConfig,
+    #[serde(default)]
+    pub filters: Vec<toml::Table>,
+    /// Cached views for [`Config::policy`].
+    #[serde(skip)]
+    model_names: Vec<String>,
+    #[serde(skip)]
+    agent_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_max_body")]
+    pub max_request_body_bytes: usize,
+    /// Largest non-streamed response body Sluice holds for filters that scan whole bodies;
+    /// a larger one is not delivered (fail closed).
+    #[serde(default = "default_max_response")]
+    pub max_response_body_bytes: usize,
+    /// Largest single SSE event Sluice frames.
+    #[serde(default = "default_max_event")]
+    pub max_sse_event_bytes: usize,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_response() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_event() -> usize {
+    1024 * 1024
+}
+fn default_grace() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: Option<String>,
+    /// `"mock"`: the in-process mock upstream.
+    pub builtin: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+    /// PEM file of CA certificates to trust for this upstream instead of the system's.
+    pub ca_file: Option<String>,
+    /// Idle pooled connections are closed after this (keep it below the upstream's own).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    2000
+}
+fn default_read_timeout() -> u64 {
+    300_000
+}
+fn default_idle_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub upstream: String,
+    pub upstream_model: Option<String>,
+    #[serde(default = "default_owned_by")]
+    pub owned_by: String,
+}
+
+fn default_owned_by() -> String {
+    "sluice".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentConfig {
+    pub id: String,
+    pub model: String,
+    pub instructions: String,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub description: Option<String>,
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where an upstream lives, resolved once at load.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub addr: Option<SocketAddr>,
+    pub tls: bool,
+    pub host: String,
+    /// Path prefix of the upstream URL (`https://host/openai` → `/openai`), without a trailing `/`.
+    pub base_path: String,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fmt::format(format_args!("{}", path.display()));
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![ConfigError::new(text, format!("cannot read: {e}"))]))?;
+        Config::parse(&src)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
+        let mut errs = Vec::new();
+        let de = toml::Deserializer::new(src);
+        let mut unknown = Vec::new();
+        let parsed: Result<Config, _> =
+            serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+        for p in unknown {
+            errs.push(ConfigError::new(fix_path(&p), "unknown key"));
+        }
+        let mut cfg = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                errs.push(toml_error(src, &e));
+                return Err(ConfigErrors(errs));
+            }
+        };
+        cfg.model_names = cfg.models.iter().map(|m| m.name.clone()).collect();
+        cfg.agent_ids = cfg.agents.iter().map(|a| a.id.clone()).collect();
+        cfg.validate(&mut errs);
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// The policy sections, for filter factories.
+    pub fn policy(&self) -> Policy<'_> {
+        Policy {
+            orgs: &self.orgs,
+            roles: &self.roles,
+            users: &self.users,
+            keys: &self.keys,
+            rate_limit: &self.rate_limit,
+            dlp: &self.dlp,
+            audit: &self.audit,
+            models: &self.model_names,
+            agents: &self.agent_ids,
+        }
+    }
+
+    fn validate(&self, errs: &mut Vec<ConfigError>) {
+        let s = &self.server;
+        for (field, v) in [("listen", &s.listen), ("admin_listen", &s.admin_listen)] {
+            if let Err(m) = check_listen(v) {
+                errs.push(ConfigError::new(format!("server.{field}"), m));
+            }
+        }
+        if s.listen == s.admin_listen {
+            errs.push(ConfigError::new(
+                "server.admin_listen",
+                "must differ from server.listen: admin routes are never public",
+            ));
+        }
+        if s.threads == 0 || s.threads > 1024 {
+            errs.push(ConfigError::new(
+                "server.threads",
+                "must be between 1 and 1024",
+            ));
+        }
+        if s.max_request_body_bytes == 0 {
+            errs.push(ConfigError::new(
+                "server.max_request_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if s.max_response_body_bytes == 0 {
+            errs.push(ConfigError::new(
+                "server.max_response_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if s.max_sse_event_bytes < 1024 {
+            errs.push(ConfigError::new(
+                "server.max_sse_event_bytes",
+                "must be at least 1024",
+            ));
+        }
+
+        let mut names = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let p = format!("upstreams[{i}]");
+            if !names.insert(u.name.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("{p}.name"),
+                    format!("duplicate upstream `{}`", u.name),
+                ));
+            }
+            match (&u.url, &u.builtin) {
+                (Some(_), Some(_)) => errs.push(ConfigError::new(
+                    p.clone(),
+                    "set either `url` or `builtin`, not both",
+                )),
+                (None, None) => errs.push(ConfigError::new(
+                    p.clone(),
+                    "needs `url` (http:// or https://) or `builtin = \"mock\"`",
+                )),
+                (None, Some(b)) if b != "mock" => errs.push(ConfigError::new(
+                    format!("{p}.builtin"),
+                    format!("unknown builtin `{b}` (known: mock)"),
+                )),
+                (Some(url), None) => {
+                    if let Err(m) = parse_url(url)
+                        .and_then(|t| t.addr.map(|_| ()).ok_or_else(|| "no address".to_string()))
+                    {
+                        errs.push(ConfigError::new(format!("{p}.url"), m));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(env) = &u.api_key_env {
+                if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    errs.push(ConfigError::new(
+                        format!("{p}.api_key_env"),
+                        "must be an environment variable name",
+                    ));
+                }
+            }
+            if let Some(ca) = &u.ca_file {
+                if let Err(m) = load_ca_file(Path::new(ca)) {
+                    errs.push(ConfigError::new(format!("{p}.ca_file"), m));
+                }
+            }
+            for (field, v) in [
+                ("connect_timeout_ms", u.connect_timeout_ms),
+                ("read_timeout_ms", u.read_timeout_ms),
+            ] {
+                if v == 0 {
+                    errs.push(ConfigError::new(
+                        format!("{p}.{field}"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if !seen.insert(m.name.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("models[{i}].name"),
+                    format!("duplicate model `{}`", m.name),
+                ));
+            }
+            if !self.upstreams.iter().any(|u| u.name == m.upstream) {
+                errs.push(ConfigError::new(
+                    format!("models[{i}].upstream"),
+                    format!("no upstream named `{}` in [[upstreams]]", m.upstream),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            if !seen.insert(a.id.as_str()) {
+                errs.push(ConfigError::new(
+                    format!("agents[{i}].id"),
+                    format!("duplicate agent `{}`", a.id),
+                ));
+            }
+            if a.id.is_empty()
+                || !a
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                errs.push(ConfigError::new(
+                    format!("agents[{i}].id"),
+                    "use letters, digits, `-`, `_` and `.` only",
+                ));
+            }
+            if !self.models.iter().any(|m| m.name == a.model) {
+                errs.push(ConfigError::new(
+                    format!("agents[{i}].model"),
+                    format!("no model named `{}` in [[models]]", a.model),
+                ));
+            }
+        }
+        let ar = &self.agent_runs;
+        for (field, v) in [
+            ("max_in_flight", ar.max_in_flight as u64),
+            ("retention_seconds", ar.retention_seconds),
+            ("max_stored", ar.max_stored as u64),
+            ("timeout_seconds", ar.timeout_seconds),
+        ] {
+            if v == 0 {
+                errs.push(ConfigError::new(
+                    format!("agent_runs.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            match f.get("type") {
+                Some(toml::Value::String(_)) => {}
+                Some(_) => errs.push(ConfigError::new(
+                    format!("filters[{i}].type"),
+                    "must be a string",
+                )),
+                None => errs.push(ConfigError::new(
+                    format!("filters[{i}].type"),
+                    "missing (auth, rate_limit, dlp, audit or a registered custom type)",
+                )),
+            }
+        }
+        self.policy().validate(errs);
+        self.rate_limit.validate(errs);
+        self.dlp.validate(errs);
+        self.audit.validate(errs);
+    }
+}
+
+fn check_listen(v: &str) -> Result<SocketAddr, String> {
+    v.parse::<SocketAddr>()
+        .map_err(|_| format!("`{v}` is not an address like 127.0.0.1:8080"))
+}
+
+/// Splits an upstream URL and resolves its host once (DNS must not run on the request path).
+pub fn parse_url(url: &str) -> Result<UpstreamTarget, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("`{url}` must start with http:// or https://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("`{url}` has no usable host"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = split_host_port(authority, default_port)
+        .ok_or_else(|| format!("`{url}` has a bad port"))?;
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .next();
+    if addr.is_none() {
+        return Err(format!("`{host}` resolves to no address"));
+    }
+    Ok(UpstreamTarget {
+        addr,
+        tls,
+        host,
+        base_path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &rest[..end];
+        let port = match &rest[end + 1..] {
+            "" => default_port,
+            p => p.strip_prefix(':')?.parse().ok()?,
+        };
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default_port)),
+    }
+}
+
+/// Reads the DER certificates of a PEM CA file.
+pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let mut reader = std::io::BufReader::new(&data[..]);
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut reader).collect();
+    let certs =
+        certs.map_err(|e| format!("`{}` is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("`{}` holds no PEM certificate", path.display()));
+    }
+    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+}
+
+/// serde_ignored writes `filters.0.x`; the contract spells arrays `filters[0].x`.
+fn fix_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len() + 4);
+    for (i, seg) in p.split('.').enumerate() {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(seg);
+            out.push(']');
+        } else {
+            if i > 0 {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// A TOML syntax or type error, with its line and the key path when toml names it.
+fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().trim().to_string();
+    let line = e
+        .span()
+        .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
+    let path = key_path_at(src, e.span().map(|s| s.start));
+    let loc = match line {
+        Some(l) => format!(" (line {l})"),
+        None => String::new(),
+    };
+    ConfigError::new(
+        path.unwrap_or_else(|| "config".into()),
+        format!("{msg}{loc}"),
+    )
+}
+
+/// Best-effort field path of the TOML key at a byte offset: the last table header before it
+/// plus the key on that line.
+fn key_path_at(src: &str, offset: Option<usize>) -> Option<String> {
+    let off = offset?.min(src.len());
+    let before = &src[..off];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = src[off..].find('\n').map(|i| off + i).unwrap_or(src.len());
+    let line = src[line_start..line_end].trim();
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    // Count array-of-tables occurrences so the path says `models[3]`.
+    let mut header: Option<String> = None;
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for l in src[..line_start].lines() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            header = Some(format!("{name}[{n}]"));
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            header = Some(name.trim().to_string());
+        }
+    }
+    match (header, key) {
+        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
+        (None, Some(k)) => Some(k.to_string()),
+        (Some(h), None) => Some(h),
+        (None, None) => None,
+    }
+}
+
+/// The config file `sluice run`/`check` use: `-c`, else `$SLUICE_CONFIG`, else `conf/sluice.toml`.
+pub fn default_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("conf/sluice.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_use_brackets() {
+        assert_eq!(fix_path("filters.0.x"), "filters[0].x");
+        assert_eq!(fix_path("server.listne"), "server.listne");
+    }
+
+    #[test]
+    fn url_parsing() {
+        let t = parse_url("http://127.0.0.1:8000/v1base/").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!t.tls);
+        assert_eq!(t.host, "127.0.0.1");
+        assert_eq!(t.base_path, "/v1base");
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://127.0.0.1:notaport").is_err());
+    }
+}

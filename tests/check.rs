@@ -1,0 +1,144 @@
+//! `sluice check`: every error on its own line with its field path, exit 2.
+
+use std::process::Command;
+
+fn check(toml: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:18080"
+admin_listen = "127.0.0.1:19090"
+[[upstreams]]
+name = "mock"
+builtin = "mock"
+[[models]]
+name = "mock-echo"
+upstream = "mock"
+"#;
+
+#[test]
+fn valid_config_passes_with_a_summary() {
+    let (code, out, err) = check(GOOD);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+    assert_eq!(out.lines().count(), 1);
+}
+
+#[test]
+fn quick_start_config_is_valid() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sluice.toml"),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let bad = r#"
+[server]
+listen = "127.0.0.1:notaport"
+admin_listen = "127.0.0.1:19090"
+lisen = "typo"
+[[upstreams]]
+name = "mock"
+builtin = "mock"
+[[upstreams]]
+name = "remote"
+url = "ftp://example"
+[[models]]
+name = "a"
+upstream = "mock"
+[[models]]
+name = "b"
+upstream = "mock"
+[[models]]
+name = "c"
+upstream = "mock"
+[[models]]
+name = "d"
+upstream = "nowhere"
+[[orgs]]
+name = "acme"
+[[roles]]
+name = "r"
+permissions = ["chat", "fly"]
+[[users]]
+name = "u"
+org = "globex"
+role = "r"
+[[keys]]
+id = "k"
+user = "u"
+sha256 = "abc"
+[[filters]]
+type = "teleport"
+"#;
+    let (code, _out, err) = check(bad);
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "server.lisen: unknown key",
+        "server.listen:",
+        "upstreams[1].url:",
+        "models[3].upstream: no upstream named `nowhere`",
+        "roles[0].permissions[1]: unknown permission `fly`",
+        "users[0].org: no org named `globex`",
+        "keys[0].sha256:",
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(expected)),
+            "missing `{expected}` in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn unknown_filter_type_is_named() {
+    let (code, _, err) = check(&format!("{GOOD}[[filters]]\ntype = \"teleport\"\n"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("filters[0].type: unknown filter type `teleport`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let (code, _, err) = check(&GOOD.replace("name = \"mock-echo\"", "name = 42"));
+    assert_eq!(code, 2);
+    assert!(err.contains("models[0].name"), "{err}");
+}
+
+#[test]
+fn unknown_keys_in_tables_are_errors() {
+    let (code, _, err) = check(&format!(
+        "{GOOD}[[models]]\nname = \"x\"\nupstream = \"mock\"\nupstream_modle = \"y\"\n"
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("models[1].upstream_modle: unknown key"),
+        "{err}"
+    );
+}
