@@ -20,8 +20,8 @@ use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, UserConfig};
 use sluice_filters::ratelimit::{self, RateLimitSettings};
 use sluice_filters::{
-    Cx, Exchange, Filter, Grants, Identity, JsonBody, Outcome, Policy, Reply, Request, Route,
-    Shared, Usage, Verdict,
+    Cx, Exchange, Filter, Grants, Identity, JsonBody, Outcome, Policy, PreAuthenticated, Reply,
+    Request, Route, Shared, Usage, Verdict,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -326,7 +326,18 @@ async fn call(
     body: Value,
     max_tokens: Option<u64>,
 ) -> (Verdict, Cx) {
-    let mut cx = Cx::new("req-1".into(), Method::POST, "/v1/chat/completions".into());
+    let cx = Cx::new("req-1".into(), Method::POST, "/v1/chat/completions".into());
+    call_in(filter, cx, identity, route, body, max_tokens).await
+}
+
+async fn call_in(
+    filter: &dyn Filter,
+    mut cx: Cx,
+    identity: Option<Identity>,
+    route: Route,
+    body: Value,
+    max_tokens: Option<u64>,
+) -> (Verdict, Cx) {
     cx.route = route;
     cx.identity = identity;
     cx.max_tokens = max_tokens;
@@ -436,6 +447,7 @@ on_both_stores!(
     a_failed_request_releases_its_tokens_but_not_its_request,
     a_success_without_usage_keeps_the_reservation,
     token_limits_apply_only_where_tokens_are_consumed,
+    an_async_agent_run_is_one_request_and_its_tokens_once,
     a_reload_keeps_bucket_state,
 );
 
@@ -850,6 +862,60 @@ async fn token_limits_apply_only_where_tokens_are_consumed(store: Store) {
     assert!(
         msg.contains("can never fit") && msg.contains("4096"),
         "{msg}"
+    );
+}
+
+async fn an_async_agent_run_is_one_request_and_its_tokens_once(store: Store) {
+    let env = Env::new(
+        store,
+        &[(
+            "a1",
+            "requests_per_minute = 1, burst = 5, tokens_per_minute = 1, token_burst = 1000",
+        )],
+    );
+    // The engine rewrites a run into a chat completion before the chain sees it: 8 + 92 tokens.
+    let run = json!({"model": "m", "messages": [{"role": "user", "content": "ping"}]});
+    // The acceptance: admitted, then answered 202 while the run is queued.
+    let (v, mut accepted) = env
+        .call(Some("a1"), Route::AgentRun, run.clone(), Some(92))
+        .await;
+    assert!(admitted(&v));
+    assert_eq!(
+        header(&accepted, "x-ratelimit-remaining-requests").as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        header(&accepted, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("900")
+    );
+    env.finish(&mut accepted, 202, Outcome::Ok, None).await;
+    // The engine's execution on the caller's behalf: no second request, its own tokens.
+    let mut cx = Cx::new("req-2".into(), Method::POST, "/v1/agents/x/run".into());
+    cx.extensions.insert(PreAuthenticated);
+    let (v, mut executed) = call_in(
+        &*env.filter,
+        cx,
+        Some(env.identity("a1")),
+        Route::AgentRun,
+        run,
+        Some(92),
+    )
+    .await;
+    assert!(admitted(&v));
+    assert_eq!(
+        header(&executed, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("900")
+    );
+    env.finish(&mut executed, 200, Outcome::Ok, Some(50)).await;
+    // One request and 50 tokens in all.
+    let (_, cx) = env.chat("a1", 0).await;
+    assert_eq!(
+        header(&cx, "x-ratelimit-remaining-requests").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        header(&cx, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("942")
     );
 }
 
