@@ -256,11 +256,11 @@ impl RedisStore {
                     limits
                         .requests
                         .filter(|_| item.requests > 0)
-                        .map(|s| (s, item.requests as i64)),
+                        .map(|s| (s, saturating_i64(item.requests))),
                     limits
                         .tokens
                         .filter(|_| item.tokens > 0)
-                        .map(|s| (s, item.tokens as i64)),
+                        .map(|s| (s, saturating_i64(item.tokens))),
                 ]
             })
             .await?;
@@ -363,6 +363,10 @@ fn parse_decision(plan: &Plan, out: &[i64]) -> Result<Decision, BackendError> {
         }),
         _ => Err(BackendError::Protocol),
     }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn micros(us: i64) -> Duration {
