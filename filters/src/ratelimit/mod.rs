@@ -1,8 +1,86 @@
 //! The `rate_limit` filter: request and token buckets per org, user and key.
+//!
+//! Each org, user and key may have a `rate_limit = { requests_per_minute, tokens_per_minute,
+//! burst, token_burst }`. A request must fit every bucket of its caller's org, user and key;
+//! either all of them are charged or none is (in-process: one lock per level, taken in a fixed
+//! order; Redis: one script). Buckets refill continuously.
+//!
+//! ## Requests
+//!
+//! Every route is charged one request in each request bucket. A request is never given back,
+//! whatever its outcome: a client that sends failing requests still sends requests, and
+//! refunding them would let it hammer the gateway (and the upstream) without bound.
+//!
+//! An asynchronous agent run is one request: its acceptance (`202`) is charged the request and
+//! releases its token reservation when it ends; the engine's background execution
+//! ([`PreAuthenticated`]) is charged no request but reserves and reconciles the run's tokens.
+//!
+//! ## Tokens
+//!
+//! Only chat completions and agent runs consume tokens. Before the upstream is called, the
+//! request reserves `estimated prompt + n × (max_tokens or default_max_tokens)` (see
+//! `estimate.rs` for the estimator) in every token bucket, so the request that would cross the
+//! limit is refused and concurrent requests cannot all slip through. A reservation larger than
+//! a bucket's capacity can never fit and is refused at once with a 429 that says so
+//! (`Retry-After: 60`, since any retry is refused just the same).
+//!
+//! After the exchange (`on_log`) the reservation is reconciled with the upstream's `usage`
+//! (`cx.usage`, from the body or the stream's usage chunk):
+//! - usage known: the buckets are charged exactly the usage (unused tokens come back, extra ones
+//!   are charged, possibly into debt that later requests wait out);
+//! - no usage but a 2xx went out (an upstream that ignores `include_usage`, a stream cut after
+//!   it started, an async agent run): the reservation stands;
+//! - no usage and no 2xx (an error from the upstream or a later filter, no response): the
+//!   reservation is released.
+//!
+//! A reconciliation the store cannot apply (Redis down) is counted and dropped: the reservation
+//! stands as charged.
+//!
+//! ## Answers
+//!
+//! Refused: `429 rate_limit_exceeded` with `Retry-After` (whole seconds, rounded up, ≥ 1) =
+//! the time until every bucket holds the request's cost, computed from the buckets' state.
+//! Every request with a bucket gets OpenAI's `x-ratelimit-{limit,remaining,reset}-requests` for
+//! its tightest request bucket, and the `-tokens` trio when a token bucket applies (see
+//! [`set_headers`]). A caller with no bucket at all gets no such headers: there is nothing to
+//! describe.
+//!
+//! When the store fails (Redis down or slow beyond `redis_timeout_ms`): `on_backend_error =
+//! "allow"` lets the request through uncounted and without rate-limit headers; `"deny"` answers
+//! `503 rate_limit_unavailable` (type `server_error`, `Retry-After: 1`): the contract has no code
+//! for it, and 429 would blame the caller for the gateway's problem. Either way
+//! `sluice_rate_limit_backend_errors_total` counts it; warnings are logged at most every 10 s.
+//!
+//! ## Metrics
+//!
+//! `sluice_rate_limited_total{level}` (the level whose bucket needed the longest to fit),
+//! `sluice_rate_limit_backend_errors_total{op}` (`check`, `reconcile`),
+//! `sluice_rate_limit_check_duration_seconds{backend}`,
+//! `sluice_rate_limit_reconciled_tokens_total{direction}` (`charged`, `returned`).
 
+mod bucket;
+mod estimate;
+mod local;
+mod redis_store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
-use crate::policy::{ConfigError, Policy};
+use self::bucket::{BucketView, Decision, Entity, Kind, Level, Limits, Plan, PlanItem};
+use self::local::LocalStore;
+use self::redis_store::{BackendError, RedisConn, RedisStore};
+use crate::policy::{BuildError, ConfigError, Policy, RateLimitSpec};
+use crate::{
+    Cx, Exchange, Filter, Identity, JsonBody, PreAuthenticated, Reply, Request, Route, Shared,
+    Verdict,
+};
 
 /// `[rate_limit]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,6 +99,10 @@ pub struct RateLimitSettings {
     /// How long a Redis call may take before it counts as a backend error.
     #[serde(default = "default_redis_timeout")]
     pub redis_timeout_ms: u64,
+    /// How long one attempt to connect to Redis may take. Requests never wait longer than
+    /// `redis_timeout_ms` for it; the attempt goes on in the background.
+    #[serde(default = "default_redis_connect_timeout")]
+    pub redis_connect_timeout_ms: u64,
 }
 
 fn default_max_tokens() -> u64 {
@@ -32,6 +114,9 @@ fn default_prefix() -> String {
 fn default_redis_timeout() -> u64 {
     250
 }
+fn default_redis_connect_timeout() -> u64 {
+    2000
+}
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
@@ -42,6 +127,7 @@ impl Default for RateLimitSettings {
             default_max_tokens: default_max_tokens(),
             redis_key_prefix: default_prefix(),
             redis_timeout_ms: default_redis_timeout(),
+            redis_connect_timeout_ms: default_redis_connect_timeout(),
         }
     }
 }
@@ -63,6 +149,8 @@ pub enum OnBackendError {
 }
 
 impl RateLimitSettings {
+    /// Checks `[rate_limit]`; errors name their field (`rate_limit.redis_url`). Never contacts
+    /// Redis.
     pub fn validate(&self, errs: &mut Vec<ConfigError>) {
         if self.backend == Backend::Redis {
             match &self.redis_url {
@@ -70,17 +158,671 @@ impl RateLimitSettings {
                     "rate_limit.redis_url",
                     "required when backend = \"redis\"",
                 )),
-                Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => {
-                    errs.push(ConfigError::new(
-                        "rate_limit.redis_url",
-                        format!("`{u}` is not a redis:// URL"),
-                    ))
+                // The URL may hold a password: never echo it. The redis crate's parse errors
+                // describe the problem without quoting the URL.
+                Some(u) => {
+                    if let Err(e) = redis::Client::open(u.as_str()) {
+                        errs.push(ConfigError::new(
+                            "rate_limit.redis_url",
+                            format!(
+                                "not a usable Redis URL ({e}); expected e.g. \
+                                 redis://127.0.0.1:6379 or redis://:password@host:6379/0"
+                            ),
+                        ));
+                    }
                 }
-                _ => {}
             }
+        }
+        if self.redis_timeout_ms == 0 {
+            errs.push(ConfigError::new(
+                "rate_limit.redis_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.redis_connect_timeout_ms == 0 {
+            errs.push(ConfigError::new(
+                "rate_limit.redis_connect_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}']) {
+            errs.push(ConfigError::new(
+                "rate_limit.redis_key_prefix",
+                "must be non-empty and free of `{` and `}` (Sluice puts the org in the key's hash tag)",
+            ));
         }
     }
 }
 
-#[allow(dead_code)]
-fn _uses(_p: &Policy<'_>) {}
+/// Builds the `rate_limit` filter for `[[filters]] type = "rate_limit"`.
+///
+/// Takes no options of its own (its settings are `[rate_limit]` and the `rate_limit` of each
+/// org, user and key). Runs [`RateLimitSettings::validate`]. Never contacts Redis: the
+/// connection is made by the first request that needs it.
+pub fn build(
+    policy: &Policy<'_>,
+    options: &toml::Table,
+    path: &str,
+    shared: &Shared,
+) -> Result<Arc<dyn Filter>, BuildError> {
+    let mut errs = Vec::new();
+    for key in options.keys() {
+        errs.push(ConfigError::new(
+            format!("{path}.{key}"),
+            "unknown option: rate_limit takes no options here; configure it in [rate_limit] \
+             and in the `rate_limit` of [[orgs]], [[users]] and [[keys]]",
+        ));
+    }
+    let settings = policy.rate_limit;
+    settings.validate(&mut errs);
+    if !errs.is_empty() {
+        return Err(BuildError(errs));
+    }
+
+    let store = match settings.backend {
+        Backend::Local => Store::Local(
+            shared
+                .get_or_try_init("ratelimit:local", || {
+                    Ok::<_, std::convert::Infallible>(LocalStore::new())
+                })
+                .unwrap_or_else(|never| match never {}),
+        ),
+        Backend::Redis => {
+            // validate() guarantees a URL; the Shared key is its hash, not the URL (which may
+            // hold a password).
+            let url = settings.redis_url.as_deref().unwrap_or_default();
+            let id = hex::encode(Sha256::digest(url.as_bytes()));
+            let conn = shared
+                .get_or_try_init(&format!("ratelimit:redis:{id}"), || RedisConn::new(url))
+                .map_err(|e| BuildError::one("rate_limit.redis_url", format!("not usable: {e}")))?;
+            Store::Redis(RedisStore {
+                conn,
+                timeout: Duration::from_millis(settings.redis_timeout_ms),
+                connect_timeout: Duration::from_millis(settings.redis_connect_timeout_ms),
+            })
+        }
+    };
+
+    let prefix = settings.redis_key_prefix.as_str();
+    let user_org: HashMap<&str, &str> = policy
+        .users
+        .iter()
+        .map(|u| (u.name.as_str(), u.org.as_str()))
+        .collect();
+    let mut orgs = HashMap::new();
+    for o in policy.orgs {
+        if let Some(e) = entity(Level::Org, &o.name, &o.name, o.rate_limit.as_ref(), prefix) {
+            orgs.insert(Arc::clone(&e.name), e);
+        }
+    }
+    let mut users = HashMap::new();
+    for u in policy.users {
+        if let Some(e) = entity(Level::User, &u.name, &u.org, u.rate_limit.as_ref(), prefix) {
+            users.insert(Arc::clone(&e.name), e);
+        }
+    }
+    let mut keys = HashMap::new();
+    for k in policy.keys {
+        let org = user_org.get(k.user.as_str()).copied().unwrap_or_default();
+        if let Some(e) = entity(Level::Key, &k.id, org, k.rate_limit.as_ref(), prefix) {
+            keys.insert(Arc::clone(&e.name), e);
+        }
+    }
+    let metrics = Metrics::register(shared).map_err(|e| {
+        BuildError::one(path, format!("cannot register the rate_limit metrics: {e}"))
+    })?;
+
+    Ok(Arc::new(RateLimitFilter {
+        orgs,
+        users,
+        keys,
+        store,
+        default_max_tokens: settings.default_max_tokens,
+        on_backend_error: settings.on_backend_error,
+        metrics,
+    }))
+}
+
+fn entity(
+    level: Level,
+    name: &str,
+    org: &str,
+    spec: Option<&RateLimitSpec>,
+    prefix: &str,
+) -> Option<Arc<Entity>> {
+    let limits = Limits::from_spec(spec?);
+    if limits.is_empty() {
+        return None;
+    }
+    Some(Arc::new(Entity {
+        level,
+        name: Arc::from(name),
+        limits,
+        redis_key: redis_store::key(prefix, org, level, name),
+    }))
+}
+
+/// The `rate_limit` filter. Built by [`build`].
+pub struct RateLimitFilter {
+    orgs: HashMap<Arc<str>, Arc<Entity>>,
+    users: HashMap<Arc<str>, Arc<Entity>>,
+    keys: HashMap<Arc<str>, Arc<Entity>>,
+    store: Store,
+    default_max_tokens: u64,
+    on_backend_error: OnBackendError,
+    metrics: Arc<Metrics>,
+}
+
+enum Store {
+    Local(Arc<LocalStore>),
+    Redis(RedisStore),
+}
+
+impl Store {
+    fn label(&self) -> &'static str {
+        match self {
+            Store::Local(_) => "local",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    async fn admit(&self, plan: &Plan) -> Result<Decision, BackendError> {
+        match self {
+            Store::Local(s) => Ok(s.admit(plan)),
+            Store::Redis(s) => s.admit(plan).await,
+        }
+    }
+
+    /// What `admit` would decide, without charging anything.
+    async fn peek(&self, plan: &Plan) -> Result<Decision, BackendError> {
+        match self {
+            Store::Local(s) => Ok(s.peek(plan)),
+            Store::Redis(s) => s.peek(plan).await,
+        }
+    }
+
+    async fn adjust_tokens(&self, plan: &Plan, delta: i64) -> Result<(), BackendError> {
+        match self {
+            Store::Local(s) => {
+                s.adjust_tokens(plan, delta);
+                Ok(())
+            }
+            Store::Redis(s) => s.adjust_tokens(plan, delta).await,
+        }
+    }
+
+    fn should_warn(&self) -> bool {
+        match self {
+            Store::Local(_) => true,
+            Store::Redis(s) => s.conn.should_warn(),
+        }
+    }
+}
+
+/// The tokens a request reserved, kept in [`Cx::extensions`] until [`Filter::on_log`]
+/// reconciles them with the upstream's usage.
+#[derive(Clone)]
+struct Reservation {
+    /// Only the levels whose token bucket was charged.
+    plan: Plan,
+    tokens: u64,
+}
+
+/// Whether a route consumes model tokens (and so is subject to token limits).
+fn consumes_tokens(route: Route) -> bool {
+    matches!(route, Route::ChatCompletions | Route::AgentRun)
+}
+
+impl RateLimitFilter {
+    /// Every level of the caller that has a bucket this request touches, org → user → key.
+    fn plan(&self, id: &Identity, counts_request: bool, tokens: u64) -> Plan {
+        let mut items = Vec::with_capacity(3);
+        for (map, name) in [
+            (&self.orgs, &id.org),
+            (&self.users, &id.user),
+            (&self.keys, &id.key_id),
+        ] {
+            if let Some(e) = map.get(&**name) {
+                let item = PlanItem {
+                    entity: Arc::clone(e),
+                    requests: u64::from(counts_request && e.limits.requests.is_some()),
+                    tokens: if e.limits.tokens.is_some() { tokens } else { 0 },
+                };
+                if item.requests > 0 || item.tokens > 0 {
+                    items.push(item);
+                }
+            }
+        }
+        Plan { items }
+    }
+
+    fn has_token_bucket(&self, id: &Identity) -> bool {
+        let has = |map: &HashMap<Arc<str>, Arc<Entity>>, name: &Arc<str>| {
+            map.get(&**name).is_some_and(|e| e.limits.tokens.is_some())
+        };
+        has(&self.orgs, &id.org) || has(&self.users, &id.user) || has(&self.keys, &id.key_id)
+    }
+
+    /// Counts and (at most every 10 s) logs a store failure.
+    fn note_backend_error(&self, op: &'static str, e: &BackendError) {
+        match op {
+            "check" => self.metrics.backend_errors_check.inc(),
+            _ => self.metrics.backend_errors_reconcile.inc(),
+        }
+        if self.store.should_warn() {
+            tracing::warn!(
+                backend = self.store.label(),
+                op,
+                error = %e,
+                on_backend_error = ?self.on_backend_error,
+                "rate_limit: backend unavailable"
+            );
+        }
+    }
+
+    /// The answer to a request whose admission check failed.
+    fn on_check_error(&self, e: &BackendError) -> Verdict {
+        self.note_backend_error("check", e);
+        match self.on_backend_error {
+            OnBackendError::Allow => Verdict::Continue,
+            OnBackendError::Deny => Verdict::Respond(
+                Reply::error(
+                    503,
+                    "rate_limit_unavailable",
+                    "The rate-limit service is unavailable, so this request cannot be \
+                     admitted. Retry shortly.",
+                )
+                .with_header("retry-after", "1"),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Filter for RateLimitFilter {
+    fn name(&self) -> &str {
+        "rate_limit"
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
+        let Some(id) = cx.identity.as_ref() else {
+            // No auth filter before us: nobody to limit.
+            return Verdict::Continue;
+        };
+        let tokens = if consumes_tokens(cx.route) && self.has_token_bucket(id) {
+            estimate::reservation(req.body, cx.max_tokens, self.default_max_tokens)
+        } else {
+            0
+        };
+        // The engine's own execution of an asynchronous agent run: its acceptance (the `202`)
+        // already counted the request; the execution reserves and reconciles its tokens.
+        let counts_request = cx.extensions.get::<PreAuthenticated>().is_none();
+        let plan = self.plan(id, counts_request, tokens);
+        if plan.items.is_empty() {
+            return Verdict::Continue;
+        }
+
+        if let Some((level, msg)) = never_fits(&plan, req.body, self.default_max_tokens) {
+            self.metrics.limited(level).inc();
+            // Show where the caller's buckets stand, without charging anything.
+            if let Ok(d) = self.store.peek(&plan).await {
+                set_headers(cx, d.buckets());
+            }
+            return Verdict::Respond(
+                Reply::error(429, "rate_limit_exceeded", msg)
+                    .with_header("retry-after", NEVER_FITS_RETRY_AFTER_SECS.to_string()),
+            );
+        }
+
+        let started = Instant::now();
+        let decision = self.store.admit(&plan).await;
+        self.metrics
+            .check_seconds(self.store.label(), started.elapsed());
+        match decision {
+            Ok(Decision::Admitted(views)) => {
+                set_headers(cx, &views);
+                if tokens > 0 {
+                    let mut plan = plan;
+                    plan.items.retain(|i| i.tokens > 0);
+                    cx.extensions.insert(Reservation { plan, tokens });
+                }
+                Verdict::Continue
+            }
+            Ok(Decision::Limited {
+                level,
+                kind,
+                wait,
+                buckets,
+            }) => {
+                self.metrics.limited(level).inc();
+                set_headers(cx, &buckets);
+                let secs = retry_after_secs(wait);
+                let msg = limited_message(level, kind, &buckets, tokens, secs);
+                Verdict::Respond(
+                    Reply::error(429, "rate_limit_exceeded", msg)
+                        .with_header("retry-after", secs.to_string()),
+                )
+            }
+            Err(e) => self.on_check_error(&e),
+        }
+    }
+
+    async fn on_log(&self, ex: &Exchange, cx: &Cx) {
+        let Some(res) = cx.extensions.get::<Reservation>() else {
+            return;
+        };
+        let delta: i64 = match cx.usage {
+            // The upstream said what it used: charge exactly that.
+            Some(u) => clamp_i64(u.total()) - clamp_i64(res.tokens),
+            // An asynchronous agent run was accepted: its execution is a request of its own that
+            // reserves its own tokens, so this reservation would charge them twice.
+            None if ex.status == 202 && cx.route == Route::AgentRun => -clamp_i64(res.tokens),
+            // A 2xx without usage (an upstream that ignores `include_usage`, a stream cut after
+            // it started, an async agent run): the work was done or is under way, and the
+            // reservation is the best bound there is. Keep it.
+            None if (200..300).contains(&ex.status) => 0,
+            // Failed before or at the upstream (error status, no response): nothing was
+            // generated, release the reservation.
+            None => -clamp_i64(res.tokens),
+        };
+        if delta == 0 {
+            return;
+        }
+        match self.store.adjust_tokens(&res.plan, delta).await {
+            Ok(()) => {
+                if delta > 0 {
+                    self.metrics.charged.inc_by(delta.unsigned_abs());
+                } else {
+                    self.metrics.returned.inc_by(delta.unsigned_abs());
+                }
+            }
+            // The adjustment is lost and the reservation stands: the request is long answered.
+            Err(e) => self.note_backend_error("reconcile", &e),
+        }
+    }
+}
+
+/// The wait a never-fitting request is told: any retry will be refused just the same, but the
+/// contract requires `Retry-After` on every 429, and a full minute is the bucket's own period.
+const NEVER_FITS_RETRY_AFTER_SECS: u64 = 60;
+
+/// The message of a 429 for a request whose token reservation exceeds a token bucket's
+/// capacity: it would be refused forever, so it says so instead of naming a wait.
+fn never_fits(plan: &Plan, body: &JsonBody, default_max_tokens: u64) -> Option<(Level, String)> {
+    let (item, spec) = plan.items.iter().find_map(|i| {
+        let spec = i.entity.limits.tokens?;
+        (i.tokens > spec.capacity).then_some((i, spec))
+    })?;
+    let prompt = estimate::prompt_tokens(body);
+    let msg = format!(
+        "This request can never fit the rate limit: it reserves {} tokens (about {} for the \
+         prompt and {} for the completion: max_tokens, or {} when the request sets none, times \
+         n), but the {} `{}` allows at most {} tokens at once ({} tokens per minute). Lower \
+         max_tokens or shorten the prompt.",
+        item.tokens,
+        prompt,
+        item.tokens.saturating_sub(prompt),
+        default_max_tokens,
+        item.entity.level.label(),
+        item.entity.name,
+        spec.capacity,
+        spec.per_minute,
+    );
+    Some((item.entity.level, msg))
+}
+
+/// `Retry-After`: whole seconds, rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn limited_message(
+    level: Level,
+    kind: Kind,
+    buckets: &[BucketView],
+    tokens: u64,
+    secs: u64,
+) -> String {
+    let Some(b) = buckets.iter().find(|b| b.level == level && b.kind == kind) else {
+        return format!(
+            "Rate limit exceeded at the {} level. Retry after {secs} s.",
+            level.label()
+        );
+    };
+    let burst = if b.spec.capacity != b.spec.per_minute {
+        format!(", bursts of up to {}", b.spec.capacity)
+    } else {
+        String::new()
+    };
+    match kind {
+        Kind::Requests => format!(
+            "Rate limit exceeded: the {} `{}` allows {} requests per minute{burst}. Retry after \
+             {secs} s.",
+            level.label(),
+            b.name,
+            b.spec.per_minute,
+        ),
+        Kind::Tokens => format!(
+            "Rate limit exceeded: the {} `{}` allows {} tokens per minute{burst}, and this \
+             request reserves {tokens} tokens (estimated prompt plus max_tokens) while {} are \
+             available. Retry after {secs} s, or lower max_tokens.",
+            level.label(),
+            b.name,
+            b.spec.per_minute,
+            b.remaining.max(0),
+        ),
+    }
+}
+
+const H_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const H_REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const H_RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const H_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const H_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const H_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// Sets OpenAI's `x-ratelimit-*` headers for the tightest request bucket and, when one applies,
+/// the tightest token bucket.
+///
+/// Tightest: the fewest whole units remaining; on a tie the smaller capacity, then the narrower
+/// level (key before user before org). `limit` is the bucket's capacity (`burst`, which defaults
+/// to the per-minute rate), so `remaining` never exceeds it; `reset` is the time until the bucket
+/// is full again, in OpenAI's format (`1s`, `6m0s`, `20ms`).
+fn set_headers(cx: &mut Cx, buckets: &[BucketView]) {
+    for (kind, [limit, remaining, reset]) in [
+        (
+            Kind::Requests,
+            [H_LIMIT_REQUESTS, H_REMAINING_REQUESTS, H_RESET_REQUESTS],
+        ),
+        (
+            Kind::Tokens,
+            [H_LIMIT_TOKENS, H_REMAINING_TOKENS, H_RESET_TOKENS],
+        ),
+    ] {
+        let tightest = buckets
+            .iter()
+            .filter(|b| b.kind == kind)
+            .min_by_key(|b| (b.remaining, b.spec.capacity, std::cmp::Reverse(b.level)));
+        let Some(b) = tightest else { continue };
+        cx.set_response_header(limit, HeaderValue::from(b.spec.capacity));
+        cx.set_response_header(remaining, HeaderValue::from(b.remaining.max(0)));
+        if let Ok(v) = HeaderValue::from_str(&openai_duration(b.reset)) {
+            cx.set_response_header(reset, v);
+        }
+    }
+}
+
+/// A duration as OpenAI's rate-limit headers spell it (Go's `time.Duration` format, to the
+/// nearest millisecond): `0s`, `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3.5s`.
+pub(crate) fn openai_duration(d: Duration) -> String {
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, frac) = (rest / 1000, rest % 1000);
+    let secs = if frac == 0 {
+        format!("{s}s")
+    } else {
+        let f = format!("{frac:03}");
+        format!("{s}.{}s", f.trim_end_matches('0'))
+    };
+    if h > 0 {
+        format!("{h}h{m}m{secs}")
+    } else if m > 0 {
+        format!("{m}m{secs}")
+    } else {
+        secs
+    }
+}
+
+/// The filter's Prometheus metrics, registered once per [`Shared`] (reloads reuse them).
+struct Metrics {
+    limited: [IntCounter; 3],
+    backend_errors_check: IntCounter,
+    backend_errors_reconcile: IntCounter,
+    check_local: Histogram,
+    check_redis: Histogram,
+    charged: IntCounter,
+    returned: IntCounter,
+}
+
+impl Metrics {
+    fn register(shared: &Shared) -> prometheus::Result<Arc<Metrics>> {
+        let limited = shared.metric("sluice_rate_limited_total", || {
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_rate_limited_total",
+                    "Requests refused with 429 by the rate_limit filter, by the level whose \
+                     bucket needed the longest to fit",
+                ),
+                &["level"],
+            )
+        })?;
+        let errors = shared.metric("sluice_rate_limit_backend_errors_total", || {
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_rate_limit_backend_errors_total",
+                    "Rate-limit store calls that failed or timed out (the request was then \
+                     answered per on_backend_error), by operation",
+                ),
+                &["op"],
+            )
+        })?;
+        let check = shared.metric("sluice_rate_limit_check_duration_seconds", || {
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_rate_limit_check_duration_seconds",
+                    "Time one admission check took, by backend",
+                )
+                .buckets(vec![
+                    0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+                    0.025, 0.05, 0.1, 0.25,
+                ]),
+                &["backend"],
+            )
+        })?;
+        let tokens = shared.metric("sluice_rate_limit_reconciled_tokens_total", || {
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_rate_limit_reconciled_tokens_total",
+                    "Tokens moved by reconciling reservations with the upstream's usage: \
+                     `charged` beyond the reservation, `returned` unused or released",
+                ),
+                &["direction"],
+            )
+        })?;
+        Ok(Arc::new(Metrics {
+            limited: [Level::Org, Level::User, Level::Key]
+                .map(|l| limited.with_label_values(&[l.label()])),
+            backend_errors_check: errors.with_label_values(&["check"]),
+            backend_errors_reconcile: errors.with_label_values(&["reconcile"]),
+            check_local: check.with_label_values(&["local"]),
+            check_redis: check.with_label_values(&["redis"]),
+            charged: tokens.with_label_values(&["charged"]),
+            returned: tokens.with_label_values(&["returned"]),
+        }))
+    }
+
+    fn limited(&self, level: Level) -> &IntCounter {
+        match level {
+            Level::Org => &self.limited[0],
+            Level::User => &self.limited[1],
+            Level::Key => &self.limited[2],
+        }
+    }
+
+    fn check_seconds(&self, backend: &str, d: Duration) {
+        let h = if backend == "redis" {
+            &self.check_redis
+        } else {
+            &self.check_local
+        };
+        h.observe(d.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_openai_format() {
+        assert_eq!(openai_duration(Duration::ZERO), "0s");
+        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_micros(19_600)), "20ms");
+        assert_eq!(openai_duration(Duration::from_micros(19_001)), "19ms");
+        assert_eq!(openai_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(openai_duration(Duration::from_millis(59_999)), "59.999s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(
+            openai_duration(Duration::from_millis(3_723_500)),
+            "1h2m3.5s"
+        );
+        assert_eq!(openai_duration(Duration::from_nanos(999_999_001)), "1s");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
+    }
+
+    #[test]
+    fn settings_reject_bad_values_without_echoing_the_url() {
+        let s: RateLimitSettings = toml::from_str(
+            "backend = \"redis\"\nredis_url = \"redis://:hunter2@[::1\"\nredis_key_prefix = \"a{b\"\nredis_timeout_ms = 0",
+        )
+        .unwrap();
+        let mut errs = Vec::new();
+        s.validate(&mut errs);
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "rate_limit.redis_url",
+                "rate_limit.redis_timeout_ms",
+                "rate_limit.redis_key_prefix"
+            ]
+        );
+        assert!(errs.iter().all(|e| !e.message.contains("hunter2")));
+        let s: RateLimitSettings = toml::from_str("backend = \"redis\"").unwrap();
+        let mut errs = Vec::new();
+        s.validate(&mut errs);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "rate_limit.redis_url");
+    }
+}
