@@ -29,6 +29,7 @@ impl Default for FilterTypes {
             factories: HashMap::new(),
         };
         t.register("auth", sluice_filters::auth::build);
+        t.register("rate_limit", sluice_filters::ratelimit::build);
         t
     }
 }

@@ -71,6 +71,7 @@ impl Outcome {
     pub fn for_error(status: StatusCode, code: &str) -> Outcome {
         match (status.as_u16(), code) {
             (_, "dlp_blocked") => Outcome::DlpBlocked,
+            (_, "rate_limit_unavailable") => Outcome::RateLimited,
             (401, _) => Outcome::DeniedAuth,
             (403, _) => Outcome::DeniedPermission,
             (429, _) => Outcome::RateLimited,
