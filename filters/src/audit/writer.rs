@@ -550,11 +550,13 @@ impl Worker {
         }
     }
 
-    /// When the interval mode's next fsync is due.
+    /// When the next fsync of written lines is due. (Under `always` it is due at once: lines
+    /// left unsynced by another mode before a reload switched to `always`.)
     fn sync_deadline(&self, tun: &Tunables) -> Option<Instant> {
         match tun.fsync {
             Fsync::Interval => self.unsynced_since.map(|t| t + tun.interval),
-            Fsync::Always | Fsync::Never => None,
+            Fsync::Always => self.unsynced_since,
+            Fsync::Never => None,
         }
     }
 
