@@ -299,8 +299,18 @@ async fn fail_open_serves_and_counts() {
         1.0
     );
     // Still held for when the log comes back.
-    assert_eq!(writer(&shared).queue_depth(), 1);
+    let w = writer(&shared);
+    assert_eq!(w.queue_depth(), 1);
     assert_eq!(metric(&shared, "sluice_audit_queue_depth", None), 1.0);
+
+    // It never does: shutdown gives up after its bound, and says so; the held record goes to
+    // the process log and is counted.
+    assert!(!w.shutdown(Duration::from_millis(100)));
+    assert_eq!(
+        metric(&shared, "sluice_audit_write_errors_total", Some("closed")),
+        1.0
+    );
+    assert_eq!(metric(&shared, "sluice_audit_queue_depth", None), 0.0);
 }
 
 /// The log's device fails mid-run (ENOSPC): requests get 503 from then on, the records already
