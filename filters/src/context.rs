@@ -151,6 +151,11 @@ pub struct Cx {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// A filter's own per-request state, by type.
     pub extensions: http::Extensions,
+    /// Set by the engine right after it ran [`crate::Filter::on_response_complete`] for the
+    /// chain (the client is being sent a complete response), so that `on_log` can skip work
+    /// done there — also for filters whose `on_request_head` never ran because an earlier
+    /// filter answered from the headers.
+    pub response_completed: bool,
 }
 
 impl Cx {
@@ -175,6 +180,7 @@ impl Cx {
             dlp: Vec::new(),
             response_headers: Vec::new(),
             extensions: http::Extensions::new(),
+            response_completed: false,
         }
     }
 
