@@ -168,9 +168,13 @@ fn keys_new(user: &str, id: Option<String>) -> ExitCode {
 }
 
 fn audit_verify(files: &[PathBuf]) -> ExitCode {
-    let _ = files;
-    eprintln!("sluice audit verify: not available in this build");
-    ExitCode::from(2)
+    let report = sluice::filters::audit::verify(files);
+    if report.is_ok() {
+        println!("{report}");
+    } else {
+        eprintln!("{report}");
+    }
+    ExitCode::from(report.exit_code() as u8)
 }
 
 fn mock(listen: SocketAddr, opts: MockOptions) -> ExitCode {

@@ -908,6 +908,7 @@ impl SluiceProxy {
         });
         let ex = self.exchange(ctx, status, reply.outcome, reply.code);
         ctx.snap.chain.on_response_complete(&ex, &ctx.cx);
+        ctx.cx.response_completed = true;
         ctx.completed = true;
         if close {
             session.set_keepalive(None);
@@ -959,6 +960,7 @@ impl SluiceProxy {
         };
         let ex = self.exchange(ctx, ctx.upstream_status, outcome, None);
         ctx.snap.chain.on_response_complete(&ex, &ctx.cx);
+        ctx.cx.response_completed = true;
     }
 
     fn hold_body(
