@@ -664,7 +664,7 @@ impl SluiceProxy {
                     Some(m) => match snap.models.get(&m) {
                         Some(&(_, up)) => {
                             ctx.upstream = Some(up);
-                            ctx.cx.upstream = Some(snap.upstreams[up].name.clone());
+                            ctx.cx.upstream = snap.upstreams.get(up).map(|u| u.name.clone());
                             ctx.cx.model = Some(m);
                         }
                         None => return Ok(Step::Reply(model_not_found(&m), false)),
@@ -677,7 +677,7 @@ impl SluiceProxy {
                     }
                     None => {
                         ctx.upstream = Some(0);
-                        ctx.cx.upstream = Some(snap.upstreams[0].name.clone());
+                        ctx.cx.upstream = snap.upstreams.first().map(|u| u.name.clone());
                     }
                 }
             }
@@ -687,7 +687,7 @@ impl SluiceProxy {
                     Ok(prep) => {
                         async_input = prep.async_input;
                         ctx.upstream = Some(prep.upstream);
-                        ctx.cx.upstream = Some(snap.upstreams[prep.upstream].name.clone());
+                        ctx.cx.upstream = snap.upstreams.get(prep.upstream).map(|u| u.name.clone());
                         ctx.upstream_path = Some("/v1/chat/completions".into());
                         ctx.agent_response = true;
                     }
@@ -849,7 +849,7 @@ impl SluiceProxy {
             return Some(model_not_found(&model));
         };
         ctx.upstream = Some(up);
-        ctx.cx.upstream = Some(snap.upstreams[up].name.clone());
+        ctx.cx.upstream = snap.upstreams.get(up).map(|u| u.name.clone());
         ctx.cx.model = Some(model);
         None
     }
@@ -861,7 +861,8 @@ impl SluiceProxy {
             .model
             .as_ref()
             .and_then(|m| snap.models.get(m))
-            .and_then(|&(i, _)| snap.config.models[i].upstream_model.clone());
+            .and_then(|&(i, _)| snap.config.models.get(i))
+            .and_then(|m| m.upstream_model.clone());
         let ask_usage = ctx.cx.stream && !ctx.cx.client_wants_stream_usage;
         if rename.is_none() && !ask_usage {
             return;
