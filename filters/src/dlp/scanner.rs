@@ -1,0 +1,686 @@
+//! The scanning engine: cheap triggers find candidate starts, an anchored DFA per detector
+//! decides each candidate, a validator confirms it.
+//!
+//! # Why this shape
+//!
+//! Almost all text a gateway sees is clean, so the cost that matters is the cost of finding
+//! *nothing*. Running a regex engine over every byte for twenty detectors would be far too
+//! slow, so each detector names how its matches can start ([`Trigger`]) and the scanner finds
+//! those positions with a few vectorised passes over the text:
+//!
+//! - one Aho-Corasick automaton (Teddy SIMD prefilter) over the required literal prefixes of
+//!   the secret detectors and of custom regexes (`AKIA`, `ghp_`, `sk-`, `-----BEGIN`, …);
+//! - one more, ASCII case-insensitive, over keyword rules;
+//! - one SSE2 pass for digits and `@`, which seeds the digit-led PII detectors (cards, SSNs,
+//!   phone numbers, IPv4, IBANs) and e-mail addresses.
+//!
+//! Only at those positions does a detector's DFA run, anchored, usually for a handful of bytes.
+//!
+//! # Streams
+//!
+//! The same code decides streamed text. Every decision it makes is *prefix-stable*: a
+//! candidate is either decided from the bytes it has seen (its DFA died, or hit the length
+//! cap), or it is reported as undecided and the caller holds the text back from its start. A
+//! validator never looks past a candidate's end. So scanning a stream piece by piece gives
+//! exactly the matches that scanning the whole text gives, which is what lets a client's
+//! concatenated deltas equal the redacted non-streamed text. [`Scanner::partial_tail`] adds
+//! the positions where a trigger itself could still be completed by the next bytes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind as AcMatchKind};
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::util::{primitives::StateID, start, syntax};
+use regex_automata::{Anchored, Input, MatchKind};
+
+use super::detectors::{Builtin, BuiltinTrigger, Trigger, BUILTINS};
+use super::validate::{Check, Validator};
+use super::Action;
+
+/// The longest match a detector may produce; a candidate still undecided after this many bytes
+/// is decided with the match ends seen so far. Bounds both the work per candidate and how much
+/// of a stream may be held back.
+pub const MAX_MATCH_BYTES: usize = 16 * 1024;
+
+/// The longest e-mail local part considered (RFC 5321).
+const EMAIL_LOCAL_MAX: usize = 64;
+
+/// One detector match: byte offsets into the scanned text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// The detector's index in [`Scanner::names`] (its priority: lower wins ties).
+    pub detector: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A compiled detector.
+pub(crate) struct Detector {
+    pub(crate) name: String,
+    dfa: dense::DFA<Vec<u32>>,
+    validator: Option<Validator>,
+    pub(crate) trigger: Trigger,
+    /// A custom rule's own action, overriding the direction's.
+    pub(crate) rule_action: Option<Action>,
+}
+
+/// Builds the anchored DFA of a pattern. Built-ins are ASCII-only (`unicode = false`); custom
+/// regexes keep Unicode classes but have their word boundaries made ASCII beforehand.
+pub(crate) fn compile_dfa(pattern: &str, unicode: bool) -> Result<dense::DFA<Vec<u32>>, String> {
+    dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .match_kind(MatchKind::All)
+                .minimize(false)
+                .determinize_size_limit(Some(64 << 20))
+                .dfa_size_limit(Some(64 << 20)),
+        )
+        .syntax(syntax::Config::new().unicode(unicode).utf8(unicode))
+        .build(pattern)
+        .map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("exceeded") || msg.contains("limit") {
+                "the pattern is too large to compile into a DFA (limit 64 MiB); simplify it".into()
+            } else {
+                last_line(&msg)
+            }
+        })
+}
+
+/// The last line of a multi-line regex error (`error: unclosed group`), without the prefix.
+pub(crate) fn last_line(msg: &str) -> String {
+    let line = msg.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(msg);
+    line.trim().trim_start_matches("error: ").to_string()
+}
+
+impl Detector {
+    fn builtin(b: &Builtin) -> Detector {
+        // Built-in patterns are fixed and covered by tests; failing here is a bug in this file.
+        let dfa = compile_dfa(b.pattern, false)
+            .unwrap_or_else(|e| panic!("built-in DLP detector {} does not compile: {e}", b.name));
+        let trigger = match b.trigger {
+            BuiltinTrigger::Literals(l) => {
+                Trigger::Literals(l.iter().map(|s| s.as_bytes().to_vec()).collect())
+            }
+            BuiltinTrigger::Email => Trigger::Email,
+            BuiltinTrigger::Numeric => Trigger::Numeric,
+            BuiltinTrigger::Iban => Trigger::Iban,
+        };
+        Detector {
+            name: b.name.to_string(),
+            dfa,
+            validator: b.validator,
+            trigger,
+            rule_action: None,
+        }
+    }
+
+    pub(crate) fn custom(
+        name: &str,
+        dfa: dense::DFA<Vec<u32>>,
+        trigger: Trigger,
+        rule_action: Option<Action>,
+    ) -> Detector {
+        Detector {
+            name: name.to_string(),
+            dfa,
+            validator: None,
+            trigger,
+            rule_action,
+        }
+    }
+}
+
+/// The built-in detectors, compiled once per process (config reloads reuse them).
+pub(crate) fn builtins() -> &'static [Arc<Detector>] {
+    static COMPILED: OnceLock<Vec<Arc<Detector>>> = OnceLock::new();
+    COMPILED.get_or_init(|| BUILTINS.iter().map(|b| Arc::new(Detector::builtin(b))).collect())
+}
+
+/// The look-behind contexts a start state can be computed for; the union over them covers
+/// every position.
+const LOOK_BEHINDS: [Option<u8>; 5] = [None, Some(b' '), Some(b'a'), Some(b'\n'), Some(b'\r')];
+
+fn start_states(dfa: &dense::DFA<Vec<u32>>) -> Vec<StateID> {
+    LOOK_BEHINDS
+        .iter()
+        .filter_map(|lb| {
+            dfa.start_state(&start::Config::new().anchored(Anchored::Yes).look_behind(*lb))
+                .ok()
+        })
+        .collect()
+}
+
+/// The bytes a match can start with.
+pub(crate) fn first_bytes(dfa: &dense::DFA<Vec<u32>>) -> Box<[bool; 256]> {
+    let mut set = Box::new([false; 256]);
+    for sid in start_states(dfa) {
+        for b in 0..=255u8 {
+            if !dfa.is_dead_state(dfa.next_state(sid, b)) {
+                set[usize::from(b)] = true;
+            }
+        }
+    }
+    set
+}
+
+/// Literal prefixes every match starts with, read off the DFA: all byte strings of length
+/// `depth` (or shorter, when a match can end sooner) its start states can read without dying.
+/// `None` when there are more than `max` of them or one is shorter than 3 bytes.
+pub(crate) fn literal_prefixes(
+    dfa: &dense::DFA<Vec<u32>>,
+    depth: usize,
+    max: usize,
+) -> Option<Vec<Vec<u8>>> {
+    fn walk(
+        dfa: &dense::DFA<Vec<u32>>,
+        sid: StateID,
+        prefix: &mut Vec<u8>,
+        depth: usize,
+        max: usize,
+        out: &mut HashSet<Vec<u8>>,
+    ) -> bool {
+        if prefix.len() == depth {
+            out.insert(prefix.clone());
+            return out.len() <= max;
+        }
+        for b in 0..=255u8 {
+            let next = dfa.next_state(sid, b);
+            if dfa.is_dead_state(next) || dfa.is_quit_state(next) {
+                continue;
+            }
+            if dfa.is_match_state(next) {
+                // A match can end after `prefix`: it is the longest literal on this path.
+                if prefix.len() < 3 {
+                    return false;
+                }
+                out.insert(prefix.clone());
+                if out.len() > max {
+                    return false;
+                }
+                continue;
+            }
+            prefix.push(b);
+            let ok = walk(dfa, next, prefix, depth, max, out);
+            prefix.pop();
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+    let mut out = HashSet::new();
+    for sid in start_states(dfa) {
+        if !walk(dfa, sid, &mut Vec::new(), depth, max, &mut out) {
+            return None;
+        }
+    }
+    // A literal that extends another adds nothing: the shorter one finds the same starts.
+    let all: Vec<Vec<u8>> = out.into_iter().collect();
+    let mut kept: Vec<Vec<u8>> = all
+        .iter()
+        .filter(|l| !all.iter().any(|o| o.len() < l.len() && l.starts_with(o)))
+        .cloned()
+        .collect();
+    kept.sort();
+    if kept.is_empty() || kept.iter().any(|l| l.len() < 3) {
+        return None;
+    }
+    Some(kept)
+}
+
+/// An Aho-Corasick automaton over trigger literals, and for each of its patterns the detectors
+/// to try where it matches (those whose literal is a prefix of it, itself included).
+struct LiteralSet {
+    ac: AhoCorasick,
+    detectors: Vec<Vec<usize>>,
+}
+
+impl LiteralSet {
+    fn build(pairs: &[(Vec<u8>, usize)], case_insensitive: bool) -> Option<LiteralSet> {
+        if pairs.is_empty() {
+            return None;
+        }
+        let norm = |l: &[u8]| {
+            if case_insensitive {
+                l.to_ascii_lowercase()
+            } else {
+                l.to_vec()
+            }
+        };
+        let mut lits: Vec<Vec<u8>> = pairs.iter().map(|(l, _)| norm(l)).collect();
+        lits.sort();
+        lits.dedup();
+        let detectors = lits
+            .iter()
+            .map(|lit| {
+                let mut ds: Vec<usize> = pairs
+                    .iter()
+                    .filter(|(l, _)| lit.starts_with(&norm(l)))
+                    .map(|&(_, d)| d)
+                    .collect();
+                ds.sort_unstable();
+                ds.dedup();
+                ds
+            })
+            .collect();
+        let ac = AhoCorasick::builder()
+            .match_kind(AcMatchKind::LeftmostLongest)
+            .ascii_case_insensitive(case_insensitive)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&lits)
+            .ok()?;
+        Some(LiteralSet { ac, detectors })
+    }
+
+    /// Every position at or after `from` where some literal starts, with its detectors.
+    #[inline]
+    fn each(&self, hay: &[u8], from: usize, mut f: impl FnMut(usize, &[usize])) {
+        let mut pos = from;
+        while pos < hay.len() {
+            let input = aho_corasick::Input::new(hay).span(pos..hay.len());
+            let Some(m) = self.ac.find(input) else { break };
+            f(m.start(), &self.detectors[m.pattern().as_usize()]);
+            pos = m.start() + 1;
+        }
+    }
+}
+
+/// A set of compiled detectors and the trigger index over them.
+pub struct Scanner {
+    detectors: Vec<Arc<Detector>>,
+    literals: Option<LiteralSet>,
+    keywords: Option<LiteralSet>,
+    email: Option<usize>,
+    numeric: Vec<usize>,
+    iban: Option<usize>,
+    bytes: Vec<(usize, Box<[bool; 256]>)>,
+    /// Proper prefixes of the case-sensitive literals, and (lowercased) of the keywords.
+    prefixes: HashSet<Vec<u8>>,
+    prefixes_ci: HashSet<Vec<u8>>,
+    max_literal: usize,
+}
+
+struct FindCx<'a> {
+    hay: &'a [u8],
+    fin: bool,
+    out: &'a mut Vec<Match>,
+    hold: usize,
+    ends: Vec<usize>,
+}
+
+#[inline]
+pub(crate) fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+#[inline]
+fn is_local(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+impl Scanner {
+    pub(crate) fn new(detectors: Vec<Arc<Detector>>) -> Scanner {
+        let mut lits = Vec::new();
+        let mut kws = Vec::new();
+        let mut email = None;
+        let mut numeric = Vec::new();
+        let mut iban = None;
+        let mut bytes = Vec::new();
+        let mut prefixes = HashSet::new();
+        let mut prefixes_ci = HashSet::new();
+        let mut max_literal = 0;
+        for (i, d) in detectors.iter().enumerate() {
+            match &d.trigger {
+                Trigger::Literals(ls) => {
+                    for l in ls {
+                        lits.push((l.clone(), i));
+                        max_literal = max_literal.max(l.len());
+                        for k in 1..l.len() {
+                            prefixes.insert(l[..k].to_vec());
+                        }
+                    }
+                }
+                Trigger::Keywords(ls) => {
+                    for l in ls {
+                        kws.push((l.clone(), i));
+                        max_literal = max_literal.max(l.len());
+                        let low = l.to_ascii_lowercase();
+                        for k in 1..low.len() {
+                            prefixes_ci.insert(low[..k].to_vec());
+                        }
+                    }
+                }
+                Trigger::Email => email = email.or(Some(i)),
+                Trigger::Numeric => numeric.push(i),
+                Trigger::Iban => iban = iban.or(Some(i)),
+                Trigger::Bytes(set) => bytes.push((i, set.clone())),
+            }
+        }
+        Scanner {
+            literals: LiteralSet::build(&lits, false),
+            keywords: LiteralSet::build(&kws, true),
+            detectors,
+            email,
+            numeric,
+            iban,
+            bytes,
+            prefixes,
+            prefixes_ci,
+            max_literal,
+        }
+    }
+
+    /// The detectors' names, in priority order (a [`Match::detector`] indexes this).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.detectors.iter().map(|d| d.name.as_str())
+    }
+
+    pub fn name(&self, detector: usize) -> &str {
+        &self.detectors[detector].name
+    }
+
+    pub(crate) fn detector(&self, i: usize) -> &Detector {
+        &self.detectors[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.detectors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
+
+    /// Every match in `text`, in no particular order and possibly overlapping (each detector
+    /// reports at most one match per start: its longest valid one).
+    pub fn find_all(&self, text: &[u8]) -> Vec<Match> {
+        let mut out = Vec::new();
+        self.find(text, 0, true, &mut out);
+        out
+    }
+
+    /// Appends the decided matches starting at or after `from` to `out`. Bytes before `from`
+    /// are context only (look-behind). With `fin` false more text may follow: the returned
+    /// position is the start of the earliest candidate that the next bytes could still change
+    /// (`hay.len()` when there is none); matches at or after it are not reported.
+    pub(crate) fn find(&self, hay: &[u8], from: usize, fin: bool, out: &mut Vec<Match>) -> usize {
+        let mut cx = FindCx {
+            hay,
+            fin,
+            out,
+            hold: usize::MAX,
+            ends: Vec::new(),
+        };
+        if let Some(lits) = &self.literals {
+            lits.each(hay, from, |p, ds| {
+                for &d in ds {
+                    self.try_at(d, p, &mut cx);
+                }
+            });
+        }
+        if let Some(kws) = &self.keywords {
+            kws.each(hay, from, |p, ds| {
+                for &d in ds {
+                    self.try_at(d, p, &mut cx);
+                }
+            });
+        }
+        if self.email.is_some() || !self.numeric.is_empty() || self.iban.is_some() {
+            self.find_digits_and_at(from, &mut cx);
+        }
+        for (d, set) in &self.bytes {
+            for p in from..hay.len() {
+                if set[usize::from(hay[p])] {
+                    self.try_at(*d, p, &mut cx);
+                }
+            }
+        }
+        let hold = cx.hold;
+        if hold != usize::MAX {
+            out.retain(|m| m.start < hold);
+            hold
+        } else {
+            hay.len()
+        }
+    }
+
+    fn find_digits_and_at(&self, from: usize, cx: &mut FindCx<'_>) {
+        let hay = cx.hay;
+        let mut i = from;
+        while let Some(j) = find_digit_or_at(hay, i) {
+            if hay[j] == b'@' {
+                if let Some(e) = self.email {
+                    self.email_at(e, j, from, cx);
+                }
+                i = j + 1;
+                continue;
+            }
+            let prev = if j > 0 { Some(hay[j - 1]) } else { None };
+            match prev {
+                Some(p) if p.is_ascii_digit() => {}
+                Some(p) if is_word(p) => {
+                    if let Some(ib) = self.iban {
+                        let s = j.wrapping_sub(2);
+                        if j >= 2
+                            && s >= from
+                            && hay[s].is_ascii_uppercase()
+                            && p.is_ascii_uppercase()
+                            && (s == 0 || !is_word(hay[s - 1]))
+                        {
+                            self.try_at(ib, s, cx);
+                        }
+                    }
+                }
+                _ => {
+                    for &d in &self.numeric {
+                        self.try_at(d, j, cx);
+                    }
+                    if matches!(prev, Some(b'+' | b'(')) && j > from {
+                        for &d in &self.numeric {
+                            self.try_at(d, j - 1, cx);
+                        }
+                    }
+                }
+            }
+            let mut k = j + 1;
+            while k < hay.len() && hay[k].is_ascii_digit() {
+                k += 1;
+            }
+            i = k;
+        }
+    }
+
+    fn email_at(&self, e: usize, at: usize, from: usize, cx: &mut FindCx<'_>) {
+        let hay = cx.hay;
+        let mut s = at;
+        while s > 0 && at - s < EMAIL_LOCAL_MAX && is_local(hay[s - 1]) {
+            s -= 1;
+        }
+        while s < at && hay[s] == b'.' {
+            s += 1;
+        }
+        if s < at && s >= from {
+            self.try_at(e, s, cx);
+        }
+    }
+
+    #[inline]
+    fn try_at(&self, d: usize, s: usize, cx: &mut FindCx<'_>) {
+        let det = &self.detectors[d];
+        cx.ends.clear();
+        if !walk(&det.dfa, cx.hay, s, cx.fin, det.validator.is_some(), &mut cx.ends) {
+            cx.hold = cx.hold.min(s);
+            return;
+        }
+        for &e in cx.ends.iter().rev() {
+            let verdict = match det.validator {
+                Some(v) => v(cx.hay, s, e),
+                None => Check::Accept,
+            };
+            match verdict {
+                Check::Accept => {
+                    cx.out.push(Match {
+                        detector: d,
+                        start: s,
+                        end: e,
+                    });
+                    return;
+                }
+                Check::Reject => continue,
+                Check::Poison => return,
+            }
+        }
+    }
+
+    /// The earliest position at or after `from` where the end of `hay` could be the beginning
+    /// of a trigger that the next bytes complete (`hay.len()` when there is none): a partial
+    /// literal, a trailing e-mail local part, a `+`/`(` before a number, an IBAN's country.
+    pub(crate) fn partial_tail(&self, hay: &[u8], from: usize) -> usize {
+        let n = hay.len();
+        let mut p = n;
+        if self.max_literal > 1 {
+            let lo = from.max(n.saturating_sub(self.max_literal - 1));
+            for k in lo..n {
+                let tail = &hay[k..];
+                if self.prefixes.contains(tail)
+                    || (!self.prefixes_ci.is_empty()
+                        && self.prefixes_ci.contains(&tail.to_ascii_lowercase()))
+                {
+                    p = k;
+                    break;
+                }
+            }
+        }
+        if self.email.is_some() {
+            let mut k = n;
+            while k > from && n - k < EMAIL_LOCAL_MAX && is_local(hay[k - 1]) {
+                k -= 1;
+            }
+            p = p.min(k);
+        }
+        if !self.numeric.is_empty() && n > from && matches!(hay[n - 1], b'+' | b'(') {
+            p = p.min(n - 1);
+        }
+        if self.iban.is_some() {
+            let mut k = n;
+            while k > from && n - k < 3 && hay[k - 1].is_ascii_uppercase() {
+                k -= 1;
+            }
+            let run = n - k;
+            if (1..=2).contains(&run) && (k == 0 || !is_word(hay[k - 1])) {
+                p = p.min(k);
+            }
+        }
+        p
+    }
+}
+
+/// Runs a detector's anchored DFA from `s`, collecting the ends of its matches (all of them
+/// when a validator will choose, else only the longest). Returns false when the outcome is
+/// undecided: more text could extend or complete a match (only when `fin` is false).
+#[inline]
+fn walk(
+    dfa: &dense::DFA<Vec<u32>>,
+    hay: &[u8],
+    s: usize,
+    fin: bool,
+    all: bool,
+    ends: &mut Vec<usize>,
+) -> bool {
+    let input = Input::new(hay).range(s..).anchored(Anchored::Yes);
+    let Ok(mut sid) = dfa.start_state_forward(&input) else {
+        return true;
+    };
+    let found = |at: usize, ends: &mut Vec<usize>| {
+        if !all {
+            ends.clear();
+        }
+        ends.push(at);
+    };
+    let limit = hay.len().min(s.saturating_add(MAX_MATCH_BYTES));
+    let mut i = s;
+    while i < limit {
+        sid = dfa.next_state(sid, hay[i]);
+        if dfa.is_special_state(sid) {
+            if dfa.is_match_state(sid) {
+                found(i, ends);
+            } else if dfa.is_dead_state(sid) || dfa.is_quit_state(sid) {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    if i < hay.len() {
+        // The length cap: decided with what was seen.
+        return true;
+    }
+    if !fin {
+        return false;
+    }
+    sid = dfa.next_eoi_state(sid);
+    if dfa.is_match_state(sid) {
+        found(hay.len(), ends);
+    }
+    true
+}
+
+/// The first position at or after `i` holding an ASCII digit or `@`.
+#[inline]
+fn find_digit_or_at(hay: &[u8], mut i: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SSE2 is part of the x86_64 baseline.
+        use std::arch::x86_64::*;
+        // SAFETY: every load reads 16 bytes at `i + k` with `i + 32 <= hay.len()`; SSE2 is
+        // always available on x86_64.
+        unsafe {
+            let zero = _mm_set1_epi8(b'0' as i8);
+            let nine = _mm_set1_epi8(9);
+            let at = _mm_set1_epi8(b'@' as i8);
+            let class = |v: __m128i| {
+                let d = _mm_sub_epi8(v, zero);
+                let digit = _mm_cmpeq_epi8(_mm_min_epu8(d, nine), d);
+                _mm_or_si128(digit, _mm_cmpeq_epi8(v, at))
+            };
+            while i + 32 <= hay.len() {
+                let p = hay.as_ptr().add(i);
+                let a = class(_mm_loadu_si128(p as *const __m128i));
+                let b = class(_mm_loadu_si128(p.add(16) as *const __m128i));
+                let m = (_mm_movemask_epi8(a) as u32) | ((_mm_movemask_epi8(b) as u32) << 16);
+                if m != 0 {
+                    return Some(i + m.trailing_zeros() as usize);
+                }
+                i += 32;
+            }
+        }
+    }
+    hay.get(i..)?
+        .iter()
+        .position(|&b| b.is_ascii_digit() || b == b'@')
+        .map(|p| p + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_compiles() {
+        assert_eq!(builtins().len(), BUILTINS.len());
+    }
+
+    #[test]
+    fn digit_finder_matches_scalar() {
+        let text = b"abc defghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ the 9 end x@y ////:::";
+        for i in 0..text.len() {
+            let want = text[i..]
+                .iter()
+                .position(|&b| b.is_ascii_digit() || b == b'@')
+                .map(|p| p + i);
+            assert_eq!(find_digit_or_at(text, i), want, "from {i}");
+        }
+    }
+}
