@@ -199,6 +199,7 @@ fn pii_near_misses() {
     clean("1.2.3.4.5");
     clean("999.1.1.1");
     clean("0.1.2.3");
+    clean("127.0.0.1");
     clean("icon@2x.png");
     clean("user@localhost");
     clean("@types/node");

@@ -37,8 +37,10 @@ pub(crate) enum Trigger {
     Keywords(Vec<Vec<u8>>),
     /// An e-mail address: found from its `@`, its start by scanning back over the local part.
     Email,
-    /// Digit-led: a digit at a word start (or the `+`/`(` right before it).
-    Numeric,
+    /// Digit-led: a digit at a word start (or the `+`/`(` right before it). Every match is made
+    /// of digits and ` -.()+` only, holds at least `min_digits` digits, and a `.` when
+    /// `needs_dot`: the scanner skips the DFA where the run of such bytes cannot hold one.
+    Numeric(NumericShape),
     /// Two uppercase letters at a word start followed by a digit.
     Iban,
     /// Any position whose byte is in the set (custom regexes without a usable literal prefix).
@@ -57,9 +59,19 @@ pub(crate) struct Builtin {
 pub(crate) enum BuiltinTrigger {
     Literals(&'static [&'static str]),
     Email,
-    Numeric,
+    Numeric(NumericShape),
     Iban,
 }
+
+/// What every match of a digit-led detector needs (see [`Trigger::Numeric`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NumericShape {
+    pub min_digits: u8,
+    pub needs_dot: bool,
+}
+
+/// The longest digit-led match: 19 card digits and 18 separators.
+pub(crate) const NUMERIC_MAX_LEN: usize = 48;
 
 /// Every built-in detector, in priority order.
 pub(crate) const BUILTINS: &[Builtin] = &[
@@ -101,10 +113,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "gitlab_token",
         pack: Pack::Secrets,
-        pattern: r"\b(?:glpat|gldt|glrt|glptt|glft|glsoat|glcbt|glimt|gloas)-[A-Za-z0-9_-]{20,}",
-        trigger: BuiltinTrigger::Literals(&[
-            "glpat-", "gldt-", "glrt-", "glptt-", "glft-", "glsoat-", "glcbt-", "glimt-", "gloas-",
-        ]),
+        pattern: r"\b(?:glpat|gloas|gldt|glrt|glcbt|glptt|glft)-[A-Za-z0-9_-]{20,}",
+        trigger: BuiltinTrigger::Literals(&["glpat-", "gloas-", "gldt-", "glrt-", "glcbt-", "glptt-", "glft-"]),
         validator: None,
     },
     Builtin {
@@ -176,14 +186,14 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "credit_card",
         pack: Pack::Pii,
         pattern: r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
-        trigger: BuiltinTrigger::Numeric,
+        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 13, needs_dot: false }),
         validator: Some(validate::card),
     },
     Builtin {
         name: "us_ssn",
         pack: Pack::Pii,
         pattern: r"\b[0-9]{3}(?:-[0-9]{2}-|\x20[0-9]{2}\x20)[0-9]{4}\b",
-        trigger: BuiltinTrigger::Numeric,
+        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 9, needs_dot: false }),
         validator: Some(validate::ssn),
     },
     Builtin {
@@ -197,14 +207,14 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "phone_number",
         pack: Pack::Pii,
         pattern: r"(?:\+1[-. ]?)?(?:\([2-9][0-9]{2}\)\x20?|\b[2-9][0-9]{2}[-. ])[0-9]{3}[-. ][0-9]{4}\b|\+[1-9][0-9]{0,2}[-. ]?(?:\([0-9]{1,4}\)[-. ]?)?[0-9]{1,4}(?:[-. ]?[0-9]{1,4}){1,4}\b",
-        trigger: BuiltinTrigger::Numeric,
+        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 8, needs_dot: false }),
         validator: Some(validate::phone),
     },
     Builtin {
         name: "ipv4",
         pack: Pack::Pii,
         pattern: r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\b(?:\.[0-9])?",
-        trigger: BuiltinTrigger::Numeric,
+        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 4, needs_dot: true }),
         validator: Some(validate::ipv4),
     },
 ];

@@ -21,8 +21,11 @@ pub(crate) struct JsonScan<'a> {
     ms: Vec<Match>,
     /// One entry per recorded match.
     pub found: Vec<(usize, Action)>,
-    /// The detectors of `block` matches (each ended the string it was in).
+    /// The detectors of `block` matches.
     pub blocked: Vec<usize>,
+    /// Whether a `block` match ends the string it is in (responses: the rest is withheld), or
+    /// scanning goes on past it (requests: refused whole, every detector named).
+    stop_at_block: bool,
 }
 
 impl<'a> JsonScan<'a> {
@@ -33,7 +36,13 @@ impl<'a> JsonScan<'a> {
             ms: Vec::new(),
             found: Vec::new(),
             blocked: Vec::new(),
+            stop_at_block: true,
         }
+    }
+
+    pub(crate) fn scan_past_blocks(mut self) -> Self {
+        self.stop_at_block = false;
+        self
     }
 
     pub(crate) fn scanner(&self) -> &'a Scanner {
@@ -54,11 +63,14 @@ impl<'a> JsonScan<'a> {
 
     /// Scans raw bytes; returns their replacement when they changed.
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Option<Vec<u8>> {
-        let w = whole(self.sc, b, self.actions, &mut self.ms);
+        let w = whole(self.sc, b, self.actions, self.stop_at_block, &mut self.ms);
+        self.blocked.extend(
+            w.found
+                .iter()
+                .filter(|(_, a)| *a == Action::Block)
+                .map(|(d, _)| *d),
+        );
         self.found.extend(w.found);
-        if let Some(d) = w.blocked {
-            self.blocked.push(d);
-        }
         w.text
     }
 

@@ -447,8 +447,10 @@ impl DlpFilter {
             Some(v) => {
                 let new = response_value(&mut js, v);
                 let found = std::mem::take(&mut js.found);
-                if let (Some(n), Some(slot)) = (new, body.json_mut()) {
-                    *slot = n;
+                if let Some(n) = new {
+                    if let Some(slot) = body.json_mut() {
+                        *slot = n;
+                    }
                 }
                 self.record(cx, Direction::Response, &found);
             }
@@ -552,7 +554,8 @@ impl Filter for DlpFilter {
             return Reply::error(413, "request_too_large", msg).into();
         }
         let actions = self.actions(Direction::Request);
-        let mut js = JsonScan::new(&self.scanner, actions);
+        // A blocked request is refused whole: scan all of it, to name every detector.
+        let mut js = JsonScan::new(&self.scanner, actions).scan_past_blocks();
         let new_json = req.body.json().and_then(|v| js.value(v));
         let new_raw = match req.body.json() {
             None => js.bytes(req.body.bytes()),
@@ -564,8 +567,10 @@ impl Filter for DlpFilter {
         if !blocked.is_empty() {
             return self.blocked_reply(&blocked).into();
         }
-        if let (Some(n), Some(slot)) = (new_json, req.body.json_mut()) {
-            *slot = n;
+        if let Some(n) = new_json {
+            if let Some(slot) = req.body.json_mut() {
+                *slot = n;
+            }
         }
         if let Some(n) = new_raw {
             req.body.set_raw(Bytes::from(n));

@@ -37,13 +37,15 @@ fn rank(a: Action) -> u8 {
 
 /// Decides `hay[from..]` (bytes before `from` are look-behind context). With `fin` false the
 /// text may continue, and the step stops before anything the next bytes could still change.
-/// `actions[d]` is detector `d`'s action in this direction; `ms` is scratch space.
+/// `actions[d]` is detector `d`'s action in this direction; `ms` is scratch space. With
+/// `stop_at_block` false a `block` match is only recorded (and reported), not applied.
 pub(crate) fn step(
     sc: &Scanner,
     hay: &[u8],
     from: usize,
     fin: bool,
     actions: &[Action],
+    stop_at_block: bool,
     ms: &mut Vec<Match>,
 ) -> Outcome {
     ms.clear();
@@ -73,11 +75,12 @@ pub(crate) fn step(
             None => break,
         }
     }
-    let block = ms
+    let first_block = ms
         .iter()
         .filter(|m| actions[m.detector] == Action::Block && m.start < p)
         .min_by_key(|m| m.start)
         .copied();
+    let block = first_block.filter(|_| stop_at_block);
     let upto = block.map_or(p, |b| b.start);
 
     let mut out = Vec::new();
@@ -88,7 +91,7 @@ pub(crate) fn step(
     for m in ms.iter().filter(|m| m.start < upto) {
         let action = actions[m.detector];
         if !edits(m) {
-            if action == Action::Monitor {
+            if action == Action::Monitor || (action == Action::Block && block.is_none()) {
                 found.push((m.detector, action));
             }
             continue;
@@ -114,7 +117,7 @@ pub(crate) fn step(
     Outcome {
         text: changed.then_some(out),
         upto: if block.is_some() { hay.len() } else { upto },
-        blocked: block.map(|b| b.detector),
+        blocked: first_block.map(|b| b.detector),
         found,
     }
 }
@@ -143,16 +146,20 @@ fn render(out: &mut Vec<u8>, name: &str, action: Action, text: &[u8]) {
 pub(crate) struct Whole {
     /// The new text, when something was replaced or withheld.
     pub text: Option<Vec<u8>>,
-    pub blocked: Option<usize>,
     pub found: Vec<(usize, Action)>,
 }
 
 /// Scans and rewrites a complete text.
-pub(crate) fn whole(sc: &Scanner, text: &[u8], actions: &[Action], ms: &mut Vec<Match>) -> Whole {
-    let o = step(sc, text, 0, true, actions, ms);
+pub(crate) fn whole(
+    sc: &Scanner,
+    text: &[u8],
+    actions: &[Action],
+    stop_at_block: bool,
+    ms: &mut Vec<Match>,
+) -> Whole {
+    let o = step(sc, text, 0, true, actions, stop_at_block, ms);
     Whole {
         text: o.text,
-        blocked: o.blocked,
         found: o.found,
     }
 }

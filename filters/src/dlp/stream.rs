@@ -57,7 +57,7 @@ impl Channel {
     ) -> Released {
         self.buf.extend_from_slice(piece.as_bytes());
         let mut ms: Vec<Match> = Vec::new();
-        let o = step(sc, &self.buf, self.from, fin, actions, &mut ms);
+        let o = step(sc, &self.buf, self.from, fin, actions, true, &mut ms);
         found.extend(o.found.iter().copied());
         let bytes = match o.text {
             Some(t) => t,
@@ -135,19 +135,28 @@ impl StreamState {
                 out.push(ev);
                 continue;
             };
-            if !v.get("choices").is_some_and(Value::is_array) {
+            let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+                out.push(ev);
+                continue;
+            };
+            remember_template(&mut self.template, v);
+            // Decide from the event as received; rewrite it only when something changed, so an
+            // event whose text passes as it came keeps its bytes.
+            let patches: Vec<Patch> = choices
+                .iter()
+                .enumerate()
+                .filter_map(|(pos, c)| self.choice(sc, actions, pos, c))
+                .collect();
+            if patches.is_empty() {
                 out.push(ev);
                 continue;
             }
-            let mut v = v.clone();
-            remember_template(&mut self.template, &v);
-            let keep = self.chunk(sc, actions, &mut v);
-            if keep {
-                if let Some(slot) = ev.json_mut() {
-                    *slot = v;
+            if let Some(v) = ev.json_mut() {
+                if !apply(v, patches) {
+                    continue;
                 }
-                out.push(ev);
             }
+            out.push(ev);
         }
         if end && !flushed {
             self.flush_all(sc, actions, &mut out);
@@ -155,91 +164,77 @@ impl StreamState {
         *events = out;
     }
 
-    /// Rewrites one chunk in place; false when nothing of it is left to send.
-    fn chunk(&mut self, sc: &Scanner, actions: &[Action], v: &mut Value) -> bool {
-        let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
-            return true;
-        };
-        let had_choices = !choices.is_empty();
-        let mut kept = Vec::with_capacity(choices.len());
-        for (pos, mut choice) in choices.drain(..).enumerate() {
-            let idx = choice
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(pos as u64);
-            if self.closed.contains(&idx) {
-                continue;
-            }
-            self.choice(sc, actions, idx, &mut choice);
-            kept.push(choice);
+    /// Scans one choice of a chunk; returns how to rewrite it, when it must change.
+    fn choice(
+        &mut self,
+        sc: &Scanner,
+        actions: &[Action],
+        pos: usize,
+        choice: &Value,
+    ) -> Option<Patch> {
+        let idx = choice
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or(pos as u64);
+        let mut p = Patch::new(pos);
+        if self.closed.contains(&idx) {
+            p.remove = true;
+            return Some(p);
         }
-        *choices = kept;
-        let empty = choices.is_empty();
-        // A chunk whose only choices were withheld goes too, unless it carries something else
-        // the client needs (a usage report).
-        !(had_choices && empty && v.get("usage").is_none_or(Value::is_null))
-    }
-
-    fn choice(&mut self, sc: &Scanner, actions: &[Action], idx: u64, choice: &mut Value) {
         let finishing = choice
             .get("finish_reason")
             .is_some_and(|f| !f.is_null());
-        let Some(obj) = choice.as_object_mut() else {
-            return;
-        };
-        let delta = obj
-            .entry("delta")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Some(delta) = delta.as_object_mut() else {
-            return;
-        };
+        let delta = choice.get("delta");
         let mut blocked = false;
         for (f, name) in TEXT_FIELDS.iter().enumerate() {
+            let Some(Value::String(piece)) = delta.and_then(|d| d.get(*name)) else {
+                continue;
+            };
             if blocked {
-                delta.remove(*name);
+                p.fields.push((name, None));
                 continue;
             }
-            if let Some(Value::String(piece)) = delta.get(*name) {
-                let piece = piece.clone();
-                let r = self.push(sc, actions, idx, Key::Field(f), &piece, false);
-                delta.insert((*name).to_string(), Value::String(r.text));
-                blocked = r.blocked.is_some();
+            let r = self.push(sc, actions, idx, Key::Field(f), piece, false);
+            blocked = r.blocked.is_some();
+            if r.text != *piece {
+                p.fields.push((name, Some(r.text)));
             }
         }
-        if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+        let calls = delta
+            .and_then(|d| d.get("tool_calls"))
+            .and_then(Value::as_array);
+        for (cpos, call) in calls.into_iter().flatten().enumerate() {
+            let Some(piece) = call.pointer("/function/arguments").and_then(Value::as_str) else {
+                continue;
+            };
             if blocked {
-                calls.clear();
+                p.tool_args.push((cpos, String::new()));
+                continue;
             }
-            for (pos, call) in calls.iter_mut().enumerate() {
-                let ti = call
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(pos as u64);
-                let Some(args) = call
-                    .pointer_mut("/function/arguments")
-                    .filter(|a| a.is_string())
-                else {
-                    continue;
-                };
-                if blocked {
-                    *args = Value::String(String::new());
-                    continue;
-                }
-                let piece = args.as_str().unwrap_or_default().to_string();
-                let r = self.push(sc, actions, idx, Key::Tool(ti), &piece, false);
-                *args = Value::String(r.text);
-                blocked = r.blocked.is_some();
+            let ti = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(cpos as u64);
+            let r = self.push(sc, actions, idx, Key::Tool(ti), piece, false);
+            blocked = r.blocked.is_some();
+            if r.text != piece {
+                p.tool_args.push((cpos, r.text));
             }
         }
         if !blocked && finishing {
-            blocked = self.flush_choice(sc, actions, idx, delta);
+            let mut extra = Map::new();
+            blocked = self.flush_choice(sc, actions, idx, &mut extra);
+            if !extra.is_empty() {
+                p.flush = Some(extra);
+            }
         }
         if blocked {
-            obj.insert("finish_reason".into(), json!("content_filter"));
+            p.finish = true;
             self.close(idx);
         } else if finishing {
             self.close(idx);
         }
+        (!p.is_noop()).then_some(p)
     }
 
     fn push(
@@ -275,10 +270,7 @@ impl StreamState {
             let r = self.push(sc, actions, idx, key, "", true);
             match key {
                 Key::Field(f) => {
-                    let name = TEXT_FIELDS[f];
-                    let before = delta.get(name).and_then(Value::as_str).unwrap_or_default();
-                    let text = format!("{before}{}", r.text);
-                    delta.insert(name.to_string(), Value::String(text));
+                    delta.insert(TEXT_FIELDS[f].to_string(), Value::String(r.text));
                 }
                 Key::Tool(ti) => append_tool_args(delta, ti, &r.text),
             }
@@ -326,6 +318,117 @@ impl StreamState {
             out.push(StreamEvent::json_event(Value::Object(ev)));
         }
     }
+}
+
+/// How one choice of a chunk must change.
+struct Patch {
+    /// Its position in the chunk's `choices`.
+    pos: usize,
+    /// The choice is withheld (its answer was ended by a block, or had finished).
+    remove: bool,
+    /// Text fields of `delta` to replace (`None`: remove).
+    fields: Vec<(&'static str, Option<String>)>,
+    /// Tool calls (by position in `delta.tool_calls`) whose arguments to replace.
+    tool_args: Vec<(usize, String)>,
+    /// Held-back text released at the choice's end, to append to its `delta`.
+    flush: Option<Map<String, Value>>,
+    /// Set `finish_reason: "content_filter"`.
+    finish: bool,
+}
+
+impl Patch {
+    fn new(pos: usize) -> Patch {
+        Patch {
+            pos,
+            remove: false,
+            fields: Vec::new(),
+            tool_args: Vec::new(),
+            flush: None,
+            finish: false,
+        }
+    }
+
+    fn is_noop(&self) -> bool {
+        !self.remove
+            && self.fields.is_empty()
+            && self.tool_args.is_empty()
+            && self.flush.is_none()
+            && !self.finish
+    }
+}
+
+/// Applies patches to a chunk; false when nothing of it is left to send.
+fn apply(v: &mut Value, patches: Vec<Patch>) -> bool {
+    let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+        return true;
+    };
+    let mut removed = Vec::new();
+    for p in patches {
+        if p.remove {
+            removed.push(p.pos);
+            continue;
+        }
+        let Some(choice) = choices.get_mut(p.pos).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if p.finish {
+            choice.insert("finish_reason".into(), json!("content_filter"));
+        }
+        let delta = choice
+            .entry("delta")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Some(delta) = delta.as_object_mut() else {
+            continue;
+        };
+        for (name, text) in p.fields {
+            match text {
+                Some(t) => {
+                    delta.insert(name.to_string(), Value::String(t));
+                }
+                None => {
+                    delta.remove(name);
+                }
+            }
+        }
+        for (cpos, text) in p.tool_args {
+            if let Some(a) = delta
+                .get_mut("tool_calls")
+                .and_then(|c| c.get_mut(cpos))
+                .and_then(|c| c.pointer_mut("/function/arguments"))
+            {
+                *a = Value::String(text);
+            }
+        }
+        for (k, add) in p.flush.into_iter().flatten() {
+            match (k.as_str(), add) {
+                ("tool_calls", Value::Array(calls)) => {
+                    for c in calls {
+                        let ti = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let text = c
+                            .pointer("/function/arguments")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        append_tool_args(delta, ti, text);
+                    }
+                }
+                (_, Value::String(add)) => {
+                    let before = delta.get(&k).and_then(Value::as_str).unwrap_or_default();
+                    let text = format!("{before}{add}");
+                    delta.insert(k, Value::String(text));
+                }
+                _ => {}
+            }
+        }
+    }
+    let had_choices = !choices.is_empty();
+    for pos in removed.into_iter().rev() {
+        if pos < choices.len() {
+            choices.remove(pos);
+        }
+    }
+    // A chunk whose only choices were withheld goes too, unless it carries something else the
+    // client needs (a usage report).
+    !(had_choices && choices.is_empty() && v.get("usage").is_none_or(Value::is_null))
 }
 
 fn append_tool_args(delta: &mut Map<String, Value>, ti: u64, text: &str) {

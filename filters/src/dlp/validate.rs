@@ -47,8 +47,15 @@ pub fn luhn(digits: &[u8]) -> bool {
     sum % 10 == 0
 }
 
-fn digits_of(m: &[u8]) -> Vec<u8> {
-    m.iter().copied().filter(u8::is_ascii_digit).collect()
+/// The decimal digits of `m`, when there are at most `N` of them.
+fn digits_of<const N: usize>(m: &[u8]) -> Option<([u8; N], usize)> {
+    let mut d = [0u8; N];
+    let mut n = 0;
+    for &b in m.iter().filter(|b| b.is_ascii_digit()) {
+        *d.get_mut(n)? = b;
+        n += 1;
+    }
+    Some((d, n))
 }
 
 fn starts_in(d: &[u8], lo: u32, hi: u32, width: usize) -> bool {
@@ -85,33 +92,45 @@ fn known_issuer(d: &[u8]) -> bool {
 /// issuer prefix and a valid Luhn checksum.
 pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
     let m = &h[s..e];
-    let d = digits_of(m);
-    if !(13..=19).contains(&d.len()) || d.iter().all(|&x| x == d[0]) {
+    let Some((buf, n)) = digits_of::<19>(m) else {
+        return Check::Reject;
+    };
+    let d = &buf[..n];
+    if !(13..=19).contains(&n) || d.iter().all(|&x| x == d[0]) {
         return Check::Reject;
     }
-    let seps: Vec<u8> = m.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
-    if let Some(&sep) = seps.first() {
-        if seps.iter().any(|&x| x != sep) {
-            return Check::Reject;
+    // Group lengths between separators, which must all be the same byte.
+    let mut sep = None;
+    let mut groups = [0u8; 19];
+    let mut g = 0;
+    for &b in m {
+        if b.is_ascii_digit() {
+            groups[g] += 1;
+        } else {
+            if sep.is_some_and(|s| s != b) {
+                return Check::Reject;
+            }
+            sep = Some(b);
+            g += 1;
         }
-        let groups: Vec<usize> = m.split(|&b| b == sep).map(<[u8]>::len).collect();
-        let fours = groups.len() >= 3
-            && groups[..groups.len() - 1].iter().all(|&g| g == 4)
-            && (1..=4).contains(&groups[groups.len() - 1]);
+    }
+    if sep.is_some() {
+        let groups = &groups[..=g];
+        let (last, init) = groups.split_last().unwrap_or((&0, &[]));
+        let fours = groups.len() >= 3 && init.iter().all(|&x| x == 4) && (1..=4).contains(last);
         let amex_diners = groups.len() == 3 && groups[0] == 4 && groups[1] == 6 && groups[2] >= 4;
         if !(fours || amex_diners) {
             return Check::Reject;
         }
     }
-    yes(known_issuer(&d) && luhn(&d))
+    yes(known_issuer(d) && luhn(d))
 }
 
 /// US Social Security numbers: area 001–899 except 666, group 01–99, serial 0001–9999.
 pub(crate) fn ssn(h: &[u8], s: usize, e: usize) -> Check {
-    let d = digits_of(&h[s..e]);
-    if d.len() != 9 {
+    let Some((d, 9)) = digits_of::<9>(&h[s..e]) else {
         return Check::Reject;
-    }
+    };
     let num = |r: std::ops::Range<usize>| {
         d[r].iter()
             .fold(0u32, |acc, &b| acc * 10 + u32::from(b - b'0'))
@@ -156,12 +175,21 @@ pub fn iban_checksum(compact: &[u8]) -> bool {
 
 /// IBANs: a registered country, that country's length, and the mod-97 check digits.
 pub(crate) fn iban(h: &[u8], s: usize, e: usize) -> Check {
-    let compact: Vec<u8> = h[s..e].iter().copied().filter(|&b| b != b' ').collect();
+    let mut buf = [0u8; 34];
+    let mut n = 0;
+    for &b in h[s..e].iter().filter(|&&b| b != b' ') {
+        match buf.get_mut(n) {
+            Some(slot) => *slot = b,
+            None => return Check::Reject,
+        }
+        n += 1;
+    }
+    let compact = &buf[..n];
     let cc = [compact[0], compact[1]];
     let ok = IBAN_LENGTHS
         .iter()
         .any(|(c, len)| **c == cc && *len == compact.len())
-        && iban_checksum(&compact);
+        && iban_checksum(compact);
     yes(ok)
 }
 
@@ -189,15 +217,12 @@ pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
     if m.iter().filter(|&&b| b == b'.').count() != 3 {
         return Check::Poison;
     }
-    // Inside a longer dotted number (`5.1.2.3.4`), or a version `v1.2.3.4` / `1.2.3.4` whose
-    // first part is 0 (not a routable address).
+    // Inside a longer dotted number (`5.1.2.3.4`).
     if s >= 2 && h[s - 1] == b'.' && h[s - 2].is_ascii_digit() {
         return Check::Poison;
     }
-    if m[0] == b'0' {
-        return Check::Reject;
-    }
-    Check::Accept
+    // 0.0.0.0/8 (this host, "any") and 127.0.0.0/8 (loopback) say nothing about anyone.
+    yes(!(m.starts_with(b"0.") || m.starts_with(b"127.")))
 }
 
 /// File extensions that look like top-level domains in `icon@2x.png`-style names.
@@ -219,15 +244,14 @@ pub(crate) fn email(h: &[u8], s: usize, e: usize) -> Check {
     if local.is_empty() || local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
         return Check::Reject;
     }
-    let labels: Vec<&[u8]> = domain.split(|&b| b == b'.').collect();
-    if labels
-        .iter()
+    if domain
+        .split(|&b| b == b'.')
         .any(|l| l.is_empty() || l.starts_with(b"-") || l.ends_with(b"-"))
     {
         return Check::Reject;
     }
-    let tld = labels[labels.len() - 1].to_ascii_lowercase();
-    yes(!NOT_TLDS.contains(&tld.as_slice()))
+    let tld = domain.rsplit(|&b| b == b'.').next().unwrap_or_default();
+    yes(!NOT_TLDS.iter().any(|t| t.eq_ignore_ascii_case(tld)))
 }
 
 fn classes(m: &[u8]) -> (bool, bool, usize) {
