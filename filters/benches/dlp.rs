@@ -20,19 +20,84 @@ use sluice_filters::dlp::{Action, DlpFilter, DlpSettings, Scanner};
 use sluice_filters::{Cx, Filter, JsonBody, Request, Shared, StreamEvent};
 
 const WORDS: &[&str] = &[
-    "the", "request", "gateway", "model", "returns", "a", "response", "with", "tokens", "and",
-    "latency", "of", "deployment", "cluster", "should", "be", "configured", "for", "each", "team",
-    "when", "upstream", "errors", "retry", "policy", "is", "applied", "to", "streaming", "answers",
-    "security", "review", "found", "that", "our", "service", "uses", "TLS", "everywhere", "but",
-    "logs", "include", "timestamps", "in", "UTC", "Kubernetes", "pods", "restart", "after",
-    "memory", "pressure", "so", "we", "raised", "limits", "The", "migration", "plan", "covers",
+    "the",
+    "request",
+    "gateway",
+    "model",
+    "returns",
+    "a",
+    "response",
+    "with",
+    "tokens",
+    "and",
+    "latency",
+    "of",
+    "deployment",
+    "cluster",
+    "should",
+    "be",
+    "configured",
+    "for",
+    "each",
+    "team",
+    "when",
+    "upstream",
+    "errors",
+    "retry",
+    "policy",
+    "is",
+    "applied",
+    "to",
+    "streaming",
+    "answers",
+    "security",
+    "review",
+    "found",
+    "that",
+    "our",
+    "service",
+    "uses",
+    "TLS",
+    "everywhere",
+    "but",
+    "logs",
+    "include",
+    "timestamps",
+    "in",
+    "UTC",
+    "Kubernetes",
+    "pods",
+    "restart",
+    "after",
+    "memory",
+    "pressure",
+    "so",
+    "we",
+    "raised",
+    "limits",
+    "The",
+    "migration",
+    "plan",
+    "covers",
 ];
 
 const TECH: &[&str] = &[
-    "v1.29.2", "550e8400-e29b-41d4-a716-446655440000", "2024-11-28T14:32:05Z", "$1,299.99",
-    "9a8d13d7dc8b46be18ae1a589c7571e16abb7460", "fn main() { println!(\"{}\", x + 1); }",
-    "status=200", "latency_ms=183", "port 8080", "12%", "3 replicas", "1,048,576 bytes",
-    "kubectl get pods -n prod", "SELECT id FROM users LIMIT 100;", "task-based", "risk-free",
+    "v1.29.2",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "2024-11-28T14:32:05Z",
+    "$1,299.99",
+    "9a8d13d7dc8b46be18ae1a589c7571e16abb7460",
+    "fn main() { println!(\"{}\", x + 1); }",
+    "status=200",
+    "latency_ms=183",
+    "port 8080",
+    "12%",
+    "3 replicas",
+    "1,048,576 bytes",
+    "kubectl get pods -n prod",
+    "SELECT id FROM users LIMIT 100;",
+    "task-based",
+    "risk-free",
 ];
 
 /// Deterministic text: words with punctuation and, every few sentences, technical tokens.
@@ -78,13 +143,11 @@ const FINDINGS: &[&str] = &[
 fn dense_text(len: usize) -> String {
     let filler = clean_text(len);
     let mut s = String::with_capacity(len + 64);
-    let mut i = 0;
-    for chunk in filler.as_bytes().chunks(55) {
+    for (i, chunk) in filler.as_bytes().chunks(55).enumerate() {
         s.push_str(std::str::from_utf8(chunk).unwrap_or(""));
         s.push(' ');
         s.push_str(FINDINGS[i % FINDINGS.len()]);
         s.push(' ');
-        i += 1;
         if s.len() >= len {
             break;
         }
@@ -106,24 +169,36 @@ fn bench(c: &mut Criterion) {
     let sc = Scanner::from_settings(&DlpSettings::default()).expect("default packs build");
     let clean = clean_text(1 << 20);
     let dense = dense_text(1 << 20);
-    assert!(sc.find_all(clean.as_bytes()).is_empty(), "the clean text is clean");
+    assert!(
+        sc.find_all(clean.as_bytes()).is_empty(),
+        "the clean text is clean"
+    );
     let n_dense = sc.find_all(dense.as_bytes()).len();
     assert!(n_dense > 10_000, "the dense text is dense ({n_dense})");
 
     let mut g = c.benchmark_group("clean");
     g.throughput(Throughput::Bytes(clean.len() as u64));
-    g.bench_function("find_1MiB", |b| b.iter(|| sc.find_all(black_box(clean.as_bytes()))));
+    g.bench_function("find_1MiB", |b| {
+        b.iter(|| sc.find_all(black_box(clean.as_bytes())))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("dense");
     g.throughput(Throughput::Bytes(dense.len() as u64));
-    g.bench_function("find_1MiB", |b| b.iter(|| sc.find_all(black_box(dense.as_bytes()))));
-    g.bench_function("redact_1MiB", |b| b.iter(|| sc.apply(black_box(&dense), Action::Redact)));
+    g.bench_function("find_1MiB", |b| {
+        b.iter(|| sc.find_all(black_box(dense.as_bytes())))
+    });
+    g.bench_function("redact_1MiB", |b| {
+        b.iter(|| sc.apply(black_box(&dense), Action::Redact))
+    });
     g.finish();
 
     let prompt = clean_text(4096);
-    let f = DlpFilter::new(&DlpSettings::default(), &Shared::new(prometheus::Registry::new()))
-        .expect("filter builds");
+    let f = DlpFilter::new(
+        &DlpSettings::default(),
+        &Shared::new(prometheus::Registry::new()),
+    )
+    .expect("filter builds");
     let req = json!({
         "model": "gpt-4o-mini",
         "messages": [
@@ -136,7 +211,9 @@ fn bench(c: &mut Criterion) {
     let headers = HeaderMap::new();
     let mut g = c.benchmark_group("prompt_4k");
     g.throughput(Throughput::Bytes(4096));
-    g.bench_function("find_text", |b| b.iter(|| sc.find_all(black_box(prompt.as_bytes()))));
+    g.bench_function("find_text", |b| {
+        b.iter(|| sc.find_all(black_box(prompt.as_bytes())))
+    });
     g.bench_function("on_request_json", |b| {
         b.iter_batched(
             || JsonBody::parsed(raw.clone(), req.clone()),

@@ -1,6 +1,6 @@
 //! `[dlp]` configuration: defaults, and every error with its field path.
 
-use sluice_filters::dlp::{factory, Action, DlpSettings};
+use sluice_filters::dlp::{build, Action, DlpSettings};
 use sluice_filters::policy::Policy;
 use sluice_filters::Shared;
 
@@ -18,7 +18,10 @@ fn an_empty_section_means_both_packs_block_requests_redact_responses() {
     assert_eq!(s.request_action, Action::Block);
     assert_eq!(s.response_action, Action::Redact);
     let d = DlpSettings::default();
-    assert_eq!((d.packs, d.request_action, d.response_action), (s.packs, s.request_action, s.response_action));
+    assert_eq!(
+        (d.packs, d.request_action, d.response_action),
+        (s.packs, s.request_action, s.response_action)
+    );
     assert!(errors("").is_empty());
 }
 
@@ -99,8 +102,9 @@ fn unknown_keys_and_actions_are_errors() {
 }
 
 #[test]
-fn the_factory_takes_no_options_and_reports_rule_errors() {
-    let dlp: DlpSettings = toml::from_str("[[rules]]\nname = \"r\"\nregex = \"[\"").expect("parses");
+fn build_takes_no_options_and_reports_rule_errors() {
+    let dlp: DlpSettings =
+        toml::from_str("[[rules]]\nname = \"r\"\nregex = \"[\"").expect("parses");
     let rl = Default::default();
     let audit = Default::default();
     let policy = Policy {
@@ -115,19 +119,24 @@ fn the_factory_takes_no_options_and_reports_rule_errors() {
         agents: &[],
     };
     let shared = Shared::new(prometheus::Registry::new());
-    let err = factory(&policy, &toml::Table::new(), "filters[2]", &shared)
+    let err = build(&policy, &toml::Table::new(), "filters[2]", &shared)
         .err()
         .expect("a broken regex fails the build");
-    assert_eq!(err.to_string(), "dlp.rules[0].regex: unclosed character class");
+    assert_eq!(
+        err.to_string(),
+        "dlp.rules[0].regex: unclosed character class"
+    );
 
     let ok = DlpSettings::default();
     let policy = Policy { dlp: &ok, ..policy };
     let mut opts = toml::Table::new();
     opts.insert("packs".into(), toml::Value::Array(vec![]));
-    let err = factory(&policy, &opts, "filters[2]", &shared).err().expect("options rejected");
+    let err = build(&policy, &opts, "filters[2]", &shared)
+        .err()
+        .expect("options rejected");
     assert_eq!(
         err.to_string(),
         "filters[2].packs: unknown option: the dlp filter is configured in [dlp]"
     );
-    assert!(factory(&policy, &toml::Table::new(), "filters[2]", &shared).is_ok());
+    assert!(build(&policy, &toml::Table::new(), "filters[2]", &shared).is_ok());
 }

@@ -74,18 +74,36 @@ fn secrets_pack() {
     caught("aws_access_key", "ASIAY34FZKBOKMUTVV7A");
     caught("github_token", &format!("ghp_{}", token(36, 1)));
     caught("github_token", &format!("gho_{}", token(36, 2)));
-    caught("github_token", &format!("github_pat_{}_{}", token(22, 3), token(59, 4)));
+    caught(
+        "github_token",
+        &format!("github_pat_{}_{}", token(22, 3), token(59, 4)),
+    );
     caught("gitlab_token", &format!("glpat-{}", token(20, 5)));
-    caught("slack_token", "xoxb-2483920183-4829102938475-AbCdEfGhIjKlMnOpQrStUvWx");
-    caught("slack_token", "xoxp-1234567890-0987654321-1122334455-abcdef0123456789abcdef0123456789");
+    caught(
+        "slack_token",
+        "xoxb-2483920183-4829102938475-AbCdEfGhIjKlMnOpQrStUvWx",
+    );
+    caught(
+        "slack_token",
+        "xoxp-1234567890-0987654321-1122334455-abcdef0123456789abcdef0123456789",
+    );
     caught("openai_api_key", &format!("sk-{}", token(48, 6)));
-    caught("openai_api_key", &format!("sk-proj-{}-{}", token(40, 7), token(60, 8)));
-    caught("anthropic_api_key", &format!("sk-ant-api03-{}-{}AA", token(60, 9), token(31, 10)));
+    caught(
+        "openai_api_key",
+        &format!("sk-proj-{}-{}", token(40, 7), token(60, 8)),
+    );
+    caught(
+        "anthropic_api_key",
+        &format!("sk-ant-api03-{}-{}AA", token(60, 9), token(31, 10)),
+    );
     caught("stripe_key", &format!("sk_live_{}", token(24, 11)));
     caught("stripe_key", &format!("rk_test_{}", token(30, 12)));
     caught("google_api_key", "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe");
     caught("huggingface_token", &format!("hf_{}", token(34, 13)));
-    caught("sendgrid_api_key", &format!("SG.{}.{}", token(22, 14), token(43, 15)));
+    caught(
+        "sendgrid_api_key",
+        &format!("SG.{}.{}", token(22, 14), token(43, 15)),
+    );
     caught("sluice_api_key", &format!("sk-sluice-{}", token(40, 16)));
     caught(
         "jwt",
@@ -103,8 +121,16 @@ fn slack_webhook_keeps_the_scheme() {
 
 #[test]
 fn private_key_blocks_whole() {
-    let body = (0..6).map(|i| token(64, 100 + i)).collect::<Vec<_>>().join("\n");
-    for kind in ["RSA PRIVATE KEY", "PRIVATE KEY", "OPENSSH PRIVATE KEY", "EC PRIVATE KEY"] {
+    let body = (0..6)
+        .map(|i| token(64, 100 + i))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for kind in [
+        "RSA PRIVATE KEY",
+        "PRIVATE KEY",
+        "OPENSSH PRIVATE KEY",
+        "EC PRIVATE KEY",
+    ] {
         let block = format!("-----BEGIN {kind}-----\n{body}\n-----END {kind}-----");
         assert_eq!(
             redact(&format!("Here it is:\n{block}\nKeep it safe.")),
@@ -223,7 +249,10 @@ fn mask_keeps_the_last_four() {
         sc.apply("pay with 4111 1111 1111 1111.", Action::Mask),
         "pay with ***************1111."
     );
-    assert_eq!(sc.apply("AKIAIOSFODNN7EXAMPLE", Action::Mask), "****************MPLE");
+    assert_eq!(
+        sc.apply("AKIAIOSFODNN7EXAMPLE", Action::Mask),
+        "****************MPLE"
+    );
 }
 
 #[test]
@@ -252,10 +281,20 @@ fn rule(name: &str, regex: Option<&str>, keywords: Option<&[&str]>) -> RuleSetti
 
 #[test]
 fn keyword_rules_are_case_insensitive_whole_words() {
-    let sc = with_rules(vec![rule("codenames", None, Some(&["BLUEBIRD", "NIGHTJAR", "Red Fox"]))]);
+    let sc = with_rules(vec![rule(
+        "codenames",
+        None,
+        Some(&["BLUEBIRD", "NIGHTJAR", "Red Fox"]),
+    )]);
     let r = |t: &str| sc.apply(t, Action::Redact);
-    assert_eq!(r("Project bluebird ships."), "Project [REDACTED:codenames] ships.");
-    assert_eq!(r("NightJar/BLUEBIRD"), "[REDACTED:codenames]/[REDACTED:codenames]");
+    assert_eq!(
+        r("Project bluebird ships."),
+        "Project [REDACTED:codenames] ships."
+    );
+    assert_eq!(
+        r("NightJar/BLUEBIRD"),
+        "[REDACTED:codenames]/[REDACTED:codenames]"
+    );
     assert_eq!(r("the red fox"), "the [REDACTED:codenames]");
     assert_eq!(r("BLUEBIRDS and nightjars"), "BLUEBIRDS and nightjars");
 }

@@ -19,7 +19,11 @@ fn body_of(raw: &str) -> JsonBody {
     }
 }
 
-async fn send(f: &DlpFilter, body: &mut JsonBody, headers: &HeaderMap) -> (Verdict, sluice_filters::Cx) {
+async fn send(
+    f: &DlpFilter,
+    body: &mut JsonBody,
+    headers: &HeaderMap,
+) -> (Verdict, sluice_filters::Cx) {
     let mut c = cx();
     let mut req = Request {
         method: &Method::POST,
@@ -58,7 +62,10 @@ async fn escaped_secrets_are_found_and_blocked_without_echoing_them() {
     assert_eq!(err["error"]["code"], "dlp_blocked");
     assert!(err["error"]["param"].is_null());
     let msg = err["error"]["message"].as_str().expect("message");
-    assert!(msg.contains("aws_access_key") && msg.contains("email"), "{msg}");
+    assert!(
+        msg.contains("aws_access_key") && msg.contains("email"),
+        "{msg}"
+    );
     assert!(!msg.contains("AKIA") && !msg.contains("john"), "{msg}");
     let mut got: Vec<(&str, &str, &str, u32)> = c
         .dlp
@@ -68,7 +75,10 @@ async fn escaped_secrets_are_found_and_blocked_without_echoing_them() {
     got.sort();
     assert_eq!(
         got,
-        [("aws_access_key", "request", "block", 1), ("email", "request", "block", 1)]
+        [
+            ("aws_access_key", "request", "block", 1),
+            ("email", "request", "block", 1)
+        ]
     );
 }
 
@@ -98,28 +108,49 @@ async fn every_string_is_scanned_and_the_structure_kept() {
     assert!(matches!(v, Verdict::Continue));
     assert!(body.is_changed());
     let out = sent(&body);
-    assert_eq!(out["messages"][0]["content"], "Ops contact: [REDACTED:email]");
-    assert_eq!(out["messages"][1]["content"][0]["text"], "my card [REDACTED:credit_card]");
-    assert_eq!(out["messages"][1]["content"][1], request["messages"][1]["content"][1]);
+    assert_eq!(
+        out["messages"][0]["content"],
+        "Ops contact: [REDACTED:email]"
+    );
+    assert_eq!(
+        out["messages"][1]["content"][0]["text"],
+        "my card [REDACTED:credit_card]"
+    );
+    assert_eq!(
+        out["messages"][1]["content"][1],
+        request["messages"][1]["content"][1]
+    );
     let args: Value = serde_json::from_str(
         out["messages"][2]["tool_calls"][0]["function"]["arguments"]
             .as_str()
             .expect("arguments stay a string"),
     )
     .expect("arguments stay JSON");
-    assert_eq!(args, json!({"key": "[REDACTED:aws_access_key]", "region": "eu-west-1"}));
+    assert_eq!(
+        args,
+        json!({"key": "[REDACTED:aws_access_key]", "region": "eu-west-1"})
+    );
     assert_eq!(out["messages"][3]["content"], "ok, from [REDACTED:ipv4]");
-    assert_eq!(out["metadata"], json!({"[REDACTED:email]": "owner", "account": "[REDACTED:credit_card]"}));
+    assert_eq!(
+        out["metadata"],
+        json!({"[REDACTED:email]": "owner", "account": "[REDACTED:credit_card]"})
+    );
     // Everything else is untouched, in order.
     assert_eq!(out["model"], "gpt-4o-mini");
     assert_eq!(out["temperature"], 0.2);
     assert_eq!(out["stream"], false);
     let keys: Vec<&String> = out.as_object().expect("object").keys().collect();
-    assert_eq!(keys, ["model", "messages", "temperature", "metadata", "stream"]);
+    assert_eq!(
+        keys,
+        ["model", "messages", "temperature", "metadata", "stream"]
+    );
     assert_eq!(out["messages"].as_array().map(Vec::len), Some(4));
     let total: u32 = c.dlp.iter().map(|d| d.count).sum();
     assert_eq!(total, 6);
-    assert!(c.dlp.iter().all(|d| d.direction == "request" && d.action == "redact"));
+    assert!(c
+        .dlp
+        .iter()
+        .all(|d| d.direction == "request" && d.action == "redact"));
 }
 
 #[tokio::test]
@@ -178,20 +209,33 @@ async fn rule_actions_override_the_direction() {
         panic!("keyword rule blocks")
     };
     let err: Value = serde_json::from_slice(&reply.body).expect("JSON");
-    assert!(err["error"]["message"].as_str().unwrap_or("").contains("codenames"));
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("codenames"));
 
-    let mut body = body_of(r#"{"messages":[{"role":"user","content":"EMP-123456 mailed a@example.com"}]}"#);
+    let mut body =
+        body_of(r#"{"messages":[{"role":"user","content":"EMP-123456 mailed a@example.com"}]}"#);
     let (v, c) = send(&f, &mut body, &HeaderMap::new()).await;
     assert!(matches!(v, Verdict::Continue));
-    assert_eq!(sent(&body)["messages"][0]["content"], "EMP-123456 mailed [REDACTED:email]");
-    let monitor = c.dlp.iter().find(|d| d.detector == "employee_id").expect("recorded");
+    assert_eq!(
+        sent(&body)["messages"][0]["content"],
+        "EMP-123456 mailed [REDACTED:email]"
+    );
+    let monitor = c
+        .dlp
+        .iter()
+        .find(|d| d.detector == "employee_id")
+        .expect("recorded");
     assert_eq!(monitor.action, "monitor");
 }
 
 #[tokio::test]
 async fn non_json_bodies_are_scanned_as_bytes() {
     let f = filter_with(&settings(Action::Redact));
-    let mut body = JsonBody::raw(Bytes::from_static(b"plain text with AKIAIOSFODNN7EXAMPLE\xff\xfe inside"));
+    let mut body = JsonBody::raw(Bytes::from_static(
+        b"plain text with AKIAIOSFODNN7EXAMPLE\xff\xfe inside",
+    ));
     let (v, _) = send(&f, &mut body, &HeaderMap::new()).await;
     assert!(matches!(v, Verdict::Continue));
     assert_eq!(
@@ -223,7 +267,8 @@ async fn undecodable_and_oversized_bodies_fail_closed() {
         ..DlpSettings::default()
     };
     let f = filter_with(&small);
-    let mut body = body_of(&json!({"messages": [{"role": "user", "content": "x".repeat(100)}]}).to_string());
+    let mut body =
+        body_of(&json!({"messages": [{"role": "user", "content": "x".repeat(100)}]}).to_string());
     let (v, _) = send(&f, &mut body, &HeaderMap::new()).await;
     let Verdict::Respond(reply) = v else {
         panic!("an oversized body must not be forwarded")
@@ -236,7 +281,8 @@ async fn findings_reach_the_metric() {
     let shared = Shared::new(prometheus::Registry::new());
     let f = DlpFilter::new(&settings(Action::Redact), &shared).expect("builds");
     for _ in 0..3 {
-        let mut body = body_of(r#"{"messages":[{"role":"user","content":"a@example.com b@example.com"}]}"#);
+        let mut body =
+            body_of(r#"{"messages":[{"role":"user","content":"a@example.com b@example.com"}]}"#);
         send(&f, &mut body, &HeaderMap::new()).await;
     }
     // A reload builds a new filter on the same registry.
@@ -254,7 +300,14 @@ async fn findings_reach_the_metric() {
         .iter()
         .map(|l| (l.get_name(), l.get_value()))
         .collect();
-    assert_eq!(labels, [("action", "redact"), ("detector", "email"), ("direction", "request")]);
+    assert_eq!(
+        labels,
+        [
+            ("action", "redact"),
+            ("detector", "email"),
+            ("direction", "request")
+        ]
+    );
     assert_eq!(m.get_counter().get_value(), 7.0);
 }
 
@@ -273,9 +326,15 @@ fn response_bodies_redact_and_block() {
     let mut c = cx();
     f.on_response_body(&mut body, &mut c);
     let out = sent(&body);
-    assert_eq!(out["choices"][0]["message"]["content"], "mail [REDACTED:email]");
+    assert_eq!(
+        out["choices"][0]["message"]["content"],
+        "mail [REDACTED:email]"
+    );
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
-    assert_eq!((c.dlp[0].direction, c.dlp[0].action), ("response", "redact"));
+    assert_eq!(
+        (c.dlp[0].direction, c.dlp[0].action),
+        ("response", "redact")
+    );
 
     let f = filter_with(&DlpSettings {
         response_action: Action::Block,

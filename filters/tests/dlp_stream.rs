@@ -71,7 +71,11 @@ fn a_secret_split_at_every_offset_between_two_deltas() {
         let full = format!("Here: {secret} -- thanks");
         let marker = format!("[REDACTED:{name}]");
         let (want, _) = non_streamed(&f, &full);
-        assert_eq!(want, format!("Here: {marker} -- thanks"), "{name} non-streamed");
+        assert_eq!(
+            want,
+            format!("Here: {marker} -- thanks"),
+            "{name} non-streamed"
+        );
         for k in boundaries(&full) {
             let (a, b) = full.split_at(k);
             let mut c = cx();
@@ -80,11 +84,21 @@ fn a_secret_split_at_every_offset_between_two_deltas() {
             assert_eq!(v.content[0], want, "{name} split at {k}");
             let raw = without_markers(&String::from_utf8(out).expect("utf-8"));
             // The secret's distinctive parts never reach the client, in any event.
-            for part in secret.split(|c: char| !c.is_ascii_alphanumeric()).filter(|p| p.len() >= 6) {
+            for part in secret
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|p| p.len() >= 6)
+            {
                 assert!(!raw.contains(part), "{name}: `{part}` leaked at split {k}");
             }
-            let rec = c.dlp.iter().find(|d| d.detector == name).expect("finding recorded");
-            assert_eq!((rec.direction, rec.action, rec.count), ("response", "redact", 1));
+            let rec = c
+                .dlp
+                .iter()
+                .find(|d| d.detector == name)
+                .expect("finding recorded");
+            assert_eq!(
+                (rec.direction, rec.action, rec.count),
+                ("response", "redact", 1)
+            );
         }
     }
 }
@@ -163,7 +177,11 @@ fn only_the_undecided_tail_is_held_back() {
         f.on_stream_events(&mut evs, false, &mut c);
         evs.iter()
             .filter_map(|e| e.json())
-            .filter_map(|j| j["choices"][0]["delta"]["content"].as_str().map(String::from))
+            .filter_map(|j| {
+                j["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(String::from)
+            })
             .collect()
     };
     // Complete words go out at once; only the last, unfinished one waits.
@@ -197,10 +215,20 @@ fn block_ends_the_answer_with_content_filter() {
         let v = client_view(&out);
         assert_eq!(v.content[0], want, "split at {k}");
         assert_eq!(v.finish[0].as_deref(), Some("content_filter"));
-        assert_eq!(v.after_finish, 0, "nothing of the choice after content_filter");
+        assert_eq!(
+            v.after_finish, 0,
+            "nothing of the choice after content_filter"
+        );
         assert!(v.done);
-        let rec = c.dlp.iter().find(|d| d.detector == "aws_access_key").expect("recorded");
-        assert_eq!((rec.direction, rec.action, rec.count), ("response", "block", 1));
+        let rec = c
+            .dlp
+            .iter()
+            .find(|d| d.detector == "aws_access_key")
+            .expect("recorded");
+        assert_eq!(
+            (rec.direction, rec.action, rec.count),
+            ("response", "block", 1)
+        );
     }
 }
 
@@ -268,9 +296,21 @@ fn tool_call_arguments_are_scanned_as_they_stream() {
     for k in boundaries(args) {
         let (a, b) = args.split_at(k);
         let evs = vec![
-            chunk(0, json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "send", "arguments": ""}}]}), None),
-            chunk(0, json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}), None),
-            chunk(0, json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}), None),
+            chunk(
+                0,
+                json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "send", "arguments": ""}}]}),
+                None,
+            ),
+            chunk(
+                0,
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
+                None,
+            ),
+            chunk(
+                0,
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}),
+                None,
+            ),
             chunk(0, json!({}), Some("tool_calls")),
         ];
         let mut c = cx();
@@ -299,8 +339,10 @@ fn a_stream_cut_off_without_finish_reason_is_flushed_at_the_end() {
 fn usage_chunks_and_unknown_events_pass_through() {
     let f = filter();
     let mut evs = content_stream(&["hello ", "world"]);
-    evs.push(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}));
+    evs.push(
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}),
+    );
     let mut c = cx();
     let v = client_view(&run_events(&f, &mut c, &evs));
     assert_eq!(v.content[0], "hello world");
@@ -328,6 +370,135 @@ fn mask_and_monitor_on_streams() {
             assert_eq!(v.content[0], want);
             assert_eq!(c.dlp.len(), 1);
             assert_eq!(c.dlp[0].action, action.as_str());
+        }
+    }
+}
+
+#[test]
+fn other_streams_are_scanned_event_by_event() {
+    let f = filter();
+    // A Responses-API-style stream through the passthrough route.
+    let evs = vec![
+        json!({"type": "response.output_text.delta", "delta": "mail ops@example.com now"}),
+        json!({"type": "response.output_text.delta", "delta": " and AKIAIOSFODNN7EXAMPLE"}),
+    ];
+    let mut c = cx();
+    let out = String::from_utf8(run_events(&f, &mut c, &evs)).expect("utf-8");
+    assert!(
+        out.contains(r#""delta":"mail [REDACTED:email] now""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""delta":" and [REDACTED:aws_access_key]""#),
+        "{out}"
+    );
+    assert!(out.ends_with("data: [DONE]\n\n"));
+    // Plain-text data lines.
+    let mut c = cx();
+    let reads: [&[u8]; 2] = [b"data: key AKIAIOSFODNN7EXAMPLE\n\n", b": comment\n\n"];
+    let out = run_reads(&f, &mut c, &reads, true);
+    assert_eq!(out, b"data: key [REDACTED:aws_access_key]\n\n: comment\n\n");
+    assert_eq!(c.dlp[0].detector, "aws_access_key");
+}
+
+/// Random texts built from words, numbers, secrets and fragments that look like the start of
+/// one, streamed in random pieces: the client always gets the non-streamed text.
+#[test]
+fn random_texts_stream_exactly_like_the_whole_text() {
+    let frags: Vec<String> = secrets()
+        .into_iter()
+        .map(|(_, v)| v)
+        .chain(
+            [
+                "AKIA",
+                "sk-",
+                "sk-ant-",
+                "ghp_",
+                "-----BEGIN",
+                "eyJ",
+                "4111 ",
+                "4111 1111",
+                "+1 (",
+                "(415) ",
+                "536-22",
+                "DE89 ",
+                "DE",
+                "@",
+                "john@",
+                "a.b",
+                "192.168.",
+                "1.2.3.4.5",
+                "hooks.slack.com/",
+                "xox",
+                "BLUEBIRD",
+                "bluebird",
+                "Blue",
+                "EMP-12",
+                "EMP-123456",
+                "the",
+                "quick",
+                "fox",
+                "42",
+                "2024-01-15",
+                "v1.2.3",
+                "café",
+                "☕",
+                "\n",
+                ". ",
+                ", ",
+                " ",
+                " ",
+                " ",
+                "-",
+                "_",
+                "(",
+                ")",
+                "+",
+                ":",
+                "\"",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        )
+        .collect();
+    let settings = DlpSettings {
+        rules: vec![
+            RuleSettings {
+                name: "codenames".into(),
+                regex: None,
+                keywords: Some(vec!["BLUEBIRD".into()]),
+                action: Some(Action::Mask),
+            },
+            RuleSettings {
+                name: "employee_id".into(),
+                regex: Some(r"EMP-[0-9]{6}".into()),
+                keywords: None,
+                action: None,
+            },
+        ],
+        ..DlpSettings::default()
+    };
+    let mut rng = Rng::new(2024);
+    for action in [Action::Redact, Action::Mask, Action::Block] {
+        let f = filter_with(&DlpSettings {
+            response_action: action,
+            ..settings.clone()
+        });
+        for case in 0..150 {
+            let n = 3 + rng.below(25);
+            let text: String = (0..n)
+                .map(|_| frags[rng.below(frags.len())].as_str())
+                .collect();
+            let (want, finish) = non_streamed(&f, &text);
+            let ps = pieces(&text, 1 + rng.below(8), &mut rng);
+            let refs: Vec<&str> = ps.iter().map(String::as_str).collect();
+            let mut c = cx();
+            let v = client_view(&run_events(&f, &mut c, &content_stream(&refs)));
+            assert_eq!(
+                v.content[0], want,
+                "{action:?} case {case}: {text:?} as {refs:?}"
+            );
+            assert_eq!(v.finish[0].as_deref(), Some(finish.as_str()), "{text:?}");
         }
     }
 }

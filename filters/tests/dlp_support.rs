@@ -136,7 +136,9 @@ pub fn client_view(bytes: &[u8]) -> ClientView {
     let text = std::str::from_utf8(bytes).expect("the client receives UTF-8");
     let mut v = ClientView::default();
     for ev in text.split("\n\n").filter(|e| !e.is_empty()) {
-        let data = ev.strip_prefix("data: ").expect("every event is a data event");
+        let data = ev
+            .strip_prefix("data: ")
+            .expect("every event is a data event");
         if data == "[DONE]" {
             v.done = true;
             continue;
@@ -209,7 +211,9 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407))
+        Rng(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407))
     }
 
     pub fn below(&mut self, n: usize) -> usize {

@@ -114,7 +114,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "gitlab_token",
         pack: Pack::Secrets,
         pattern: r"\b(?:glpat|gloas|gldt|glrt|glcbt|glptt|glft)-[A-Za-z0-9_-]{20,}",
-        trigger: BuiltinTrigger::Literals(&["glpat-", "gloas-", "gldt-", "glrt-", "glcbt-", "glptt-", "glft-"]),
+        trigger: BuiltinTrigger::Literals(&[
+            "glpat-", "gloas-", "gldt-", "glrt-", "glcbt-", "glptt-", "glft-",
+        ]),
         validator: None,
     },
     Builtin {
@@ -135,7 +137,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "stripe_key",
         pack: Pack::Secrets,
         pattern: r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9+/=]{24,})",
-        trigger: BuiltinTrigger::Literals(&["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"]),
+        trigger: BuiltinTrigger::Literals(&[
+            "sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_",
+        ]),
         validator: Some(validate::mixed_case),
     },
     Builtin {
@@ -186,14 +190,20 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "credit_card",
         pack: Pack::Pii,
         pattern: r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
-        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 13, needs_dot: false }),
+        trigger: BuiltinTrigger::Numeric(NumericShape {
+            min_digits: 13,
+            needs_dot: false,
+        }),
         validator: Some(validate::card),
     },
     Builtin {
         name: "us_ssn",
         pack: Pack::Pii,
         pattern: r"\b[0-9]{3}(?:-[0-9]{2}-|\x20[0-9]{2}\x20)[0-9]{4}\b",
-        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 9, needs_dot: false }),
+        trigger: BuiltinTrigger::Numeric(NumericShape {
+            min_digits: 9,
+            needs_dot: false,
+        }),
         validator: Some(validate::ssn),
     },
     Builtin {
@@ -207,14 +217,20 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "phone_number",
         pack: Pack::Pii,
         pattern: r"(?:\+1[-. ]?)?(?:\([2-9][0-9]{2}\)\x20?|\b[2-9][0-9]{2}[-. ])[0-9]{3}[-. ][0-9]{4}\b|\+[1-9][0-9]{0,2}[-. ]?(?:\([0-9]{1,4}\)[-. ]?)?[0-9]{1,4}(?:[-. ]?[0-9]{1,4}){1,4}\b",
-        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 8, needs_dot: false }),
+        trigger: BuiltinTrigger::Numeric(NumericShape {
+            min_digits: 8,
+            needs_dot: false,
+        }),
         validator: Some(validate::phone),
     },
     Builtin {
         name: "ipv4",
         pack: Pack::Pii,
         pattern: r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\b(?:\.[0-9])?",
-        trigger: BuiltinTrigger::Numeric(NumericShape { min_digits: 4, needs_dot: true }),
+        trigger: BuiltinTrigger::Numeric(NumericShape {
+            min_digits: 4,
+            needs_dot: true,
+        }),
         validator: Some(validate::ipv4),
     },
 ];

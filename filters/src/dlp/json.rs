@@ -55,10 +55,11 @@ impl<'a> JsonScan<'a> {
 
     /// Scans a text; returns its replacement when it changed.
     pub(crate) fn text(&mut self, s: &str) -> Option<String> {
-        self.bytes(s.as_bytes()).map(|t| match String::from_utf8(t) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        })
+        self.bytes(s.as_bytes())
+            .map(|t| match String::from_utf8(t) {
+                Ok(s) => s,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            })
     }
 
     /// Scans raw bytes; returns their replacement when they changed.
@@ -128,7 +129,10 @@ impl<'a> JsonScan<'a> {
             let (mut key, value) = match next.peek() {
                 Some((j, _, _)) if *j == i => {
                     let (_, nk, nv) = next.next().unwrap_or((i, None, None));
-                    (nk.unwrap_or_else(|| k.clone()), nv.unwrap_or_else(|| v.clone()))
+                    (
+                        nk.unwrap_or_else(|| k.clone()),
+                        nv.unwrap_or_else(|| v.clone()),
+                    )
                 }
                 _ => (k.clone(), v.clone()),
             };

@@ -31,7 +31,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::policy::{BuildError, ConfigError, Policy};
-use crate::{Cx, Filter, JsonBody, Needs, Reply, Request, ResponseHead, Shared, StreamEvent, Verdict};
+use crate::{
+    Cx, Filter, JsonBody, Needs, Reply, Request, ResponseHead, Shared, StreamEvent, Verdict,
+};
 
 pub use detectors::builtin_names;
 pub use scanner::{Match, Scanner, MAX_MATCH_BYTES};
@@ -265,7 +267,12 @@ fn compile_rule(r: &RuleSettings) -> Result<Detector, (String, String)> {
             let pattern = format!("(?i:{})", alts.join("|"));
             let dfa = compile_dfa(&pattern, false).map_err(|m| (".keywords".to_string(), m))?;
             let lits = kws.iter().map(|k| k.as_bytes().to_vec()).collect();
-            Ok(Detector::custom(&r.name, dfa, Trigger::Keywords(lits), r.action))
+            Ok(Detector::custom(
+                &r.name,
+                dfa,
+                Trigger::Keywords(lits),
+                r.action,
+            ))
         }
     }
 }
@@ -421,7 +428,11 @@ impl DlpFilter {
             format!(
                 "The request was blocked by DLP: it contains data matched by {} ({}). \
                  Remove that data and send the request again.",
-                if names.len() == 1 { "the detector" } else { "the detectors" },
+                if names.len() == 1 {
+                    "the detector"
+                } else {
+                    "the detectors"
+                },
                 names.join(", ")
             ),
         )
@@ -429,7 +440,10 @@ impl DlpFilter {
 
     fn unscannable(&self, cx: &mut Cx, dir: Direction, why: &str) -> String {
         self.record_one(cx, UNSCANNABLE, dir, Action::Block, 1);
-        format!("DLP could not scan the {} body ({why}), so it was not forwarded.", dir.as_str())
+        format!(
+            "DLP could not scan the {} body ({why}), so it was not forwarded.",
+            dir.as_str()
+        )
     }
 
     /// A body that replaces a response DLP could not scan.
@@ -512,7 +526,11 @@ fn response_value(js: &mut JsonScan<'_>, v: &Value) -> Option<Value> {
 
 fn content_encoding(headers: &http::HeaderMap) -> Option<String> {
     let v = headers.get(http::header::CONTENT_ENCODING)?;
-    let s = v.to_str().unwrap_or("(not text)").trim().to_ascii_lowercase();
+    let s = v
+        .to_str()
+        .unwrap_or("(not text)")
+        .trim()
+        .to_ascii_lowercase();
     if s.is_empty() || s == "identity" {
         None
     } else {
@@ -621,8 +639,11 @@ impl Filter for DlpFilter {
         if let Some(enc) = unreadable {
             if !st.failed {
                 st.failed = true;
-                let msg =
-                    self.unscannable(cx, Direction::Response, &format!("content-encoding `{enc}`"));
+                let msg = self.unscannable(
+                    cx,
+                    Direction::Response,
+                    &format!("content-encoding `{enc}`"),
+                );
                 *events = vec![StreamEvent::json_event(Self::unscannable_body(&msg))];
             } else {
                 events.clear();
@@ -630,7 +651,12 @@ impl Filter for DlpFilter {
             cx.extensions.insert(st);
             return;
         }
-        st.on_events(&self.scanner, self.actions(Direction::Response), events, end);
+        st.on_events(
+            &self.scanner,
+            self.actions(Direction::Response),
+            events,
+            end,
+        );
         let found = std::mem::take(&mut st.found);
         self.record(cx, Direction::Response, &found);
         cx.extensions.insert(st);
@@ -639,7 +665,7 @@ impl Filter for DlpFilter {
 
 /// Builds the `dlp` filter of a `[[filters]]` entry; it is configured in `[dlp]` and takes no
 /// options of its own.
-pub fn factory(
+pub fn build(
     policy: &Policy<'_>,
     options: &toml::Table,
     path: &str,

@@ -130,7 +130,7 @@ fn render(out: &mut Vec<u8>, name: &str, action: Action, text: &[u8]) {
             let n = s.chars().count();
             // Keep the last 4 characters only when that leaves most of the value hidden.
             let keep = if n >= 8 { 4 } else { 0 };
-            out.extend(std::iter::repeat(b'*').take(n - keep));
+            out.extend(std::iter::repeat_n(b'*', n - keep));
             let tail: String = s.chars().skip(n - keep).collect();
             out.extend_from_slice(tail.as_bytes());
         }

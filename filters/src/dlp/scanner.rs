@@ -93,7 +93,11 @@ pub(crate) fn compile_dfa(pattern: &str, unicode: bool) -> Result<dense::DFA<Vec
 
 /// The last line of a multi-line regex error (`error: unclosed group`), without the prefix.
 pub(crate) fn last_line(msg: &str) -> String {
-    let line = msg.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(msg);
+    let line = msg
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(msg);
     line.trim().trim_start_matches("error: ").to_string()
 }
 
@@ -153,7 +157,12 @@ fn start_table(dfa: &dense::DFA<Vec<u32>>) -> Option<Box<[StateID; 257]>> {
 /// The built-in detectors, compiled once per process (config reloads reuse them).
 pub(crate) fn builtins() -> &'static [Arc<Detector>] {
     static COMPILED: OnceLock<Vec<Arc<Detector>>> = OnceLock::new();
-    COMPILED.get_or_init(|| BUILTINS.iter().map(|b| Arc::new(Detector::builtin(b))).collect())
+    COMPILED.get_or_init(|| {
+        BUILTINS
+            .iter()
+            .map(|b| Arc::new(Detector::builtin(b)))
+            .collect()
+    })
 }
 
 /// The look-behind contexts a start state can be computed for; the union over them covers
@@ -164,8 +173,12 @@ fn start_states(dfa: &dense::DFA<Vec<u32>>) -> Vec<StateID> {
     LOOK_BEHINDS
         .iter()
         .filter_map(|lb| {
-            dfa.start_state(&start::Config::new().anchored(Anchored::Yes).look_behind(*lb))
-                .ok()
+            dfa.start_state(
+                &start::Config::new()
+                    .anchored(Anchored::Yes)
+                    .look_behind(*lb),
+            )
+            .ok()
         })
         .collect()
 }

@@ -11,8 +11,10 @@
 //! event gets `finish_reason: "content_filter"`, and everything the upstream sends for that
 //! choice afterwards is dropped.
 
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::json::JsonScan;
 use super::redact::step;
 use super::scanner::{Match, Scanner};
 use super::Action;
@@ -132,11 +134,15 @@ impl StreamState {
                 continue;
             }
             let Some(v) = ev.json() else {
-                out.push(ev);
+                if let Some(ev) = self.opaque_event(sc, actions, ev) {
+                    out.push(ev);
+                }
                 continue;
             };
             let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-                out.push(ev);
+                if let Some(ev) = self.other_event(sc, actions, ev) {
+                    out.push(ev);
+                }
                 continue;
             };
             remember_template(&mut self.template, v);
@@ -164,6 +170,55 @@ impl StreamState {
         *events = out;
     }
 
+    /// A JSON event that is not a chat completion chunk (another API's stream through the
+    /// passthrough route): each of its strings is scanned on its own, as a whole. A secret split
+    /// across two such events is not seen; one within an event is.
+    fn other_event(
+        &mut self,
+        sc: &Scanner,
+        actions: &[Action],
+        mut ev: StreamEvent,
+    ) -> Option<StreamEvent> {
+        let mut js = JsonScan::new(sc, actions);
+        let new = ev.json().and_then(|v| js.value(v));
+        self.found.append(&mut js.found);
+        if let Some(n) = new {
+            if let Some(slot) = ev.json_mut() {
+                *slot = n;
+            }
+        }
+        Some(ev)
+    }
+
+    /// An event whose data is not JSON: its bytes are scanned as a whole; one with a `block`
+    /// finding is dropped.
+    fn opaque_event(
+        &mut self,
+        sc: &Scanner,
+        actions: &[Action],
+        ev: StreamEvent,
+    ) -> Option<StreamEvent> {
+        if ev.to_bytes().is_empty() {
+            return Some(ev);
+        }
+        let mut js = JsonScan::new(sc, actions);
+        let new = js.bytes(&ev.to_bytes());
+        self.found.append(&mut js.found);
+        if !js.blocked.is_empty() {
+            return None;
+        }
+        match new {
+            Some(mut b) => {
+                // A match that ran into the event's blank line must not take the framing along.
+                if ev.to_bytes().ends_with(b"\n\n") && !b.ends_with(b"\n\n") {
+                    b.extend_from_slice(b"\n\n");
+                }
+                Some(StreamEvent::received(Bytes::from(b), None))
+            }
+            None => Some(ev),
+        }
+    }
+
     /// Scans one choice of a chunk; returns how to rewrite it, when it must change.
     fn choice(
         &mut self,
@@ -181,9 +236,7 @@ impl StreamState {
             p.remove = true;
             return Some(p);
         }
-        let finishing = choice
-            .get("finish_reason")
-            .is_some_and(|f| !f.is_null());
+        let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
         let delta = choice.get("delta");
         let mut blocked = false;
         for (f, name) in TEXT_FIELDS.iter().enumerate() {
@@ -247,7 +300,9 @@ impl StreamState {
         fin: bool,
     ) -> Released {
         let mut found = std::mem::take(&mut self.found);
-        let r = self.channel(idx, key).push(sc, actions, piece, fin, &mut found);
+        let r = self
+            .channel(idx, key)
+            .push(sc, actions, piece, fin, &mut found);
         self.found = found;
         r
     }

@@ -44,7 +44,7 @@ pub fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The decimal digits of `m`, when there are at most `N` of them.
@@ -73,10 +73,12 @@ fn starts_in(d: &[u8], lo: u32, hi: u32, width: usize) -> bool {
 fn known_issuer(d: &[u8]) -> bool {
     let n = d.len();
     match d[0] {
-        b'4' => matches!(n, 13 | 16 | 19),                        // Visa
-        b'5' => starts_in(d, 51, 55, 2) && n == 16                // Mastercard
-            || starts_in(d, 50, 50, 2) || starts_in(d, 56, 58, 2), // Maestro
-        b'2' => starts_in(d, 2221, 2720, 4) && n == 16,           // Mastercard 2-series
+        b'4' => matches!(n, 13 | 16 | 19), // Visa
+        b'5' => {
+            starts_in(d, 51, 55, 2) && n == 16                // Mastercard
+            || starts_in(d, 50, 50, 2) || starts_in(d, 56, 58, 2)
+        } // Maestro
+        b'2' => starts_in(d, 2221, 2720, 4) && n == 16, // Mastercard 2-series
         b'3' => {
             (starts_in(d, 34, 34, 2) || starts_in(d, 37, 37, 2)) && n == 15 // Amex
                 || starts_in(d, 3528, 3589, 4)                               // JCB
@@ -141,19 +143,94 @@ pub(crate) fn ssn(h: &[u8], s: usize, e: usize) -> Check {
 
 /// IBAN lengths by country (ISO 13616 registry).
 const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
-    (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16),
-    (b"BG", 22), (b"BH", 22), (b"BI", 27), (b"BR", 29), (b"BY", 28), (b"CH", 21), (b"CR", 22),
-    (b"CY", 28), (b"CZ", 24), (b"DE", 22), (b"DJ", 27), (b"DK", 18), (b"DO", 28), (b"EE", 20),
-    (b"EG", 29), (b"ES", 24), (b"FI", 18), (b"FK", 18), (b"FO", 18), (b"FR", 27), (b"GB", 22),
-    (b"GE", 22), (b"GI", 23), (b"GL", 18), (b"GR", 27), (b"GT", 28), (b"HR", 21), (b"HU", 28),
-    (b"IE", 22), (b"IL", 23), (b"IQ", 23), (b"IS", 26), (b"IT", 27), (b"JO", 30), (b"KW", 30),
-    (b"KZ", 20), (b"LB", 28), (b"LC", 32), (b"LI", 21), (b"LT", 20), (b"LU", 20), (b"LV", 21),
-    (b"LY", 25), (b"MC", 27), (b"MD", 24), (b"ME", 22), (b"MK", 19), (b"MN", 20), (b"MR", 27),
-    (b"MT", 31), (b"MU", 30), (b"NI", 28), (b"NL", 18), (b"NO", 15), (b"OM", 23), (b"PK", 24),
-    (b"PL", 28), (b"PS", 29), (b"PT", 25), (b"QA", 29), (b"RO", 24), (b"RS", 22), (b"RU", 33),
-    (b"SA", 24), (b"SC", 31), (b"SD", 18), (b"SE", 24), (b"SI", 19), (b"SK", 24), (b"SM", 27),
-    (b"SO", 23), (b"ST", 25), (b"SV", 28), (b"TL", 23), (b"TN", 24), (b"TR", 26), (b"UA", 29),
-    (b"VA", 22), (b"VG", 24), (b"XK", 20), (b"YE", 30),
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BI", 27),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DJ", 27),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FK", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"LY", 25),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MN", 20),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NI", 28),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"OM", 23),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"RU", 33),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SD", 18),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"SO", 23),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+    (b"YE", 30),
 ];
 
 /// ISO 7064 mod 97-10 over an IBAN with its first four characters moved to the end.
@@ -168,7 +245,11 @@ pub fn iban_checksum(compact: &[u8]) -> bool {
             b'A'..=b'Z' => u32::from(c - b'A') + 10,
             _ => return false,
         };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -227,10 +308,10 @@ pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
 
 /// File extensions that look like top-level domains in `icon@2x.png`-style names.
 const NOT_TLDS: &[&[u8]] = &[
-    b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"bmp", b"ico", b"css", b"js", b"ts",
-    b"mjs", b"tsx", b"jsx", b"json", b"yaml", b"yml", b"toml", b"lock", b"md", b"txt", b"py",
-    b"rs", b"go", b"rb", b"java", b"kt", b"swift", b"php", b"html", b"htm", b"xml", b"zip",
-    b"gz", b"tar", b"map", b"wasm", b"pdf", b"mp4", b"mp3", b"woff", b"woff2", b"ttf",
+    b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"bmp", b"ico", b"css", b"js", b"ts", b"mjs",
+    b"tsx", b"jsx", b"json", b"yaml", b"yml", b"toml", b"lock", b"md", b"txt", b"py", b"rs", b"go",
+    b"rb", b"java", b"kt", b"swift", b"php", b"html", b"htm", b"xml", b"zip", b"gz", b"tar",
+    b"map", b"wasm", b"pdf", b"mp4", b"mp3", b"woff", b"woff2", b"ttf",
 ];
 
 /// E-mail addresses: no empty or dotted-out local part, domain labels that do not start or
