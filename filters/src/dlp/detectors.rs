@@ -38,8 +38,8 @@ pub(crate) enum Trigger {
     /// An e-mail address: found from its `@`, its start by scanning back over the local part.
     Email,
     /// Digit-led: a digit at a word start (or the `+`/`(` right before it). Every match is made
-    /// of digits and ` -.()+` only, holds at least `min_digits` digits, and a `.` when
-    /// `needs_dot`: the scanner skips the DFA where the run of such bytes cannot hold one.
+    /// of digits and ` -.()+` only and has the [`NumericShape`]: the scanner skips the DFA where
+    /// the bytes there cannot have it.
     Numeric(NumericShape),
     /// Two uppercase letters at a word start followed by a digit.
     Iban,
@@ -63,11 +63,19 @@ pub(crate) enum BuiltinTrigger {
     Iban,
 }
 
-/// What every match of a digit-led detector needs (see [`Trigger::Numeric`]).
+/// What every match of a digit-led detector needs (see [`Trigger::Numeric`]), so that the
+/// scanner can rule a candidate out without running its DFA.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NumericShape {
+    /// How many digits the match starts with, when it starts with a digit.
+    pub first_run: (u8, u8),
+    /// The bytes that may follow that first run (empty: any).
+    pub after_first: &'static [u8],
+    /// Digits in the whole match.
     pub min_digits: u8,
     pub needs_dot: bool,
+    /// Whether a match may start with `+` or `(`, and then its least number of digits.
+    pub signed: Option<u8>,
 }
 
 /// The longest digit-led match: 19 card digits and 18 separators.
@@ -191,8 +199,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         pack: Pack::Pii,
         pattern: r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
         trigger: BuiltinTrigger::Numeric(NumericShape {
+            first_run: (4, 19),
+            after_first: b"",
             min_digits: 13,
             needs_dot: false,
+            signed: None,
         }),
         validator: Some(validate::card),
     },
@@ -201,8 +212,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         pack: Pack::Pii,
         pattern: r"\b[0-9]{3}(?:-[0-9]{2}-|\x20[0-9]{2}\x20)[0-9]{4}\b",
         trigger: BuiltinTrigger::Numeric(NumericShape {
+            first_run: (3, 3),
+            after_first: b"- ",
             min_digits: 9,
             needs_dot: false,
+            signed: None,
         }),
         validator: Some(validate::ssn),
     },
@@ -218,8 +232,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         pack: Pack::Pii,
         pattern: r"(?:\+1[-. ]?)?(?:\([2-9][0-9]{2}\)\x20?|\b[2-9][0-9]{2}[-. ])[0-9]{3}[-. ][0-9]{4}\b|\+[1-9][0-9]{0,2}[-. ]?(?:\([0-9]{1,4}\)[-. ]?)?[0-9]{1,4}(?:[-. ]?[0-9]{1,4}){1,4}\b",
         trigger: BuiltinTrigger::Numeric(NumericShape {
-            min_digits: 8,
+            first_run: (3, 3),
+            after_first: b"-. ",
+            min_digits: 10,
             needs_dot: false,
+            signed: Some(8),
         }),
         validator: Some(validate::phone),
     },
@@ -228,8 +245,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         pack: Pack::Pii,
         pattern: r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\b(?:\.[0-9])?",
         trigger: BuiltinTrigger::Numeric(NumericShape {
+            first_run: (1, 3),
+            after_first: b".",
             min_digits: 4,
             needs_dot: true,
+            signed: None,
         }),
         validator: Some(validate::ipv4),
     },

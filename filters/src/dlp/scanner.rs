@@ -489,67 +489,90 @@ impl Scanner {
         }
     }
 
+    /// One pass for the PII triggers: 64-byte blocks are classified into bit masks (digits,
+    /// `@`), and only the starts of digit runs and the `@`s are visited.
     fn find_digits_and_at(&self, from: usize, cx: &mut FindCx<'_>) {
         let hay = cx.hay;
-        let mut i = from;
-        while let Some(j) = find_digit_or_at(hay, i) {
-            if hay[j] == b'@' {
-                if let Some(e) = self.email {
-                    self.email_at(e, j, from, cx);
-                }
-                i = j + 1;
-                continue;
-            }
-            let prev = if j > 0 { Some(hay[j - 1]) } else { None };
-            match prev {
-                Some(p) if p.is_ascii_digit() => {}
-                Some(p) if is_word(p) => {
-                    if let Some(ib) = self.iban {
-                        let s = j.wrapping_sub(2);
-                        if j >= 2
-                            && s >= from
-                            && hay[s].is_ascii_uppercase()
-                            && p.is_ascii_uppercase()
-                            && (s == 0 || !is_word(hay[s - 1]))
-                        {
-                            self.try_at(ib, s, cx);
-                        }
+        let mut base = from;
+        while base < hay.len() {
+            let (digits, ats) = classify64(hay, base);
+            let before = base > 0 && hay[base - 1].is_ascii_digit();
+            let starts = digits & !((digits << 1) | u64::from(before));
+            let mut events = starts | ats;
+            while events != 0 {
+                let j = base + events.trailing_zeros() as usize;
+                events &= events - 1;
+                if hay[j] == b'@' {
+                    if let Some(e) = self.email {
+                        self.email_at(e, j, from, cx);
                     }
-                }
-                _ => {
-                    self.numeric_at(j, cx);
-                    if matches!(prev, Some(b'+' | b'(')) && j > from {
-                        self.numeric_at(j - 1, cx);
-                    }
+                } else {
+                    self.digit_run_at(j, from, cx);
                 }
             }
-            let mut k = j + 1;
-            while k < hay.len() && hay[k].is_ascii_digit() {
-                k += 1;
-            }
-            i = k;
+            base += 64;
         }
     }
 
-    /// Tries the digit-led detectors at `s`, skipping those whose shape the run of number bytes
-    /// from `s` cannot hold. A run that reaches the end of unfinished text is not judged: the
-    /// DFAs decide (and will hold it back).
-    fn numeric_at(&self, s: usize, cx: &mut FindCx<'_>) {
+    /// A run of digits starts at `j`.
+    fn digit_run_at(&self, j: usize, from: usize, cx: &mut FindCx<'_>) {
         let hay = cx.hay;
-        let cap = hay.len().min(s + NUMERIC_MAX_LEN);
-        let (mut digits, mut dot, mut i) = (0u8, false, s);
-        while i < cap {
-            match hay[i] {
-                b'0'..=b'9' => digits += 1,
-                b'.' => dot = true,
-                b' ' | b'-' | b'(' | b')' | b'+' => {}
-                _ => break,
+        match if j > 0 { Some(hay[j - 1]) } else { None } {
+            Some(p) if is_word(p) => {
+                if let Some(ib) = self.iban {
+                    let s = j.wrapping_sub(2);
+                    if j >= 2
+                        && s >= from
+                        && hay[s].is_ascii_uppercase()
+                        && p.is_ascii_uppercase()
+                        && (s == 0 || !is_word(hay[s - 1]))
+                    {
+                        self.try_at(ib, s, cx);
+                    }
+                }
             }
-            i += 1;
+            prev => {
+                self.numeric_at(j, false, cx);
+                if matches!(prev, Some(b'+' | b'(')) && j > from {
+                    self.numeric_at(j - 1, true, cx);
+                }
+            }
         }
-        let open = i == hay.len() && !cx.fin;
+    }
+
+    /// Tries the digit-led detectors at `s` (`signed`: at the `+` or `(` before a digit run),
+    /// skipping those whose [`NumericShape`] the bytes from `s` cannot have. Bytes that reach
+    /// the end of unfinished text are not judged: the DFAs decide (and hold them back).
+    fn numeric_at(&self, s: usize, signed: bool, cx: &mut FindCx<'_>) {
+        let hay = cx.hay;
+        let d0 = s + usize::from(signed);
+        let mut run = d0;
+        while run < hay.len() && run - d0 < 20 && hay[run].is_ascii_digit() {
+            run += 1;
+        }
+        let first = u8::try_from(run - d0).unwrap_or(u8::MAX);
+        let next = hay.get(run).copied();
+        let open_run = next.is_none() && !cx.fin;
+        let mut cluster: Option<(u8, bool, bool)> = None;
         for &(d, shape) in &self.numeric {
-            if open || (digits >= shape.min_digits && (dot || !shape.needs_dot)) {
+            let plausible_start = if signed {
+                shape.signed.is_some()
+            } else {
+                open_run
+                    || ((shape.first_run.0..=shape.first_run.1).contains(&first)
+                        && (shape.after_first.is_empty()
+                            || next.is_some_and(|b| shape.after_first.contains(&b))))
+            };
+            if !plausible_start {
+                continue;
+            }
+            let (digits, dot, open) =
+                *cluster.get_or_insert_with(|| number_cluster(hay, s, cx.fin));
+            let min = match (signed, shape.signed) {
+                (true, Some(m)) => m,
+                _ => shape.min_digits,
+            };
+            if open || (digits >= min && (dot || !shape.needs_dot)) {
                 self.try_at(d, s, cx);
             }
         }
@@ -692,40 +715,89 @@ fn walk(det: &Detector, hay: &[u8], s: usize, fin: bool, ends: &mut Vec<usize>) 
     true
 }
 
-/// The first position at or after `i` holding an ASCII digit or `@`.
-#[inline]
-fn find_digit_or_at(hay: &[u8], mut i: usize) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SSE2 is part of the x86_64 baseline.
-        use std::arch::x86_64::*;
-        // SAFETY: every load reads 16 bytes at `i + k` with `i + 32 <= hay.len()`; SSE2 is
-        // always available on x86_64.
-        unsafe {
-            let zero = _mm_set1_epi8(b'0' as i8);
-            let nine = _mm_set1_epi8(9);
-            let at = _mm_set1_epi8(b'@' as i8);
-            let class = |v: __m128i| {
-                let d = _mm_sub_epi8(v, zero);
-                let digit = _mm_cmpeq_epi8(_mm_min_epu8(d, nine), d);
-                _mm_or_si128(digit, _mm_cmpeq_epi8(v, at))
-            };
-            while i + 32 <= hay.len() {
-                let p = hay.as_ptr().add(i);
-                let a = class(_mm_loadu_si128(p as *const __m128i));
-                let b = class(_mm_loadu_si128(p.add(16) as *const __m128i));
-                let m = (_mm_movemask_epi8(a) as u32) | ((_mm_movemask_epi8(b) as u32) << 16);
-                if m != 0 {
-                    return Some(i + m.trailing_zeros() as usize);
-                }
-                i += 32;
-            }
+/// The digits, whether a `.` is among them, in the run of number bytes (digits and ` -.()+`)
+/// from `s`, up to the longest digit-led match; and whether that run reaches the end of
+/// unfinished text (then nothing can be ruled out yet).
+fn number_cluster(hay: &[u8], s: usize, fin: bool) -> (u8, bool, bool) {
+    let cap = hay.len().min(s + NUMERIC_MAX_LEN);
+    let (mut digits, mut dot, mut i) = (0u8, false, s);
+    while i < cap {
+        match hay[i] {
+            b'0'..=b'9' => digits += 1,
+            b'.' => dot = true,
+            b' ' | b'-' | b'(' | b')' | b'+' => {}
+            _ => break,
         }
+        i += 1;
     }
-    hay.get(i..)?
-        .iter()
-        .position(|&b| b.is_ascii_digit() || b == b'@')
-        .map(|p| p + i)
+    (digits, dot, i == hay.len() && !fin)
+}
+
+/// Bit masks of the digits and of the `@`s in the 64 bytes from `base` (bit k: `base + k`;
+/// bytes past the end count as neither).
+#[inline]
+fn classify64(hay: &[u8], base: usize) -> (u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if base + 64 <= hay.len() {
+        let block = &hay[base..base + 64];
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked above).
+            return unsafe { x86::classify64_avx2(block) };
+        }
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        return unsafe { x86::classify64_sse2(block) };
+    }
+    let (mut digits, mut ats) = (0u64, 0u64);
+    for (k, &b) in hay[base..hay.len().min(base + 64)].iter().enumerate() {
+        digits |= u64::from(b.is_ascii_digit()) << k;
+        ats |= u64::from(b == b'@') << k;
+    }
+    (digits, ats)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    // A byte is a digit when `b + 0x50` (wrapping) is below -118 as a signed byte: that maps
+    // b'0'..=b'9' onto -128..=-119, one add and one compare per vector.
+
+    /// # Safety
+    /// `block` is 64 bytes long and the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn classify64_avx2(block: &[u8]) -> (u64, u64) {
+        debug_assert_eq!(block.len(), 64);
+        let shift = _mm256_set1_epi8(0x50);
+        let limit = _mm256_set1_epi8(-118);
+        let at = _mm256_set1_epi8(b'@' as i8);
+        let (mut digits, mut ats) = (0u64, 0u64);
+        for k in 0..2 {
+            // SAFETY: the load reads block[32k..32k + 32], in bounds for a 64-byte block.
+            let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * k) as *const __m256i) };
+            let d = _mm256_cmpgt_epi8(limit, _mm256_add_epi8(v, shift));
+            digits |= u64::from(_mm256_movemask_epi8(d) as u32) << (32 * k);
+            ats |= u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, at)) as u32) << (32 * k);
+        }
+        (digits, ats)
+    }
+
+    /// # Safety
+    /// `block` is 64 bytes long.
+    pub(super) unsafe fn classify64_sse2(block: &[u8]) -> (u64, u64) {
+        debug_assert_eq!(block.len(), 64);
+        let shift = _mm_set1_epi8(0x50);
+        let limit = _mm_set1_epi8(-118);
+        let at = _mm_set1_epi8(b'@' as i8);
+        let (mut digits, mut ats) = (0u64, 0u64);
+        for k in 0..4 {
+            // SAFETY: the load reads block[16k..16k + 16], in bounds for a 64-byte block.
+            let v = unsafe { _mm_loadu_si128(block.as_ptr().add(16 * k) as *const __m128i) };
+            let d = _mm_cmplt_epi8(_mm_add_epi8(v, shift), limit);
+            digits |= u64::from(_mm_movemask_epi8(d) as u16) << (16 * k);
+            ats |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, at)) as u16) << (16 * k);
+        }
+        (digits, ats)
+    }
 }
 
 #[cfg(test)]
@@ -737,15 +809,44 @@ mod tests {
         assert_eq!(builtins().len(), BUILTINS.len());
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn digit_finder_matches_scalar() {
-        let text = b"abc defghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ the 9 end x@y ////:::";
-        for i in 0..text.len() {
-            let want = text[i..]
-                .iter()
-                .position(|&b| b.is_ascii_digit() || b == b'@')
-                .map(|p| p + i);
-            assert_eq!(find_digit_or_at(text, i), want, "from {i}");
+    fn both_vector_classifiers_agree() {
+        let block: Vec<u8> = (0..64u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(i))
+            .collect();
+        let mut all: Vec<u8> = (0..=255u8).collect();
+        all.extend_from_slice(b"0123456789@/:;?`");
+        for chunk in all.chunks(64).chain([block.as_slice()]) {
+            let mut b = chunk.to_vec();
+            b.resize(64, b'x');
+            let want = classify64(&b[..63], 0);
+            let want = (
+                want.0 | u64::from(b[63].is_ascii_digit()) << 63,
+                want.1 | u64::from(b[63] == b'@') << 63,
+            );
+            // SAFETY: 64-byte block; AVX2 only when detected.
+            unsafe {
+                assert_eq!(x86::classify64_sse2(&b), want);
+                if std::is_x86_feature_detected!("avx2") {
+                    assert_eq!(x86::classify64_avx2(&b), want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_masks_match_scalar() {
+        let text: Vec<u8> = (0..300u32)
+            .map(|i| b"ab 9@x0-1234567890 @@ zz..."[(i * 7 % 27) as usize])
+            .collect();
+        for base in 0..text.len() {
+            let (digits, ats) = classify64(&text, base);
+            for k in 0..64 {
+                let b = text.get(base + k).copied();
+                assert_eq!(digits >> k & 1 == 1, b.is_some_and(|b| b.is_ascii_digit()));
+                assert_eq!(ats >> k & 1 == 1, b == Some(b'@'));
+            }
         }
     }
 }
