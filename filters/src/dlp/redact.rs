@@ -61,7 +61,8 @@ pub(crate) fn step(
             ..Outcome::default()
         };
     }
-    ms.sort_unstable_by_key(|m| (m.start, rank(actions[m.detector]), m.detector));
+    // Each trigger pass reports in position order: a stable (run-merging) sort is near linear.
+    ms.sort_by_key(|m| (m.start, rank(actions[m.detector]), m.detector));
     let edits = |m: &Match| matches!(actions[m.detector], Action::Redact | Action::Mask);
     // A replaced match is released whole or not at all: pull `p` back before any that it cuts.
     loop {
@@ -83,8 +84,8 @@ pub(crate) fn step(
     let block = first_block.filter(|_| stop_at_block);
     let upto = block.map_or(p, |b| b.start);
 
-    let mut out = Vec::new();
-    let mut found = Vec::new();
+    let mut out = Vec::with_capacity(upto.saturating_sub(from) + 64);
+    let mut found = Vec::with_capacity(ms.len());
     let mut changed = block.is_some();
     let mut pos = from;
     let mut last_end = from;
