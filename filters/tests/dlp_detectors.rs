@@ -276,6 +276,8 @@ fn rule(name: &str, regex: Option<&str>, keywords: Option<&[&str]>) -> RuleSetti
         regex: regex.map(Into::into),
         keywords: keywords.map(|k| k.iter().map(|s| s.to_string()).collect()),
         action: None,
+        request_action: None,
+        response_action: None,
     }
 }
 

@@ -192,12 +192,16 @@ async fn rule_actions_override_the_direction() {
                 regex: None,
                 keywords: Some(vec!["BLUEBIRD".into(), "NIGHTJAR".into()]),
                 action: Some(Action::Block),
+                request_action: None,
+                response_action: None,
             },
             RuleSettings {
                 name: "employee_id".into(),
                 regex: Some("EMP-[0-9]{6}".into()),
                 keywords: None,
                 action: Some(Action::Monitor),
+                request_action: None,
+                response_action: None,
             },
         ],
         ..DlpSettings::default()
@@ -388,4 +392,31 @@ fn compressed_responses_are_not_forwarded() {
     let v = client_view(&out);
     assert_eq!(v.errors.len(), 1);
     assert!(v.content.is_empty());
+}
+
+#[tokio::test]
+async fn a_rule_can_act_differently_per_direction() {
+    let settings: DlpSettings = toml::from_str(
+        r#"
+        request_action = "redact"
+        [[rules]]
+        name = "codenames"
+        keywords = ["NIGHTJAR"]
+        request_action = "block"
+        response_action = "redact"
+        "#,
+    )
+    .expect("parses");
+    let f = filter_with(&settings);
+    let mut body = body_of(r#"{"messages":[{"role":"user","content":"about nightjar"}]}"#);
+    let (v, _) = send(&f, &mut body, &HeaderMap::new()).await;
+    assert!(matches!(v, Verdict::Respond(_)), "blocked in requests");
+    let mut resp = completion(json!({"role": "assistant", "content": "Nightjar is on track."}));
+    let mut c = cx();
+    f.on_response_body(&mut resp, &mut c);
+    assert_eq!(
+        sent(&resp)["choices"][0]["message"]["content"],
+        "[REDACTED:codenames] is on track."
+    );
+    assert_eq!(c.dlp[0].action, "redact");
 }

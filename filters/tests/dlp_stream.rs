@@ -240,6 +240,8 @@ fn block_rule_withholds_and_redact_rule_redacts_in_one_stream() {
             regex: None,
             keywords: Some(vec!["BLUEBIRD".into()]),
             action: Some(Action::Block),
+            request_action: None,
+            response_action: None,
         }],
         ..DlpSettings::default()
     };
@@ -468,12 +470,16 @@ fn random_texts_stream_exactly_like_the_whole_text() {
                 regex: None,
                 keywords: Some(vec!["BLUEBIRD".into()]),
                 action: Some(Action::Mask),
+                request_action: None,
+                response_action: None,
             },
             RuleSettings {
                 name: "employee_id".into(),
                 regex: Some(r"EMP-[0-9]{6}".into()),
                 keywords: None,
                 action: None,
+                request_action: None,
+                response_action: None,
             },
         ],
         ..DlpSettings::default()

@@ -96,8 +96,14 @@ pub struct RuleSettings {
     pub regex: Option<String>,
     /// Whole words or phrases, matched ASCII case-insensitively.
     pub keywords: Option<Vec<String>>,
-    /// Overrides the direction's action for this rule.
+    /// Overrides the direction's action for this rule, in both directions.
     pub action: Option<Action>,
+    /// Overrides `action` (and `dlp.request_action`) for requests.
+    #[serde(default)]
+    pub request_action: Option<Action>,
+    /// Overrides `action` (and `dlp.response_action`) for responses.
+    #[serde(default)]
+    pub response_action: Option<Action>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -133,6 +139,13 @@ impl Direction {
         match self {
             Direction::Request => "request",
             Direction::Response => "response",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Direction::Request => 0,
+            Direction::Response => 1,
         }
     }
 }
@@ -211,6 +224,14 @@ fn name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A rule's own actions for requests and for responses.
+fn rule_actions(r: &RuleSettings) -> [Option<Action>; 2] {
+    [
+        r.request_action.or(r.action),
+        r.response_action.or(r.action),
+    ]
+}
+
 /// Compiles a custom rule; errors carry the field (`.regex`, `.keywords[1]`) they are about.
 fn compile_rule(r: &RuleSettings) -> Result<Detector, (String, String)> {
     match (&r.regex, &r.keywords) {
@@ -239,7 +260,7 @@ fn compile_rule(r: &RuleSettings) -> Result<Detector, (String, String)> {
                 .or_else(|| literal_prefixes(&dfa, 3, 64))
                 .map(Trigger::Literals)
                 .unwrap_or_else(|| Trigger::Bytes(first_bytes(&dfa)));
-            Ok(Detector::custom(&r.name, dfa, trigger, r.action))
+            Ok(Detector::custom(&r.name, dfa, trigger, rule_actions(r)))
         }
         (None, Some(kws)) => {
             if kws.is_empty() {
@@ -271,7 +292,7 @@ fn compile_rule(r: &RuleSettings) -> Result<Detector, (String, String)> {
                 &r.name,
                 dfa,
                 Trigger::Keywords(lits),
-                r.action,
+                rule_actions(r),
             ))
         }
     }
@@ -322,12 +343,19 @@ impl Scanner {
         }
     }
 
-    /// Scans a whole text with one action for every detector (custom rules keep their own) and
-    /// returns the released text: what a client would see. Mostly for tests and benchmarks.
+    /// Each detector's action for a direction whose default is `default`: a custom rule's own,
+    /// else `default`.
+    pub fn actions(&self, dir: Direction, default: Action) -> Vec<Action> {
+        (0..self.len())
+            .map(|d| self.detector(d).rule_actions[dir.index()].unwrap_or(default))
+            .collect()
+    }
+
+    /// Scans a whole text as a response whose default action is `action` (custom rules keep
+    /// their own) and returns the released text: what a client would see. For tests and
+    /// benchmarks.
     pub fn apply(&self, text: &str, action: Action) -> String {
-        let actions: Vec<Action> = (0..self.len())
-            .map(|d| self.detector(d).rule_action.unwrap_or(action))
-            .collect();
+        let actions = self.actions(Direction::Response, action);
         let mut js = JsonScan::new(self, &actions);
         js.text(text).unwrap_or_else(|| text.to_string())
     }
@@ -353,13 +381,8 @@ impl DlpFilter {
     /// Builds the filter from `[dlp]`; registers its metric in `shared` (once per process).
     pub fn new(settings: &DlpSettings, shared: &Shared) -> Result<DlpFilter, BuildError> {
         let scanner = Scanner::from_settings(settings)?;
-        let actions = |dir: Action| -> Vec<Action> {
-            (0..scanner.len())
-                .map(|d| scanner.detector(d).rule_action.unwrap_or(dir))
-                .collect()
-        };
-        let request_actions = actions(settings.request_action);
-        let response_actions = actions(settings.response_action);
+        let request_actions = scanner.actions(Direction::Request, settings.request_action);
+        let response_actions = scanner.actions(Direction::Response, settings.response_action);
         let findings = shared
             .metric("dlp_findings", || {
                 IntCounterVec::new(

@@ -63,8 +63,8 @@ pub(crate) struct Detector {
     starts: Option<Box<[StateID; 257]>>,
     validator: Option<Validator>,
     pub(crate) trigger: Trigger,
-    /// A custom rule's own action, overriding the direction's.
-    pub(crate) rule_action: Option<Action>,
+    /// A custom rule's own actions for requests and for responses, overriding the direction's.
+    pub(crate) rule_actions: [Option<Action>; 2],
 }
 
 /// Builds the anchored DFA of a pattern. Built-ins are ASCII-only (`unicode = false`); custom
@@ -120,7 +120,7 @@ impl Detector {
             dfa,
             validator: b.validator,
             trigger,
-            rule_action: None,
+            rule_actions: [None, None],
         }
     }
 
@@ -128,7 +128,7 @@ impl Detector {
         name: &str,
         dfa: dense::DFA<Vec<u32>>,
         trigger: Trigger,
-        rule_action: Option<Action>,
+        rule_actions: [Option<Action>; 2],
     ) -> Detector {
         Detector {
             name: name.to_string(),
@@ -136,7 +136,7 @@ impl Detector {
             dfa,
             validator: None,
             trigger,
-            rule_action,
+            rule_actions,
         }
     }
 }
