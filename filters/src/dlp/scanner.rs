@@ -500,22 +500,32 @@ impl Scanner {
             let starts = digits & !((digits << 1) | u64::from(before));
             let mut events = starts | ats;
             while events != 0 {
-                let j = base + events.trailing_zeros() as usize;
+                let k = events.trailing_zeros();
+                let j = base + k as usize;
                 events &= events - 1;
                 if hay[j] == b'@' {
                     if let Some(e) = self.email {
                         self.email_at(e, j, from, cx);
                     }
                 } else {
-                    self.digit_run_at(j, from, cx);
+                    // The run's length from the mask; one that reaches the block's end is
+                    // measured on.
+                    let mut run = (!(digits >> k)).trailing_zeros() as usize;
+                    if k as usize + run == 64 {
+                        run += hay[base + 64..]
+                            .iter()
+                            .take_while(|b| b.is_ascii_digit())
+                            .count();
+                    }
+                    self.digit_run_at(j, run, from, cx);
                 }
             }
             base += 64;
         }
     }
 
-    /// A run of digits starts at `j`.
-    fn digit_run_at(&self, j: usize, from: usize, cx: &mut FindCx<'_>) {
+    /// A run of `run` digits starts at `j`.
+    fn digit_run_at(&self, j: usize, run: usize, from: usize, cx: &mut FindCx<'_>) {
         let hay = cx.hay;
         match if j > 0 { Some(hay[j - 1]) } else { None } {
             Some(p) if is_word(p) => {
@@ -532,26 +542,23 @@ impl Scanner {
                 }
             }
             prev => {
-                self.numeric_at(j, false, cx);
+                self.numeric_at(j, false, run, cx);
                 if matches!(prev, Some(b'+' | b'(')) && j > from {
-                    self.numeric_at(j - 1, true, cx);
+                    self.numeric_at(j - 1, true, run, cx);
                 }
             }
         }
     }
 
-    /// Tries the digit-led detectors at `s` (`signed`: at the `+` or `(` before a digit run),
-    /// skipping those whose [`NumericShape`] the bytes from `s` cannot have. Bytes that reach
-    /// the end of unfinished text are not judged: the DFAs decide (and hold them back).
-    fn numeric_at(&self, s: usize, signed: bool, cx: &mut FindCx<'_>) {
+    /// Tries the digit-led detectors at `s` (`signed`: at the `+` or `(` before a digit run)
+    /// whose digits start with a run of `run`, skipping those whose [`NumericShape`] the bytes
+    /// from `s` cannot have. Bytes that reach the end of unfinished text are not judged: the
+    /// DFAs decide (and hold them back).
+    fn numeric_at(&self, s: usize, signed: bool, run: usize, cx: &mut FindCx<'_>) {
         let hay = cx.hay;
-        let d0 = s + usize::from(signed);
-        let mut run = d0;
-        while run < hay.len() && run - d0 < 20 && hay[run].is_ascii_digit() {
-            run += 1;
-        }
-        let first = u8::try_from(run - d0).unwrap_or(u8::MAX);
-        let next = hay.get(run).copied();
+        let end = s + usize::from(signed) + run;
+        let first = u8::try_from(run).unwrap_or(u8::MAX);
+        let next = hay.get(end).copied();
         let open_run = next.is_none() && !cx.fin;
         let mut cluster: Option<(u8, bool, bool)> = None;
         for &(d, shape) in &self.numeric {
