@@ -1,0 +1,859 @@
+//! The scanning engine: cheap triggers find candidate starts, an anchored DFA per detector
+//! decides each candidate, a validator confirms it.
+//!
+//! # Why this shape
+//!
+//! Almost all text a gateway sees is clean, so the cost that matters is the cost of finding
+//! *nothing*. Running a regex engine over every byte for twenty detectors would be far too
+//! slow, so each detector names how its matches can start ([`Trigger`]) and the scanner finds
+//! those positions with a few vectorised passes over the text:
+//!
+//! - one Aho-Corasick automaton (Teddy SIMD prefilter) over the required literal prefixes of
+//!   the secret detectors and of custom regexes (`AKIA`, `ghp_`, `sk-`, `-----BEGIN`, …);
+//! - one more, ASCII case-insensitive, over keyword rules;
+//! - one SSE2 pass for digits and `@`, which seeds the digit-led PII detectors (cards, SSNs,
+//!   phone numbers, IPv4, IBANs) and e-mail addresses.
+//!
+//! Only at those positions does a detector's DFA run, anchored, usually for a handful of bytes.
+//!
+//! # Streams
+//!
+//! The same code decides streamed text. Every decision it makes is *prefix-stable*: a
+//! candidate is either decided from the bytes it has seen (its DFA died, or hit the length
+//! cap), or it is reported as undecided and the caller holds the text back from its start. A
+//! validator never looks past a candidate's end. So scanning a stream piece by piece gives
+//! exactly the matches that scanning the whole text gives, which is what lets a client's
+//! concatenated deltas equal the redacted non-streamed text. [`Scanner::partial_tail`] adds
+//! the positions where a trigger itself could still be completed by the next bytes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind as AcMatchKind};
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::util::{primitives::StateID, start, syntax};
+use regex_automata::{Anchored, Input, MatchKind};
+
+use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS, NUMERIC_MAX_LEN};
+use super::validate::{Check, Validator};
+use super::Action;
+
+/// The longest match a detector may produce; a candidate still undecided after this many bytes
+/// is decided with the match ends seen so far. Bounds both the work per candidate and how much
+/// of a stream may be held back.
+pub const MAX_MATCH_BYTES: usize = 16 * 1024;
+
+/// The longest e-mail local part considered (RFC 5321).
+const EMAIL_LOCAL_MAX: usize = 64;
+
+/// One detector match: byte offsets into the scanned text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// The detector's index in [`Scanner::names`] (its priority: lower wins ties).
+    pub detector: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A compiled detector.
+pub(crate) struct Detector {
+    pub(crate) name: String,
+    dfa: dense::DFA<Vec<u32>>,
+    /// The anchored start state after each possible byte (index 256: at the start of the text).
+    starts: Option<Box<[StateID; 257]>>,
+    validator: Option<Validator>,
+    pub(crate) trigger: Trigger,
+    /// A custom rule's own actions for requests and for responses, overriding the direction's.
+    pub(crate) rule_actions: [Option<Action>; 2],
+}
+
+/// Builds the anchored DFA of a pattern. Built-ins are ASCII-only (`unicode = false`); custom
+/// regexes keep Unicode classes but have their word boundaries made ASCII beforehand.
+pub(crate) fn compile_dfa(pattern: &str, unicode: bool) -> Result<dense::DFA<Vec<u32>>, String> {
+    dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .match_kind(MatchKind::All)
+                .minimize(false)
+                .determinize_size_limit(Some(64 << 20))
+                .dfa_size_limit(Some(64 << 20)),
+        )
+        .syntax(syntax::Config::new().unicode(unicode).utf8(unicode))
+        .build(pattern)
+        .map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("exceeded") || msg.contains("limit") {
+                "the pattern is too large to compile into a DFA (limit 64 MiB); simplify it".into()
+            } else {
+                last_line(&msg)
+            }
+        })
+}
+
+/// The last line of a multi-line regex error (`error: unclosed group`), without the prefix.
+pub(crate) fn last_line(msg: &str) -> String {
+    let line = msg
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(msg);
+    line.trim().trim_start_matches("error: ").to_string()
+}
+
+impl Detector {
+    fn builtin(b: &Builtin) -> Detector {
+        // Built-in patterns are fixed and covered by tests; failing here is a bug in this file.
+        let dfa = compile_dfa(b.pattern, false)
+            .unwrap_or_else(|e| panic!("built-in DLP detector {} does not compile: {e}", b.name));
+        let trigger = match b.trigger {
+            BuiltinTrigger::Literals(l) => {
+                Trigger::Literals(l.iter().map(|s| s.as_bytes().to_vec()).collect())
+            }
+            BuiltinTrigger::Email => Trigger::Email,
+            BuiltinTrigger::Numeric(shape) => Trigger::Numeric(shape),
+            BuiltinTrigger::Iban => Trigger::Iban,
+        };
+        Detector {
+            name: b.name.to_string(),
+            starts: start_table(&dfa),
+            dfa,
+            validator: b.validator,
+            trigger,
+            rule_actions: [None, None],
+        }
+    }
+
+    pub(crate) fn custom(
+        name: &str,
+        dfa: dense::DFA<Vec<u32>>,
+        trigger: Trigger,
+        rule_actions: [Option<Action>; 2],
+    ) -> Detector {
+        Detector {
+            name: name.to_string(),
+            starts: start_table(&dfa),
+            dfa,
+            validator: None,
+            trigger,
+            rule_actions,
+        }
+    }
+}
+
+/// Every anchored start state, by look-behind byte, so that a candidate costs no start-state
+/// computation. `None` if some start state cannot be computed (the walk then asks the DFA).
+fn start_table(dfa: &dense::DFA<Vec<u32>>) -> Option<Box<[StateID; 257]>> {
+    let mut t = Box::new([StateID::ZERO; 257]);
+    for (i, slot) in t.iter_mut().enumerate() {
+        let lb = u8::try_from(i).ok();
+        *slot = dfa
+            .start_state(&start::Config::new().anchored(Anchored::Yes).look_behind(lb))
+            .ok()?;
+    }
+    Some(t)
+}
+
+/// The built-in detectors, compiled once per process (config reloads reuse them).
+pub(crate) fn builtins() -> &'static [Arc<Detector>] {
+    static COMPILED: OnceLock<Vec<Arc<Detector>>> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        BUILTINS
+            .iter()
+            .map(|b| Arc::new(Detector::builtin(b)))
+            .collect()
+    })
+}
+
+/// The look-behind contexts a start state can be computed for; the union over them covers
+/// every position.
+const LOOK_BEHINDS: [Option<u8>; 5] = [None, Some(b' '), Some(b'a'), Some(b'\n'), Some(b'\r')];
+
+fn start_states(dfa: &dense::DFA<Vec<u32>>) -> Vec<StateID> {
+    LOOK_BEHINDS
+        .iter()
+        .filter_map(|lb| {
+            dfa.start_state(
+                &start::Config::new()
+                    .anchored(Anchored::Yes)
+                    .look_behind(*lb),
+            )
+            .ok()
+        })
+        .collect()
+}
+
+/// The bytes a match can start with.
+pub(crate) fn first_bytes(dfa: &dense::DFA<Vec<u32>>) -> Box<[bool; 256]> {
+    let mut set = Box::new([false; 256]);
+    for sid in start_states(dfa) {
+        for b in 0..=255u8 {
+            if !dfa.is_dead_state(dfa.next_state(sid, b)) {
+                set[usize::from(b)] = true;
+            }
+        }
+    }
+    set
+}
+
+/// Literal prefixes every match starts with, read off the DFA: all byte strings of length
+/// `depth` (or shorter, when a match can end sooner) its start states can read without dying.
+/// `None` when there are more than `max` of them or one is shorter than 3 bytes.
+pub(crate) fn literal_prefixes(
+    dfa: &dense::DFA<Vec<u32>>,
+    depth: usize,
+    max: usize,
+) -> Option<Vec<Vec<u8>>> {
+    fn walk(
+        dfa: &dense::DFA<Vec<u32>>,
+        sid: StateID,
+        prefix: &mut Vec<u8>,
+        depth: usize,
+        max: usize,
+        out: &mut HashSet<Vec<u8>>,
+    ) -> bool {
+        if prefix.len() == depth {
+            out.insert(prefix.clone());
+            return out.len() <= max;
+        }
+        for b in 0..=255u8 {
+            let next = dfa.next_state(sid, b);
+            if dfa.is_dead_state(next) || dfa.is_quit_state(next) {
+                continue;
+            }
+            if dfa.is_match_state(next) {
+                // A match can end after `prefix`: it is the longest literal on this path.
+                if prefix.len() < 3 {
+                    return false;
+                }
+                out.insert(prefix.clone());
+                if out.len() > max {
+                    return false;
+                }
+                continue;
+            }
+            prefix.push(b);
+            let ok = walk(dfa, next, prefix, depth, max, out);
+            prefix.pop();
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+    let mut out = HashSet::new();
+    for sid in start_states(dfa) {
+        if !walk(dfa, sid, &mut Vec::new(), depth, max, &mut out) {
+            return None;
+        }
+    }
+    // A literal that extends another adds nothing: the shorter one finds the same starts.
+    let all: Vec<Vec<u8>> = out.into_iter().collect();
+    let mut kept: Vec<Vec<u8>> = all
+        .iter()
+        .filter(|l| !all.iter().any(|o| o.len() < l.len() && l.starts_with(o)))
+        .cloned()
+        .collect();
+    kept.sort();
+    if kept.is_empty() || kept.iter().any(|l| l.len() < 3) {
+        return None;
+    }
+    Some(kept)
+}
+
+/// Aho-Corasick automata over trigger literals, and for each of their patterns the detectors
+/// to try where it matches (those whose literal starts with it).
+///
+/// The literals are split into automata of at most [`GROUP`] patterns: Teddy, the SIMD
+/// prefilter inside each, puts several patterns in each of its 8 buckets when given more, and
+/// its false candidates then cost far more than one extra pass (measured: two passes over 16
+/// literals each run several times faster than one pass over the same 32).
+struct LiteralSet {
+    groups: Vec<(AhoCorasick, Vec<Vec<usize>>)>,
+}
+
+const GROUP: usize = 16;
+
+impl LiteralSet {
+    fn build(pairs: &[(Vec<u8>, usize)], case_insensitive: bool) -> Option<LiteralSet> {
+        if pairs.is_empty() {
+            return None;
+        }
+        let norm = |l: &[u8]| {
+            if case_insensitive {
+                l.to_ascii_lowercase()
+            } else {
+                l.to_vec()
+            }
+        };
+        let mut lits: Vec<Vec<u8>> = pairs.iter().map(|(l, _)| norm(l)).collect();
+        lits.sort();
+        lits.dedup();
+        // A literal that extends another (`sk-ant-` after `sk-`) needs no slot of its own: the
+        // shorter one finds the same places, and the DFAs tell the detectors apart.
+        let all = lits.clone();
+        lits.retain(|l| !all.iter().any(|o| o.len() < l.len() && l.starts_with(o)));
+        let mut groups = Vec::new();
+        for chunk in lits.chunks(GROUP) {
+            let detectors = chunk
+                .iter()
+                .map(|lit| {
+                    let mut ds: Vec<usize> = pairs
+                        .iter()
+                        .filter(|(l, _)| norm(l).starts_with(lit))
+                        .map(|&(_, d)| d)
+                        .collect();
+                    ds.sort_unstable();
+                    ds.dedup();
+                    ds
+                })
+                .collect();
+            let ac = AhoCorasick::builder()
+                .match_kind(AcMatchKind::LeftmostLongest)
+                .ascii_case_insensitive(case_insensitive)
+                .kind(Some(AhoCorasickKind::DFA))
+                .build(chunk)
+                .ok()?;
+            groups.push((ac, detectors));
+        }
+        Some(LiteralSet { groups })
+    }
+
+    /// Every position at or after `from` where some literal starts, with its detectors (not in
+    /// position order across groups).
+    #[inline]
+    fn each(&self, hay: &[u8], from: usize, mut f: impl FnMut(usize, &[usize])) {
+        for (ac, detectors) in &self.groups {
+            let mut pos = from;
+            while pos < hay.len() {
+                let input = aho_corasick::Input::new(hay).span(pos..hay.len());
+                let Some(m) = ac.find(input) else { break };
+                f(m.start(), &detectors[m.pattern().as_usize()]);
+                pos = m.start() + 1;
+            }
+        }
+    }
+}
+
+/// A set of compiled detectors and the trigger index over them.
+pub struct Scanner {
+    detectors: Vec<Arc<Detector>>,
+    literals: Option<LiteralSet>,
+    keywords: Option<LiteralSet>,
+    email: Option<usize>,
+    numeric: Vec<(usize, NumericShape)>,
+    iban: Option<usize>,
+    bytes: Vec<(usize, Box<[bool; 256]>)>,
+    /// The trigger literals by first byte (keywords lowercased, with their case-insensitive
+    /// flag), to find a literal cut off at the end of unfinished text.
+    by_first: Vec<Vec<(Vec<u8>, bool)>>,
+    max_literal: usize,
+}
+
+struct FindCx<'a> {
+    hay: &'a [u8],
+    fin: bool,
+    out: &'a mut Vec<Match>,
+    hold: usize,
+    ends: Vec<usize>,
+}
+
+#[inline]
+pub(crate) fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+#[inline]
+fn is_local(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+impl Scanner {
+    pub(crate) fn new(detectors: Vec<Arc<Detector>>) -> Scanner {
+        let mut lits = Vec::new();
+        let mut kws = Vec::new();
+        let mut email = None;
+        let mut numeric = Vec::new();
+        let mut iban = None;
+        let mut bytes = Vec::new();
+        let mut by_first: Vec<Vec<(Vec<u8>, bool)>> = vec![Vec::new(); 256];
+        let mut max_literal = 0;
+        for (i, d) in detectors.iter().enumerate() {
+            match &d.trigger {
+                Trigger::Literals(ls) => {
+                    for l in ls {
+                        lits.push((l.clone(), i));
+                        max_literal = max_literal.max(l.len());
+                        by_first[usize::from(l[0])].push((l.clone(), false));
+                    }
+                }
+                Trigger::Keywords(ls) => {
+                    for l in ls {
+                        kws.push((l.clone(), i));
+                        max_literal = max_literal.max(l.len());
+                        let low = l.to_ascii_lowercase();
+                        by_first[usize::from(low[0])].push((low.clone(), true));
+                        by_first[usize::from(low[0].to_ascii_uppercase())].push((low, true));
+                    }
+                }
+                Trigger::Email => email = email.or(Some(i)),
+                Trigger::Numeric(shape) => numeric.push((i, *shape)),
+                Trigger::Iban => iban = iban.or(Some(i)),
+                Trigger::Bytes(set) => bytes.push((i, set.clone())),
+            }
+        }
+        Scanner {
+            literals: LiteralSet::build(&lits, false),
+            keywords: LiteralSet::build(&kws, true),
+            detectors,
+            email,
+            numeric,
+            iban,
+            bytes,
+            by_first,
+            max_literal,
+        }
+    }
+
+    /// The detectors' names, in priority order (a [`Match::detector`] indexes this).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.detectors.iter().map(|d| d.name.as_str())
+    }
+
+    pub fn name(&self, detector: usize) -> &str {
+        &self.detectors[detector].name
+    }
+
+    pub(crate) fn detector(&self, i: usize) -> &Detector {
+        &self.detectors[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.detectors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
+
+    /// Every match in `text`, in no particular order and possibly overlapping (each detector
+    /// reports at most one match per start: its longest valid one).
+    pub fn find_all(&self, text: &[u8]) -> Vec<Match> {
+        let mut out = Vec::new();
+        self.find(text, 0, true, &mut out);
+        out
+    }
+
+    /// Appends the decided matches starting at or after `from` to `out`. Bytes before `from`
+    /// are context only (look-behind). With `fin` false more text may follow: the returned
+    /// position is the start of the earliest candidate that the next bytes could still change
+    /// (`hay.len()` when there is none); matches at or after it are not reported.
+    pub(crate) fn find(&self, hay: &[u8], from: usize, fin: bool, out: &mut Vec<Match>) -> usize {
+        let mut cx = FindCx {
+            hay,
+            fin,
+            out,
+            hold: usize::MAX,
+            ends: Vec::new(),
+        };
+        if let Some(lits) = &self.literals {
+            lits.each(hay, from, |p, ds| {
+                for &d in ds {
+                    self.try_at(d, p, &mut cx);
+                }
+            });
+        }
+        if let Some(kws) = &self.keywords {
+            kws.each(hay, from, |p, ds| {
+                for &d in ds {
+                    self.try_at(d, p, &mut cx);
+                }
+            });
+        }
+        if self.email.is_some() || !self.numeric.is_empty() || self.iban.is_some() {
+            self.find_digits_and_at(from, &mut cx);
+        }
+        for (d, set) in &self.bytes {
+            for p in from..hay.len() {
+                if set[usize::from(hay[p])] {
+                    self.try_at(*d, p, &mut cx);
+                }
+            }
+        }
+        let hold = cx.hold;
+        if hold != usize::MAX {
+            out.retain(|m| m.start < hold);
+            hold
+        } else {
+            hay.len()
+        }
+    }
+
+    /// One pass for the PII triggers: 64-byte blocks are classified into bit masks (digits,
+    /// `@`), and only the starts of digit runs and the `@`s are visited.
+    fn find_digits_and_at(&self, from: usize, cx: &mut FindCx<'_>) {
+        let hay = cx.hay;
+        let mut base = from;
+        while base < hay.len() {
+            let (digits, ats) = classify64(hay, base);
+            let before = base > 0 && hay[base - 1].is_ascii_digit();
+            let starts = digits & !((digits << 1) | u64::from(before));
+            let mut events = starts | ats;
+            while events != 0 {
+                let k = events.trailing_zeros();
+                let j = base + k as usize;
+                events &= events - 1;
+                if hay[j] == b'@' {
+                    if let Some(e) = self.email {
+                        self.email_at(e, j, from, cx);
+                    }
+                } else {
+                    // The run's length from the mask; one that reaches the block's end is
+                    // measured on.
+                    let mut run = (!(digits >> k)).trailing_zeros() as usize;
+                    if k as usize + run == 64 {
+                        run += hay[base + 64..]
+                            .iter()
+                            .take_while(|b| b.is_ascii_digit())
+                            .count();
+                    }
+                    self.digit_run_at(j, run, from, cx);
+                }
+            }
+            base += 64;
+        }
+    }
+
+    /// A run of `run` digits starts at `j`.
+    fn digit_run_at(&self, j: usize, run: usize, from: usize, cx: &mut FindCx<'_>) {
+        let hay = cx.hay;
+        match if j > 0 { Some(hay[j - 1]) } else { None } {
+            Some(p) if is_word(p) => {
+                if let Some(ib) = self.iban {
+                    let s = j.wrapping_sub(2);
+                    if j >= 2
+                        && s >= from
+                        && hay[s].is_ascii_uppercase()
+                        && p.is_ascii_uppercase()
+                        && (s == 0 || !is_word(hay[s - 1]))
+                    {
+                        self.try_at(ib, s, cx);
+                    }
+                }
+            }
+            prev => {
+                self.numeric_at(j, false, run, cx);
+                if matches!(prev, Some(b'+' | b'(')) && j > from {
+                    self.numeric_at(j - 1, true, run, cx);
+                }
+            }
+        }
+    }
+
+    /// Tries the digit-led detectors at `s` (`signed`: at the `+` or `(` before a digit run)
+    /// whose digits start with a run of `run`, skipping those whose [`NumericShape`] the bytes
+    /// from `s` cannot have. Bytes that reach the end of unfinished text are not judged: the
+    /// DFAs decide (and hold them back).
+    fn numeric_at(&self, s: usize, signed: bool, run: usize, cx: &mut FindCx<'_>) {
+        let hay = cx.hay;
+        let end = s + usize::from(signed) + run;
+        let first = u8::try_from(run).unwrap_or(u8::MAX);
+        let next = hay.get(end).copied();
+        let open_run = next.is_none() && !cx.fin;
+        let mut cluster: Option<(u8, bool, bool)> = None;
+        for &(d, shape) in &self.numeric {
+            let plausible_start = if signed {
+                shape.signed.is_some()
+            } else {
+                open_run
+                    || ((shape.first_run.0..=shape.first_run.1).contains(&first)
+                        && (shape.after_first.is_empty()
+                            || next.is_some_and(|b| shape.after_first.contains(&b))))
+            };
+            if !plausible_start {
+                continue;
+            }
+            let (digits, dot, open) =
+                *cluster.get_or_insert_with(|| number_cluster(hay, s, cx.fin));
+            let min = match (signed, shape.signed) {
+                (true, Some(m)) => m,
+                _ => shape.min_digits,
+            };
+            if open || (digits >= min && (dot || !shape.needs_dot)) {
+                self.try_at(d, s, cx);
+            }
+        }
+    }
+
+    fn email_at(&self, e: usize, at: usize, from: usize, cx: &mut FindCx<'_>) {
+        let hay = cx.hay;
+        let mut s = at;
+        while s > 0 && at - s < EMAIL_LOCAL_MAX && is_local(hay[s - 1]) {
+            s -= 1;
+        }
+        while s < at && hay[s] == b'.' {
+            s += 1;
+        }
+        if s < at && s >= from {
+            self.try_at(e, s, cx);
+        }
+    }
+
+    #[inline]
+    fn try_at(&self, d: usize, s: usize, cx: &mut FindCx<'_>) {
+        let det = &self.detectors[d];
+        cx.ends.clear();
+        if !walk(det, cx.hay, s, cx.fin, &mut cx.ends) {
+            cx.hold = cx.hold.min(s);
+            return;
+        }
+        for &e in cx.ends.iter().rev() {
+            let verdict = match det.validator {
+                Some(v) => v(cx.hay, s, e),
+                None => Check::Accept,
+            };
+            match verdict {
+                Check::Accept => {
+                    cx.out.push(Match {
+                        detector: d,
+                        start: s,
+                        end: e,
+                    });
+                    return;
+                }
+                Check::Reject => continue,
+                Check::Poison => return,
+            }
+        }
+    }
+
+    /// The earliest position at or after `from` where the end of `hay` could be the beginning
+    /// of a trigger that the next bytes complete (`hay.len()` when there is none): a partial
+    /// literal, a trailing e-mail local part, a `+`/`(` before a number, an IBAN's country.
+    pub(crate) fn partial_tail(&self, hay: &[u8], from: usize) -> usize {
+        let n = hay.len();
+        let mut p = n;
+        if self.max_literal > 1 {
+            let lo = from.max(n.saturating_sub(self.max_literal - 1));
+            'pos: for k in lo..n {
+                let tail = &hay[k..];
+                for (lit, ci) in &self.by_first[usize::from(tail[0])] {
+                    let cut = lit.len() > tail.len()
+                        && if *ci {
+                            lit[..tail.len()].eq_ignore_ascii_case(tail)
+                        } else {
+                            lit.starts_with(tail)
+                        };
+                    if cut {
+                        p = k;
+                        break 'pos;
+                    }
+                }
+            }
+        }
+        if self.email.is_some() {
+            let mut k = n;
+            while k > from && n - k < EMAIL_LOCAL_MAX && is_local(hay[k - 1]) {
+                k -= 1;
+            }
+            p = p.min(k);
+        }
+        if !self.numeric.is_empty() && n > from && matches!(hay[n - 1], b'+' | b'(') {
+            p = p.min(n - 1);
+        }
+        if self.iban.is_some() {
+            let mut k = n;
+            while k > from && n - k < 3 && hay[k - 1].is_ascii_uppercase() {
+                k -= 1;
+            }
+            let run = n - k;
+            if (1..=2).contains(&run) && (k == 0 || !is_word(hay[k - 1])) {
+                p = p.min(k);
+            }
+        }
+        p
+    }
+}
+
+/// Runs a detector's anchored DFA from `s`, collecting the ends of its matches (all of them
+/// when a validator will choose, else only the longest). Returns false when the outcome is
+/// undecided: more text could extend or complete a match (only when `fin` is false).
+#[inline]
+fn walk(det: &Detector, hay: &[u8], s: usize, fin: bool, ends: &mut Vec<usize>) -> bool {
+    let dfa = &det.dfa;
+    let all = det.validator.is_some();
+    let start = match &det.starts {
+        Some(t) => Ok(t[if s == 0 { 256 } else { usize::from(hay[s - 1]) }]),
+        None => dfa.start_state_forward(&Input::new(hay).range(s..).anchored(Anchored::Yes)),
+    };
+    let Ok(mut sid) = start else {
+        return true;
+    };
+    let found = |at: usize, ends: &mut Vec<usize>| {
+        if !all {
+            ends.clear();
+        }
+        ends.push(at);
+    };
+    let limit = hay.len().min(s.saturating_add(MAX_MATCH_BYTES));
+    let mut i = s;
+    while i < limit {
+        sid = dfa.next_state(sid, hay[i]);
+        if dfa.is_special_state(sid) {
+            if dfa.is_match_state(sid) {
+                found(i, ends);
+            } else if dfa.is_dead_state(sid) || dfa.is_quit_state(sid) {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    if i < hay.len() {
+        // The length cap: decided with what was seen.
+        return true;
+    }
+    if !fin {
+        return false;
+    }
+    sid = dfa.next_eoi_state(sid);
+    if dfa.is_match_state(sid) {
+        found(hay.len(), ends);
+    }
+    true
+}
+
+/// The digits, whether a `.` is among them, in the run of number bytes (digits and ` -.()+`)
+/// from `s`, up to the longest digit-led match; and whether that run reaches the end of
+/// unfinished text (then nothing can be ruled out yet).
+fn number_cluster(hay: &[u8], s: usize, fin: bool) -> (u8, bool, bool) {
+    let cap = hay.len().min(s + NUMERIC_MAX_LEN);
+    let (mut digits, mut dot, mut i) = (0u8, false, s);
+    while i < cap {
+        match hay[i] {
+            b'0'..=b'9' => digits += 1,
+            b'.' => dot = true,
+            b' ' | b'-' | b'(' | b')' | b'+' => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    (digits, dot, i == hay.len() && !fin)
+}
+
+/// Bit masks of the digits and of the `@`s in the 64 bytes from `base` (bit k: `base + k`;
+/// bytes past the end count as neither).
+#[inline]
+fn classify64(hay: &[u8], base: usize) -> (u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if base + 64 <= hay.len() {
+        let block = &hay[base..base + 64];
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked above).
+            return unsafe { x86::classify64_avx2(block) };
+        }
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        return unsafe { x86::classify64_sse2(block) };
+    }
+    let (mut digits, mut ats) = (0u64, 0u64);
+    for (k, &b) in hay[base..hay.len().min(base + 64)].iter().enumerate() {
+        digits |= u64::from(b.is_ascii_digit()) << k;
+        ats |= u64::from(b == b'@') << k;
+    }
+    (digits, ats)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    // A byte is a digit when `b + 0x50` (wrapping) is below -118 as a signed byte: that maps
+    // b'0'..=b'9' onto -128..=-119, one add and one compare per vector.
+
+    /// # Safety
+    /// `block` is 64 bytes long and the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn classify64_avx2(block: &[u8]) -> (u64, u64) {
+        debug_assert_eq!(block.len(), 64);
+        let shift = _mm256_set1_epi8(0x50);
+        let limit = _mm256_set1_epi8(-118);
+        let at = _mm256_set1_epi8(b'@' as i8);
+        let (mut digits, mut ats) = (0u64, 0u64);
+        for k in 0..2 {
+            // SAFETY: the load reads block[32k..32k + 32], in bounds for a 64-byte block.
+            let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * k) as *const __m256i) };
+            let d = _mm256_cmpgt_epi8(limit, _mm256_add_epi8(v, shift));
+            digits |= u64::from(_mm256_movemask_epi8(d) as u32) << (32 * k);
+            ats |= u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, at)) as u32) << (32 * k);
+        }
+        (digits, ats)
+    }
+
+    /// # Safety
+    /// `block` is 64 bytes long.
+    pub(super) unsafe fn classify64_sse2(block: &[u8]) -> (u64, u64) {
+        debug_assert_eq!(block.len(), 64);
+        let shift = _mm_set1_epi8(0x50);
+        let limit = _mm_set1_epi8(-118);
+        let at = _mm_set1_epi8(b'@' as i8);
+        let (mut digits, mut ats) = (0u64, 0u64);
+        for k in 0..4 {
+            // SAFETY: the load reads block[16k..16k + 16], in bounds for a 64-byte block.
+            let v = unsafe { _mm_loadu_si128(block.as_ptr().add(16 * k) as *const __m128i) };
+            let d = _mm_cmplt_epi8(_mm_add_epi8(v, shift), limit);
+            digits |= u64::from(_mm_movemask_epi8(d) as u16) << (16 * k);
+            ats |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, at)) as u16) << (16 * k);
+        }
+        (digits, ats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_compiles() {
+        assert_eq!(builtins().len(), BUILTINS.len());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn both_vector_classifiers_agree() {
+        let block: Vec<u8> = (0..64u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(i))
+            .collect();
+        let mut all: Vec<u8> = (0..=255u8).collect();
+        all.extend_from_slice(b"0123456789@/:;?`");
+        for chunk in all.chunks(64).chain([block.as_slice()]) {
+            let mut b = chunk.to_vec();
+            b.resize(64, b'x');
+            let want = classify64(&b[..63], 0);
+            let want = (
+                want.0 | u64::from(b[63].is_ascii_digit()) << 63,
+                want.1 | u64::from(b[63] == b'@') << 63,
+            );
+            // SAFETY: 64-byte block; AVX2 only when detected.
+            unsafe {
+                assert_eq!(x86::classify64_sse2(&b), want);
+                if std::is_x86_feature_detected!("avx2") {
+                    assert_eq!(x86::classify64_avx2(&b), want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_masks_match_scalar() {
+        let text: Vec<u8> = (0..300u32)
+            .map(|i| b"ab 9@x0-1234567890 @@ zz..."[(i * 7 % 27) as usize])
+            .collect();
+        for base in 0..text.len() {
+            let (digits, ats) = classify64(&text, base);
+            for k in 0..64 {
+                let b = text.get(base + k).copied();
+                assert_eq!(digits >> k & 1 == 1, b.is_some_and(|b| b.is_ascii_digit()));
+                assert_eq!(ats >> k & 1 == 1, b == Some(b'@'));
+            }
+        }
+    }
+}
