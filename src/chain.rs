@@ -30,6 +30,7 @@ impl Default for FilterTypes {
         };
         t.register("auth", sluice_filters::auth::build);
         t.register("rate_limit", sluice_filters::ratelimit::build);
+        t.register("dlp", sluice_filters::dlp::build);
         t.register("audit", sluice_filters::audit::build);
         t
     }

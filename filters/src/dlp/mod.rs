@@ -619,13 +619,13 @@ impl Filter for DlpFilter {
         Verdict::Continue
     }
 
-    fn on_response_head(&self, resp: &mut ResponseHead<'_>, cx: &mut Cx) {
+    fn on_response_head(&self, resp: &ResponseHead<'_>, cx: &mut Cx) {
         if !resp.status.is_success() {
             return;
         }
+        // The engine refuses (502) a compressed body it was asked to scan before this runs;
+        // an embedder's engine might not, so the state is kept to fail closed here too.
         if let Some(enc) = content_encoding(resp.headers) {
-            // The body will be replaced by an uncompressed error.
-            resp.headers.remove(http::header::CONTENT_ENCODING);
             cx.extensions.insert(ResponseState {
                 unreadable_encoding: Some(enc),
             });
