@@ -1,50 +1,59 @@
 #!/usr/bin/env bash
 # Sluice's overhead benchmark: what every filter costs, measured side by side.
 #
-#   benches/overhead.sh            # full run, ~8 minutes after the build
-#   QUICK=1 benches/overhead.sh    # ~2 minutes, fewer and shorter runs
+#   benches/overhead.sh            # full run: ~8 minutes after the build
+#   QUICK=1 benches/overhead.sh    # ~2 minutes: fewer, shorter rounds
 #
-# On loopback, it starts the mock upstream (`sluice mock`), nginx as a plain reverse proxy
-# (the cost of a proxy that does nothing; skipped when nginx is not installed), Sluice with an
-# empty chain and Sluice with the full chain (auth, rate_limit, dlp with the secrets and pii
-# packs, audit to a file with fsync = "interval"), then measures each of them the same way:
+# On loopback it starts the mock upstream (`sluice mock`), nginx as a plain reverse proxy (the
+# cost of a proxy that does nothing; skipped when nginx is not installed), Sluice with an empty
+# chain, Sluice with the full chain (auth, rate_limit, dlp with the secrets and pii packs, audit
+# to a file with fsync = "interval") and, for the per-filter breakdown, Sluice with the chain's
+# prefixes (auth; auth + rate_limit; auth + rate_limit + dlp). Then it measures each the same way:
 #
-#   load      wrk, 64 keep-alive connections, a ~1 KiB chat body: requests/s, p50, p99, and the
-#             proxy's CPU time per request (from /proc/PID/task/*/schedstat)
-#   c1        wrk, 1 connection: p50 and p99; "added" = target minus direct-to-mock, same run;
-#             Sluice's own sluice_overhead_seconds mean over exactly these requests beside it
-#   stream    a 200-chunk streamed completion, one after another on one connection:
-#             time to first token and time per chunk; "added" = target minus direct
-#   memory    RSS idle (after the load) and with 1,000 concurrent open streams
+#   load    wrk, 64 keep-alive connections, a ~1 KiB chat body, DURATION seconds: requests/s,
+#           p50, p99, and the proxy's CPU time per request (/proc/PID/task/*/schedstat)
+#   c1      wrk, 1 connection, LAT_DURATION seconds: p50 and p99; "added" = target minus
+#           direct-to-mock in the same round. For Sluice, the mean of its own
+#           sluice_overhead_seconds histogram over exactly these requests, from /metrics.
+#   stream  a 200-chunk streamed completion (the mock sends the chunks back to back), STREAMS
+#           times on one connection: time to first token and time per chunk, and "added" ones
+#   memory  RSS after start, idle after the load, and with 1,000 concurrent open streams
 #
-# Each of RUNS rounds measures every target in turn (the order rotates), and the report gives
-# medians over the rounds; ratios (Sluice / nginx, full / empty) are taken within each round,
-# so that a noisy neighbour slows both sides of a ratio alike.
+# Each of RUNS rounds measures every target in turn, in a rotating order; the report gives
+# medians over the rounds, and every "added" figure and ratio is taken within a round (the two
+# sides minutes apart at most) before its median is taken, so that a noisy neighbour moves
+# both sides alike.
 #
-# Pinning: proxies (nginx's workers, Sluice's threads) run on PROXY_CPUS, the load generators
-# and the mock on LOAD_CPUS. With 2 cores: the proxy on CPU 1, everything else on CPU 0, and
-# nginx gets as many workers as Sluice gets threads (one per proxy CPU).
+# Pinning (2 CPUs): the proxies (nginx's workers, Sluice's threads) run on CPU 1, wrk, the
+# mock and the drivers on CPU 0, for the load runs: there the proxy's core is the bottleneck
+# and nginx gets as many workers as Sluice gets threads. For the latency and streaming runs
+# (LAT_LAYOUT=same, the default), the proxy is moved to CPU 0 with everything else: a request
+# then never waits for a wake-up on the other CPU (on a VM that costs tens of microseconds per
+# hop and varies a lot), so "added latency" is the proxy's own work on the request path.
+# LAT_LAYOUT=split keeps the proxy on its own CPU for those runs too.
 #
 # Settings (environment):
-#   QUICK=1            RUNS=3, DURATION=3, LAT_DURATION=3, STREAMS=40
+#   QUICK=1            RUNS=3 DURATION=2 LAT_DURATION=2 STREAMS=40
 #   RUNS=5             rounds; the report shows medians
-#   DURATION=8         seconds of each 64-connection wrk run
-#   LAT_DURATION=8     seconds of each 1-connection wrk run
-#   CONNS=64           connections of the load run
+#   DURATION=6         seconds of each 64-connection wrk run
+#   LAT_DURATION=5     seconds of each 1-connection wrk run
+#   CONNS=64           connections of the load runs
 #   STREAMS=100        streamed completions per target per round
 #   CHUNKS=200         words, hence content chunks, per streamed completion
 #   OPEN_STREAMS=1000  concurrent streams of the memory run
 #   BODY_BYTES=1024    size of the chat body
-#   PROXY_CPUS, LOAD_CPUS   CPU lists for taskset (PIN=0: no pinning)
-#   NGINX=auto|0       0 skips the nginx reference row
-#   SLUICE_BIN=path    use this binary instead of building (the report says so)
+#   BREAKDOWN=1        0 leaves out the per-filter rows (auth; + rate_limit; + dlp)
+#   LAT_LAYOUT=same    or split (see above)
+#   PROXY_CPUS, LOAD_CPUS   taskset CPU lists; PIN=0: no pinning at all
+#   NGINX=auto         0 skips the nginx reference row
+#   SLUICE_BIN=path    measure this binary instead of building (the report says so)
 #   RESULTS=path       also write the report (markdown) to this file
 #   KEEP=1             keep the temporary directory (configs, logs, raw results)
 #
-# It installs nothing silently: when wrk or nginx is missing and it runs as root on Debian, it
-# says so and runs `apt-get install -y wrk nginx-light`; otherwise it stops (wrk) or skips the
-# nginx row. It binds only 127.0.0.1, on free ports, writes everything to a temporary directory,
-# and stops every process it started when it exits, however it exits.
+# It installs nothing silently: when wrk or nginx is missing and it runs as root with apt-get,
+# it says so and runs `apt-get install -y wrk nginx-light`; otherwise it stops (no wrk) or
+# skips the nginx row. It binds only 127.0.0.1, on free ports, writes only to a temporary
+# directory, bounds every wait, and stops every process it started however it exits.
 
 set -euo pipefail
 
@@ -54,21 +63,28 @@ DRIVER="$HERE/driver.py"
 
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-  RUNS=${RUNS:-3} DURATION=${DURATION:-3} LAT_DURATION=${LAT_DURATION:-3} STREAMS=${STREAMS:-40}
+  RUNS=${RUNS:-3} DURATION=${DURATION:-2} LAT_DURATION=${LAT_DURATION:-2} STREAMS=${STREAMS:-40}
+  WARMUP=1
 else
-  RUNS=${RUNS:-5} DURATION=${DURATION:-8} LAT_DURATION=${LAT_DURATION:-8} STREAMS=${STREAMS:-100}
+  RUNS=${RUNS:-5} DURATION=${DURATION:-6} LAT_DURATION=${LAT_DURATION:-5} STREAMS=${STREAMS:-100}
+  WARMUP=2
 fi
 CONNS=${CONNS:-64}
 CHUNKS=${CHUNKS:-200}
 OPEN_STREAMS=${OPEN_STREAMS:-1000}
 BODY_BYTES=${BODY_BYTES:-1024}
+BREAKDOWN=${BREAKDOWN:-1}
+LAT_LAYOUT=${LAT_LAYOUT:-same}
 NGINX=${NGINX:-auto}
 PIN=${PIN:-1}
 KEEP=${KEEP:-0}
 RESULTS=${RESULTS:-}
 
 log() { printf '[overhead] %s\n' "$*" >&2; }
-die() { printf '[overhead] error: %s\n' "$*" >&2; exit 1; }
+die() {
+  printf '[overhead] error: %s\n' "$*" >&2
+  exit 1
+}
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -78,12 +94,10 @@ command -v wrk >/dev/null || need_install+=(wrk)
 if [[ $NGINX != 0 ]] && ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
   need_install+=(nginx-light)
 fi
-if ((${#need_install[@]})); then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    log "installing ${need_install[*]} with apt-get (Debian packages)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_install[@]}" >&2 ||
-      log "apt-get install failed"
-  fi
+if ((${#need_install[@]})) && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  log "installing ${need_install[*]} with apt-get (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_install[@]}" >&2 ||
+    log "apt-get install failed"
 fi
 command -v wrk >/dev/null || die "wrk is needed (Debian: apt-get install wrk)"
 command -v python3 >/dev/null || die "python3 is needed"
@@ -105,7 +119,9 @@ else
   log "building: cargo build --release --locked"
   (cd "$ROOT" && cargo build --release --locked >&2)
   SLUICE="$ROOT/target/release/sluice"
-  BUILT="cargo build --release --locked at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src filters Cargo.toml Cargo.lock 2>/dev/null || echo ' (with local changes)')"
+  BUILT="\`cargo build --release --locked\` at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  git -C "$ROOT" diff --quiet HEAD -- src filters Cargo.toml Cargo.lock 2>/dev/null ||
+    BUILT="$BUILT with uncommitted changes"
 fi
 [[ -x $SLUICE ]] || die "no sluice binary at $SLUICE"
 
@@ -113,51 +129,65 @@ fi
 # CPUs
 
 NCPU=$(nproc)
-if ((NCPU < 2)); then PIN=0; fi
-if ((NCPU >= 2)); then
-  PROXY_CPUS=${PROXY_CPUS:-$((NCPU - 1))}
-  if ((NCPU == 2)); then LOAD_CPUS=${LOAD_CPUS:-0}; else LOAD_CPUS=${LOAD_CPUS:-0-$((NCPU - 2))}; fi
-else
-  PROXY_CPUS=${PROXY_CPUS:-0} LOAD_CPUS=${LOAD_CPUS:-0}
+((NCPU < 2)) && PIN=0
+if ((NCPU == 2)); then
+  PROXY_CPUS=${PROXY_CPUS:-1} LOAD_CPUS=${LOAD_CPUS:-0}
+elif ((NCPU > 2)); then
+  # Half the CPUs for the proxy (the last ones), the rest for the load.
+  PROXY_CPUS=${PROXY_CPUS:-$((NCPU / 2))-$((NCPU - 1))} LOAD_CPUS=${LOAD_CPUS:-0-$((NCPU / 2 - 1))}
 fi
 cpu_count() { # number of CPUs in a taskset list such as "1" or "0-2,4"
-  python3 - "$1" <<'EOF'
+  python3 -c '
 import sys
-n = 0
-for part in sys.argv[1].split(","):
-    a, _, b = part.partition("-")
-    n += (int(b) - int(a) + 1) if b else 1
-print(n)
-EOF
+print(sum(int(b) - int(a) + 1 if b else 1
+          for a, _, b in (p.partition("-") for p in sys.argv[1].split(","))))' "$1"
 }
 if [[ $PIN == 1 ]]; then
   PROXY_THREADS=${PROXY_THREADS:-$(cpu_count "$PROXY_CPUS")}
   on_proxy() { exec taskset -c "$PROXY_CPUS" "$@"; }
   on_load() { exec taskset -c "$LOAD_CPUS" "$@"; }
-  PINNING="proxies on CPU $PROXY_CPUS, load generators and mock on CPU $LOAD_CPUS"
+  PINNING="load runs: proxy on CPU $PROXY_CPUS, wrk and mock on CPU $LOAD_CPUS"
+  if [[ $LAT_LAYOUT == same ]]; then
+    PINNING="$PINNING; latency and streaming runs: everything on CPU $LOAD_CPUS"
+  else
+    PINNING="$PINNING; latency and streaming runs: the same"
+  fi
 else
   PROXY_THREADS=${PROXY_THREADS:-$NCPU}
   on_proxy() { exec "$@"; }
   on_load() { exec "$@"; }
   PINNING="no pinning"
+  LAT_LAYOUT=split
 fi
+# Moves a running proxy (every thread, and its children: nginx's workers) to a CPU list.
+move_proxy() { # pid cpus
+  [[ $PIN == 1 && -n $1 ]] || return 0
+  local p c
+  for p in $1 $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+    taskset -a -p -c "$2" "$p" >/dev/null 2>&1 || true
+  done
+}
 
 # ---------------------------------------------------------------------------------------------
-# Processes: every one started is recorded, and stopped on exit.
+# Processes: every one started is recorded and stopped on exit.
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/sluice-overhead.XXXXXX")
 PIDS=()
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  local pid
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     kill -KILL "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
   if [[ $KEEP == 1 ]]; then log "kept $T"; else rm -rf "$T"; fi
-  exit $rc
+  exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -165,11 +195,13 @@ trap 'exit 130' INT TERM
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-wait_port() { # port, name, pid: bounded wait until it accepts
-  local i
-  for i in $(seq 100); do
+wait_port() { # port name pid: bounded wait until it accepts
+  for _ in $(seq 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$3" 2>/dev/null || { tail -20 "$T/$2.log" >&2; die "$2 exited at startup"; }
+    kill -0 "$3" 2>/dev/null || {
+      tail -20 "$T/$2.log" >&2
+      die "$2 exited at startup"
+    }
     sleep 0.1
   done
   die "$2 does not accept connections on 127.0.0.1:$1"
@@ -177,18 +209,25 @@ wait_port() { # port, name, pid: bounded wait until it accepts
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if (($(ulimit -n) < 4 * OPEN_STREAMS + 256)); then
-  log "open files limit $(ulimit -n) is low for $OPEN_STREAMS streams; lowering OPEN_STREAMS"
   OPEN_STREAMS=$((($(ulimit -n) - 256) / 4))
+  log "the open files limit is $(ulimit -n): OPEN_STREAMS lowered to $OPEN_STREAMS"
 fi
+log "temporary directory $T"
+
+# Every target: its port, proxy pid (none for direct), admin port (Sluice), key, label.
+declare -A PORT PID ADMIN KEY LABEL
+TARGETS=()      # measured in the load and latency runs
+STREAMED=()     # also in the streaming and memory runs
 
 MOCK_PORT=$(free_port)
-log "temporary directory $T"
 (on_load "$SLUICE" mock --listen "127.0.0.1:$MOCK_PORT") >"$T/mock.log" 2>&1 &
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_port "$MOCK_PORT" mock "$MOCK_PID"
+TARGETS+=(direct) STREAMED+=(direct)
+PORT[direct]=$MOCK_PORT PID[direct]="" KEY[direct]="" LABEL[direct]="direct to the mock (no proxy)"
 
-# --- nginx: a plain reverse proxy with keep-alive both ways, nothing else.
+# --- nginx: a plain reverse proxy, keep-alive both ways, no buffering of responses.
 if [[ $NGINX != 0 ]]; then
   NGINX_PORT=$(free_port)
   mkdir -p "$T/nginx"
@@ -223,25 +262,26 @@ http {
 EOF
   (on_proxy "$NGINX_BIN" -p "$T/nginx" -e "$T/nginx/error.log" -c "$T/nginx/nginx.conf" \
     -g 'daemon off;') >"$T/nginx.log" 2>&1 &
-  NGINX_PID=$!
-  PIDS+=("$NGINX_PID")
-  wait_port "$NGINX_PORT" nginx "$NGINX_PID"
-  NGINX_VERSION=$("$NGINX_BIN" -v 2>&1 | sed 's/.*version: //')
+  PIDS+=("$!")
+  wait_port "$NGINX_PORT" nginx "$!"
+  TARGETS+=(nginx) STREAMED+=(nginx)
+  PORT[nginx]=$NGINX_PORT PID[nginx]=${PIDS[-1]} KEY[nginx]=""
+  LABEL[nginx]="nginx $("$NGINX_BIN" -v 2>&1 | sed 's|.*nginx/||'), plain reverse proxy"
 fi
 
 # --- Sluice configs.
 KEY_OUT=$("$SLUICE" keys new --user bench --id bench-key)
 API_KEY=$(sed -n 's/^#[[:space:]]*\(sk-sluice-[A-Za-z0-9]*\).*/\1/p' <<<"$KEY_OUT" | head -1)
 KEY_SHA=$(sed -n 's/^sha256 = "\([0-9a-f]*\)"/\1/p' <<<"$KEY_OUT" | head -1)
-[[ -n $API_KEY && -n $KEY_SHA ]] || die "cannot read the key from 'sluice keys new'"
-BIG=1000000000     # requests per minute: never reached, but every bucket is still checked
-BIGT=1000000000000 # tokens per minute
+[[ -n $API_KEY && -n $KEY_SHA ]] || die "cannot read the key printed by 'sluice keys new'"
+RPM=1000000000     # requests per minute: never reached, but every bucket is still checked
+TPM=1000000000000  # tokens per minute
 
-write_sluice_conf() { # file listen admin filter...
-  local file=$1 listen=$2 admin=$3
+write_sluice_conf() { # file listen-port admin-port filter...
+  local file=$1 listen=$2 admin=$3 f
   shift 3
   {
-    if (($# == 0)); then echo "filters = []"; fi
+    (($# == 0)) && echo "filters = []"
     cat <<EOF
 [server]
 listen = "127.0.0.1:$listen"
@@ -260,7 +300,7 @@ upstream_model = "echo"
 
 [[orgs]]
 name = "bench"
-rate_limit = { requests_per_minute = $BIG, tokens_per_minute = $BIGT }
+rate_limit = { requests_per_minute = $RPM, tokens_per_minute = $TPM }
 
 [[roles]]
 name = "bench"
@@ -271,20 +311,19 @@ models = ["mock-*"]
 name = "bench"
 org = "bench"
 role = "bench"
-rate_limit = { requests_per_minute = $BIG, tokens_per_minute = $BIGT }
+rate_limit = { requests_per_minute = $RPM, tokens_per_minute = $TPM }
 
 [[keys]]
 id = "bench-key"
 user = "bench"
 sha256 = "$KEY_SHA"
-rate_limit = { requests_per_minute = $BIG, tokens_per_minute = $BIGT }
+rate_limit = { requests_per_minute = $RPM, tokens_per_minute = $TPM }
 EOF
-    local f
     for f in "$@"; do
       case $f in
         rate_limit) printf '\n[rate_limit]\nbackend = "local"\n' ;;
         dlp) printf '\n[dlp]\npacks = ["secrets", "pii"]\nrequest_action = "block"\nresponse_action = "redact"\n' ;;
-        audit) printf '\n[audit]\npath = "%s"\nfsync = "interval"\n' "$T/audit.jsonl" ;;
+        audit) printf '\n[audit]\npath = "%s"\nfsync = "interval"\n' "$T/audit-$(basename "$file" .toml).jsonl" ;;
       esac
     done
     for f in "$@"; do printf '\n[[filters]]\ntype = "%s"\n' "$f"; done
@@ -296,51 +335,63 @@ EOF
 WANT=(auth rate_limit dlp audit)
 FULL=()
 MISSING=()
-write_sluice_conf "$T/full.toml" 1 2 "${WANT[@]}"
-if "$SLUICE" check -c "$T/full.toml" >"$T/check.log" 2>&1; then
+write_sluice_conf "$T/probe.toml" 1 2 "${WANT[@]}"
+if "$SLUICE" check -c "$T/probe.toml" >"$T/check.log" 2>&1; then
   FULL=("${WANT[@]}")
 else
   for f in "${WANT[@]}"; do
     write_sluice_conf "$T/probe.toml" 1 2 "$f"
     if "$SLUICE" check -c "$T/probe.toml" >>"$T/check.log" 2>&1; then FULL+=("$f"); else MISSING+=("$f"); fi
   done
-  log "this build does not accept filter(s): ${MISSING[*]} (see below); the full-chain row runs: ${FULL[*]:-none}"
+  log "this build does not accept the filter type(s) ${MISSING[*]}; the full-chain row runs: ${FULL[*]:-no filter}"
   grep -v '^$' "$T/check.log" | sed 's/^/[overhead]   /' >&2 || true
 fi
-FULL_LABEL="Sluice, full chain ($(IFS=,; echo "${FULL[*]}" | sed 's/,/ + /g'))"
-((${#MISSING[@]})) && FULL_LABEL="Sluice, chain available ($(IFS=,; echo "${FULL[*]:-none}" | sed 's/,/ + /g'); NOT ON: ${MISSING[*]})"
+rm -f "$T/probe.toml"
+plus() { local IFS=+; echo "$*" | sed 's/+/ + /g'; }
 
-start_sluice() { # name filter...
-  local name=$1
-  shift
-  local port admin
+start_sluice() { # name label streamed(0|1) filter...
+  local name=$1 label=$2 streamed=$3
+  shift 3
+  local port admin pid
   port=$(free_port)
   admin=$(free_port)
   write_sluice_conf "$T/$name.toml" "$port" "$admin" "$@"
-  "$SLUICE" check -c "$T/$name.toml" >&2 || die "config $name rejected"
+  "$SLUICE" check -c "$T/$name.toml" >/dev/null || die "Sluice rejects the config $T/$name.toml"
   (RUST_LOG=${SLUICE_LOG:-warn} on_proxy "$SLUICE" run -c "$T/$name.toml") >"$T/$name.log" 2>&1 &
-  local pid=$!
+  pid=$!
   PIDS+=("$pid")
   wait_port "$port" "$name" "$pid"
-  eval "${name^^}_PORT=$port ${name^^}_ADMIN=$admin ${name^^}_PID=$pid"
+  TARGETS+=("$name")
+  [[ $streamed == 1 ]] && STREAMED+=("$name")
+  PORT[$name]=$port PID[$name]=$pid ADMIN[$name]=$admin LABEL[$name]=$label KEY[$name]=""
+  (($#)) && [[ " $* " == *" auth "* ]] && KEY[$name]=$API_KEY
+  return 0
 }
-start_sluice empty
-start_sluice full "${FULL[@]}"
-
-# ---------------------------------------------------------------------------------------------
-# Targets: name, port, pid of the proxy (none for the direct row), API key
-
-TARGETS=(direct)
-[[ $NGINX != 0 ]] && TARGETS+=(nginx)
-TARGETS+=(empty full)
-port_of() { case $1 in direct) echo "$MOCK_PORT" ;; nginx) echo "$NGINX_PORT" ;; empty) echo "$EMPTY_PORT" ;; full) echo "$FULL_PORT" ;; esac; }
-pid_of() { case $1 in direct) echo "" ;; nginx) echo "$NGINX_PID" ;; empty) echo "$EMPTY_PID" ;; full) echo "$FULL_PID" ;; esac; }
-admin_of() { case $1 in empty) echo "$EMPTY_ADMIN" ;; full) echo "$FULL_ADMIN" ;; *) echo "" ;; esac; }
-key_of() { [[ $1 == full ]] && echo "$API_KEY" || echo ""; }
+start_sluice empty "Sluice, empty chain" 1
+if [[ $BREAKDOWN == 1 ]] && ((${#FULL[@]} > 1)); then
+  for n in $(seq 1 $((${#FULL[@]} - 1))); do
+    start_sluice "chain$n" "Sluice, $(plus "${FULL[@]:0:n}")" 0 "${FULL[@]:0:n}"
+  done
+fi
+if ((${#MISSING[@]})); then
+  FULL_LABEL="Sluice, full chain as available: $(plus "${FULL[@]}") (NOT ON: ${MISSING[*]})"
+else
+  FULL_LABEL="Sluice, full chain: $(plus "${FULL[@]}")"
+fi
+start_sluice full "$FULL_LABEL" 1 "${FULL[@]}"
 
 python3 "$DRIVER" body --bytes "$BODY_BYTES" --out "$T/body.json"
 RES="$T/results.jsonl"
 : >"$RES"
+{
+  printf '{"labels": {'
+  sep=""
+  for t in "${TARGETS[@]}"; do
+    printf '%s"%s": "%s"' "$sep" "$t" "${LABEL[$t]}"
+    sep=", "
+  done
+  printf '}}\n'
+} >"$T/targets.json"
 
 # Sanity: every target answers; the full chain really authenticates and scans.
 status_of() { # port key body-file
@@ -358,90 +409,90 @@ except urllib.error.HTTPError as e:
 EOF
 }
 for t in "${TARGETS[@]}"; do
-  s=$(status_of "$(port_of "$t")" "$(key_of "$t")" "$T/body.json")
+  s=$(status_of "${PORT[$t]}" "${KEY[$t]}" "$T/body.json")
   [[ $s == 200 ]] || die "$t answered $s to the benchmark request"
 done
 if [[ " ${FULL[*]} " == *" auth "* ]]; then
-  s=$(status_of "$FULL_PORT" "" "$T/body.json")
-  [[ $s == 401 ]] || die "full chain without a key answered $s, not 401: is auth on?"
+  s=$(status_of "${PORT[full]}" "" "$T/body.json")
+  [[ $s == 401 ]] || die "the full chain answered $s, not 401, to a request without a key: is auth on?"
 fi
 if [[ " ${FULL[*]} " == *" dlp "* ]]; then
   printf '{"model":"mock-echo","messages":[{"role":"user","content":"my key is AKIAIOSFODNN7EXAMPLE ok"}]}' >"$T/secret.json"
-  s=$(status_of "$FULL_PORT" "$API_KEY" "$T/secret.json")
-  [[ $s == 400 ]] || die "full chain let an AWS key through ($s, not 400): is dlp on?"
+  s=$(status_of "${PORT[full]}" "$API_KEY" "$T/secret.json")
+  [[ $s == 400 ]] || die "the full chain answered $s, not 400, to a request holding an AWS key: is dlp on?"
 fi
-log "all targets answer; the full chain refuses a missing key and an AWS key"
+log "every target answers; the full chain refuses a request without a key and one with an AWS key"
 
 rss_of() { python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import driver; print(driver.rss_kib(int(sys.argv[2])))' "$HERE" "$1"; }
 cpu_of() { if [[ -n $1 ]]; then python3 "$DRIVER" cpu --pid "$1"; else echo 0; fi; }
-for t in "${TARGETS[@]}"; do
-  p=$(pid_of "$t")
-  [[ -n $p ]] && echo "{\"target\":\"$t\",\"kind\":\"rss_start\",\"kib\":$(rss_of "$p")}" >>"$RES"
+for t in "${STREAMED[@]}"; do
+  [[ -n ${PID[$t]} ]] && echo "{\"target\":\"$t\",\"kind\":\"rss_start\",\"kib\":$(rss_of "${PID[$t]}")}" >>"$RES"
 done
 
-wrk_run() { # target connections seconds -> the RESULT json
-  local t=$1 c=$2 d=$3 out
-  out=$(BODY_FILE="$T/body.json" API_KEY=$(key_of "$t") on_load timeout $((d + 30)) \
-    wrk -t1 -c"$c" -d"${d}s" --timeout 10s -s "$HERE/post.lua" \
-    "http://127.0.0.1:$(port_of "$t")/v1/chat/completions") || die "wrk failed against $t"
+wrk_run() { # target connections seconds -> wrk's RESULT json
+  local out
+  out=$(BODY_FILE="$T/body.json" API_KEY=${KEY[$1]} on_load timeout $(($3 + 30)) \
+    wrk -t1 -c"$2" -d"${3}s" --timeout 10s -s "$HERE/post.lua" \
+    "http://127.0.0.1:${PORT[$1]}/v1/chat/completions") || die "wrk failed against $1"
   sed -n 's/^RESULT //p' <<<"$out"
 }
-metric_json() { python3 "$DRIVER" metrics --url "http://127.0.0.1:$1/metrics"; }
+metric_json() { if [[ -n ${ADMIN[$1]:-} ]]; then python3 "$DRIVER" metrics --url "http://127.0.0.1:${ADMIN[$1]}/metrics"; else echo '{}'; fi; }
+lat_phase() { [[ $LAT_LAYOUT == same ]] && move_proxy "${PID[$1]}" "$LOAD_CPUS"; return 0; }
+load_phase() { [[ $LAT_LAYOUT == same ]] && move_proxy "${PID[$1]}" "$PROXY_CPUS"; return 0; }
 
-# Warm-up: connection pools, page faults, allocator arenas.
 log "warm-up"
-for t in "${TARGETS[@]}"; do wrk_run "$t" "$CONNS" 2 >/dev/null; done
+for t in "${TARGETS[@]}"; do wrk_run "$t" "$CONNS" "$WARMUP" >/dev/null; done
 
 START=$(date -u +%s)
 for r in $(seq 1 "$RUNS"); do
-  # Rotate the order so that no target always runs first (or right after another).
+  # Rotate the order so that no target always runs first, or always right after another.
   n=${#TARGETS[@]}
   order=()
   for i in $(seq 0 $((n - 1))); do order+=("${TARGETS[$(((i + r - 1) % n))]}"); done
   log "round $r/$RUNS: ${order[*]}"
   for t in "${order[@]}"; do
-    pid=$(pid_of "$t")
+    pid=${PID[$t]}
     c0=$(cpu_of "$pid")
     w=$(wrk_run "$t" "$CONNS" "$DURATION")
     c1=$(cpu_of "$pid")
     echo "{\"run\":$r,\"target\":\"$t\",\"kind\":\"load\",\"wrk\":$w,\"cpu_ns\":$((c1 - c0))}" >>"$RES"
 
-    adm=$(admin_of "$t")
-    m0='{}'; [[ -n $adm ]] && m0=$(metric_json "$adm")
+    lat_phase "$t"
+    m0=$(metric_json "$t")
     w=$(wrk_run "$t" 1 "$LAT_DURATION")
-    m1='{}'; [[ -n $adm ]] && m1=$(metric_json "$adm")
+    m1=$(metric_json "$t")
     echo "{\"run\":$r,\"target\":\"$t\",\"kind\":\"c1\",\"wrk\":$w,\"m0\":$m0,\"m1\":$m1}" >>"$RES"
 
-    c0=$(cpu_of "$pid")
-    s=$(on_load timeout 300 python3 "$DRIVER" stream --port "$(port_of "$t")" \
-      --key "$(key_of "$t")" --chunks "$CHUNKS" --n "$STREAMS" --warmup 3 --max-seconds 120) ||
-      die "streaming run failed against $t"
-    c1=$(cpu_of "$pid")
-    echo "{\"run\":$r,\"target\":\"$t\",\"kind\":\"stream\",\"res\":$s,\"cpu_ns\":$((c1 - c0))}" >>"$RES"
+    if [[ " ${STREAMED[*]} " == *" $t "* ]]; then
+      c0=$(cpu_of "$pid")
+      s=$(on_load timeout 300 python3 "$DRIVER" stream --port "${PORT[$t]}" --key "${KEY[$t]}" \
+        --chunks "$CHUNKS" --n "$STREAMS" --warmup 3 --max-seconds 120) ||
+        die "the streaming run failed against $t"
+      c1=$(cpu_of "$pid")
+      echo "{\"run\":$r,\"target\":\"$t\",\"kind\":\"stream\",\"res\":$s,\"cpu_ns\":$((c1 - c0))}" >>"$RES"
+    fi
+    load_phase "$t"
   done
 done
 
-# Memory: idle after the load, then with OPEN_STREAMS concurrent streams (the mock spaces the
-# chunks 100 ms apart, so each stream lasts 20 s; they are closed once all are flowing).
+# Memory: idle after the load, then with OPEN_STREAMS concurrent streams (the mock spaces their
+# chunks 100 ms apart, so each would last 20 s; all are closed once every one is flowing).
 sleep 1
-for t in "${TARGETS[@]}"; do
-  pid=$(pid_of "$t")
+for t in "${STREAMED[@]}"; do
+  pid=${PID[$t]}
   [[ -z $pid ]] && continue
   echo "{\"target\":\"$t\",\"kind\":\"rss_idle\",\"kib\":$(rss_of "$pid")}" >>"$RES"
   log "memory: $OPEN_STREAMS open streams through $t"
-  adm=$(admin_of "$t")
-  murl=""; [[ -n $adm ]] && murl="http://127.0.0.1:$adm/metrics"
-  o=$(on_load timeout 180 python3 "$DRIVER" open-streams --port "$(port_of "$t")" \
-    --key "$(key_of "$t")" --n "$OPEN_STREAMS" --chunks "$CHUNKS" --chunk-delay-ms 100 \
-    --pid "$t=$pid" --metrics-url "$murl" --max-seconds 120) || die "open streams failed against $t"
+  murl=""
+  [[ -n ${ADMIN[$t]:-} ]] && murl="http://127.0.0.1:${ADMIN[$t]}/metrics"
+  o=$(on_load timeout 180 python3 "$DRIVER" open-streams --port "${PORT[$t]}" --key "${KEY[$t]}" \
+    --n "$OPEN_STREAMS" --chunks "$CHUNKS" --chunk-delay-ms 100 --pid "$t=$pid" \
+    --metrics-url "$murl" --max-seconds 120) || die "the open-streams run failed against $t"
   echo "{\"target\":\"$t\",\"kind\":\"open\",\"res\":$o}" >>"$RES"
-  # Bounded wait for the proxy to see the clients go.
-  if [[ -n $adm ]]; then
+  if [[ -n $murl ]]; then # bounded wait for Sluice to see the clients go
     for _ in $(seq 100); do
-      curl_active=$(python3 -c 'import sys,urllib.request
-for l in urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().splitlines():
-    if l.startswith("sluice_active_streams "): print(int(float(l.split()[1])))' "$murl")
-      [[ $curl_active == 0 ]] && break
+      active=$(python3 "$DRIVER" metrics --url "$murl" --name sluice_active_streams --gauge)
+      [[ $active == 0 ]] && break
       sleep 0.2
     done
   fi
@@ -451,26 +502,27 @@ ELAPSED=$(($(date -u +%s) - START))
 
 AUDIT_NOTE=""
 if [[ " ${FULL[*]} " == *" audit "* ]]; then
-  kill -TERM "$FULL_PID" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$FULL_PID" 2>/dev/null || break; sleep 0.1; done
-  if v=$(timeout 120 "$SLUICE" audit verify "$T/audit.jsonl" 2>&1); then
-    AUDIT_NOTE="audit log after the run: $(tail -1 <<<"$v") ($(du -h "$T/audit.jsonl" | cut -f1))"
+  # A clean stop flushes the log; then its whole hash chain is verified.
+  kill -TERM "${PID[full]}" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "${PID[full]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  if v=$(timeout 120 "$SLUICE" audit verify "$T/audit-full.jsonl" 2>&1); then
+    AUDIT_NOTE="the full chain's audit log after the run: \`sluice audit verify\`: $(tail -1 <<<"$v") ($(du -h "$T/audit-full.jsonl" | cut -f1))"
   else
-    AUDIT_NOTE="audit log not verified: $(tail -1 <<<"$v")"
+    AUDIT_NOTE="the full chain's audit log was not verified: $(tail -1 <<<"$v")"
   fi
 fi
 
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-[[ -z $CPU_MODEL ]] && CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 BUSY=$(pgrep -c rustc 2>/dev/null || true)
-python3 "$HERE/report.py" "$RES" \
+python3 "$HERE/report.py" "$RES" --targets "$T/targets.json" \
   --date "$(date -u +'%Y-%m-%d %H:%M UTC')" \
   --machine "$NCPU CPUs ($CPU_MODEL), $(uname -sr), $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)" \
-  --command "$( [[ $QUICK == 1 ]] && echo 'QUICK=1 ')benches/overhead.sh" \
-  --settings "RUNS=$RUNS DURATION=${DURATION}s LAT_DURATION=${LAT_DURATION}s CONNS=$CONNS STREAMS=$STREAMS CHUNKS=$CHUNKS OPEN_STREAMS=$OPEN_STREAMS BODY=$(wc -c <"$T/body.json")B; $PINNING; Sluice threads = nginx workers = $PROXY_THREADS; measuring took ${ELAPSED}s" \
+  --command "$([[ $QUICK == 1 ]] && echo 'QUICK=1 ')benches/overhead.sh" \
+  --settings "RUNS=$RUNS, DURATION=${DURATION}s, LAT_DURATION=${LAT_DURATION}s, CONNS=$CONNS, STREAMS=$STREAMS, CHUNKS=$CHUNKS, OPEN_STREAMS=$OPEN_STREAMS, body $(wc -c <"$T/body.json") bytes; $PINNING; Sluice threads = nginx workers = $PROXY_THREADS; the measurements took ${ELAPSED}s" \
   --build "$BUILT" \
-  --full-label "$FULL_LABEL" \
-  --nginx "${NGINX_VERSION:-}" \
   --audit "$AUDIT_NOTE" \
   --noise "rustc processes running at the end: ${BUSY:-0}; load average $(cut -d' ' -f1-3 /proc/loadavg)" \
   ${RESULTS:+--out "$RESULTS"}

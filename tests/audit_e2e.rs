@@ -66,6 +66,8 @@ type = "auth"
 [[filters]]
 type = "rate_limit"
 [[filters]]
+type = "dlp"
+[[filters]]
 type = "audit"
 "#,
         dead = free_port(),
@@ -94,7 +96,11 @@ fn record_for(path: &Path, id: &str) -> Value {
             return found[0].clone();
         }
         assert!(found.len() <= 1, "one record per request, got {found:?}");
-        assert!(Instant::now() < deadline, "no record for {id}");
+        assert!(
+            Instant::now() < deadline,
+            "no record for {id} in {:?}",
+            records(path)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -220,6 +226,8 @@ fn every_outcome_has_exactly_one_record() {
         ),
         500
     );
+    let leak = json!({"model": "mock-echo", "messages": [{"role": "user", "content": "AKIAIOSFODNN7EXAMPLE"}]});
+    assert_eq!(send(&gw, "r-dlp", Some(ALICE), leak, &[]), 400);
 
     // The client goes away mid-stream.
     let mut slow = chat("mock-echo");
@@ -271,6 +279,7 @@ fn every_outcome_has_exactly_one_record() {
         ("r-bad", "bad_request", 400),
         ("r-upstream", "upstream_error", 502),
         ("r-internal", "internal_error", 500),
+        ("r-dlp", "dlp_blocked", 400),
     ] {
         let r = record_for(&log, id);
         assert_eq!(r["outcome"], outcome, "{id}: {r}");
@@ -278,6 +287,10 @@ fn every_outcome_has_exactly_one_record() {
     }
     assert!(record_for(&log, "r-noauth").get("key_id").is_none());
     assert_eq!(record_for(&log, "r-closed")["outcome"], "client_closed");
+    assert_eq!(
+        record_for(&log, "r-dlp")["dlp"],
+        json!([{"detector": "aws_access_key", "direction": "request", "action": "block", "count": 1}])
+    );
 
     drop(gw);
     let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -142,3 +142,17 @@ fn unknown_keys_in_tables_are_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_regexes_and_packs_are_named() {
+    let cfg = format!(
+        "{GOOD}[dlp]\npacks = [\"secrets\", \"phi\"]\n[[dlp.rules]]\nname = \"ok\"\nregex = 'EMP-[0-9]{{6}}'\n[[dlp.rules]]\nname = \"broken\"\nregex = 'EMP-([0-9]'\n"
+    );
+    let (code, _, err) = check(&cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("dlp.rules[1].regex:")),
+        "{err}"
+    );
+    assert!(err.lines().any(|l| l.starts_with("dlp.packs[1]:")), "{err}");
+}

@@ -14,7 +14,8 @@ Subcommands (all print one JSON object on stdout):
   open-streams open N concurrent streams that stay open (the mock is asked to space chunks),
                wait until every one has received its first event, sample the RSS of the given
                processes, then close them all.
-  metrics      the sum and count of a histogram from a Prometheus /metrics URL.
+  metrics      the sum and count of a histogram (or, --gauge, a gauge's value) from a
+               Prometheus /metrics URL.
   body         writes the ~1 KiB chat body the throughput and latency runs POST.
   cpu          the CPU time (ns, all threads) of a process, from /proc/PID/task/*/schedstat.
 """
@@ -276,6 +277,10 @@ def cmd_open_streams(a):
 
 def cmd_metrics(a):
     text = urllib.request.urlopen(a.url, timeout=5).read().decode()
+    if a.gauge:
+        print(int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                      if l.startswith(a.name + " ") or l.startswith(a.name + "{"))))
+        return
     out = {}
     for line in text.splitlines():
         for suffix in ("_sum", "_count"):
@@ -356,6 +361,7 @@ def main():
     p = sub.add_parser("metrics")
     p.add_argument("--url", required=True)
     p.add_argument("--name", default="sluice_overhead_seconds")
+    p.add_argument("--gauge", action="store_true", help="print the value of a gauge")
     p.set_defaults(fn=cmd_metrics)
 
     p = sub.add_parser("body")

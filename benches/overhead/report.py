@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Turns the raw results of benches/overhead.sh (JSON lines) into the markdown report.
+"""Turns the raw results of benches/overhead.sh (JSON lines) into its markdown report.
 
-Medians over the rounds; every "added" figure and every ratio is computed within a round
-(target and reference measured minutes apart at most) and then the median of those is taken.
+Medians over the rounds. Every "added" figure and every ratio is first computed within a round
+(target and reference measured at most a few minutes apart) and the median of those is shown.
 """
 
 import argparse
@@ -11,60 +11,42 @@ import statistics
 import sys
 from collections import defaultdict
 
-NAMES = {
-    "direct": "direct to the mock (no proxy)",
-    "nginx": "nginx, plain reverse proxy",
-    "empty": "Sluice, empty chain",
-}
-
 
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
 
 
-def f_us(x, signed=False):
+def us(x, signed=False, nd=0):
     if x is None:
         return "–"
-    s = f"{x:+.0f}" if signed else f"{x:.0f}"
-    return f"{s} µs"
+    return (f"{x:+.{nd}f}" if signed else f"{x:.{nd}f}") + " µs"
 
 
-def f_ms(x, signed=False):
-    if x is None:
-        return "–"
-    return (f"{x / 1000:+.2f}" if signed else f"{x / 1000:.2f}") + " ms"
+def ms(x):
+    return "–" if x is None else f"{x / 1000:.2f} ms"
 
 
-def f_mib(kib):
+def mib(kib):
     return "–" if kib is None else f"{kib / 1024:.1f} MiB"
 
 
-def f_pct(x):
+def pct(x):
     return "–" if x is None else f"{100 * x:.0f}%"
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
-    ap.add_argument("--date", default="")
-    ap.add_argument("--machine", default="")
-    ap.add_argument("--command", default="benches/overhead.sh")
-    ap.add_argument("--settings", default="")
-    ap.add_argument("--build", default="")
-    ap.add_argument("--full-label", default="Sluice, full chain")
-    ap.add_argument("--nginx", default="")
-    ap.add_argument("--audit", default="")
-    ap.add_argument("--noise", default="")
-    ap.add_argument("--out", default="")
+    ap.add_argument("--targets", required=True, help="JSON with the targets' labels, in order")
+    for opt in ("date", "machine", "command", "settings", "build", "audit", "noise", "out"):
+        ap.add_argument("--" + opt, default="")
     a = ap.parse_args()
 
+    labels = json.load(open(a.targets))["labels"]
+    order = list(labels)
     rows = [json.loads(l) for l in open(a.results) if l.strip()]
-    names = dict(NAMES, full=a.full_label)
-    if a.nginx:
-        names["nginx"] = f"nginx {a.nginx}, plain reverse proxy"
-    targets = [t for t in ("direct", "nginx", "empty", "full") if any(r["target"] == t for r in rows)]
-    by = defaultdict(dict)  # (kind, target) -> run -> row
+    by = defaultdict(dict)  # (kind, target) -> round -> row
     single = {}  # (kind, target) -> row
     for r in rows:
         if "run" in r:
@@ -73,14 +55,17 @@ def main():
             single[(r["kind"], r["target"])] = r
     runs = sorted({r["run"] for r in rows if "run" in r})
 
-    def per_run(kind, t, fn):
+    def series(kind, t, fn):
         return [fn(by[(kind, t)][k]) for k in runs if k in by[(kind, t)]]
 
-    def added(kind, t, fn):
+    def diff(kind, t, ref, fn):
+        """Median over the rounds of fn(t) - fn(ref), both from the same round."""
         out = []
         for k in runs:
-            if k in by[(kind, t)] and k in by[(kind, "direct")]:
-                out.append(fn(by[(kind, t)][k]) - fn(by[(kind, "direct")][k]))
+            if k in by[(kind, t)] and k in by[(kind, ref)]:
+                x, y = fn(by[(kind, t)][k]), fn(by[(kind, ref)][k])
+                if x is not None and y is not None:
+                    out.append(x - y)
         return med(out)
 
     def ratio(t, ref):
@@ -92,132 +77,153 @@ def main():
 
     def hist_mean(r):
         m0, m1 = r.get("m0") or {}, r.get("m1") or {}
-        dc = m1.get("count", 0) - m0.get("count", 0)
-        return (m1.get("sum", 0) - m0.get("sum", 0)) / dc * 1e6 if dc > 0 else None
+        n = m1.get("count", 0) - m0.get("count", 0)
+        return (m1.get("sum", 0) - m0.get("sum", 0)) / n * 1e6 if n > 0 else None
 
-    def errors(t):
-        return sum(
-            r["wrk"]["socket_errors"] + r["wrk"]["non2xx"]
-            for kind in ("load", "c1")
-            for r in by[(kind, t)].values()
-        )
+    cpu_req = lambda r: r["cpu_ns"] / 1000 / max(1, r["wrk"]["requests"])
+    # CPU per streamed event; the run includes 3 warm-up streams.
+    cpu_chunk = lambda r: r["cpu_ns"] / 1000 / ((r["res"]["streams"] + 3) * r["res"]["events_last"])
+    c1_p50 = lambda r: r["wrk"]["p50_us"]
+    c1_p99 = lambda r: r["wrk"]["p99_us"]
+    ttft = lambda r: r["res"]["ttft_p50_us"]
+    chunk = lambda r: r["res"]["chunk_p50_us"]
 
     fig = {}
-    for t in targets:
+    for t in order:
+        proxy = t != "direct"
         d = fig[t] = {}
-        d["rps"] = med(per_run("load", t, lambda r: r["wrk"]["rps"]))
-        d["load_p50"] = med(per_run("load", t, lambda r: r["wrk"]["p50_us"]))
-        d["load_p99"] = med(per_run("load", t, lambda r: r["wrk"]["p99_us"]))
-        d["cpu_req"] = (
-            med(per_run("load", t, lambda r: r["cpu_ns"] / 1000 / max(1, r["wrk"]["requests"])))
-            if t != "direct" else None
-        )
-        d["c1_p50"] = med(per_run("c1", t, lambda r: r["wrk"]["p50_us"]))
-        d["c1_p99"] = med(per_run("c1", t, lambda r: r["wrk"]["p99_us"]))
-        d["add_p50"] = added("c1", t, lambda r: r["wrk"]["p50_us"]) if t != "direct" else None
-        d["add_p99"] = added("c1", t, lambda r: r["wrk"]["p99_us"]) if t != "direct" else None
-        d["hist"] = med(per_run("c1", t, hist_mean)) if t in ("empty", "full") else None
-        d["ttft"] = med(per_run("stream", t, lambda r: r["res"]["ttft_p50_us"]))
-        d["chunk"] = med(per_run("stream", t, lambda r: r["res"]["chunk_p50_us"]))
-        d["add_ttft"] = added("stream", t, lambda r: r["res"]["ttft_p50_us"]) if t != "direct" else None
-        d["add_chunk"] = added("stream", t, lambda r: r["res"]["chunk_p50_us"]) if t != "direct" else None
-        d["cpu_chunk"] = (
-            med(per_run("stream", t, lambda r: r["cpu_ns"] / 1000
-                        / ((r["res"]["streams"] + 3) * r["res"]["events_last"])))
-            if t != "direct" else None
-        )
+        d["rps"] = med(series("load", t, lambda r: r["wrk"]["rps"]))
+        d["load_p50"] = med(series("load", t, lambda r: r["wrk"]["p50_us"]))
+        d["load_p99"] = med(series("load", t, lambda r: r["wrk"]["p99_us"]))
+        d["cpu_req"] = med(series("load", t, cpu_req)) if proxy else None
+        d["c1_p50"] = med(series("c1", t, c1_p50))
+        d["c1_p99"] = med(series("c1", t, c1_p99))
+        d["add_p50"] = diff("c1", t, "direct", c1_p50) if proxy else None
+        d["add_p99"] = diff("c1", t, "direct", c1_p99) if proxy else None
+        d["hist"] = med(series("c1", t, hist_mean))
+        d["streamed"] = bool(by[("stream", t)])
+        d["ttft"] = med(series("stream", t, ttft))
+        d["chunk"] = med(series("stream", t, chunk))
+        d["add_ttft"] = diff("stream", t, "direct", ttft) if proxy else None
+        d["add_chunk"] = diff("stream", t, "direct", chunk) if proxy else None
+        d["cpu_chunk"] = med(series("stream", t, cpu_chunk)) if proxy else None
         d["rss_start"] = single.get(("rss_start", t), {}).get("kib")
         d["rss_idle"] = single.get(("rss_idle", t), {}).get("kib")
         o = single.get(("open", t), {}).get("res")
         d["rss_open"] = o["rss_kib"].get(t) if o else None
         d["open_started"] = o["started"] if o else None
         d["open_metric"] = o.get("active_streams_metric") if o else None
-        d["errors"] = errors(t)
+        d["errors"] = sum(
+            r["wrk"]["socket_errors"] + r["wrk"]["non2xx"]
+            for kind in ("load", "c1")
+            for r in by[(kind, t)].values()
+        )
 
     out = []
     w = out.append
-    w(f"Measured {a.date} on {a.machine}.")
+    w(f"Measured {a.date} on {a.machine}. Command: `{a.command}`. Build: {a.build}.")
     w("")
-    w(f"Command: `{a.command}` — {a.settings}. Build: {a.build}. Conditions: {a.noise}.")
+    w(f"Settings: {a.settings}. Conditions: {a.noise}.")
     w("")
-    w("**Throughput and latency** (wrk, ~1 KiB chat body; medians over the rounds):")
+    w("**Throughput and latency**: wrk, a ~1 KiB chat completion (not streamed), medians over the rounds.")
     w("")
-    w("| | req/s, 64 conns | p50 | p99 | proxy CPU / req | conc. 1 p50 | conc. 1 p99 | added p50 | added p99 |")
+    w("| | req/s, 64 conns | p50 | p99 | proxy CPU / request | p50, 1 conn | p99, 1 conn | added p50 | added p99 |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for t in targets:
+    for t in order:
         d = fig[t]
-        w(f"| {names[t]} | {d['rps']:,.0f} | {f_ms(d['load_p50'])} | {f_ms(d['load_p99'])} | "
-          f"{f_us(d['cpu_req'])} | {f_us(d['c1_p50'])} | {f_us(d['c1_p99'])} | "
-          f"{f_us(d['add_p50'], True) if t != 'direct' else '–'} | "
-          f"{f_us(d['add_p99'], True) if t != 'direct' else '–'} |")
+        w(f"| {labels[t]} | {d['rps']:,.0f} | {ms(d['load_p50'])} | {ms(d['load_p99'])} | "
+          f"{us(d['cpu_req'])} | {us(d['c1_p50'])} | {us(d['c1_p99'])} | "
+          f"{us(d['add_p50'], True)} | {us(d['add_p99'], True)} |")
     w("")
-    w(f"**Streaming** (a {by[('stream', 'direct')][runs[0]]['res']['events_last'] - 3 if runs else '?'}-chunk "
-      "streamed completion, chunks sent back to back by the mock) **and memory**:")
+
+    # Per filter: what each step of the chain adds to the one before it.
+    chain = [t for t in order if t == "empty" or t.startswith("chain") or t == "full"]
+    if len(chain) > 1:
+        w("**What each filter adds** (each row: this chain minus the row above it, same round):")
+        w("")
+        w("| step | proxy CPU / request | added p50, 1 conn | req/s, 64 conns |")
+        w("|---|---:|---:|---:|")
+        for prev, t in zip(chain, chain[1:]):
+            dc = diff("load", t, prev, cpu_req)
+            dl = diff("c1", t, prev, c1_p50)
+            rr = ratio(t, prev)
+            step = labels[t].replace("Sluice, full chain: ", "").replace("Sluice, ", "")
+            w(f"| {labels[prev].replace('Sluice, ', '')} → {step} | {us(dc, True)} | {us(dl, True)} | "
+              f"{'–' if rr is None else f'{100 * (rr - 1):+.0f}%'} |")
+        w("")
+
+    streamed = [t for t in order if fig[t]["streamed"]]
+    events = None
+    for t in streamed:
+        for r in by[("stream", t)].values():
+            events = r["res"]["events_last"]
+    w(f"**Streaming** (a {CHUNKS(events)}-chunk completion; the mock sends the chunks back to back) "
+      "**and memory**:")
     w("")
-    w("| | time to first token | added TTFT | time per chunk | added per chunk | proxy CPU / chunk | RSS idle (start → after load) | RSS, 1,000 open streams |")
+    w("| | time to first token | added | time per chunk | added | proxy CPU / chunk | RSS: start → idle after load | RSS, 1,000 open streams |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for t in targets:
+    for t in streamed:
         d = fig[t]
-        open_s = f_mib(d["rss_open"])
+        proxy = t != "direct"
+        open_s = mib(d["rss_open"])
         if d["open_started"] is not None and d["rss_open"] is not None:
             open_s += f" ({d['open_started']} flowing)"
-        add_chunk = "–" if d["add_chunk"] is None else f"{d['add_chunk']:+.1f} µs"
-        cpu_chunk = "–" if d["cpu_chunk"] is None else f"{d['cpu_chunk']:.1f} µs"
-        idle = "–" if t == "direct" else f"{f_mib(d['rss_start'])} → {f_mib(d['rss_idle'])}"
-        w(f"| {names[t]} | {f_us(d['ttft'])} | {f_us(d['add_ttft'], True) if t != 'direct' else '–'} | "
-          f"{d['chunk']:.1f} µs | {add_chunk} | {cpu_chunk} | {idle} | "
-          f"{open_s if t != 'direct' else '–'} |")
+        w(f"| {labels[t]} | {us(d['ttft'])} | {us(d['add_ttft'], True)} | {us(d['chunk'], nd=1)} | "
+          f"{us(d['add_chunk'], True, 1)} | {us(d['cpu_chunk'], nd=1)} | "
+          f"{(mib(d['rss_start']) + ' → ' + mib(d['rss_idle'])) if proxy else '–'} | "
+          f"{open_s if proxy else '–'} |")
     w("")
 
-    # Ratios and goals.
-    full, empty = fig.get("full"), fig.get("empty")
-    r_nginx = ratio("full", "nginx") if "nginx" in fig else None
+    full = fig.get("full")
+    has_nginx = "nginx" in fig
+    r_nginx = ratio("full", "nginx") if has_nginx else None
     r_empty = ratio("full", "empty")
-    r_empty_nginx = ratio("empty", "nginx") if "nginx" in fig else None
-    w("Ratios (within each round, then the median): "
-      f"full chain / nginx = {f_pct(r_nginx)}, full chain / empty chain = {f_pct(r_empty)}, "
-      f"empty chain / nginx = {f_pct(r_empty_nginx)}.")
+    r_empty_nginx = ratio("empty", "nginx") if has_nginx else None
+    w("Requests/s ratios (within each round, then the median): "
+      f"full chain / nginx = {pct(r_nginx)}, full chain / empty chain = {pct(r_empty)}, "
+      f"empty chain / nginx = {pct(r_empty_nginx)}.")
     w("")
 
-    def goal(name, ok, value, target):
+    def goal(name, target, value, ok):
         mark = "–" if ok is None else ("met" if ok else "**missed**")
         w(f"| {name} | {target} | {value} | {mark} |")
 
     w("| goal (full chain) | target | measured | |")
     w("|---|---|---|---|")
-    ap50 = full["add_p50"]
-    goal("added p50 latency, concurrency 1", None if ap50 is None else ap50 <= 50, f_us(ap50, True), "≤ 50 µs")
-    if "nginx" in fig:
-        w(f"| (nginx doing nothing adds) | ~15 µs | {f_us(fig['nginx']['add_p50'], True)} | |")
-    goal("requests/s vs nginx", None if r_nginx is None else r_nginx >= 0.8, f_pct(r_nginx), "≥ 80%")
-    goal("requests/s vs Sluice's empty chain", None if r_empty is None else r_empty >= 0.9, f_pct(r_empty), "≥ 90%")
-    goal("added time to first token", None if full["add_ttft"] is None else full["add_ttft"] <= 1000,
-         f_us(full["add_ttft"], True), "≤ 1 ms")
-    ac = full["add_chunk"]
-    goal("added time per chunk", None if ac is None else ac <= 10,
-         "–" if ac is None else f"{ac:+.1f} µs (CPU {full['cpu_chunk']:.1f} µs)", "≤ 10 µs")
-    goal("RSS idle", None if full["rss_idle"] is None else full["rss_idle"] <= 64 * 1024,
-         f_mib(full["rss_idle"]), "≤ 64 MiB")
-    goal("RSS with 1,000 open streams", None if full["rss_open"] is None else full["rss_open"] <= 256 * 1024,
-         f_mib(full["rss_open"]), "≤ 256 MiB")
+    v = full["add_p50"]
+    goal("added p50 latency, 1 connection", "≤ 50 µs", us(v, True), None if v is None else v <= 50)
+    if has_nginx:
+        w(f"| for scale: what nginx doing nothing adds | ~15 µs | {us(fig['nginx']['add_p50'], True)} | |")
+    goal("requests/s vs nginx", "≥ 80%", pct(r_nginx), None if r_nginx is None else r_nginx >= 0.8)
+    goal("requests/s vs the empty chain", "≥ 90%", pct(r_empty), None if r_empty is None else r_empty >= 0.9)
+    v = full["add_ttft"]
+    goal("added time to first token", "≤ 1 ms", us(v, True), None if v is None else v <= 1000)
+    v = full["add_chunk"]
+    goal("added time per chunk", "≤ 10 µs", us(v, True, 1), None if v is None else v <= 10)
+    v = full["rss_idle"]
+    goal("RSS idle", "≤ 64 MiB", mib(v), None if v is None else v <= 64 * 1024)
+    v = full["rss_open"]
+    goal("RSS with 1,000 open streams", "≤ 256 MiB", mib(v), None if v is None else v <= 256 * 1024)
     w("")
-    w("`sluice_overhead_seconds` (time inside Sluice's own code, from its admin `/metrics`, mean over "
-      "exactly the concurrency-1 requests) next to the added latency measured from outside:")
+    w("`sluice_overhead_seconds` (the time Sluice spends in its own code per request, from its "
+      "admin `/metrics`; mean over exactly the 1-connection requests) beside the added latency "
+      "measured from outside:")
     w("")
-    w("| | histogram mean | measured added p50 | difference (the network hops and Pingora's own work the histogram does not time) |")
+    w("| | histogram mean | measured added p50 | not in the histogram: Pingora's HTTP handling and the extra network hop |")
     w("|---|---:|---:|---:|")
-    for t in ("empty", "full"):
-        if t in fig:
-            d = fig[t]
-            diff = None if d["hist"] is None or d["add_p50"] is None else d["add_p50"] - d["hist"]
-            w(f"| {names[t]} | {f_us(d['hist'])} | {f_us(d['add_p50'], True)} | {f_us(diff, True)} |")
+    for t in chain:
+        d = fig[t]
+        rest = None if d["hist"] is None or d["add_p50"] is None else d["add_p50"] - d["hist"]
+        w(f"| {labels[t]} | {us(d['hist'])} | {us(d['add_p50'], True)} | {us(rest, True)} |")
     w("")
     notes = []
-    for t in targets:
+    for t in order:
         if fig[t]["errors"]:
-            notes.append(f"{names[t]}: {fig[t]['errors']} socket errors or non-2xx answers under wrk")
-        if t in ("empty", "full") and fig[t]["open_metric"] is not None:
-            notes.append(f"{names[t]}: sluice_active_streams read {fig[t]['open_metric']:.0f} during the open-streams run")
+            notes.append(f"{labels[t]}: {fig[t]['errors']} socket errors or non-2xx answers under wrk")
+    for t in streamed:
+        if fig[t]["open_metric"] is not None:
+            notes.append(f"{labels[t]}: `sluice_active_streams` read {fig[t]['open_metric']:.0f} "
+                         "while the streams were open")
     if a.audit:
         notes.append(a.audit)
     for n in notes:
@@ -227,6 +233,11 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             f.write(text)
+
+
+def CHUNKS(events):
+    # role chunk + one per word + finish chunk + [DONE]
+    return "?" if events is None else events - 3
 
 
 if __name__ == "__main__":
