@@ -364,13 +364,12 @@ fn compressed_responses_are_not_forwarded() {
     let mut headers = HeaderMap::new();
     headers.insert("content-encoding", HeaderValue::from_static("br"));
     f.on_response_head(
-        &mut ResponseHead {
+        &ResponseHead {
             status: StatusCode::OK,
-            headers: &mut headers,
+            headers: &headers,
         },
         &mut c,
     );
-    assert!(headers.get("content-encoding").is_none());
     let mut body = JsonBody::raw(Bytes::from_static(b"\x8b\x00binary"));
     f.on_response_body(&mut body, &mut c);
     let out = sent(&body);
@@ -382,9 +381,9 @@ fn compressed_responses_are_not_forwarded() {
     let mut headers = HeaderMap::new();
     headers.insert("content-encoding", HeaderValue::from_static("gzip"));
     f.on_response_head(
-        &mut ResponseHead {
+        &ResponseHead {
             status: StatusCode::OK,
-            headers: &mut headers,
+            headers: &headers,
         },
         &mut c,
     );
