@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --bins --examples
-cargo test --locked --workspace --all-targets -- --test-threads=4
+RUST_TEST_THREADS=4 cargo test --locked --workspace --all-targets
 SLUICE_BIN="$PWD/target/debug/sluice" python3 -m pytest -q tests/python
