@@ -50,6 +50,12 @@
 #   RESULTS=path       also write the report (markdown) to this file
 #   KEEP=1             keep the temporary directory (configs, logs, raw results)
 #
+#   MODE=callgrind     instead of timing anything, count the instructions Sluice executes per
+#                      request (user space, every thread) under valgrind's callgrind, for the
+#                      empty chain, each prefix of the chain and the full chain: a figure that a
+#                      noisy machine does not move, to compare builds and find what dominates.
+#                      CG_REQUESTS=2000 requests each (after 200 unmeasured); ~4 minutes.
+#
 # It installs nothing silently: when wrk or nginx is missing and it runs as root with apt-get,
 # it says so and runs `apt-get install -y wrk nginx-light`; otherwise it stops (no wrk) or
 # skips the nginx row. It binds only 127.0.0.1, on free ports, writes only to a temporary
@@ -79,6 +85,9 @@ NGINX=${NGINX:-auto}
 PIN=${PIN:-1}
 KEEP=${KEEP:-0}
 RESULTS=${RESULTS:-}
+MODE=${MODE:-time}
+CG_REQUESTS=${CG_REQUESTS:-2000}
+[[ $MODE == callgrind ]] && NGINX=0
 
 log() { printf '[overhead] %s\n' "$*" >&2; }
 die() {
@@ -101,6 +110,9 @@ if ((${#need_install[@]})) && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/nu
 fi
 command -v wrk >/dev/null || die "wrk is needed (Debian: apt-get install wrk)"
 command -v python3 >/dev/null || die "python3 is needed"
+if [[ $MODE == callgrind ]] && ! command -v callgrind_annotate >/dev/null; then
+  die "MODE=callgrind needs valgrind (Debian: apt-get install valgrind)"
+fi
 command -v taskset >/dev/null || PIN=0
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ $NGINX != 0 && ! -x $NGINX_BIN ]]; then
@@ -195,8 +207,8 @@ trap 'exit 130' INT TERM
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-wait_port() { # port name pid: bounded wait until it accepts
-  for _ in $(seq 100); do
+wait_port() { # port name pid [tenths of a second]: bounded wait until it accepts
+  for _ in $(seq "${4:-100}"); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     kill -0 "$3" 2>/dev/null || {
       tail -20 "$T/$2.log" >&2
@@ -296,7 +308,6 @@ url = "http://127.0.0.1:$MOCK_PORT"
 [[models]]
 name = "mock-echo"
 upstream = "mock"
-upstream_model = "echo"
 
 [[orgs]]
 name = "bench"
@@ -422,6 +433,58 @@ if [[ " ${FULL[*]} " == *" dlp "* ]]; then
   [[ $s == 400 ]] || die "the full chain answered $s, not 400, to a request holding an AWS key: is dlp on?"
 fi
 log "every target answers; the full chain refuses a request without a key and one with an AWS key"
+
+# ---------------------------------------------------------------------------------------------
+# MODE=callgrind: instructions per request instead of time.
+
+if [[ $MODE == callgrind ]]; then
+  cg_run() { # name filter...
+    local name=$1 port admin pid dump total
+    shift
+    port=$(free_port)
+    admin=$(free_port)
+    write_sluice_conf "$T/cg-$name.toml" "$port" "$admin" "$@"
+    (RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$T/cg-$name.%p" \
+      "$SLUICE" run -c "$T/cg-$name.toml") >"$T/cg-$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$port" "cg-$name" "$pid" 1200
+    local key=""
+    (($#)) && [[ " $* " == *" auth "* ]] && key=$API_KEY
+    timeout 600 python3 "$DRIVER" requests --port "$port" --key "$key" --body "$T/body.json" --n 200 ||
+      die "requests failed under callgrind ($name)"
+    callgrind_control -z "$pid" >/dev/null
+    timeout 1200 python3 "$DRIVER" requests --port "$port" --key "$key" --body "$T/body.json" --n "$CG_REQUESTS" ||
+      die "requests failed under callgrind ($name)"
+    sleep 1 # the audit writer's last batch
+    callgrind_control -d "$pid" >/dev/null
+    for _ in $(seq 100); do
+      [[ -s "$T/cg-$name.$pid.1" ]] && break
+      sleep 0.1
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    dump="$T/cg-$name.$pid.1"
+    total=$(sed -n 's/^\(summary\|totals\): *//p' "$dump" | head -1)
+    callgrind_annotate --threshold=100 --inclusive=yes "$dump" >"$T/cg-$name.inclusive.txt" 2>/dev/null || true
+    callgrind_annotate --threshold=100 "$dump" >"$T/cg-$name.self.txt" 2>/dev/null || true
+    python3 "$HERE/cgsum.py" --name "$name" --label "${LABEL[$name]}" --total "$total" \
+      --requests "$CG_REQUESTS" --inclusive "$T/cg-$name.inclusive.txt" --self "$T/cg-$name.self.txt" >>"$T/cg.jsonl"
+  }
+  : >"$T/cg.jsonl"
+  cg_run empty
+  if [[ $BREAKDOWN == 1 ]] && ((${#FULL[@]} > 1)); then
+    for n in $(seq 1 $((${#FULL[@]} - 1))); do
+      log "callgrind: ${LABEL[chain$n]}"
+      cg_run "chain$n" "${FULL[@]:0:n}"
+    done
+  fi
+  log "callgrind: ${LABEL[full]}"
+  cg_run full "${FULL[@]}"
+  python3 "$HERE/cgsum.py" --report "$T/cg.jsonl" \
+    --header "Measured $(date -u +'%Y-%m-%d %H:%M UTC') with \`MODE=callgrind benches/overhead.sh\` ($CG_REQUESTS requests after 200 unmeasured, one connection, body $(wc -c <"$T/body.json") bytes). Build: $BUILT. valgrind $(valgrind --version | sed 's/valgrind-//')." \
+    ${RESULTS:+--out "$RESULTS"}
+  exit 0
+fi
 
 rss_of() { python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import driver; print(driver.rss_kib(int(sys.argv[2])))' "$HERE" "$1"; }
 cpu_of() { if [[ -n $1 ]]; then python3 "$DRIVER" cpu --pid "$1"; else echo 0; fi; }

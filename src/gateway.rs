@@ -47,6 +47,9 @@ pub struct UpstreamRt {
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
     pub ca: Option<Arc<[WrappedX509]>>,
+    /// Separates the connection pools of upstreams: Pingora's pool key ignores the trusted CAs,
+    /// so two upstreams on one address must never share a connection.
+    pub pool_key: u64,
 }
 
 /// One config generation: the config, its chain and its routing tables.
@@ -119,9 +122,12 @@ impl Snapshot {
                 },
                 None => None,
             };
+            let mut pool_key = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&(&u.name, &u.url, &u.builtin), &mut pool_key);
             let ca = match &u.ca_file {
                 Some(path) => match load_ca_file(std::path::Path::new(path)) {
                     Ok(ders) => {
+                        std::hash::Hash::hash(&ders, &mut pool_key);
                         let certs: Vec<WrappedX509> = ders
                             .into_iter()
                             .map(|d| WrappedX509::new(d, pingora_core::utils::tls::parse_x509))
@@ -156,6 +162,7 @@ impl Snapshot {
                 read_timeout: Duration::from_millis(u.read_timeout_ms),
                 idle_timeout: Duration::from_millis(u.idle_timeout_ms),
                 ca,
+                pool_key: std::hash::Hasher::finish(&pool_key),
             });
         }
         let mut models = HashMap::new();

@@ -151,6 +151,7 @@ impl ProxyHttp for SluiceProxy {
             Error::explain(ErrorType::InternalError, "upstream index out of range")
         })?;
         let mut peer = HttpPeer::new(u.addr, u.tls, u.host.clone());
+        peer.group_key = u.pool_key;
         peer.options.connection_timeout = Some(u.connect_timeout);
         peer.options.read_timeout = Some(u.read_timeout);
         peer.options.idle_timeout = Some(u.idle_timeout);

@@ -112,22 +112,26 @@ upstream = "untrusted"
         port = up.port,
         ca = ca.display()
     ));
-    let mut body = chat_body("x", false);
-    body["model"] = "good".into();
-    let r = client()
-        .post(url(&gw, "/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(json_of(r)["choices"][0]["message"]["content"], "tls ok");
+    // Alternate: a pooled connection of the trusted upstream must never serve the other one
+    // (both share an address and SNI; only the trusted CAs differ).
+    for _ in 0..3 {
+        let mut body = chat_body("x", false);
+        body["model"] = "good".into();
+        let r = client()
+            .post(url(&gw, "/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(json_of(r)["choices"][0]["message"]["content"], "tls ok");
 
-    // Without the CA, the certificate does not verify: nothing is sent, 502.
-    body["model"] = "bad".into();
-    let r = client()
-        .post(url(&gw, "/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(error_code(r, 502), "upstream_unavailable");
+        // Without the CA, the certificate does not verify: nothing is sent, 502.
+        body["model"] = "bad".into();
+        let r = client()
+            .post(url(&gw, "/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(error_code(r, 502), "upstream_unavailable");
+    }
 }

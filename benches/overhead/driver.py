@@ -16,6 +16,7 @@ Subcommands (all print one JSON object on stdout):
                processes, then close them all.
   metrics      the sum and count of a histogram (or, --gauge, a gauge's value) from a
                Prometheus /metrics URL.
+  requests     N chat completions (the body file), one after the other, on one connection.
   body         writes the ~1 KiB chat body the throughput and latency runs POST.
   cpu          the CPU time (ns, all threads) of a process, from /proc/PID/task/*/schedstat.
 """
@@ -289,6 +290,21 @@ def cmd_metrics(a):
     print(json.dumps(out))
 
 
+def cmd_requests(a):
+    body = open(a.body, "rb").read()
+    req = request_bytes(a.host, a.port, "/v1/chat/completions", body, a.key)
+    sock = connect(a.host, a.port)
+    sock.settimeout(a.timeout)
+    rd = ChunkedReader(sock)
+    for _ in range(a.n):
+        sock.sendall(req)
+        status = rd.read_response()[0]
+        if status != 200:
+            print(json.dumps({"error": f"status {status}"}))
+            sys.exit(1)
+    sock.close()
+
+
 def cmd_body(a):
     # Grow the user message until the whole body is at least `bytes` long.
     words = 1
@@ -363,6 +379,13 @@ def main():
     p.add_argument("--name", default="sluice_overhead_seconds")
     p.add_argument("--gauge", action="store_true", help="print the value of a gauge")
     p.set_defaults(fn=cmd_metrics)
+
+    p = sub.add_parser("requests")
+    target(p)
+    p.add_argument("--body", required=True)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--timeout", type=float, default=60)
+    p.set_defaults(fn=cmd_requests)
 
     p = sub.add_parser("body")
     p.add_argument("--model", default="mock-echo")
