@@ -202,6 +202,8 @@ pub struct EngineState {
     pub draining: AtomicBool,
     /// Set once the gateway has fully started (signal handlers included).
     pub ready: AtomicBool,
+    /// A random token that lets `start` recognise its own listener.
+    pub probe_token: String,
     pub runs: AgentRuns,
 }
 
@@ -391,6 +393,7 @@ impl GatewayBuilder {
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            probe_token: format!("{:032x}", rand::random::<u128>()),
             runs: AgentRuns::default(),
         });
 
@@ -401,6 +404,13 @@ impl GatewayBuilder {
                 stop_rx.clone(),
             ))
             .map_err(|e| StartError::Io(format!("admin listener {admin_listen}: {e}")))?;
+
+        // Pingora retries a busy address for a while; say at once that it is taken.
+        let listen_sock: SocketAddr = listen
+            .parse()
+            .map_err(|_| StartError::Io(format!("bad listen address {listen}")))?;
+        std::net::TcpListener::bind(listen_sock)
+            .map_err(|e| StartError::Io(format!("cannot listen on {listen}: {e}")))?;
 
         // The pingora server, on its own thread; it stops when `pingora_stop` fires.
         let pingora_stop = Arc::new(Notify::new());
@@ -433,7 +443,7 @@ impl GatewayBuilder {
         let listen_addr: SocketAddr = listen
             .parse()
             .map_err(|_| StartError::Io(format!("bad listen address {listen}")))?;
-        wait_until_accepting(listen_addr, &server_thread)?;
+        wait_until_accepting(listen_addr, &state.probe_token, &server_thread)?;
 
         let done = Arc::new(Notify::new());
         let gw = Gateway {
@@ -454,13 +464,17 @@ impl GatewayBuilder {
     }
 }
 
+/// Waits until *this* gateway answers on its listener: a probe carrying the gateway's own
+/// random token must come back 204. Accepting alone is not proof — another process may hold
+/// the port while Pingora retries its bind.
 fn wait_until_accepting(
     addr: SocketAddr,
+    token: &str,
     thread: &std::thread::JoinHandle<()>,
 ) -> Result<(), StartError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if probe(addr, token) {
             return Ok(());
         }
         if thread.is_finished() {
@@ -471,8 +485,25 @@ fn wait_until_accepting(
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(StartError::Io(format!(
-        "nothing accepts on {addr} after 10 s"
+        "{addr} does not answer as this gateway after 10 s (another process may hold the port)"
     )))
+}
+
+fn probe(addr: SocketAddr, token: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let req = format!(
+        "GET / HTTP/1.1\r\nhost: {addr}\r\n{}: {token}\r\nconnection: close\r\n\r\n",
+        crate::proxy::PROBE_HEADER
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 204")
 }
 
 /// SIGHUP, SIGTERM and SIGINT streams, registered up front.

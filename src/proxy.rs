@@ -33,6 +33,9 @@ use crate::gateway::{EngineState, InflightGuard, Snapshot};
 use crate::routes;
 use crate::sse::{RawEvent, SseFramer};
 
+/// The header of the start-up probe (see `gateway::wait_until_accepting`).
+pub const PROBE_HEADER: &str = "x-sluice-probe";
+
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT` in pingora-core).
 const RETRY_BUFFER: usize = 64 * 1024;
 
@@ -96,6 +99,8 @@ pub struct ReqCtx {
     first_sent: bool,
     stream_counted: bool,
     completed: bool,
+    /// The gateway's own start-up probe: answered 204, never logged or audited.
+    probe: bool,
 }
 
 #[async_trait]
@@ -121,11 +126,19 @@ impl ProxyHttp for SluiceProxy {
             first_sent: false,
             stream_counted: false,
             completed: false,
+            probe: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
         let t0 = Instant::now();
+        if self.is_probe(session) {
+            ctx.probe = true;
+            let h = ResponseHeader::build(204, Some(1))?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(h), true).await?;
+            return Ok(true);
+        }
         let result = self.handle_request(session, ctx).await;
         // Time waiting for the client's body is not Sluice's: handle_request subtracts it.
         ctx.overhead += t0.elapsed();
@@ -456,6 +469,9 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ReqCtx) {
+        if ctx.probe {
+            return;
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -529,6 +545,15 @@ enum Step {
 }
 
 impl SluiceProxy {
+    fn is_probe(&self, session: &Session) -> bool {
+        let req = session.req_header();
+        req.uri.path() == "/"
+            && req
+                .headers
+                .get(PROBE_HEADER)
+                .is_some_and(|v| v.as_bytes() == self.state.probe_token.as_bytes())
+    }
+
     async fn handle_request(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<Step> {
         let snap = ctx.snap.clone();
         let req = session.req_header();
