@@ -162,7 +162,10 @@ fn wait_metric(gw: &Gateway, name: &str, fragments: &[&str], want: f64) {
 #[test]
 fn two_gateways_sharing_redis_admit_one_limit() {
     let redis = RedisServer::start();
-    let settings = format!("backend = \"redis\"\nredis_url = \"{}\"", redis.url());
+    let settings = format!(
+        "backend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 5000\nredis_connect_timeout_ms = 5000\n",
+        redis.url()
+    );
     let cfg = config("requests_per_minute = 1, burst = 10", &settings);
     let (a, b) = (gateway(&cfg), gateway(&cfg));
     let barrier = std::sync::Barrier::new(40);

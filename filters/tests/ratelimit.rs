@@ -186,7 +186,8 @@ impl Env {
             Store::Redis => {
                 let redis = Arc::new(RedisServer::start());
                 let settings = format!(
-                    "backend = \"redis\"\nredis_url = \"{}\"\n{extra}",
+                    // Generous timeouts: a loaded CI machine must not turn into a backend error.
+                    "backend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 5000\nredis_connect_timeout_ms = 5000\n{extra}",
                     redis.url()
                 );
                 Env::build(config(limits, &settings), Some(redis))
@@ -197,7 +198,10 @@ impl Env {
     /// Another instance (its own `Shared`, as another Sluice process) on the same store.
     fn second_instance(&self) -> Env {
         let settings = match &self._redis {
-            Some(r) => format!("backend = \"redis\"\nredis_url = \"{}\"\n", r.url()),
+            Some(r) => format!(
+                "backend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 5000\nredis_connect_timeout_ms = 5000\n",
+                r.url()
+            ),
             None => String::new(),
         };
         let mut cfg: TestConfig = toml::from_str("").unwrap();
@@ -930,7 +934,7 @@ async fn a_reload_keeps_bucket_state(store: Store) {
             let url = env._redis.as_ref().unwrap().url();
             config(
                 &[("a1", "requests_per_minute = 1, burst = 3")],
-                &format!("backend = \"redis\"\nredis_url = \"{url}\""),
+                &format!("backend = \"redis\"\nredis_url = \"{url}\"\nredis_timeout_ms = 5000\nredis_connect_timeout_ms = 5000\n"),
             )
         }
     };
