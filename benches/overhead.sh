@@ -15,8 +15,11 @@
 #   c1      wrk, 1 connection, LAT_DURATION seconds: p50 and p99; "added" = target minus
 #           direct-to-mock in the same round. For Sluice, the mean of its own
 #           sluice_overhead_seconds histogram over exactly these requests, from /metrics.
-#   stream  a 200-chunk streamed completion (the mock sends the chunks back to back), STREAMS
-#           times on one connection: time to first token and time per chunk, and "added" ones
+#   stream  streamed completions, STREAMS times each, one after another on one connection:
+#           time to first token with chunks spaced as a model sends them (TTFT_CHUNKS=2 words,
+#           TTFT_DELAY_MS=2 apart), and time per chunk of a 200-chunk completion that the mock
+#           sends back to back (where the proxy, not the model, sets the pace), with the proxy's
+#           CPU time per chunk; "added" = target minus direct, same round
 #   memory  RSS after start, idle after the load, and with 1,000 concurrent open streams
 #
 # Each of RUNS rounds measures every target in turn, in a rotating order; the report gives
@@ -39,7 +42,8 @@
 #   LAT_DURATION=5     seconds of each 1-connection wrk run
 #   CONNS=64           connections of the load runs
 #   STREAMS=100        streamed completions per target per round
-#   CHUNKS=200         words, hence content chunks, per streamed completion
+#   CHUNKS=200         words, hence content chunks, of the back-to-back streamed completion
+#   TTFT_CHUNKS=2, TTFT_DELAY_MS=2   the streamed completion of the time-to-first-token run
 #   OPEN_STREAMS=1000  concurrent streams of the memory run
 #   BODY_BYTES=1024    size of the chat body
 #   BREAKDOWN=1        0 leaves out the per-filter rows (auth; + rate_limit; + dlp)
@@ -77,6 +81,8 @@ else
 fi
 CONNS=${CONNS:-64}
 CHUNKS=${CHUNKS:-200}
+TTFT_CHUNKS=${TTFT_CHUNKS:-2}
+TTFT_DELAY_MS=${TTFT_DELAY_MS:-2}
 OPEN_STREAMS=${OPEN_STREAMS:-1000}
 BODY_BYTES=${BODY_BYTES:-1024}
 BREAKDOWN=${BREAKDOWN:-1}
@@ -289,6 +295,9 @@ KEY_SHA=$(sed -n 's/^sha256 = "\([0-9a-f]*\)"/\1/p' <<<"$KEY_OUT" | head -1)
 RPM=1000000000     # requests per minute: never reached, but every bucket is still checked
 TPM=1000000000000  # tokens per minute
 
+# The model is not renamed on its way up (no `upstream_model`): a rename makes Sluice re-serialize
+# every request body (~10k instructions per request with this body, ~5% of the empty chain's
+# work, measured with MODE=callgrind), and nginx is asked to do nothing comparable.
 write_sluice_conf() { # file listen-port admin-port filter...
   local file=$1 listen=$2 admin=$3 f
   shift 3
@@ -497,7 +506,9 @@ wrk_run() { # target connections seconds -> wrk's RESULT json
   out=$(BODY_FILE="$T/body.json" API_KEY=${KEY[$1]} on_load timeout $(($3 + 30)) \
     wrk -t1 -c"$2" -d"${3}s" --timeout 10s -s "$HERE/post.lua" \
     "http://127.0.0.1:${PORT[$1]}/v1/chat/completions") || die "wrk failed against $1"
-  sed -n 's/^RESULT //p' <<<"$out"
+  out=$(sed -n 's/^RESULT //p' <<<"$out")
+  [[ -n $out ]] || die "wrk printed no result against $1"
+  echo "$out"
 }
 metric_json() { if [[ -n ${ADMIN[$1]:-} ]]; then python3 "$DRIVER" metrics --url "http://127.0.0.1:${ADMIN[$1]}/metrics"; else echo '{}'; fi; }
 lat_phase() { [[ $LAT_LAYOUT == same ]] && move_proxy "${PID[$1]}" "$LOAD_CPUS"; return 0; }
@@ -527,6 +538,10 @@ for r in $(seq 1 "$RUNS"); do
     echo "{\"run\":$r,\"target\":\"$t\",\"kind\":\"c1\",\"wrk\":$w,\"m0\":$m0,\"m1\":$m1}" >>"$RES"
 
     if [[ " ${STREAMED[*]} " == *" $t "* ]]; then
+      s=$(on_load timeout 300 python3 "$DRIVER" stream --port "${PORT[$t]}" --key "${KEY[$t]}" \
+        --chunks "$TTFT_CHUNKS" --chunk-delay-ms "$TTFT_DELAY_MS" --n "$STREAMS" --warmup 3 \
+        --max-seconds 120) || die "the time-to-first-token run failed against $t"
+      echo "{\"run\":$r,\"target\":\"$t\",\"kind\":\"ttft\",\"res\":$s}" >>"$RES"
       c0=$(cpu_of "$pid")
       s=$(on_load timeout 300 python3 "$DRIVER" stream --port "${PORT[$t]}" --key "${KEY[$t]}" \
         --chunks "$CHUNKS" --n "$STREAMS" --warmup 3 --max-seconds 120) ||
@@ -584,8 +599,8 @@ python3 "$HERE/report.py" "$RES" --targets "$T/targets.json" \
   --date "$(date -u +'%Y-%m-%d %H:%M UTC')" \
   --machine "$NCPU CPUs ($CPU_MODEL), $(uname -sr), $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)" \
   --command "$([[ $QUICK == 1 ]] && echo 'QUICK=1 ')benches/overhead.sh" \
-  --settings "RUNS=$RUNS, DURATION=${DURATION}s, LAT_DURATION=${LAT_DURATION}s, CONNS=$CONNS, STREAMS=$STREAMS, CHUNKS=$CHUNKS, OPEN_STREAMS=$OPEN_STREAMS, body $(wc -c <"$T/body.json") bytes; $PINNING; Sluice threads = nginx workers = $PROXY_THREADS; the measurements took ${ELAPSED}s" \
-  --build "$BUILT" \
+  --settings "RUNS=$RUNS, DURATION=${DURATION}s, LAT_DURATION=${LAT_DURATION}s, CONNS=$CONNS, STREAMS=$STREAMS, CHUNKS=$CHUNKS, TTFT_CHUNKS=$TTFT_CHUNKS, TTFT_DELAY_MS=$TTFT_DELAY_MS, OPEN_STREAMS=$OPEN_STREAMS, body $(wc -c <"$T/body.json") bytes; $PINNING; Sluice threads = nginx workers = $PROXY_THREADS; the measurements took ${ELAPSED}s" \
+  --build "$BUILT" --ttft-delay "$TTFT_DELAY_MS" \
   --audit "$AUDIT_NOTE" \
   --noise "rustc processes running at the end: ${BUSY:-0}; load average $(cut -d' ' -f1-3 /proc/loadavg)" \
   ${RESULTS:+--out "$RESULTS"}

@@ -10,7 +10,7 @@ Subcommands (all print one JSON object on stdout):
 
   stream       N streamed chat completions, one after the other, on one connection:
                time to first token (first SSE event with a non-empty delta.content) and the
-               time per chunk, (t[DONE] - t[first token]) / (chunks - 1), per stream.
+               time per chunk, (t[DONE] - t[first token]) / (the events in between), per stream.
   open-streams open N concurrent streams that stay open (the mock is asked to space chunks),
                wait until every one has received its first event, sample the RSS of the given
                processes, then close them all.
@@ -156,7 +156,8 @@ def pct(values, p):
 
 def cmd_stream(a):
     body = chat_body(a.model, a.chunks, True)
-    req = request_bytes(a.host, a.port, "/v1/chat/completions", body, a.key)
+    extra = [f"x-mock-chunk-delay-ms: {a.chunk_delay_ms}"] if a.chunk_delay_ms else []
+    req = request_bytes(a.host, a.port, "/v1/chat/completions", body, a.key, extra)
     sock = connect(a.host, a.port)
     rd = ChunkedReader(sock)
     ttft, per_chunk, total = [], [], []
@@ -360,6 +361,8 @@ def main():
     target(p)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--chunk-delay-ms", type=int, default=0,
+                   help="ask the mock to space the chunks (x-mock-chunk-delay-ms)")
     p.add_argument("--max-seconds", type=float, default=60)
     p.set_defaults(fn=cmd_stream)
 
