@@ -188,9 +188,9 @@ impl ProxyHttp for SluiceProxy {
         let Some(u) = ctx.upstream.and_then(|i| ctx.snap.upstreams.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
-        strip_hop_by_hop(req.headers.clone(), |n| {
+        for n in hop_by_hop_present(&req.headers) {
             req.remove_header(n.as_str());
-        });
+        }
         req.remove_header("authorization");
         req.remove_header(crate::agents::INTERNAL_RUN_HEADER);
         if let Some(auth) = &u.authorization {
@@ -250,9 +250,9 @@ impl ProxyHttp for SluiceProxy {
     ) -> Result<()> {
         let t0 = Instant::now();
         ctx.upstream_status = resp.status.as_u16();
-        strip_hop_by_hop(resp.headers.clone(), |n| {
+        for n in hop_by_hop_present(&resp.headers) {
             resp.remove_header(n.as_str());
-        });
+        }
         let ok = resp.status.is_success();
         let ctype = resp
             .headers
@@ -287,7 +287,15 @@ impl ProxyHttp for SluiceProxy {
                 "upstream sent a compressed body although identity was requested",
             );
         }
-        if !matches!(ctx.mode, RespMode::Pass) {
+        // A held body keeps the upstream's Content-Length when nothing can change it (no filter
+        // reads response bodies and it is not an agent run): Pingora then sends the header and
+        // the body in one write. Without a length it flushes the header alone, then the body as
+        // a chunk, then the last-chunk marker: three sends, each a wake-up of the client.
+        let length_kept = matches!(ctx.mode, RespMode::Hold(_))
+            && !needs.response_body
+            && !ctx.agent_response
+            && resp.headers.contains_key("content-length");
+        if !matches!(ctx.mode, RespMode::Pass) && !length_kept {
             resp.remove_header("content-length");
         }
         if matches!(ctx.mode, RespMode::Sse(_)) {
@@ -1013,6 +1021,25 @@ impl SluiceProxy {
             return Ok(());
         }
         let raw = std::mem::take(buf).freeze();
+        if !snap.chain.needs().response_body && !ctx.agent_response {
+            // No filter reads the body (and its Content-Length was kept): only its usage is
+            // needed, read without building the whole document.
+            #[derive(serde::Deserialize)]
+            struct UsageOnly {
+                usage: Option<Value>,
+            }
+            if let Some(u) = serde_json::from_slice::<UsageOnly>(&raw)
+                .ok()
+                .and_then(|d| d.usage)
+                .as_ref()
+                .and_then(Usage::from_json)
+            {
+                ctx.cx.usage = Some(u);
+            }
+            self.complete(ctx);
+            *body = Some(raw);
+            return Ok(());
+        }
         let mut jb = match serde_json::from_slice::<Value>(&raw) {
             Ok(v) => JsonBody::parsed(raw, v),
             Err(_) => JsonBody::raw(raw),
@@ -1135,20 +1162,28 @@ fn request_id(headers: &HeaderMap) -> String {
     format!("req_{:032x}", rand::random::<u128>())
 }
 
-/// Calls `remove` for every hop-by-hop header, including those named by `Connection`.
-fn strip_hop_by_hop(headers: HeaderMap, mut remove: impl FnMut(&HeaderName)) {
+/// The hop-by-hop headers present in `headers`, including those named by `Connection`. Most
+/// requests have none (or only `Connection`): looking them up is cheaper than cloning the map
+/// and removing all nine names from it, which Pingora does in both its header maps.
+fn hop_by_hop_present(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut out = Vec::new();
     for v in headers.get_all("connection") {
         if let Ok(s) = v.to_str() {
             for name in s.split(',') {
                 if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                    remove(&n);
+                    if headers.contains_key(&n) {
+                        out.push(n);
+                    }
                 }
             }
         }
     }
     for n in HOP_BY_HOP {
-        remove(&HeaderName::from_static(n));
+        if headers.contains_key(n) {
+            out.push(HeaderName::from_static(n));
+        }
     }
+    out
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes (413, nothing forwarded).
