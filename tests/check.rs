@@ -156,3 +156,22 @@ fn bad_regexes_and_packs_are_named() {
     );
     assert!(err.lines().any(|l| l.starts_with("dlp.packs[1]:")), "{err}");
 }
+
+#[test]
+fn the_commented_example_config_is_valid() {
+    // Its remote upstreams are pointed at loopback (no DNS here) and its key variable set.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/sluice.example.toml"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+    .replace("https://api.openai.com", "http://127.0.0.1:1")
+    .replace("http://127.0.0.1:8000", "http://127.0.0.1:2")
+    .replace("api_key_env = \"OPENAI_API_KEY\"", "api_key_env = \"PATH\"");
+    let (code, out, err) = check(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("filters: [auth, rate_limit, dlp, audit]"),
+        "{out}"
+    );
+}
