@@ -900,6 +900,9 @@ fn no_log_line_shows_a_key_even_at_trace_level() {
         .build()
         .expect("runtime");
     tracing::subscriber::with_default(Capture(log.clone()), || {
+        // Other tests run on other threads without a subscriber; a callsite they hit first may
+        // have cached "never" as its interest. Recompute with this thread's subscriber in place.
+        tracing::callsite::rebuild_interest_cache();
         runtime.block_on(async {
             let mut c = Config::standard();
             // A key narrowed to nothing: the build warns about it.
