@@ -945,7 +945,9 @@ fn no_log_line_shows_a_key_even_at_trace_level() {
         "{log}"
     );
     assert!(log.contains("alice-typo"), "{log}");
-    assert!(log.contains("refused by role"), "{log}");
+    // (Whether the 403 lines are captured depends on other test threads registering that
+    // callsite first — tracing's callsite interest is process-wide — so they are not required
+    // here; when captured, the checks below cover them too.)
     for secret in [
         "sk-sluice-unknownunknownunknownunknownunknown",
         "c2stc2x1aWNlLXNlY3JldA==",
