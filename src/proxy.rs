@@ -95,12 +95,50 @@ pub struct ReqCtx {
     upstream_status: u16,
     t_upstream_start: Option<Instant>,
     t_upstream_end: Option<Instant>,
-    overhead: Duration,
+    /// Overhead accounting (see [`ReqCtx::overhead`]): when the request's head had been read,
+    /// time spent waiting for the client's body or for a new upstream connection, when the
+    /// request was handed to the upstream, and Sluice's own hook time after that instant.
+    t_start: Instant,
+    waited: Duration,
+    t_peer: Option<Instant>,
+    t_req_sent: Option<Instant>,
+    t_failed: Option<Instant>,
+    t_resp_head: Option<Instant>,
+    span_hooks: Duration,
     first_sent: bool,
     stream_counted: bool,
     completed: bool,
     /// The gateway's own start-up probe: answered 204, never logged or audited.
     probe: bool,
+}
+
+impl ReqCtx {
+    /// What `sluice_overhead_seconds` observes: the time from the request's head having been
+    /// read to the end of the exchange, less the time Sluice waited: for the client's body, for
+    /// a new upstream connection, and for the upstream — from handing it the request until its
+    /// response head arrived (or it failed), and for a stream until its last byte, minus the
+    /// time Sluice's own hooks ran meanwhile. So it is what Sluice adds to a request's latency:
+    /// its hooks and filters, Pingora's HTTP handling, the syscalls on both sides. Not in it:
+    /// Pingora reading and parsing the request head (before the first hook), writing the
+    /// request body upstream (inside the wait), and for streams Pingora's forwarding of each
+    /// chunk between two hooks.
+    fn overhead(&self) -> Duration {
+        let total = self.t_start.elapsed();
+        let upstream = match self.t_req_sent {
+            Some(sent) => {
+                let (end, hooks) = if self.cx.stream {
+                    (self.t_upstream_end.or(self.t_failed), self.span_hooks)
+                } else {
+                    (self.t_resp_head.or(self.t_failed), Duration::ZERO)
+                };
+                end.unwrap_or_else(Instant::now)
+                    .saturating_duration_since(sent)
+                    .saturating_sub(hooks)
+            }
+            None => Duration::ZERO,
+        };
+        total.saturating_sub(self.waited).saturating_sub(upstream)
+    }
 }
 
 #[async_trait]
@@ -122,7 +160,13 @@ impl ProxyHttp for SluiceProxy {
             upstream_status: 0,
             t_upstream_start: None,
             t_upstream_end: None,
-            overhead: Duration::ZERO,
+            t_start: Instant::now(),
+            waited: Duration::ZERO,
+            t_peer: None,
+            t_req_sent: None,
+            t_failed: None,
+            t_resp_head: None,
+            span_hooks: Duration::ZERO,
             first_sent: false,
             stream_counted: false,
             completed: false,
@@ -131,7 +175,6 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
-        let t0 = Instant::now();
         if self.is_probe(session) {
             ctx.probe = true;
             let h = ResponseHeader::build(204, Some(1))?;
@@ -140,8 +183,6 @@ impl ProxyHttp for SluiceProxy {
             return Ok(true);
         }
         let result = self.handle_request(session, ctx).await;
-        // Time waiting for the client's body is not Sluice's: handle_request subtracts it.
-        ctx.overhead += t0.elapsed();
         match result {
             Ok(Step::Forward) => Ok(false),
             Ok(Step::Reply(reply, body_unread)) => {
@@ -174,8 +215,29 @@ impl ProxyHttp for SluiceProxy {
         if let Some(ca) = &u.ca {
             peer.options.ca = Some(ca.clone());
         }
-        ctx.t_upstream_start.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        ctx.t_upstream_start.get_or_insert(now);
+        ctx.t_peer = Some(now);
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        if !reused {
+            // Connecting (and the TLS handshake) is the upstream's time, not Sluice's.
+            if let Some(t) = ctx.t_peer {
+                ctx.waited += t.elapsed();
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -184,7 +246,6 @@ impl ProxyHttp for SluiceProxy {
         req: &mut RequestHeader,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
-        let t0 = Instant::now();
         let Some(u) = ctx.upstream.and_then(|i| ctx.snap.upstreams.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
@@ -220,7 +281,8 @@ impl ProxyHttp for SluiceProxy {
             // Filters read response bodies; a compressed one could not be scanned.
             req.insert_header("accept-encoding", "identity")?;
         }
-        ctx.overhead += t0.elapsed();
+        // Until the body is handed over (request_body_filter), or now if there is none.
+        ctx.t_req_sent = Some(Instant::now());
         Ok(())
     }
 
@@ -231,6 +293,9 @@ impl ProxyHttp for SluiceProxy {
         end_of_stream: bool,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
+        if end_of_stream {
+            ctx.t_req_sent = Some(Instant::now());
+        }
         if let Some(held) = &ctx.body {
             // Never `None` before the end: that would end the upstream body early.
             *body = Some(if end_of_stream {
@@ -249,6 +314,7 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         let t0 = Instant::now();
+        ctx.t_resp_head.get_or_insert(t0);
         ctx.upstream_status = resp.status.as_u16();
         for n in hop_by_hop_present(&resp.headers) {
             resp.remove_header(n.as_str());
@@ -308,7 +374,7 @@ impl ProxyHttp for SluiceProxy {
         };
         let snap = ctx.snap.clone();
         snap.chain.on_response_head(&head, &mut ctx.cx);
-        ctx.overhead += t0.elapsed();
+        ctx.span_hooks += t0.elapsed();
         Ok(())
     }
 
@@ -356,7 +422,10 @@ impl ProxyHttp for SluiceProxy {
             RespMode::Sse(framer) => self.frame_events(&snap, ctx, framer, body, end_of_stream),
         };
         ctx.mode = mode;
-        ctx.overhead += t0.elapsed();
+        if !end_of_stream {
+            // Inside the upstream's span; the last call's time comes after it.
+            ctx.span_hooks += t0.elapsed();
+        }
         result.map(|()| None)
     }
 
@@ -366,6 +435,7 @@ impl ProxyHttp for SluiceProxy {
         e: &Error,
         ctx: &mut ReqCtx,
     ) -> FailToProxy {
+        ctx.t_failed.get_or_insert_with(Instant::now);
         let upstream_name = ctx
             .upstream
             .and_then(|i| ctx.snap.upstreams.get(i))
@@ -517,7 +587,7 @@ impl ProxyHttp for SluiceProxy {
                 .with_label_values(&[up.name.as_str()])
                 .observe(d.as_secs_f64());
         }
-        m.overhead.observe(ctx.overhead.as_secs_f64());
+        m.overhead.observe(ctx.overhead().as_secs_f64());
         if let Some(u) = ctx.cx.usage {
             let org = ctx.cx.identity.as_ref().map(|i| &*i.org).unwrap_or("");
             m.tokens
@@ -633,7 +703,7 @@ impl SluiceProxy {
             Ok(b) => b,
             Err(reply) => return Ok(Step::Reply(reply, true)),
         };
-        ctx.overhead = ctx.overhead.saturating_sub(t_body.elapsed());
+        ctx.waited += t_body.elapsed();
 
         let declared_json = headers
             .get("content-type")

@@ -373,6 +373,47 @@ fn admin_routes_are_only_on_the_admin_listener() {
     assert_eq!(metric_sum(&m, "sluice_active_streams", &[]), 0.0);
 }
 
+/// `sluice_overhead_seconds` is the time Sluice adds, not the time the upstream takes: a slow
+/// answer and a slow stream are in the request duration but not in the overhead.
+#[test]
+fn overhead_excludes_the_upstreams_time() {
+    let gw = start(MOCK);
+    let c = client();
+    let r = c
+        .post(url(&gw, "/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .header("x-mock-latency-ms", "600")
+        .json(&chat_body("a slow answer", false))
+        .send()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = r.text();
+    let r = c
+        .post(url(&gw, "/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .header("x-mock-chunk-delay-ms", "200")
+        .json(&chat_body("a slow stream", true))
+        .send()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().unwrap_or_default().contains("[DONE]"));
+    let m = c
+        .get(admin_url(&gw, "/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    assert_eq!(metric_sum(&m, "sluice_overhead_seconds_count", &[]), 2.0);
+    // 0.6 s of answer and 3 × 0.2 s of stream went by while Sluice waited.
+    let total = metric_sum(&m, "sluice_request_duration_seconds_sum", &[]);
+    let overhead = metric_sum(&m, "sluice_overhead_seconds_sum", &[]);
+    assert!(total >= 1.2, "request durations: {total}");
+    assert!(overhead > 0.0, "some overhead is measured");
+    assert!(
+        overhead < 0.3,
+        "the upstream's time is not overhead: {overhead} s of {total} s"
+    );
+}
+
 #[test]
 fn reload_swaps_valid_configs_and_keeps_the_old_one_on_errors() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

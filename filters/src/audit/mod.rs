@@ -76,7 +76,8 @@
 //!   sets after running `on_response_complete`.
 //! - `interval`: each batch is written as it comes and synced at most `fsync_interval_ms`
 //!   after its first unsynced line: a crash of the machine loses at most that interval (a crash
-//!   of the process alone loses only what was still queued, microseconds' worth).
+//!   of the process alone loses only what was still queued: the writer lets records gather for
+//!   up to 1 ms before writing a batch, so about a millisecond's worth).
 //! - `never`: written as it comes; syncing is left to the OS.
 //!
 //! Every mode syncs on rotation and at shutdown: [`Filter::shutdown`] (after the engine drained

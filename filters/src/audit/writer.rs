@@ -487,10 +487,29 @@ struct Worker {
     unsynced_since: Option<Instant>,
 }
 
+/// How long the writer lets records gather before writing a batch (fsync = interval | never;
+/// never longer than the fsync interval). Under load this turns one wake-up and one `write` per
+/// record into one per batch; the price is that a crash of the process can lose this much more
+/// of what was queued.
+const COALESCE: Duration = Duration::from_millis(1);
+
 impl Worker {
     fn run(mut self) {
         loop {
             let closing = self.wait_for_work();
+            // Group commit: unless every record must be on disk before its request completes,
+            // let a few more records join this batch (one write and one wake-up for all of them
+            // instead of one per request).
+            let coalesce = {
+                let st = self.core.lock();
+                (closing.is_none()
+                    && st.tun.fsync != Fsync::Always
+                    && st.sync_wanted <= self.synced_through)
+                    .then(|| COALESCE.min(st.tun.interval))
+            };
+            if let Some(pause) = coalesce {
+                std::thread::sleep(pause);
+            }
             if self.last_hash.is_none() && !self.fatal {
                 if let Err(e) = self.recover() {
                     self.publish_error(e);
