@@ -2,8 +2,8 @@
 """Summarises callgrind dumps for `MODE=callgrind benches/overhead.sh`.
 
 Per target (one JSON line): instructions per request in user space, all threads, split into
-Sluice's own proxy hooks (src/proxy.rs, filters included), the audit writer thread, glibc's
-allocator (self cost, wherever it is called from), and the rest (Pingora, tokio, std). With
+Sluice's own proxy hooks (src/proxy.rs, filters included), the audit writer thread, the
+allocator (mimalloc, or glibc's in older builds; self cost, wherever it is called from), and the rest (Pingora, tokio, std). With
 --report: the markdown table, the per-filter steps, and the heaviest functions of the last target.
 
 Callgrind counts instructions, not time: a syscall counts as the few instructions that enter
@@ -53,7 +53,15 @@ def summarise(a):
         )
         hooks += max([c for c, name in inc if pat.search(name)], default=0)
     audit = max([c for c, name in inc if name.endswith("sluice_filters::audit::writer::Worker::run")], default=0)
-    alloc = sum(c for c, name in slf if "malloc/" in name.split(":")[0] or name.endswith(":free"))
+    # The allocator's own functions: mimalloc's (`mi_*`, `_mi_*`; Sluice's global allocator) or,
+    # in an older build, glibc's.
+    alloc = sum(
+        c
+        for c, name in slf
+        if "malloc/" in name.split(":")[0]
+        or name.endswith(":free")
+        or re.match(r"\?\?\?:_?mi_", name)
+    )
     top = [
         (c / n, name.split(":", 1)[1] if name.startswith("???:") else name)
         for c, name in inc
@@ -78,7 +86,7 @@ def report(a):
     rows = [json.loads(l) for l in open(a.report) if l.strip()]
     out = [a.header, ""]
     w = out.append
-    w("| | instructions / request | Sluice's hooks (src/proxy.rs and the filters) | audit writer thread | glibc malloc/free (anywhere) | the rest: Pingora, tokio, std |")
+    w("| | instructions / request | Sluice's hooks (src/proxy.rs and the filters) | audit writer thread | the allocator: malloc/free (anywhere) | the rest: Pingora, tokio, std |")
     w("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         rest = r["per_request"] - r["hooks"] - r["audit"]

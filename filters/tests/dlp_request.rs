@@ -419,3 +419,43 @@ async fn a_rule_can_act_differently_per_direction() {
     );
     assert_eq!(c.dlp[0].action, "redact");
 }
+
+/// The scanner skips the field names and values every request repeats (`role`, `user`, …)
+/// only when its own detectors find nothing in them: a rule that matches one still fires.
+#[tokio::test]
+async fn a_rule_on_a_common_field_name_still_fires() {
+    let with_rule = DlpSettings {
+        request_action: Action::Redact,
+        rules: vec![RuleSettings {
+            name: "odd_rule".into(),
+            regex: Some("assistant|max_tokens".into()),
+            keywords: None,
+            action: Some(Action::Monitor),
+            request_action: None,
+            response_action: None,
+        }],
+        ..DlpSettings::default()
+    };
+    let f = filter_with(&with_rule);
+    let mut body =
+        body_of(r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":"hi"}]}"#);
+    let (v, c) = send(&f, &mut body, &HeaderMap::new()).await;
+    assert!(matches!(v, Verdict::Continue));
+    let hits = c
+        .dlp
+        .iter()
+        .find(|d| d.detector == "odd_rule")
+        .map(|d| d.count);
+    assert_eq!(
+        hits,
+        Some(2),
+        "the key `max_tokens` and the value `assistant`"
+    );
+
+    // Without the rule the same body is clean.
+    let f = filter_with(&settings(Action::Redact));
+    let mut body =
+        body_of(r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":"hi"}]}"#);
+    let (_, c) = send(&f, &mut body, &HeaderMap::new()).await;
+    assert!(c.dlp.is_empty());
+}

@@ -64,6 +64,9 @@ impl<'a> JsonScan<'a> {
 
     /// Scans raw bytes; returns their replacement when they changed.
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Option<Vec<u8>> {
+        if self.sc.is_known_clean(b) {
+            return None;
+        }
         let w = whole(self.sc, b, self.actions, self.stop_at_block, &mut self.ms);
         self.blocked.extend(
             w.found

@@ -348,7 +348,74 @@ pub struct Scanner {
     /// flag), to find a literal cut off at the end of unfinished text.
     by_first: Vec<Vec<(Vec<u8>, bool)>>,
     max_literal: usize,
+    /// For each word of [`VOCABULARY`]: whether it holds no match (decided once, when the
+    /// scanner is built).
+    clean_words: Vec<bool>,
 }
+
+/// Field names and values that nearly every OpenAI-style request and response repeats. A
+/// scanner decides them once and then skips them ([`Scanner::is_known_clean`]): scanning a
+/// complete text depends on nothing but the text, and these are most of the strings in a
+/// document, each costing a few trigger passes for nothing. Sorted (binary search).
+const VOCABULARY: [&str; 57] = [
+    "arguments",
+    "assistant",
+    "audio",
+    "cached_tokens",
+    "chat.completion",
+    "chat.completion.chunk",
+    "choices",
+    "completion_tokens",
+    "completion_tokens_details",
+    "content",
+    "content_filter",
+    "created",
+    "data",
+    "delta",
+    "developer",
+    "dimensions",
+    "embedding",
+    "encoding_format",
+    "finish_reason",
+    "frequency_penalty",
+    "function",
+    "id",
+    "image_url",
+    "include_usage",
+    "index",
+    "input",
+    "length",
+    "list",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "message",
+    "messages",
+    "model",
+    "n",
+    "name",
+    "object",
+    "parallel_tool_calls",
+    "presence_penalty",
+    "prompt_tokens",
+    "prompt_tokens_details",
+    "reasoning_content",
+    "reasoning_tokens",
+    "refusal",
+    "response_format",
+    "role",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "system",
+    "system_fingerprint",
+    "temperature",
+    "text",
+    "tool",
+    "tool_calls",
+    "total_tokens",
+];
 
 struct FindCx<'a> {
     hay: &'a [u8],
@@ -402,7 +469,7 @@ impl Scanner {
                 Trigger::Bytes(set) => bytes.push((i, set.clone())),
             }
         }
-        Scanner {
+        let mut sc = Scanner {
             literals: LiteralSet::build(&lits, false),
             keywords: LiteralSet::build(&kws, true),
             detectors,
@@ -412,7 +479,30 @@ impl Scanner {
             bytes,
             by_first,
             max_literal,
+            clean_words: Vec::new(),
+        };
+        let mut ms = Vec::new();
+        sc.clean_words = VOCABULARY
+            .iter()
+            .map(|w| {
+                ms.clear();
+                sc.find(w.as_bytes(), 0, true, &mut ms);
+                ms.is_empty()
+            })
+            .collect();
+        sc
+    }
+
+    /// Whether `text`, scanned whole, is known to hold no match: it is a word of the common
+    /// vocabulary that this scanner found clean when it was built.
+    #[inline]
+    pub(crate) fn is_known_clean(&self, text: &[u8]) -> bool {
+        if text.len() > 25 {
+            return false;
         }
+        VOCABULARY
+            .binary_search_by(|w| w.as_bytes().cmp(text))
+            .is_ok_and(|i| self.clean_words.get(i).copied().unwrap_or(false))
     }
 
     /// The detectors' names, in priority order (a [`Match::detector`] indexes this).
