@@ -259,16 +259,19 @@ impl ProxyHttp for SluiceProxy {
         }
         req.insert_header("host", u.host_header.as_str())?;
         req.insert_header("x-request-id", ctx.cx.request_id.as_str())?;
-        let path = ctx
-            .upstream_path
-            .clone()
-            .unwrap_or_else(|| ctx.cx.path.clone());
-        let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        let full = format!("{}{}{}", u.base_path, path, query);
-        let uri: http::Uri = full.parse().map_err(|_| {
-            Error::explain(ErrorType::InternalError, "upstream path is not a valid URI")
-        })?;
-        req.set_uri(uri);
+        let rewrite = !u.base_path.is_empty()
+            || ctx.upstream_path.is_some()
+            || req.uri.scheme().is_some()
+            || req.uri.path() != ctx.cx.path;
+        if rewrite {
+            let path = ctx.upstream_path.as_deref().unwrap_or(&ctx.cx.path);
+            let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            let full = format!("{}{}{}", u.base_path, path, query);
+            let uri: http::Uri = full.parse().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "upstream path is not a valid URI")
+            })?;
+            req.set_uri(uri);
+        }
         if let Some(body) = &ctx.body {
             req.remove_header("transfer-encoding");
             req.insert_header("content-length", body.len().to_string())?;
@@ -1233,24 +1236,24 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// The hop-by-hop headers present in `headers`, including those named by `Connection`. Most
-/// requests have none (or only `Connection`): looking them up is cheaper than cloning the map
-/// and removing all nine names from it, which Pingora does in both its header maps.
+/// requests have none (or only `Connection`): one pass over the few names present is cheaper
+/// than looking up (hence parsing) each of the nine, or than cloning the map and removing them
+/// all, which Pingora does in both its header maps.
 fn hop_by_hop_present(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut out = Vec::new();
-    for v in headers.get_all("connection") {
+    let mut out: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    for v in headers.get_all(http::header::CONNECTION) {
         if let Ok(s) = v.to_str() {
             for name in s.split(',') {
                 if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                    if headers.contains_key(&n) {
+                    if headers.contains_key(&n) && !out.contains(&n) {
                         out.push(n);
                     }
                 }
             }
-        }
-    }
-    for n in HOP_BY_HOP {
-        if headers.contains_key(n) {
-            out.push(HeaderName::from_static(n));
         }
     }
     out
@@ -1325,6 +1328,31 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "close, X-Trace-Hop, keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace-hop", "1"),
+            ("te", "trailers"),
+            ("content-type", "application/json"),
+            ("x-kept", "1"),
+        ] {
+            h.insert(
+                HeaderName::from_static(n),
+                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        let mut got: Vec<String> = hop_by_hop_present(&h)
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["connection", "keep-alive", "te", "x-trace-hop"]);
+        assert!(hop_by_hop_present(&HeaderMap::new()).is_empty());
+    }
 
     #[test]
     fn request_ids() {
