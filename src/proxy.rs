@@ -1161,19 +1161,18 @@ impl SluiceProxy {
         if raw_events.is_empty() && !end {
             return Ok(());
         }
-        let parse_all = snap.chain.needs().stream_events;
         let mut events: Vec<StreamEvent> = Vec::with_capacity(raw_events.len());
         for ev in raw_events {
-            let wanted = parse_all
-                || ev
-                    .data
-                    .as_deref()
-                    .is_some_and(|d| contains(d, b"\"usage\""));
-            let mut se = if wanted {
-                StreamEvent::received(ev.raw, ev.data.as_deref())
-            } else {
-                StreamEvent::opaque(ev.raw)
-            };
+            let has_usage = ev
+                .data
+                .as_deref()
+                .is_some_and(|d| contains(d, b"\"usage\""));
+            // Parsed only if a filter asks for the JSON (or for the usage chunk, below).
+            let mut se = StreamEvent::lazy(ev.raw, ev.data);
+            if !has_usage {
+                events.push(se);
+                continue;
+            }
             // The usage chunk: read it, and hide it when the client did not ask for it.
             let usage = se
                 .json()

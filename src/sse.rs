@@ -15,7 +15,7 @@ pub struct SseFramer {
 /// An event as received: its raw bytes (with the blank line) and its joined `data:` payload.
 pub struct RawEvent {
     pub raw: Bytes,
-    pub data: Option<Vec<u8>>,
+    pub data: Option<Bytes>,
 }
 
 /// An event grew past the configured bound without ending.
@@ -60,6 +60,11 @@ impl SseFramer {
 fn find_event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < buf.len() {
+        // Jump to the next line terminator: events are mostly long `data:` lines.
+        match memchr::memchr2(b'\n', b'\r', &buf[i..]) {
+            Some(k) => i += k,
+            None => return None,
+        }
         match buf[i] {
             b'\n' => {
                 // A line ended at i; is the next line empty?
@@ -92,11 +97,19 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// Joins the event's `data:` lines with `\n`, as the SSE spec says.
-fn data_field(raw: &[u8]) -> Option<Vec<u8>> {
+/// Joins the event's `data:` lines with `\n`, as the SSE spec says. The usual event, one
+/// `data: ` line, is sliced out of `raw` without a copy.
+fn data_field(raw: &Bytes) -> Option<Bytes> {
+    if let Some(rest) = raw.strip_prefix(b"data: ") {
+        if let Some(eol) = memchr::memchr2(b'\n', b'\r', rest) {
+            if rest[eol..].iter().all(|b| matches!(b, b'\n' | b'\r')) {
+                return Some(raw.slice(6..6 + eol));
+            }
+        }
+    }
     let mut data: Option<Vec<u8>> = None;
-    for line in raw.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Lines end with LF, CRLF or CR; the empty pieces a CRLF leaves hold no field.
+    for line in raw.split(|&b| b == b'\n' || b == b'\r') {
         if let Some(rest) = line.strip_prefix(b"data") {
             let value = match rest {
                 [] => &[][..],
@@ -111,7 +124,7 @@ fn data_field(raw: &[u8]) -> Option<Vec<u8>> {
             d.extend_from_slice(value);
         }
     }
-    data
+    data.map(Bytes::from)
 }
 
 #[cfg(test)]
@@ -125,7 +138,9 @@ mod tests {
             f.push(p, &mut out).unwrap_or_else(|_| panic!("too large"));
         }
         f.finish(&mut out);
-        out.into_iter().map(|e| (e.raw.to_vec(), e.data)).collect()
+        out.into_iter()
+            .map(|e| (e.raw.to_vec(), e.data.map(|d| d.to_vec())))
+            .collect()
     }
 
     #[test]
@@ -150,6 +165,10 @@ mod tests {
         let got = frame_all(&[b"data: x\ndata: y\n\ndata: tail"]);
         assert_eq!(got[0].1.as_deref(), Some(&b"x\ny"[..]));
         assert_eq!(got[1].1.as_deref(), Some(&b"tail"[..]));
+        // One data line followed by another field: not the single-line shortcut.
+        let got = frame_all(&[b"data: x\n: note\nid: 7\n\ndata:y\r\rdata: z\r\n\r\n"]);
+        let data: Vec<_> = got.iter().map(|e| e.1.as_deref()).collect();
+        assert_eq!(data, [Some(&b"x"[..]), Some(&b"y"[..]), Some(&b"z"[..])]);
     }
 
     #[test]

@@ -346,11 +346,7 @@ fn admin_routes_are_only_on_the_admin_listener() {
         let public = c.get(url(&gw, p)).send().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(public.status().as_u16(), 404, "{p} must not be public");
     }
-    let m = c
-        .get(admin_url(&gw, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
+    let m = metrics_once(&gw, "sluice_overhead_seconds_count", 2.0);
     for name in [
         "sluice_requests_total",
         "sluice_request_duration_seconds",
@@ -373,37 +369,47 @@ fn admin_routes_are_only_on_the_admin_listener() {
     assert_eq!(metric_sum(&m, "sluice_active_streams", &[]), 0.0);
 }
 
+/// The admin `/metrics` text once `name` has reached `at_least`: a request is counted in its
+/// logging phase, just after its last byte went out, so a client can be a moment ahead.
+fn metrics_once(gw: &sluice::Gateway, name: &str, at_least: f64) -> String {
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = client()
+            .get(admin_url(gw, "/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if metric_sum(&m, name, &[]) >= at_least {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m
+}
+
 /// `sluice_overhead_seconds` is the time Sluice adds, not the time the upstream takes: a slow
 /// answer and a slow stream are in the request duration but not in the overhead.
 #[test]
 fn overhead_excludes_the_upstreams_time() {
     let gw = start(MOCK);
     let c = client();
-    let r = c
-        .post(url(&gw, "/v1/chat/completions"))
-        .bearer_auth(DEMO_KEY)
-        .header("x-mock-latency-ms", "600")
-        .json(&chat_body("a slow answer", false))
-        .send()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status().as_u16(), 200);
-    let _ = r.text();
-    let r = c
-        .post(url(&gw, "/v1/chat/completions"))
-        .bearer_auth(DEMO_KEY)
-        .header("x-mock-chunk-delay-ms", "200")
-        .json(&chat_body("a slow stream", true))
-        .send()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status().as_u16(), 200);
-    assert!(r.text().unwrap_or_default().contains("[DONE]"));
-    let m = c
-        .get(admin_url(&gw, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
+    let slow = |header: &str, ms: &str, text: &str, stream: bool| {
+        let r = c
+            .post(url(&gw, "/v1/chat/completions"))
+            .bearer_auth(DEMO_KEY)
+            .header(header, ms)
+            .json(&chat_body(text, stream))
+            .send()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().unwrap_or_default()
+    };
+    slow("x-mock-latency-ms", "600", "a slow answer", false);
+    let streamed = slow("x-mock-chunk-delay-ms", "200", "a slow stream", true);
+    assert!(streamed.contains("[DONE]"));
+    let m = metrics_once(&gw, "sluice_overhead_seconds_count", 2.0);
     assert_eq!(metric_sum(&m, "sluice_overhead_seconds_count", &[]), 2.0);
-    // 0.6 s of answer and 3 × 0.2 s of stream went by while Sluice waited.
+    // 0.6 s of answer and 1 s of stream (5 gaps of 0.2 s) went by while Sluice waited.
     let total = metric_sum(&m, "sluice_request_duration_seconds_sum", &[]);
     let overhead = metric_sum(&m, "sluice_overhead_seconds_sum", &[]);
     assert!(total >= 1.2, "request durations: {total}");

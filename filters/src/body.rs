@@ -1,5 +1,7 @@
 //! Bodies and SSE events, parsed once and re-encoded only when a filter changed them.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -82,6 +84,8 @@ pub struct StreamEvent {
 enum EventKind {
     /// `data: {json}`.
     Json(Value),
+    /// A `data:` payload parsed only when a filter asks for its JSON ([`StreamEvent::lazy`]).
+    Lazy(Bytes, OnceLock<Option<Value>>),
     /// `data: [DONE]`.
     Done,
     /// Anything else (comments, other fields, unparsable data): passed on untouched.
@@ -104,6 +108,28 @@ impl StreamEvent {
             kind,
             dirty: false,
         }
+    }
+
+    /// An event as received, its `data` parsed as JSON only when [`StreamEvent::json`] or
+    /// [`StreamEvent::json_mut`] first asks: a filter that can decide from the bytes
+    /// ([`StreamEvent::raw`]) spares the parse, and one that leaves the event alone sends it on
+    /// byte for byte either way.
+    pub fn lazy(raw: Bytes, data: Option<Bytes>) -> StreamEvent {
+        let kind = match data {
+            Some(d) if d.trim_ascii() == b"[DONE]" => EventKind::Done,
+            Some(d) => EventKind::Lazy(d, OnceLock::new()),
+            None => EventKind::Other,
+        };
+        StreamEvent {
+            raw,
+            kind,
+            dirty: false,
+        }
+    }
+
+    /// The event's bytes as received (empty for an event a filter added).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
     }
 
     /// An event received but not parsed (no filter needs its JSON).
@@ -140,12 +166,25 @@ impl StreamEvent {
     pub fn json(&self) -> Option<&Value> {
         match &self.kind {
             EventKind::Json(v) => Some(v),
+            EventKind::Lazy(d, cell) => cell
+                .get_or_init(|| serde_json::from_slice::<Value>(d).ok())
+                .as_ref(),
             _ => None,
         }
     }
 
     /// The JSON payload for rewriting; the event will be re-encoded.
     pub fn json_mut(&mut self) -> Option<&mut Value> {
+        if let EventKind::Lazy(d, cell) = &mut self.kind {
+            let parsed = match cell.take() {
+                Some(v) => v,
+                None => serde_json::from_slice::<Value>(d).ok(),
+            };
+            self.kind = match parsed {
+                Some(v) => EventKind::Json(v),
+                None => EventKind::Other,
+            };
+        }
         match &mut self.kind {
             EventKind::Json(v) => {
                 self.dirty = true;

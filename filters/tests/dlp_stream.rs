@@ -508,3 +508,18 @@ fn random_texts_stream_exactly_like_the_whole_text() {
         }
     }
 }
+
+/// Deltas with JSON escapes (quotes, newlines, `\uXXXX`) take the general path and plain ones
+/// the byte-splicing one; mixed in one stream, with secrets split across both kinds, the client
+/// still gets exactly the non-streamed text.
+#[test]
+fn escaped_and_plain_deltas_mix_in_one_stream() {
+    let f = filter();
+    let full = "Say \"hi\"\nkey AKIAIOSFODNN7EXAMPLE, mail jöhn.doe@example.com\ttab é ✓ done";
+    let chars: Vec<char> = full.chars().collect();
+    for size in [1, 2, 3, 5, 8] {
+        let pieces: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        check_pieces(&f, full, &refs);
+    }
+}

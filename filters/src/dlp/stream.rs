@@ -12,6 +12,8 @@
 //! choice afterwards is dropped.
 
 use bytes::Bytes;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::json::JsonScan;
@@ -133,6 +135,26 @@ impl StreamState {
                 out.push(ev);
                 continue;
             }
+            match self.fast_content(sc, actions, &ev) {
+                Fast::No => {}
+                Fast::Keep => {
+                    out.push(ev);
+                    continue;
+                }
+                Fast::Splice(new) => {
+                    out.push(new);
+                    continue;
+                }
+                Fast::Patch(p) => {
+                    if let Some(v) = ev.json_mut() {
+                        if !apply(v, vec![p]) {
+                            continue;
+                        }
+                    }
+                    out.push(ev);
+                    continue;
+                }
+            }
             let Some(v) = ev.json() else {
                 if let Some(ev) = self.opaque_event(sc, actions, ev) {
                     out.push(ev);
@@ -168,6 +190,81 @@ impl StreamState {
             self.flush_all(sc, actions, &mut out);
         }
         *events = out;
+    }
+
+    /// The usual chunk, decided from its bytes without building its JSON document: one choice
+    /// whose `delta` carries only `content` (without escapes), not finishing, no usage, on a
+    /// `data: {json}` line. Its text goes through the same channel as in [`Self::choice`]; a
+    /// changed text is spliced into the event's bytes in place of the old string, so the rest
+    /// of the event stays byte for byte. Anything else, and the first chunk (whose identifying
+    /// fields the events this filter adds copy), takes the general path.
+    fn fast_content(&mut self, sc: &Scanner, actions: &[Action], ev: &StreamEvent) -> Fast {
+        if self.template.is_empty() || ev.is_changed() {
+            return Fast::No;
+        }
+        let raw = ev.raw();
+        let Some(data) = raw
+            .strip_prefix(b"data: ")
+            .and_then(|r| r.strip_suffix(b"\n\n"))
+        else {
+            return Fast::No;
+        };
+        if memchr::memchr2(b'\n', b'\r', data).is_some() {
+            return Fast::No;
+        }
+        let Ok(chunk) = serde_json::from_slice::<FastChunk<'_>>(data) else {
+            return Fast::No;
+        };
+        let [choice] = chunk.choices.as_slice() else {
+            return Fast::No;
+        };
+        let Some(delta) = &choice.delta else {
+            return Fast::No;
+        };
+        let Some(piece) = delta.content else {
+            return Fast::No;
+        };
+        let idx = choice.index.unwrap_or(0);
+        if chunk.usage.is_some()
+            || choice.finish_reason.is_some()
+            || delta.refusal.is_some()
+            || delta.reasoning_content.is_some()
+            || delta.reasoning.is_some()
+            || delta.tool_calls.is_some()
+            || self.closed.contains(&idx)
+        {
+            return Fast::No;
+        }
+        // Where the string sits in `data`: a borrowed string is the bytes between its quotes.
+        let start = (piece.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+        let end = start + piece.len();
+        if start == 0 || end >= data.len() || data[start - 1] != b'"' || data[end] != b'"' {
+            return Fast::No;
+        }
+        let r = self.push(sc, actions, idx, Key::Field(0), piece, false);
+        if r.blocked.is_some() {
+            let mut p = Patch::new(0);
+            if r.text != piece {
+                p.fields.push((TEXT_FIELDS[0], Some(r.text)));
+            }
+            p.finish = true;
+            self.close(idx);
+            return Fast::Patch(p);
+        }
+        if r.text == piece {
+            return Fast::Keep;
+        }
+        let mut out = Vec::with_capacity(raw.len() + r.text.len() + 8);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&data[..start - 1]);
+        // Serializing a string cannot fail.
+        let _ = serde_json::to_writer(&mut out, &r.text);
+        out.extend_from_slice(&data[end + 1..]);
+        let data_len = out.len() - 6;
+        out.extend_from_slice(b"\n\n");
+        let raw = Bytes::from(out);
+        let data = raw.slice(6..6 + data_len);
+        Fast::Splice(StreamEvent::lazy(raw, Some(data)))
     }
 
     /// A JSON event that is not a chat completion chunk (another API's stream through the
@@ -373,6 +470,45 @@ impl StreamState {
             out.push(StreamEvent::json_event(Value::Object(ev)));
         }
     }
+}
+
+/// What [`StreamState::fast_content`] decided.
+enum Fast {
+    /// Not the usual chunk: take the general path.
+    No,
+    /// Send the event as it came.
+    Keep,
+    /// Send this instead.
+    Splice(StreamEvent),
+    /// A block ended the choice: apply this to the event's document.
+    Patch(Patch),
+}
+
+/// The parts of a chunk the fast path reads; the rest is skipped unparsed.
+#[derive(Deserialize)]
+struct FastChunk<'a> {
+    #[serde(borrow)]
+    choices: Vec<FastChoice<'a>>,
+    usage: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct FastChoice<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    delta: Option<FastDelta<'a>>,
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct FastDelta<'a> {
+    /// Borrowed: a string with escapes fails the parse, and the event takes the general path.
+    #[serde(borrow)]
+    content: Option<&'a str>,
+    refusal: Option<IgnoredAny>,
+    reasoning_content: Option<IgnoredAny>,
+    reasoning: Option<IgnoredAny>,
+    tool_calls: Option<IgnoredAny>,
 }
 
 /// How one choice of a chunk must change.
