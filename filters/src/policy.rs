@@ -46,6 +46,15 @@ impl BuildError {
     }
 }
 
+/// One error per key of a `[[filters]]` entry's options, for a filter that takes none (its
+/// settings live in a section of their own, which `why` names).
+pub fn no_options(options: &toml::Table, path: &str, why: &str) -> Vec<ConfigError> {
+    options
+        .keys()
+        .map(|k| ConfigError::new(format!("{path}.{k}"), why))
+        .collect()
+}
+
 impl From<ConfigError> for BuildError {
     fn from(e: ConfigError) -> Self {
         BuildError(vec![e])

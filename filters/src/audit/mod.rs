@@ -311,15 +311,11 @@ pub fn build(
     path: &str,
     shared: &Shared,
 ) -> Result<Arc<dyn Filter>, BuildError> {
-    let mut errs: Vec<ConfigError> = options
-        .keys()
-        .map(|k| {
-            ConfigError::new(
-                format!("{path}.{k}"),
-                "unknown option: the audit filter takes none (it is configured in [audit])",
-            )
-        })
-        .collect();
+    let mut errs = crate::policy::no_options(
+        options,
+        path,
+        "unknown option: the audit filter takes none (it is configured in [audit])",
+    );
     let settings = policy.audit;
     settings.validate(&mut errs);
     if !errs.is_empty() {

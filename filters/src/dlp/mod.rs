@@ -695,17 +695,11 @@ pub fn build(
     shared: &Shared,
 ) -> Result<Arc<dyn Filter>, BuildError> {
     if !options.is_empty() {
-        return Err(BuildError(
-            options
-                .keys()
-                .map(|k| {
-                    ConfigError::new(
-                        format!("{path}.{k}"),
-                        "unknown option: the dlp filter is configured in [dlp]",
-                    )
-                })
-                .collect(),
-        ));
+        return Err(BuildError(crate::policy::no_options(
+            options,
+            path,
+            "unknown option: the dlp filter is configured in [dlp]",
+        )));
     }
     Ok(Arc::new(DlpFilter::new(policy.dlp, shared)?))
 }

@@ -205,14 +205,12 @@ pub fn build(
     path: &str,
     shared: &Shared,
 ) -> Result<Arc<dyn Filter>, BuildError> {
-    let mut errs = Vec::new();
-    for key in options.keys() {
-        errs.push(ConfigError::new(
-            format!("{path}.{key}"),
-            "unknown option: rate_limit takes no options here; configure it in [rate_limit] \
-             and in the `rate_limit` of [[orgs]], [[users]] and [[keys]]",
-        ));
-    }
+    let mut errs = crate::policy::no_options(
+        options,
+        path,
+        "unknown option: rate_limit takes no options here; configure it in [rate_limit] \
+         and in the `rate_limit` of [[orgs]], [[users]] and [[keys]]",
+    );
     let settings = policy.rate_limit;
     settings.validate(&mut errs);
     if !errs.is_empty() {
