@@ -93,21 +93,17 @@ enum EventKind {
 }
 
 impl StreamEvent {
-    /// An event as received. `data` is the joined `data:` field, when there was one.
+    /// An event as received, its JSON parsed now. `data` is the joined `data:` field, when
+    /// there was one.
     pub fn received(raw: Bytes, data: Option<&[u8]>) -> StreamEvent {
-        let kind = match data {
-            Some(d) if d.trim_ascii() == b"[DONE]" => EventKind::Done,
-            Some(d) => match serde_json::from_slice::<Value>(d) {
+        let mut ev = StreamEvent::lazy(raw, data.map(Bytes::copy_from_slice));
+        if let EventKind::Lazy(d, _) = &ev.kind {
+            ev.kind = match serde_json::from_slice::<Value>(d) {
                 Ok(v) => EventKind::Json(v),
                 Err(_) => EventKind::Other,
-            },
-            None => EventKind::Other,
-        };
-        StreamEvent {
-            raw,
-            kind,
-            dirty: false,
+            };
         }
+        ev
     }
 
     /// An event as received, its `data` parsed as JSON only when [`StreamEvent::json`] or

@@ -209,7 +209,11 @@ impl StreamState {
         else {
             return Fast::No;
         };
-        if memchr::memchr2(b'\n', b'\r', data).is_some() {
+        // Multi-line data, and tool-call chunks (which the general path handles), are told from
+        // the bytes before any parse.
+        if memchr::memchr2(b'\n', b'\r', data).is_some()
+            || memchr::memmem::find(data, b"\"tool_calls\"").is_some()
+        {
             return Fast::No;
         }
         let Ok(chunk) = serde_json::from_slice::<FastChunk<'_>>(data) else {
