@@ -302,11 +302,7 @@ fn asynchronous_runs_are_queued_polled_bounded_and_private_to_their_org() {
     );
     assert_eq!(r.status().as_u16(), 202);
 
-    let m = client()
-        .get(admin_url(&gw, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
+    let m = metrics(&gw);
     assert!(
         metric_sum(
             &m,

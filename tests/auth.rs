@@ -299,11 +299,7 @@ fn identity_never_reaches_labels_or_upstream_as_a_key() {
     let gw = start(&policy());
     let _ = chat_as(&gw, Some(&format!("Bearer {ALICE}")), "mock-echo").text();
     let _ = chat_as(&gw, Some("Bearer sk-sluice-wrong"), "mock-echo").text();
-    let m = client()
-        .get(admin_url(&gw, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
+    let m = metrics(&gw);
     assert!(!m.contains("sk-sluice"), "no key in metrics");
     assert!(
         metric_sum(&m, "sluice_auth_failures_total", &["reason=\"invalid\""]) >= 1.0,

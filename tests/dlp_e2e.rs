@@ -291,11 +291,7 @@ fn a_blocked_answer_ends_with_content_filter() {
 fn findings_are_counted_without_values() {
     let gw = start(&dlp("block", "redact", free_port()));
     let _ = echo(&gw, &format!("k {AWS}"), false).text();
-    let m = client()
-        .get(admin_url(&gw, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
+    let m = metrics(&gw);
     assert!(
         metric_sum(
             &m,

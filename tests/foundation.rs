@@ -253,11 +253,7 @@ upstream = "slow"
     );
     assert!(!text.contains("[DONE]"));
 
-    let m = client()
-        .get(admin_url(&gw, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
+    let m = metrics(&gw);
     assert!(
         metric_sum(&m, "sluice_upstream_errors_total", &["upstream=\"dead\""]) >= 1.0,
         "{m}"
@@ -346,7 +342,12 @@ fn admin_routes_are_only_on_the_admin_listener() {
         let public = c.get(url(&gw, p)).send().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(public.status().as_u16(), 404, "{p} must not be public");
     }
-    let m = metrics_once(&gw, "sluice_overhead_seconds_count", 2.0);
+    let m = wait_metric(
+        &gw,
+        "sluice_requests_total",
+        &["route=\"chat_completions\"", "outcome=\"ok\""],
+        2.0,
+    );
     for name in [
         "sluice_requests_total",
         "sluice_request_duration_seconds",
@@ -369,24 +370,6 @@ fn admin_routes_are_only_on_the_admin_listener() {
     assert_eq!(metric_sum(&m, "sluice_active_streams", &[]), 0.0);
 }
 
-/// The admin `/metrics` text once `name` has reached `at_least`: a request is counted in its
-/// logging phase, just after its last byte went out, so a client can be a moment ahead.
-fn metrics_once(gw: &sluice::Gateway, name: &str, at_least: f64) -> String {
-    let mut m = String::new();
-    for _ in 0..100 {
-        m = client()
-            .get(admin_url(gw, "/metrics"))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        if metric_sum(&m, name, &[]) >= at_least {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    m
-}
-
 /// `sluice_overhead_seconds` is the time Sluice adds, not the time the upstream takes: a slow
 /// answer and a slow stream are in the request duration but not in the overhead.
 #[test]
@@ -407,7 +390,7 @@ fn overhead_excludes_the_upstreams_time() {
     slow("x-mock-latency-ms", "600", "a slow answer", false);
     let streamed = slow("x-mock-chunk-delay-ms", "200", "a slow stream", true);
     assert!(streamed.contains("[DONE]"));
-    let m = metrics_once(&gw, "sluice_overhead_seconds_count", 2.0);
+    let m = wait_metric(&gw, "sluice_overhead_seconds_count", &[], 2.0);
     assert_eq!(metric_sum(&m, "sluice_overhead_seconds_count", &[]), 2.0);
     // 0.6 s of answer and 1 s of stream (5 gaps of 0.2 s) went by while Sluice waited.
     let total = metric_sum(&m, "sluice_request_duration_seconds_sum", &[]);

@@ -72,30 +72,6 @@ fn header(resp: &reqwest::blocking::Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(admin_url(gw, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default()
-}
-
-/// Waits until a metric reaches `want` (reconciliation runs after the response was sent).
-fn wait_metric(gw: &Gateway, name: &str, fragments: &[&str], want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = metric_sum(&metrics(gw), name, fragments);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{fragments:?} is {got}, expected {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn two_gateways_sharing_redis_admit_one_limit() {
     let redis = RedisServer::start();

@@ -184,3 +184,31 @@ pub fn metric_sum(text: &str, name: &str, fragments: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// The admin listener's `/metrics` text.
+pub fn metrics(gw: &Gateway) -> String {
+    client()
+        .get(admin_url(gw, "/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default()
+}
+
+/// Waits until a metric reaches `want` and returns the `/metrics` text that showed it: a
+/// request is counted in its logging phase (and usage reconciled), just after its last byte
+/// went out, so a client can be a moment ahead.
+pub fn wait_metric(gw: &Gateway, name: &str, fragments: &[&str], want: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics(gw);
+        let got = metric_sum(&text, name, fragments);
+        if got == want {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}{fragments:?} is {got}, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
