@@ -13,7 +13,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gateway::EngineState;
+use crate::state::EngineState;
 
 pub async fn spawn(
     addr: SocketAddr,

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_filters::{Cx, Identity, JsonBody, Reply};
 
-use crate::gateway::Snapshot;
+use crate::state::Snapshot;
 
 /// The header carrying an internal run's token; never accepted from outside the loopback
 /// execution and never forwarded upstream.
@@ -374,7 +374,7 @@ fn purge(runs: &mut Runs, cfg: &AgentRunsConfig) {
 /// Executes an asynchronous run: a request to the gateway's own listener carrying the run's
 /// token, so the whole chain applies. Stores the result.
 pub async fn execute(
-    runs: Arc<crate::gateway::EngineState>,
+    runs: Arc<crate::state::EngineState>,
     listen: SocketAddr,
     agent_id: String,
     started: Started,

@@ -98,6 +98,10 @@ pub struct UpstreamConfig {
     pub url: Option<String>,
     /// `"mock"`: the in-process mock upstream.
     pub builtin: Option<String>,
+    /// How the upstream takes its key: `openai` (default, `Authorization: Bearer`) or
+    /// `anthropic` (`x-api-key`, with `anthropic-version` kept or set).
+    #[serde(default)]
+    pub api: UpstreamApi,
     pub api_key_env: Option<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
@@ -108,6 +112,15 @@ pub struct UpstreamConfig {
     /// Idle pooled connections are closed after this (keep it below the upstream's own).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+}
+
+/// An upstream's API family, for its credentials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamApi {
+    #[default]
+    Openai,
+    Anthropic,
 }
 
 fn default_connect_timeout() -> u64 {

@@ -5,11 +5,9 @@
 //!  pingora server (threads = server.threads): the public listener and the proxy
 //! ```
 //!
-//! Each request snapshots the current [`Snapshot`] (`ArcSwap`), so a reload never changes a
-//! request mid-flight; resources that must outlive a reload (metrics, the audit writer, local
-//! rate-limit buckets) live in [`Shared`].
+//! The state a running gateway shares between its listeners is in [`crate::state`]; this
+//! module starts it, wires signals and drains it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,260 +16,18 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::HeaderValue;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora_core::utils::tls::WrappedX509;
 use sluice_filters::{ConfigError, FilterFactory, Shared};
 use tokio::sync::{watch, Notify};
 
 use crate::agents::AgentRuns;
-use crate::chain::{Chain, FilterTypes};
-use crate::config::{load_ca_file, parse_url, Config, ConfigErrors};
+use crate::chain::FilterTypes;
+use crate::config::{Config, ConfigErrors};
 use crate::metrics::EngineMetrics;
 use crate::mock::{self, MockOptions};
 use crate::proxy::SluiceProxy;
-
-/// An upstream ready for the request path: resolved address, credentials, timeouts.
-pub struct UpstreamRt {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub tls: bool,
-    pub host: String,
-    /// The `Host` header: host, plus the port when it is not the scheme's default.
-    pub host_header: String,
-    pub base_path: String,
-    /// `Bearer <key>` from `api_key_env`, never logged.
-    pub authorization: Option<HeaderValue>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub ca: Option<Arc<[WrappedX509]>>,
-    /// Separates the connection pools of upstreams: Pingora's pool key ignores the trusted CAs,
-    /// so two upstreams on one address must never share a connection.
-    pub pool_key: u64,
-}
-
-/// One config generation: the config, its chain and its routing tables.
-pub struct Snapshot {
-    pub config: Config,
-    pub chain: Chain,
-    pub upstreams: Vec<UpstreamRt>,
-    /// Model name → (index in `config.models`, index in `upstreams`).
-    pub models: HashMap<String, (usize, usize)>,
-}
-
-impl Snapshot {
-    fn build(
-        config: Config,
-        types: &FilterTypes,
-        shared: &Shared,
-        mock_addr: Option<SocketAddr>,
-    ) -> Result<Snapshot, ConfigErrors> {
-        let mut errs: Vec<ConfigError> = Vec::new();
-        let mut upstreams = Vec::new();
-        for (i, u) in config.upstreams.iter().enumerate() {
-            let p = format!("upstreams[{i}]");
-            let target = match (&u.url, &u.builtin, mock_addr) {
-                (Some(url), _, _) => match parse_url(url) {
-                    Ok(t) => t,
-                    Err(m) => {
-                        errs.push(ConfigError::new(format!("{p}.url"), m));
-                        continue;
-                    }
-                },
-                (None, Some(_), Some(addr)) => crate::config::UpstreamTarget {
-                    addr: Some(addr),
-                    tls: false,
-                    host: addr.to_string(),
-                    base_path: String::new(),
-                },
-                _ => {
-                    errs.push(ConfigError::new(
-                        p.clone(),
-                        "the built-in mock is not running",
-                    ));
-                    continue;
-                }
-            };
-            let Some(addr) = target.addr else { continue };
-            let authorization = match &u.api_key_env {
-                Some(env) => match std::env::var(env) {
-                    Ok(key) if !key.is_empty() => {
-                        match HeaderValue::from_str(&format!("Bearer {key}")) {
-                            Ok(mut v) => {
-                                v.set_sensitive(true);
-                                Some(v)
-                            }
-                            Err(_) => {
-                                errs.push(ConfigError::new(
-                                    format!("{p}.api_key_env"),
-                                    format!("${env} holds characters a header cannot carry"),
-                                ));
-                                None
-                            }
-                        }
-                    }
-                    _ => {
-                        errs.push(ConfigError::new(
-                            format!("{p}.api_key_env"),
-                            format!("environment variable {env} is not set"),
-                        ));
-                        None
-                    }
-                },
-                None => None,
-            };
-            let mut pool_key = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(&(&u.name, &u.url, &u.builtin), &mut pool_key);
-            let ca = match &u.ca_file {
-                Some(path) => match load_ca_file(std::path::Path::new(path)) {
-                    Ok(ders) => {
-                        std::hash::Hash::hash(&ders, &mut pool_key);
-                        let certs: Vec<WrappedX509> = ders
-                            .into_iter()
-                            .map(|d| WrappedX509::new(d, pingora_core::utils::tls::parse_x509))
-                            .collect();
-                        Some(Arc::from(certs.into_boxed_slice()))
-                    }
-                    Err(m) => {
-                        errs.push(ConfigError::new(format!("{p}.ca_file"), m));
-                        None
-                    }
-                },
-                None => None,
-            };
-            let default_port = if target.tls { 443 } else { 80 };
-            let host_header = match (u.builtin.is_some(), addr.port() == default_port) {
-                (true, _) => addr.to_string(),
-                (false, true) => target.host.clone(),
-                (false, false) if target.host.contains(':') => {
-                    format!("[{}]:{}", target.host, addr.port())
-                }
-                (false, false) => format!("{}:{}", target.host, addr.port()),
-            };
-            upstreams.push(UpstreamRt {
-                name: u.name.clone(),
-                addr,
-                tls: target.tls,
-                host_header,
-                host: target.host,
-                base_path: target.base_path,
-                authorization,
-                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-                read_timeout: Duration::from_millis(u.read_timeout_ms),
-                idle_timeout: Duration::from_millis(u.idle_timeout_ms),
-                ca,
-                pool_key: std::hash::Hasher::finish(&pool_key),
-            });
-        }
-        let mut models = HashMap::new();
-        for (i, m) in config.models.iter().enumerate() {
-            if let Some(u) = upstreams.iter().position(|u| u.name == m.upstream) {
-                models.insert(m.name.clone(), (i, u));
-            }
-        }
-        let chain = match Chain::build(&config, types, shared) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errs.extend(e);
-                None
-            }
-        };
-        match chain {
-            Some(chain) if errs.is_empty() => Ok(Snapshot {
-                config,
-                chain,
-                upstreams,
-                models,
-            }),
-            _ => Err(ConfigErrors(errs)),
-        }
-    }
-}
-
-/// What the proxy and the admin listener share.
-pub struct EngineState {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: EngineMetrics,
-    pub shared: Arc<Shared>,
-    pub types: FilterTypes,
-    pub mock_addr: Option<SocketAddr>,
-    pub config_path: Option<PathBuf>,
-    pub inflight: AtomicUsize,
-    pub draining: AtomicBool,
-    /// Set once the gateway has fully started (signal handlers included).
-    pub ready: AtomicBool,
-    /// A random token that lets `start` recognise its own listener.
-    pub probe_token: String,
-    pub runs: AgentRuns,
-}
-
-impl EngineState {
-    /// Loads the config again (from its file, or `next` when given) and swaps it in when valid.
-    pub fn reload(&self, next: Option<Config>) -> Result<(), ConfigErrors> {
-        let config = match next {
-            Some(c) => c,
-            None => match &self.config_path {
-                Some(p) => match Config::load(p) {
-                    Ok(c) => c,
-                    Err(e) => return Err(self.rejected(e)),
-                },
-                None => {
-                    return Err(ConfigErrors(vec![ConfigError::new(
-                        "config",
-                        "this gateway was built from a value, not a file",
-                    )]))
-                }
-            },
-        };
-        let old = self.snapshot.load();
-        if config.server.listen != old.config.server.listen
-            || config.server.admin_listen != old.config.server.admin_listen
-        {
-            tracing::warn!(
-                "server.listen and server.admin_listen take effect only after a restart"
-            );
-        }
-        match Snapshot::build(config, &self.types, &self.shared, self.mock_addr) {
-            Ok(s) => {
-                self.snapshot.store(Arc::new(s));
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!("config reloaded");
-                Ok(())
-            }
-            Err(e) => Err(self.rejected(e)),
-        }
-    }
-
-    /// Logs and counts a rejected reload; the running config stays.
-    fn rejected(&self, e: ConfigErrors) -> ConfigErrors {
-        self.metrics
-            .config_reloads
-            .with_label_values(&["error"])
-            .inc();
-        for err in &e.0 {
-            tracing::error!(error = %err, "config reload rejected; keeping the running config");
-        }
-        e
-    }
-}
-
-/// Counts a request as in flight for the graceful drain.
-pub struct InflightGuard(Arc<EngineState>);
-
-impl InflightGuard {
-    pub fn new(state: &Arc<EngineState>) -> InflightGuard {
-        state.inflight.fetch_add(1, Ordering::SeqCst);
-        InflightGuard(state.clone())
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+use crate::state::{EngineState, Snapshot};
 
 /// Builds a gateway: a config (file or value) plus any custom filter types.
 #[derive(Clone, Default)]

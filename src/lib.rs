@@ -12,11 +12,14 @@ pub mod agents;
 pub mod chain;
 pub mod config;
 pub mod gateway;
+pub mod headers;
 pub mod metrics;
 pub mod mock;
+pub mod pipeline;
 pub mod proxy;
 pub mod routes;
 pub mod sse;
+pub mod state;
 
 pub use config::{Config, ConfigErrors};
 pub use gateway::{Gateway, GatewayBuilder, ShutdownTrigger, StartError};

@@ -146,6 +146,45 @@ impl StreamEvent {
         }
     }
 
+    /// A new `event: {name}` + `data: {json}` event (the typed events of the Responses and
+    /// Messages APIs, whose clients dispatch on the event name).
+    pub fn named_json_event(name: &str, v: Value) -> StreamEvent {
+        let mut raw = Vec::with_capacity(name.len() + 8);
+        raw.extend_from_slice(b"event: ");
+        raw.extend_from_slice(name.as_bytes());
+        raw.push(b'\n');
+        StreamEvent {
+            raw: Bytes::from(raw),
+            kind: EventKind::Json(v),
+            dirty: true,
+        }
+    }
+
+    /// The event's `data` payload as received (before any parse), when it has one.
+    pub fn data(&self) -> Option<&Bytes> {
+        match &self.kind {
+            EventKind::Lazy(d, _) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Where the `data` payload sits in [`StreamEvent::raw`], when it is one slice of it (a
+    /// single `data:` line): the bytes a string inside it can be spliced at.
+    pub fn data_span(&self) -> Option<(usize, usize)> {
+        if self.dirty {
+            return None;
+        }
+        let d = self.data()?;
+        let start = (d.as_ptr() as usize).checked_sub(self.raw.as_ptr() as usize)?;
+        let end = start + d.len();
+        (end <= self.raw.len()).then_some((start, end))
+    }
+
+    /// The `event:` field's value, when the event has one.
+    pub fn name(&self) -> Option<&[u8]> {
+        event_name(&self.raw)
+    }
+
     /// A new `data: [DONE]` event.
     pub fn done() -> StreamEvent {
         StreamEvent {
@@ -194,11 +233,17 @@ impl StreamEvent {
         self.dirty
     }
 
-    /// The bytes to send: the original event, or `data: {json}\n\n` when changed.
+    /// The bytes to send: the original event, or `data: {json}\n\n` when changed (after the
+    /// original `event:` line, when it had one).
     pub fn to_bytes(&self) -> Bytes {
         match (&self.kind, self.dirty) {
             (EventKind::Json(v), true) => {
                 let mut out = Vec::with_capacity(self.raw.len() + 16);
+                if let Some(name) = event_name(&self.raw) {
+                    out.extend_from_slice(b"event: ");
+                    out.extend_from_slice(name);
+                    out.push(b'\n');
+                }
                 out.extend_from_slice(b"data: ");
                 // Serializing a Value cannot fail.
                 let _ = serde_json::to_writer(&mut out, v);
@@ -207,5 +252,36 @@ impl StreamEvent {
             }
             _ => self.raw.clone(),
         }
+    }
+}
+
+/// The value of an event's `event:` field (its first line, as the typed streams send it).
+fn event_name(raw: &[u8]) -> Option<&[u8]> {
+    let rest = raw.strip_prefix(b"event:")?;
+    let end = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+    let v = &rest[..end];
+    Some(v.strip_prefix(b" ").unwrap_or(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewritten_event_keeps_its_name() {
+        let raw = Bytes::from_static(b"event: message_start\ndata: {\"a\":1}\n\n");
+        let data = raw.slice(27..34);
+        let mut ev = StreamEvent::lazy(raw, Some(data));
+        assert_eq!(ev.name(), Some(&b"message_start"[..]));
+        assert_eq!(ev.data_span(), Some((27, 34)));
+        if let Some(v) = ev.json_mut() {
+            v["a"] = Value::from(2);
+        }
+        assert_eq!(
+            &ev.to_bytes()[..],
+            b"event: message_start\ndata: {\"a\":2}\n\n"
+        );
+        let named = StreamEvent::named_json_event("ping", serde_json::json!({}));
+        assert_eq!(&named.to_bytes()[..], b"event: ping\ndata: {}\n\n");
     }
 }

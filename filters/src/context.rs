@@ -5,12 +5,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::api::{self, Api};
 use crate::Identity;
 
 /// Which of the contract's routes a request is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
     ChatCompletions,
+    /// OpenAI's Responses API.
+    Responses,
+    /// OpenAI's legacy completions.
+    Completions,
+    /// Anthropic's Messages API.
+    Messages,
+    /// Anthropic's `/v1/messages/count_tokens`.
+    CountTokens,
     ListModels,
     GetModel,
     AgentRun,
@@ -27,6 +36,10 @@ impl Route {
     pub fn label(self) -> &'static str {
         match self {
             Route::ChatCompletions => "chat_completions",
+            Route::Responses => "responses",
+            Route::Completions => "completions",
+            Route::Messages => "messages",
+            Route::CountTokens => "count_tokens",
             Route::ListModels => "models",
             Route::GetModel => "model",
             Route::AgentRun => "agent_run",
@@ -94,8 +107,12 @@ impl Usage {
         self.prompt_tokens + self.completion_tokens
     }
 
-    /// Reads `{"prompt_tokens", "completion_tokens"}` from an OpenAI `usage` object.
+    /// Reads `{"prompt_tokens", "completion_tokens"}` from an OpenAI `usage` object (or
+    /// `input_tokens`/`output_tokens`, as the Responses and Messages APIs name them).
     pub fn from_json(v: &serde_json::Value) -> Option<Usage> {
+        if v.get("prompt_tokens").is_none() && v.get("completion_tokens").is_none() {
+            return api::usage_any(v);
+        }
         let obj = v.as_object()?;
         let get = |k: &str| obj.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
         Some(Usage {
@@ -127,6 +144,9 @@ pub struct Cx {
     /// The path without the query string.
     pub path: String,
     pub route: Route,
+    /// The API of the route: how its bodies, answers, streams and errors are shaped. Filters
+    /// ask it instead of reading provider JSON themselves.
+    pub api: &'static dyn Api,
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     /// The model the client asked for (the configured name, before any upstream rename).
@@ -138,8 +158,11 @@ pub struct Cx {
     pub stream: bool,
     /// Whether the client itself asked for `stream_options.include_usage`.
     pub client_wants_stream_usage: bool,
-    /// `max_tokens` (or `max_completion_tokens`) of the request, when given.
+    /// The route's output ceiling (`max_tokens`, `max_completion_tokens`, `max_output_tokens`)
+    /// when the request gives one.
     pub max_tokens: Option<u64>,
+    /// How many answers the request asks for (`n`), at least 1.
+    pub choices: u64,
     /// Set by the auth filter.
     pub identity: Option<Identity>,
     /// Set by the engine from the upstream's `usage` (non-streamed body or stream usage chunk).
@@ -167,6 +190,7 @@ impl Cx {
             method,
             path,
             route: Route::Unknown,
+            api: &api::PASSTHROUGH,
             client_ip: None,
             user_agent: None,
             model: None,
@@ -175,6 +199,7 @@ impl Cx {
             stream: false,
             client_wants_stream_usage: false,
             max_tokens: None,
+            choices: 1,
             identity: None,
             usage: None,
             dlp: Vec::new(),

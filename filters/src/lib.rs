@@ -9,6 +9,7 @@
 //! bytes, calls the phases in order and turns a [`Verdict::Respond`] into an HTTP response. That
 //! keeps every filter testable without a network and usable by programs that embed Sluice.
 
+pub mod api;
 pub mod audit;
 pub mod auth;
 mod body;

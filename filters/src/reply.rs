@@ -1,8 +1,10 @@
-//! Local replies in OpenAI's error shape.
+//! Local replies. Errors are built in OpenAI's shape; the engine renders them in the route's
+//! own API shape ([`crate::api::Api::error_body`]) from [`Reply::error_info`].
 
 use bytes::Bytes;
 use http::StatusCode;
 
+use crate::api::ErrorInfo;
 use crate::Outcome;
 
 /// A response Sluice produces itself, without the upstream.
@@ -18,6 +20,8 @@ pub struct Reply {
     pub outcome: Outcome,
     /// The contract's error code (`invalid_api_key`, …) when this is an error.
     pub code: Option<&'static str>,
+    /// The error, for rendering it in another API's shape.
+    pub error_info: Option<Box<ErrorInfo>>,
 }
 
 impl Reply {
@@ -25,17 +29,20 @@ impl Reply {
     /// The type is derived from the status (and `dlp_blocked`), as in the contract's table.
     pub fn error(status: u16, code: &'static str, message: impl Into<String>) -> Reply {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let kind = error_type(status, code);
-        let body = serde_json::json!({
-            "error": {"message": message.into(), "type": kind, "code": code, "param": null}
-        });
+        let info = ErrorInfo {
+            status: status.as_u16(),
+            kind: error_type(status, code),
+            code,
+            message: message.into(),
+        };
         Reply {
             status,
             headers: Vec::new(),
             content_type: "application/json",
-            body: Bytes::from(body.to_string()),
+            body: crate::api::openai_error(&info),
             outcome: Outcome::for_error(status, code),
             code: Some(code),
+            error_info: Some(Box::new(info)),
         }
     }
 
@@ -48,6 +55,7 @@ impl Reply {
             body: Bytes::from(value.to_string()),
             outcome: Outcome::Ok,
             code: None,
+            error_info: None,
         }
     }
 

@@ -20,8 +20,11 @@ pub fn filter() -> DlpFilter {
     filter_with(&DlpSettings::default())
 }
 
+/// A chat completions request's context.
 pub fn cx() -> Cx {
-    Cx::new("req-1".into(), Method::POST, "/v1/chat/completions".into())
+    let mut cx = Cx::new("req-1".into(), Method::POST, "/v1/chat/completions".into());
+    cx.api = &sluice_filters::api::CHAT;
+    cx
 }
 
 /// A chat completion chunk with one choice.

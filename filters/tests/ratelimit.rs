@@ -274,6 +274,12 @@ async fn call_in(
     max_tokens: Option<u64>,
 ) -> (Verdict, Cx) {
     cx.route = route;
+    // What the engine reads through the route's API.
+    cx.api = match route {
+        Route::ChatCompletions | Route::AgentRun => &sluice_filters::api::CHAT,
+        _ => &sluice_filters::api::PASSTHROUGH,
+    };
+    cx.choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
     cx.identity = identity;
     cx.max_tokens = max_tokens;
     let mut body = JsonBody::parsed(Bytes::from(body.to_string()), body);

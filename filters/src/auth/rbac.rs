@@ -14,7 +14,11 @@ const MAX_ECHO_CHARS: usize = 128;
 /// Checks that `id` may do what `cx` describes. `Err` is the reply to send instead.
 pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
     match cx.route {
-        Route::ChatCompletions => {
+        Route::ChatCompletions
+        | Route::Responses
+        | Route::Completions
+        | Route::Messages
+        | Route::CountTokens => {
             require(id, Permission::Chat, "create chat completions")?;
             match cx.model.as_deref() {
                 Some(model) => require_model(id, model),

@@ -30,6 +30,7 @@ use prometheus::{IntCounterVec, Opts};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::{Api, ErrorInfo};
 use crate::policy::{BuildError, ConfigError, Policy};
 use crate::{
     Cx, Filter, JsonBody, Needs, Reply, Request, ResponseHead, Shared, StreamEvent, Verdict,
@@ -469,20 +470,24 @@ impl DlpFilter {
         )
     }
 
-    /// A body that replaces a response DLP could not scan.
-    fn unscannable_body(message: &str) -> Value {
-        serde_json::json!({
-            "error": {"message": message, "type": "dlp_violation", "code": "dlp_blocked", "param": null}
-        })
+    /// A body that replaces a response DLP could not scan, in the route's API shape.
+    fn unscannable_error(message: &str) -> ErrorInfo {
+        ErrorInfo {
+            status: 502,
+            kind: "dlp_violation",
+            code: "dlp_blocked",
+            message: message.to_string(),
+        }
     }
 
-    /// Scans a non-streamed response body; `block` withholds the content from the match on.
+    /// Scans a non-streamed response body; `block` withholds the content from the match on
+    /// and ends the answer (or the choice) the API's way.
     fn scan_response(&self, body: &mut JsonBody, cx: &mut Cx) {
         let actions = self.actions(Direction::Response);
         let mut js = JsonScan::new(&self.scanner, actions);
         match body.json() {
             Some(v) => {
-                let new = response_value(&mut js, v);
+                let new = response_value(&mut js, cx.api, v);
                 let found = std::mem::take(&mut js.found);
                 if let Some(n) = new {
                     if let Some(slot) = body.json_mut() {
@@ -503,48 +508,57 @@ impl DlpFilter {
     }
 }
 
-/// Scans a response document. In a chat completion, a choice with a `block` finding ends with
-/// `finish_reason: "content_filter"`, and its tool calls are withheld whole when one of them
-/// held the blocked data (a truncated argument is of no use).
-fn response_value(js: &mut JsonScan<'_>, v: &Value) -> Option<Value> {
-    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-        return js.value(v);
+/// Scans an answer document. A block ends the answer, or for APIs whose answers hold several
+/// (chat `choices`) the one it was found in, the API's way ([`Api::end_answer`]).
+fn response_value(js: &mut JsonScan<'_>, api: &dyn Api, v: &Value) -> Option<Value> {
+    let groups = api
+        .answer_groups()
+        .and_then(|f| v.get(f).and_then(Value::as_array).map(|a| (f, a)));
+    let Some((field, groups)) = groups else {
+        let before = js.blocked.len();
+        let new = js.value(v);
+        if js.blocked.len() == before {
+            return new;
+        }
+        return Some(end_answer(js, api, v));
     };
     let mut out: Option<Value> = None;
-    for (key, field) in v.as_object().into_iter().flatten() {
-        if key == "choices" {
+    for (key, item) in v.as_object().into_iter().flatten() {
+        if key == field {
             continue;
         }
-        if let Some(new) = js.value(field) {
+        if let Some(new) = js.value(item) {
             out.get_or_insert_with(|| v.clone())[key] = new;
         }
     }
-    for (i, choice) in choices.iter().enumerate() {
+    for (i, group) in groups.iter().enumerate() {
         let before = js.blocked.len();
-        let new = js.value(choice);
+        let new = js.value(group);
         if js.blocked.len() == before {
             if let Some(new) = new {
-                out.get_or_insert_with(|| v.clone())["choices"][i] = new;
+                out.get_or_insert_with(|| v.clone())[field][i] = new;
             }
             continue;
         }
-        let mut c = new.unwrap_or_else(|| choice.clone());
-        for field in ["tool_calls", "function_call"] {
-            let Some(orig) = choice.get("message").and_then(|m| m.get(field)) else {
-                continue;
-            };
-            let mut probe = JsonScan::new(js.scanner(), js.actions());
-            probe.value(orig);
-            if !probe.blocked.is_empty() {
-                if let Some(m) = c.get_mut("message").and_then(Value::as_object_mut) {
-                    m.remove(field);
-                }
-            }
-        }
-        c["finish_reason"] = Value::from("content_filter");
-        out.get_or_insert_with(|| v.clone())["choices"][i] = c;
+        out.get_or_insert_with(|| v.clone())[field][i] = end_answer(js, api, group);
     }
     out
+}
+
+/// Ends an answer (or group) that held a block: the API withholds the parts that held the
+/// blocked data (told by scanning each again) and marks the end; what is left is scanned once
+/// more, which cuts the remaining text at the match (its findings were counted already).
+fn end_answer(js: &JsonScan<'_>, api: &dyn Api, original: &Value) -> Value {
+    let (sc, actions) = (js.scanner(), js.actions());
+    let held = |part: &Value| {
+        let mut probe = JsonScan::new(sc, actions);
+        probe.value(part);
+        !probe.blocked.is_empty()
+    };
+    let mut doc = original.clone();
+    api.end_answer(&mut doc, &held);
+    let mut again = JsonScan::new(sc, actions);
+    again.value(&doc).unwrap_or(doc)
 }
 
 fn content_encoding(headers: &http::HeaderMap) -> Option<String> {
@@ -647,10 +661,12 @@ impl Filter for DlpFilter {
         };
         if let Some(why) = why {
             let msg = self.unscannable(cx, Direction::Response, &why);
-            body.set_raw(Bytes::from(Self::unscannable_body(&msg).to_string()));
+            body.set_raw(cx.api.error_body(&Self::unscannable_error(&msg)));
             return;
         }
-        self.scan_response(body, cx);
+        if cx.api.scans_answer() {
+            self.scan_response(body, cx);
+        }
     }
 
     fn on_stream_events(&self, events: &mut Vec<StreamEvent>, end: bool, cx: &mut Cx) {
@@ -667,19 +683,19 @@ impl Filter for DlpFilter {
                     Direction::Response,
                     &format!("content-encoding `{enc}`"),
                 );
-                *events = vec![StreamEvent::json_event(Self::unscannable_body(&msg))];
+                *events = vec![cx.api.stream_error_event(&Self::unscannable_error(&msg))];
             } else {
                 events.clear();
             }
             cx.extensions.insert(st);
             return;
         }
-        st.on_events(
-            &self.scanner,
-            self.actions(Direction::Response),
-            events,
-            end,
-        );
+        let scan = stream::Scan {
+            api: cx.api,
+            sc: &self.scanner,
+            actions: self.actions(Direction::Response),
+        };
+        st.on_events(&scan, events, end);
         let found = std::mem::take(&mut st.found);
         self.record(cx, Direction::Response, &found);
         cx.extensions.insert(st);

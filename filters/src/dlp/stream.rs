@@ -1,44 +1,33 @@
-//! Streamed responses: each choice's text is scanned as it flows.
+//! Streamed responses: each text of the answer is scanned as it flows, for every API.
 //!
-//! A chat completion stream carries, per choice, a few texts that arrive piece by piece: the
-//! `content`, a `refusal`, reasoning text, and each tool call's `arguments`. Each is a
-//! [`Channel`]: the pieces are appended, decided with [`step`], and what is decided is released
-//! in the same event; only the bytes that could still become (part of) a match stay behind,
-//! usually the last partial word. They are released with a later piece, or when the choice
-//! finishes (`finish_reason`), or when the upstream's stream ends.
+//! The route's [`Api`] splits each event into keyed deltas ([`DeltaKey`]: a chat choice's
+//! content or a tool call's arguments, a Responses item's content part, an Anthropic content
+//! block …). Each key is a [`Channel`]: its pieces are appended, decided with [`step`], and what
+//! is decided is released in the same event; only the bytes that could still become (part of) a
+//! match stay behind, usually the last partial word. They are released with a later piece, or
+//! in an event of their own when the key finishes (the API says which event finishes it), or
+//! when the upstream's stream ends. So the concatenated deltas a client receives equal the
+//! redacted whole text. Events that repeat a whole text (the Responses API's `*.done` events)
+//! and events the API does not split are scanned whole, each on its own.
 //!
-//! A `block` match ends its choice the OpenAI way: the text before the match is released, the
-//! event gets `finish_reason: "content_filter"`, and everything the upstream sends for that
-//! choice afterwards is dropped.
-
-use bytes::Bytes;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+//! A `block` match ends the answer the API's way ([`Api::end_stream`]): the text before the
+//! match is released, and everything the upstream sends afterwards for that choice (or, for
+//! APIs whose answer ends whole, for the whole answer) is dropped.
 
 use super::json::JsonScan;
 use super::redact::step;
 use super::scanner::{Match, Scanner};
 use super::Action;
+use crate::api::{Api, BlockScope, DeltaKey, Loc, Memo};
 use crate::StreamEvent;
 
 /// Look-behind kept before the undecided part of a channel (word boundaries, trigger checks,
 /// validators).
 const CONTEXT: usize = 2 * super::validate::LOOK_BEHIND;
 
-/// The incremental text fields of a chat completion chunk's `delta`.
-const TEXT_FIELDS: [&str; 4] = ["content", "refusal", "reasoning_content", "reasoning"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
-    Field(usize),
-    Tool(u64),
-}
-
 #[derive(Debug, Clone)]
 struct Channel {
-    choice: u64,
-    key: Key,
+    key: DeltaKey,
     /// Context, then the undecided text from `from` on.
     buf: Vec<u8>,
     from: usize,
@@ -47,7 +36,7 @@ struct Channel {
 /// What a piece of text released.
 struct Released {
     text: String,
-    blocked: Option<usize>,
+    blocked: bool,
 }
 
 impl Channel {
@@ -78,7 +67,28 @@ impl Channel {
         };
         Released {
             text,
-            blocked: o.blocked,
+            blocked: o.blocked.is_some(),
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.buf.len() > self.from
+    }
+}
+
+/// Where a block was found: the group it ends (`None`: the whole answer), and whether it was in
+/// text scanned whole (that event is withheld).
+#[derive(Clone, Copy)]
+struct Block {
+    group: Option<u64>,
+    whole_event: bool,
+}
+
+impl Block {
+    fn at(group: Option<u64>) -> Block {
+        Block {
+            group,
+            whole_event: false,
         }
     }
 }
@@ -87,27 +97,191 @@ impl Channel {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StreamState {
     channels: Vec<Channel>,
-    /// Choices ended by a `block` or by their own `finish_reason`.
+    /// Groups a block ended.
     closed: Vec<u64>,
-    /// The identifying fields of the last chunk, for the events this filter adds.
-    template: Map<String, Value>,
+    /// The whole answer was ended by a block.
+    ended: bool,
+    /// The API's own memory of the stream, for the events it adds.
+    memo: Memo,
     /// Set once the stream's content encoding made it unscannable.
     pub(crate) failed: bool,
     /// Recorded matches not yet handed to the request context.
     pub(crate) found: Vec<(usize, Action)>,
 }
 
+/// The scanner and actions of one direction, with the route's API.
+pub(crate) struct Scan<'a> {
+    pub(crate) api: &'a dyn Api,
+    pub(crate) sc: &'a Scanner,
+    pub(crate) actions: &'a [Action],
+}
+
 impl StreamState {
-    fn channel(&mut self, choice: u64, key: Key) -> &mut Channel {
-        let pos = self
+    /// Handles one batch of events; `end` is true after the upstream's last byte.
+    pub(crate) fn on_events(&mut self, s: &Scan<'_>, events: &mut Vec<StreamEvent>, end: bool) {
+        let mut out = Vec::with_capacity(events.len() + 1);
+        for ev in events.drain(..) {
+            self.event(s, ev, &mut out);
+        }
+        if end && !self.ended {
+            if let Some(g) = self.flush(s, |_| true, &mut out) {
+                // Cut off after the text that blocked: end it without an event to patch.
+                self.end(s, None, Block::at(Some(g)), &mut out);
+            }
+        }
+        *events = out;
+    }
+
+    fn event(&mut self, s: &Scan<'_>, mut ev: StreamEvent, out: &mut Vec<StreamEvent>) {
+        if self.ended {
+            if s.api.passes_after_end(&ev) {
+                out.push(ev);
+            }
+            return;
+        }
+        let mut memo = std::mem::take(&mut self.memo);
+        let view = s.api.read_event(&ev, &mut memo);
+        self.memo = memo;
+        let whole_scope = s.api.block_scope() == BlockScope::Whole;
+        let mut changes: Vec<(Loc, String)> = Vec::new();
+        let mut block: Option<Block> = None;
+        for d in &view.deltas {
+            let g = d.key.group;
+            let after_block = block.is_some_and(|b| whole_scope || b.group == Some(g));
+            if after_block || self.closed.contains(&g) {
+                changes.push((d.at, String::new()));
+                continue;
+            }
+            let fin = view.finishes.iter().any(|f| f.covers(d.key));
+            let r = self.push(s, d.key, &d.text, fin);
+            if r.blocked {
+                block = Some(Block {
+                    group: Some(g),
+                    whole_event: false,
+                });
+            }
+            if r.text != d.text {
+                changes.push((d.at, r.text));
+            }
+            if fin || r.blocked {
+                self.channels.retain(|c| c.key != d.key);
+            }
+        }
+        let finishes = view.finishes.clone();
+        let (scan_whole, group) = (view.scan_whole, view.group);
+        drop(view);
+        let mut pre = Vec::new();
+        if block.is_none() {
+            for f in finishes {
+                if let Some(g) = self.flush(s, |k| f.covers(k), &mut pre) {
+                    // An event that repeats the text must not go out after a block in it.
+                    block = Some(Block {
+                        group: Some(g),
+                        whole_event: scan_whole,
+                    });
+                    break;
+                }
+            }
+        }
+        for (at, text) in changes {
+            s.api.write_delta(&mut ev, at, &text);
+        }
+        if scan_whole && block.is_none() && self.scan_whole_event(s, &mut ev) {
+            block = Some(Block {
+                group,
+                whole_event: true,
+            });
+        }
+        out.append(&mut pre);
+        match block {
+            None => {
+                if self.closed.is_empty() || s.api.withhold(&mut ev, &self.closed) {
+                    out.push(ev);
+                }
+            }
+            Some(b) => self.end(s, Some(ev), b, out),
+        }
+    }
+
+    /// Ends the answer (or a group of it) on a block found in `ev` (withheld when the block was
+    /// in text it carries whole).
+    fn end(&mut self, s: &Scan<'_>, ev: Option<StreamEvent>, b: Block, out: &mut Vec<StreamEvent>) {
+        let mut tail = Vec::new();
+        let memo = std::mem::take(&mut self.memo);
+        match ev {
+            Some(_) if b.whole_event => s.api.end_stream(None, b.group, &memo, &mut tail),
+            None => s.api.end_stream(None, b.group, &memo, &mut tail),
+            Some(mut ev) => {
+                s.api.end_stream(Some(&mut ev), b.group, &memo, &mut tail);
+                let others: Vec<u64> = self
+                    .closed
+                    .iter()
+                    .copied()
+                    .filter(|g| Some(*g) != b.group)
+                    .collect();
+                if others.is_empty() || s.api.withhold(&mut ev, &others) {
+                    out.push(ev);
+                }
+            }
+        }
+        self.memo = memo;
+        out.append(&mut tail);
+        match b.group {
+            Some(g) if s.api.block_scope() == BlockScope::Group => {
+                self.channels.retain(|c| c.key.group != g);
+                if !self.closed.contains(&g) {
+                    self.closed.push(g);
+                }
+            }
+            _ => {
+                self.channels.clear();
+                self.ended = true;
+            }
+        }
+    }
+
+    /// Releases what the channels `which` selects hold back, in events of their own; returns
+    /// the group of a block this ran into (the flushing stops there).
+    fn flush(
+        &mut self,
+        s: &Scan<'_>,
+        which: impl Fn(DeltaKey) -> bool,
+        out: &mut Vec<StreamEvent>,
+    ) -> Option<u64> {
+        let keys: Vec<DeltaKey> = self
             .channels
             .iter()
-            .position(|c| c.choice == choice && c.key == key);
-        let i = match pos {
+            .filter(|c| which(c.key))
+            .map(|c| c.key)
+            .collect();
+        for key in keys {
+            let pending = self.channels.iter().any(|c| c.key == key && c.pending());
+            let r = if pending {
+                self.push(s, key, "", true)
+            } else {
+                Released {
+                    text: String::new(),
+                    blocked: false,
+                }
+            };
+            self.channels.retain(|c| c.key != key);
+            if !r.text.is_empty() {
+                if let Some(ev) = s.api.delta_event(key, &r.text, &self.memo) {
+                    out.push(ev);
+                }
+            }
+            if r.blocked {
+                return Some(key.group);
+            }
+        }
+        None
+    }
+
+    fn push(&mut self, s: &Scan<'_>, key: DeltaKey, piece: &str, fin: bool) -> Released {
+        let i = match self.channels.iter().position(|c| c.key == key) {
             Some(i) => i,
             None => {
                 self.channels.push(Channel {
-                    choice,
                     key,
                     buf: Vec::new(),
                     from: 0,
@@ -115,541 +289,43 @@ impl StreamState {
                 self.channels.len() - 1
             }
         };
-        &mut self.channels[i]
-    }
-
-    /// Handles one batch of events; `end` is true after the upstream's last byte.
-    pub(crate) fn on_events(
-        &mut self,
-        sc: &Scanner,
-        actions: &[Action],
-        events: &mut Vec<StreamEvent>,
-        end: bool,
-    ) {
-        let mut out = Vec::with_capacity(events.len() + 1);
-        let mut flushed = false;
-        for mut ev in events.drain(..) {
-            if ev.is_done() {
-                self.flush_all(sc, actions, &mut out);
-                flushed = true;
-                out.push(ev);
-                continue;
-            }
-            match self.fast_content(sc, actions, &ev) {
-                Fast::No => {}
-                Fast::Keep => {
-                    out.push(ev);
-                    continue;
-                }
-                Fast::Splice(new) => {
-                    out.push(new);
-                    continue;
-                }
-                Fast::Patch(p) => {
-                    if let Some(v) = ev.json_mut() {
-                        if !apply(v, vec![p]) {
-                            continue;
-                        }
-                    }
-                    out.push(ev);
-                    continue;
-                }
-            }
-            let Some(v) = ev.json() else {
-                if let Some(ev) = self.opaque_event(sc, actions, ev) {
-                    out.push(ev);
-                }
-                continue;
-            };
-            let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-                if let Some(ev) = self.other_event(sc, actions, ev) {
-                    out.push(ev);
-                }
-                continue;
-            };
-            remember_template(&mut self.template, v);
-            // Decide from the event as received; rewrite it only when something changed, so an
-            // event whose text passes as it came keeps its bytes.
-            let patches: Vec<Patch> = choices
-                .iter()
-                .enumerate()
-                .filter_map(|(pos, c)| self.choice(sc, actions, pos, c))
-                .collect();
-            if patches.is_empty() {
-                out.push(ev);
-                continue;
-            }
-            if let Some(v) = ev.json_mut() {
-                if !apply(v, patches) {
-                    continue;
-                }
-            }
-            out.push(ev);
-        }
-        if end && !flushed {
-            self.flush_all(sc, actions, &mut out);
-        }
-        *events = out;
-    }
-
-    /// The usual chunk, decided from its bytes without building its JSON document: one choice
-    /// whose `delta` carries only `content` (without escapes), not finishing, no usage, on a
-    /// `data: {json}` line. Its text goes through the same channel as in [`Self::choice`]; a
-    /// changed text is spliced into the event's bytes in place of the old string, so the rest
-    /// of the event stays byte for byte. Anything else, and the first chunk (whose identifying
-    /// fields the events this filter adds copy), takes the general path.
-    fn fast_content(&mut self, sc: &Scanner, actions: &[Action], ev: &StreamEvent) -> Fast {
-        if self.template.is_empty() || ev.is_changed() {
-            return Fast::No;
-        }
-        let raw = ev.raw();
-        let Some(data) = raw
-            .strip_prefix(b"data: ")
-            .and_then(|r| r.strip_suffix(b"\n\n"))
-        else {
-            return Fast::No;
-        };
-        // Multi-line data, and tool-call chunks (which the general path handles), are told from
-        // the bytes before any parse.
-        if memchr::memchr2(b'\n', b'\r', data).is_some()
-            || memchr::memmem::find(data, b"\"tool_calls\"").is_some()
-        {
-            return Fast::No;
-        }
-        let Ok(chunk) = serde_json::from_slice::<FastChunk<'_>>(data) else {
-            return Fast::No;
-        };
-        let [choice] = chunk.choices.as_slice() else {
-            return Fast::No;
-        };
-        let Some(delta) = &choice.delta else {
-            return Fast::No;
-        };
-        let Some(piece) = delta.content else {
-            return Fast::No;
-        };
-        let idx = choice.index.unwrap_or(0);
-        if chunk.usage.is_some()
-            || choice.finish_reason.is_some()
-            || delta.refusal.is_some()
-            || delta.reasoning_content.is_some()
-            || delta.reasoning.is_some()
-            || delta.tool_calls.is_some()
-            || self.closed.contains(&idx)
-        {
-            return Fast::No;
-        }
-        // Where the string sits in `data`: a borrowed string is the bytes between its quotes.
-        let start = (piece.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
-        let end = start + piece.len();
-        if start == 0 || end >= data.len() || data[start - 1] != b'"' || data[end] != b'"' {
-            return Fast::No;
-        }
-        let r = self.push(sc, actions, idx, Key::Field(0), piece, false);
-        if r.blocked.is_some() {
-            let mut p = Patch::new(0);
-            if r.text != piece {
-                p.fields.push((TEXT_FIELDS[0], Some(r.text)));
-            }
-            p.finish = true;
-            self.close(idx);
-            return Fast::Patch(p);
-        }
-        if r.text == piece {
-            return Fast::Keep;
-        }
-        let mut out = Vec::with_capacity(raw.len() + r.text.len() + 8);
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&data[..start - 1]);
-        // Serializing a string cannot fail.
-        let _ = serde_json::to_writer(&mut out, &r.text);
-        out.extend_from_slice(&data[end + 1..]);
-        let data_len = out.len() - 6;
-        out.extend_from_slice(b"\n\n");
-        let raw = Bytes::from(out);
-        let data = raw.slice(6..6 + data_len);
-        Fast::Splice(StreamEvent::lazy(raw, Some(data)))
-    }
-
-    /// A JSON event that is not a chat completion chunk (another API's stream through the
-    /// passthrough route): each of its strings is scanned on its own, as a whole. A secret split
-    /// across two such events is not seen; one within an event is.
-    fn other_event(
-        &mut self,
-        sc: &Scanner,
-        actions: &[Action],
-        mut ev: StreamEvent,
-    ) -> Option<StreamEvent> {
-        let mut js = JsonScan::new(sc, actions);
-        let new = ev.json().and_then(|v| js.value(v));
-        self.found.append(&mut js.found);
-        if let Some(n) = new {
-            if let Some(slot) = ev.json_mut() {
-                *slot = n;
-            }
-        }
-        Some(ev)
-    }
-
-    /// An event whose data is not JSON: its bytes are scanned as a whole; one with a `block`
-    /// finding is dropped.
-    fn opaque_event(
-        &mut self,
-        sc: &Scanner,
-        actions: &[Action],
-        ev: StreamEvent,
-    ) -> Option<StreamEvent> {
-        if ev.to_bytes().is_empty() {
-            return Some(ev);
-        }
-        let mut js = JsonScan::new(sc, actions);
-        let new = js.bytes(&ev.to_bytes());
-        self.found.append(&mut js.found);
-        if !js.blocked.is_empty() {
-            return None;
-        }
-        match new {
-            Some(mut b) => {
-                // A match that ran into the event's blank line must not take the framing along.
-                if ev.to_bytes().ends_with(b"\n\n") && !b.ends_with(b"\n\n") {
-                    b.extend_from_slice(b"\n\n");
-                }
-                Some(StreamEvent::received(Bytes::from(b), None))
-            }
-            None => Some(ev),
-        }
-    }
-
-    /// Scans one choice of a chunk; returns how to rewrite it, when it must change.
-    fn choice(
-        &mut self,
-        sc: &Scanner,
-        actions: &[Action],
-        pos: usize,
-        choice: &Value,
-    ) -> Option<Patch> {
-        let idx = choice
-            .get("index")
-            .and_then(Value::as_u64)
-            .unwrap_or(pos as u64);
-        let mut p = Patch::new(pos);
-        if self.closed.contains(&idx) {
-            p.remove = true;
-            return Some(p);
-        }
-        let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-        let delta = choice.get("delta");
-        let mut blocked = false;
-        for (f, name) in TEXT_FIELDS.iter().enumerate() {
-            let Some(Value::String(piece)) = delta.and_then(|d| d.get(*name)) else {
-                continue;
-            };
-            if blocked {
-                p.fields.push((name, None));
-                continue;
-            }
-            let r = self.push(sc, actions, idx, Key::Field(f), piece, false);
-            blocked = r.blocked.is_some();
-            if r.text != *piece {
-                p.fields.push((name, Some(r.text)));
-            }
-        }
-        let calls = delta
-            .and_then(|d| d.get("tool_calls"))
-            .and_then(Value::as_array);
-        for (cpos, call) in calls.into_iter().flatten().enumerate() {
-            let Some(piece) = call.pointer("/function/arguments").and_then(Value::as_str) else {
-                continue;
-            };
-            if blocked {
-                p.tool_args.push((cpos, String::new()));
-                continue;
-            }
-            let ti = call
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(cpos as u64);
-            let r = self.push(sc, actions, idx, Key::Tool(ti), piece, false);
-            blocked = r.blocked.is_some();
-            if r.text != piece {
-                p.tool_args.push((cpos, r.text));
-            }
-        }
-        if !blocked && finishing {
-            let mut extra = Map::new();
-            blocked = self.flush_choice(sc, actions, idx, &mut extra);
-            if !extra.is_empty() {
-                p.flush = Some(extra);
-            }
-        }
-        if blocked {
-            p.finish = true;
-            self.close(idx);
-        } else if finishing {
-            self.close(idx);
-        }
-        (!p.is_noop()).then_some(p)
-    }
-
-    fn push(
-        &mut self,
-        sc: &Scanner,
-        actions: &[Action],
-        idx: u64,
-        key: Key,
-        piece: &str,
-        fin: bool,
-    ) -> Released {
         let mut found = std::mem::take(&mut self.found);
-        let r = self
-            .channel(idx, key)
-            .push(sc, actions, piece, fin, &mut found);
+        let r = self.channels[i].push(s.sc, s.actions, piece, fin, &mut found);
         self.found = found;
         r
     }
 
-    /// Releases everything a choice holds back into `delta`; true when that hit a block.
-    fn flush_choice(
-        &mut self,
-        sc: &Scanner,
-        actions: &[Action],
-        idx: u64,
-        delta: &mut Map<String, Value>,
-    ) -> bool {
-        let keys: Vec<Key> = self
-            .channels
-            .iter()
-            .filter(|c| c.choice == idx && c.buf.len() > c.from)
-            .map(|c| c.key)
-            .collect();
-        for key in keys {
-            let r = self.push(sc, actions, idx, key, "", true);
-            match key {
-                Key::Field(f) => {
-                    delta.insert(TEXT_FIELDS[f].to_string(), Value::String(r.text));
-                }
-                Key::Tool(ti) => append_tool_args(delta, ti, &r.text),
-            }
-            if r.blocked.is_some() {
+    /// Scans every string of an event on its own (its bytes, when it is not JSON); true when
+    /// a `block` matched (the event is then withheld).
+    fn scan_whole_event(&mut self, s: &Scan<'_>, ev: &mut StreamEvent) -> bool {
+        let mut js = JsonScan::new(s.sc, s.actions);
+        if ev.json().is_some() {
+            let new = ev.json().and_then(|v| js.value(v));
+            self.found.append(&mut js.found);
+            if !js.blocked.is_empty() {
                 return true;
             }
+            if let (Some(n), Some(slot)) = (new, ev.json_mut()) {
+                *slot = n;
+            }
+            return false;
+        }
+        let raw = ev.to_bytes();
+        if raw.is_empty() || ev.is_done() {
+            return false;
+        }
+        let new = js.bytes(&raw);
+        self.found.append(&mut js.found);
+        if !js.blocked.is_empty() {
+            return true;
+        }
+        if let Some(mut b) = new {
+            // A match that ran into the event's blank line must not take the framing along.
+            if raw.ends_with(b"\n\n") && !b.ends_with(b"\n\n") {
+                b.extend_from_slice(b"\n\n");
+            }
+            *ev = StreamEvent::received(bytes::Bytes::from(b), None);
         }
         false
-    }
-
-    fn close(&mut self, idx: u64) {
-        self.channels.retain(|c| c.choice != idx);
-        if !self.closed.contains(&idx) {
-            self.closed.push(idx);
-        }
-    }
-
-    /// At the end of the stream: releases what every open choice holds, in added events.
-    fn flush_all(&mut self, sc: &Scanner, actions: &[Action], out: &mut Vec<StreamEvent>) {
-        let mut open: Vec<u64> = self.channels.iter().map(|c| c.choice).collect();
-        open.sort_unstable();
-        open.dedup();
-        for idx in open {
-            let mut delta = Map::new();
-            let blocked = self.flush_choice(sc, actions, idx, &mut delta);
-            self.close(idx);
-            let has_text = delta.values().any(|v| match v {
-                Value::String(s) => !s.is_empty(),
-                Value::Array(a) => !a.is_empty(),
-                _ => false,
-            });
-            if !has_text && !blocked {
-                continue;
-            }
-            let mut ev = self.template.clone();
-            let finish = if blocked {
-                json!("content_filter")
-            } else {
-                Value::Null
-            };
-            ev.insert(
-                "choices".into(),
-                json!([{"index": idx, "delta": Value::Object(delta), "finish_reason": finish}]),
-            );
-            out.push(StreamEvent::json_event(Value::Object(ev)));
-        }
-    }
-}
-
-/// What [`StreamState::fast_content`] decided.
-enum Fast {
-    /// Not the usual chunk: take the general path.
-    No,
-    /// Send the event as it came.
-    Keep,
-    /// Send this instead.
-    Splice(StreamEvent),
-    /// A block ended the choice: apply this to the event's document.
-    Patch(Patch),
-}
-
-/// The parts of a chunk the fast path reads; the rest is skipped unparsed.
-#[derive(Deserialize)]
-struct FastChunk<'a> {
-    #[serde(borrow)]
-    choices: Vec<FastChoice<'a>>,
-    usage: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct FastChoice<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    delta: Option<FastDelta<'a>>,
-    finish_reason: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct FastDelta<'a> {
-    /// Borrowed: a string with escapes fails the parse, and the event takes the general path.
-    #[serde(borrow)]
-    content: Option<&'a str>,
-    refusal: Option<IgnoredAny>,
-    reasoning_content: Option<IgnoredAny>,
-    reasoning: Option<IgnoredAny>,
-    tool_calls: Option<IgnoredAny>,
-}
-
-/// How one choice of a chunk must change.
-struct Patch {
-    /// Its position in the chunk's `choices`.
-    pos: usize,
-    /// The choice is withheld (its answer was ended by a block, or had finished).
-    remove: bool,
-    /// Text fields of `delta` to replace (`None`: remove).
-    fields: Vec<(&'static str, Option<String>)>,
-    /// Tool calls (by position in `delta.tool_calls`) whose arguments to replace.
-    tool_args: Vec<(usize, String)>,
-    /// Held-back text released at the choice's end, to append to its `delta`.
-    flush: Option<Map<String, Value>>,
-    /// Set `finish_reason: "content_filter"`.
-    finish: bool,
-}
-
-impl Patch {
-    fn new(pos: usize) -> Patch {
-        Patch {
-            pos,
-            remove: false,
-            fields: Vec::new(),
-            tool_args: Vec::new(),
-            flush: None,
-            finish: false,
-        }
-    }
-
-    fn is_noop(&self) -> bool {
-        !self.remove
-            && self.fields.is_empty()
-            && self.tool_args.is_empty()
-            && self.flush.is_none()
-            && !self.finish
-    }
-}
-
-/// Applies patches to a chunk; false when nothing of it is left to send.
-fn apply(v: &mut Value, patches: Vec<Patch>) -> bool {
-    let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
-        return true;
-    };
-    let mut removed = Vec::new();
-    for p in patches {
-        if p.remove {
-            removed.push(p.pos);
-            continue;
-        }
-        let Some(choice) = choices.get_mut(p.pos).and_then(Value::as_object_mut) else {
-            continue;
-        };
-        if p.finish {
-            choice.insert("finish_reason".into(), json!("content_filter"));
-        }
-        let delta = choice
-            .entry("delta")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Some(delta) = delta.as_object_mut() else {
-            continue;
-        };
-        for (name, text) in p.fields {
-            match text {
-                Some(t) => {
-                    delta.insert(name.to_string(), Value::String(t));
-                }
-                None => {
-                    delta.remove(name);
-                }
-            }
-        }
-        for (cpos, text) in p.tool_args {
-            if let Some(a) = delta
-                .get_mut("tool_calls")
-                .and_then(|c| c.get_mut(cpos))
-                .and_then(|c| c.pointer_mut("/function/arguments"))
-            {
-                *a = Value::String(text);
-            }
-        }
-        for (k, add) in p.flush.into_iter().flatten() {
-            match (k.as_str(), add) {
-                ("tool_calls", Value::Array(calls)) => {
-                    for c in calls {
-                        let ti = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let text = c
-                            .pointer("/function/arguments")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        append_tool_args(delta, ti, text);
-                    }
-                }
-                (_, Value::String(add)) => {
-                    let before = delta.get(&k).and_then(Value::as_str).unwrap_or_default();
-                    let text = format!("{before}{add}");
-                    delta.insert(k, Value::String(text));
-                }
-                _ => {}
-            }
-        }
-    }
-    let had_choices = !choices.is_empty();
-    for pos in removed.into_iter().rev() {
-        if pos < choices.len() {
-            choices.remove(pos);
-        }
-    }
-    // A chunk whose only choices were withheld goes too, unless it carries something else the
-    // client needs (a usage report).
-    !(had_choices && choices.is_empty() && v.get("usage").is_none_or(Value::is_null))
-}
-
-fn append_tool_args(delta: &mut Map<String, Value>, ti: u64, text: &str) {
-    let calls = delta
-        .entry("tool_calls")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    let Some(calls) = calls.as_array_mut() else {
-        return;
-    };
-    let existing = calls
-        .iter_mut()
-        .find(|c| c.get("index").and_then(Value::as_u64) == Some(ti))
-        .and_then(|c| c.pointer_mut("/function/arguments"));
-    match existing {
-        Some(Value::String(s)) => s.push_str(text),
-        _ => calls.push(json!({"index": ti, "function": {"arguments": text}})),
-    }
-}
-
-fn remember_template(t: &mut Map<String, Value>, chunk: &Value) {
-    if !t.is_empty() {
-        return;
-    }
-    for k in ["id", "object", "created", "model", "system_fingerprint"] {
-        if let Some(v) = chunk.get(k) {
-            t.insert(k.to_string(), v.clone());
-        }
     }
 }

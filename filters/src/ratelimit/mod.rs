@@ -18,8 +18,9 @@
 //! ## Tokens
 //!
 //! Only chat completions and agent runs consume tokens. Before the upstream is called, the
-//! request reserves `estimated prompt + n × (max_tokens or default_max_tokens)` (see
-//! `estimate.rs` for the estimator) in every token bucket, so the request that would cross the
+//! request reserves `estimated prompt + n × (max_tokens or default_max_tokens)` (the route's API
+//! estimates the prompt, see `api/estimate.rs`; embeddings reserve the prompt only, token
+//! counting nothing) in every token bucket, so the request that would cross the
 //! limit is refused and concurrent requests cannot all slip through. A reservation larger than
 //! a bucket's capacity can never fit and is refused at once with a 429 that says so
 //! (`Retry-After: 60`, since any retry is refused just the same).
@@ -59,7 +60,6 @@
 //! `sluice_rate_limit_reconciled_tokens_total{direction}` (`charged`, `returned`).
 
 mod bucket;
-mod estimate;
 mod local;
 mod redis_store;
 
@@ -76,6 +76,7 @@ use sha2::{Digest, Sha256};
 use self::bucket::{BucketView, Decision, Entity, Kind, Level, Limits, Plan, PlanItem};
 use self::local::LocalStore;
 use self::redis_store::{BackendError, RedisConn, RedisStore};
+use crate::api::TokenCost;
 use crate::policy::{BuildError, ConfigError, Policy, RateLimitSpec};
 use crate::{
     Cx, Exchange, Filter, Identity, JsonBody, PreAuthenticated, Reply, Request, Route, Shared,
@@ -366,9 +367,26 @@ struct Reservation {
     tokens: u64,
 }
 
-/// Whether a route consumes model tokens (and so is subject to token limits).
-fn consumes_tokens(route: Route) -> bool {
-    matches!(route, Route::ChatCompletions | Route::AgentRun)
+/// The tokens a request reserves: its API's prompt estimate plus, for APIs that generate,
+/// `n ×` its output ceiling (or `default_max_tokens`).
+fn reservation(body: &JsonBody, cx: &Cx, default_max_tokens: u64) -> u64 {
+    let completion = cx
+        .max_tokens
+        .unwrap_or(default_max_tokens)
+        .saturating_mul(cx.choices.max(1));
+    match cx.api.token_cost() {
+        TokenCost::Free => 0,
+        TokenCost::PromptOnly => cx.api.prompt_tokens(body),
+        TokenCost::Generation => cx.api.prompt_tokens(body).saturating_add(completion),
+    }
+}
+
+/// Routes that never reach a model, so never reserve tokens.
+fn reserves_nothing(route: Route) -> bool {
+    matches!(
+        route,
+        Route::ListModels | Route::GetModel | Route::AgentRunStatus | Route::Unknown
+    )
 }
 
 impl RateLimitFilter {
@@ -447,8 +465,8 @@ impl Filter for RateLimitFilter {
             // No auth filter before us: nobody to limit.
             return Verdict::Continue;
         };
-        let tokens = if consumes_tokens(cx.route) && self.has_token_bucket(id) {
-            estimate::reservation(req.body, cx.max_tokens, self.default_max_tokens)
+        let tokens = if !reserves_nothing(cx.route) && self.has_token_bucket(id) {
+            reservation(req.body, cx, self.default_max_tokens)
         } else {
             0
         };
@@ -460,7 +478,7 @@ impl Filter for RateLimitFilter {
             return Verdict::Continue;
         }
 
-        if let Some((level, msg)) = never_fits(&plan, req.body, self.default_max_tokens) {
+        if let Some((level, msg)) = never_fits(&plan, req.body, cx, self.default_max_tokens) {
             self.metrics.limited(level).inc();
             // Show where the caller's buckets stand, without charging anything.
             if let Ok(d) = self.store.peek(&plan).await {
@@ -546,12 +564,17 @@ const NEVER_FITS_RETRY_AFTER_SECS: u64 = 60;
 
 /// The message of a 429 for a request whose token reservation exceeds a token bucket's
 /// capacity: it would be refused forever, so it says so instead of naming a wait.
-fn never_fits(plan: &Plan, body: &JsonBody, default_max_tokens: u64) -> Option<(Level, String)> {
+fn never_fits(
+    plan: &Plan,
+    body: &JsonBody,
+    cx: &Cx,
+    default_max_tokens: u64,
+) -> Option<(Level, String)> {
     let (item, spec) = plan.items.iter().find_map(|i| {
         let spec = i.entity.limits.tokens?;
         (i.tokens > spec.capacity).then_some((i, spec))
     })?;
-    let prompt = estimate::prompt_tokens(body);
+    let prompt = cx.api.prompt_tokens(body);
     let msg = format!(
         "This request can never fit the rate limit: it reserves {} tokens (about {} for the \
          prompt and {} for the completion: max_tokens, or {} when the request sets none, times \

@@ -1,8 +1,7 @@
-//! How many tokens a request reserves before it is sent.
+//! Estimated prompt tokens of a request, before it is sent (the rate limiter reserves them).
 //!
-//! The reservation is `prompt estimate + n × max_tokens` (`max_tokens` or
-//! `max_completion_tokens` from the request, else `[rate_limit] default_max_tokens`). It only has
-//! to be a fair upper-bound guess: the upstream's real `usage` replaces it afterwards.
+//! It only has to be a fair upper-bound guess: the upstream's real `usage` replaces it
+//! afterwards.
 //!
 //! The prompt estimate needs no tokenizer (none would match every upstream anyway):
 //! - every text string the model reads counts `ceil(UTF-8 bytes / 4)` tokens. For English that is
@@ -17,7 +16,9 @@
 //! - an agent run arrives already rewritten by the engine into a chat completion (its
 //!   instructions as the system message, `input` as the user message) and counts as one; a
 //!   bare `{"input": …}` body counts its input as one message;
-//! - a body that is not JSON counts by its size.
+//! - token-id arrays (`prompt: [1, 2, 3]`) count one token per id;
+//! - a body that is not JSON counts by its size;
+//! - an endpoint Sluice does not know counts every string of its body ([`every_string`]).
 
 use serde_json::Value;
 
@@ -26,23 +27,10 @@ use crate::JsonBody;
 const PER_MESSAGE: u64 = 4;
 const REPLY_PRIMING: u64 = 3;
 const PER_IMAGE: u64 = 85;
-/// OpenAI accepts at most 128 choices per request.
-const MAX_CHOICES: u64 = 128;
 
-/// The tokens to reserve for a request.
-pub(crate) fn reservation(body: &JsonBody, max_tokens: Option<u64>, default_max: u64) -> u64 {
-    let completion = max_tokens.unwrap_or(default_max);
-    let choices = body
-        .json()
-        .and_then(|v| v.get("n"))
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, MAX_CHOICES);
-    prompt_tokens(body).saturating_add(completion.saturating_mul(choices))
-}
-
-/// The estimated prompt tokens of a request body.
-pub(crate) fn prompt_tokens(body: &JsonBody) -> u64 {
+/// A chat-style request: `messages` (OpenAI and Anthropic), `system`, `input`, `prompt`,
+/// `instructions`, tool definitions.
+pub fn chat(body: &JsonBody) -> u64 {
     let Some(doc) = body.json() else {
         return text_len(body.bytes().len());
     };
@@ -53,7 +41,7 @@ pub(crate) fn prompt_tokens(body: &JsonBody) -> u64 {
         }
         total = total.saturating_add(REPLY_PRIMING);
     }
-    for field in ["input", "prompt", "instructions"] {
+    for field in ["input", "prompt", "instructions", "system"] {
         if let Some(v) = doc.get(field) {
             total = total.saturating_add(content(v));
         }
@@ -67,6 +55,36 @@ pub(crate) fn prompt_tokens(body: &JsonBody) -> u64 {
         }
     }
     total
+}
+
+/// A legacy completion's `prompt` (and `suffix`): no message framing.
+pub fn completion_prompt(body: &JsonBody) -> u64 {
+    let Some(doc) = body.json() else {
+        return text_len(body.bytes().len());
+    };
+    ["prompt", "suffix"]
+        .iter()
+        .filter_map(|f| doc.get(*f))
+        .fold(0u64, |n, v| n.saturating_add(content(v)))
+}
+
+/// Every string of a body (and one token per integer in an array, for token ids): for
+/// endpoints whose shape Sluice does not know, so that none is a way around a token limit.
+pub fn every_string(body: &JsonBody) -> u64 {
+    fn walk(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => text(s),
+            Value::Array(items) => items.iter().fold(0u64, |n, i| {
+                n.saturating_add(if i.is_number() { 1 } else { walk(i) })
+            }),
+            Value::Object(m) => m.values().fold(0u64, |n, i| n.saturating_add(walk(i))),
+            _ => 0,
+        }
+    }
+    match body.json() {
+        Some(doc) => walk(doc),
+        None => text_len(body.bytes().len()),
+    }
 }
 
 /// One chat message: its content, name, refusal and tool calls.
@@ -99,6 +117,7 @@ fn content(c: &Value) -> u64 {
     match c {
         Value::String(s) => text(s),
         Value::Array(parts) => parts.iter().fold(0u64, |n, p| n.saturating_add(part(p))),
+        Value::Object(_) => part(c),
         _ => 0,
     }
 }
@@ -106,12 +125,19 @@ fn content(c: &Value) -> u64 {
 fn part(p: &Value) -> u64 {
     match p {
         Value::String(s) => text(s),
+        // A token id (legacy completions and embeddings accept arrays of them).
+        Value::Number(_) => 1,
         Value::Object(o) => {
             let kind = o.get("type").and_then(Value::as_str).unwrap_or("");
             if kind.starts_with("image") || o.contains_key("image_url") {
                 PER_IMAGE
             } else if let Some(t) = o.get("text").and_then(Value::as_str) {
                 text(t)
+            } else if let Some(t) = o.get("thinking").and_then(Value::as_str) {
+                text(t)
+            } else if let Some(i) = o.get("input") {
+                // An Anthropic tool_use block.
+                json_len(i)
             } else if let Some(c) = o.get("content") {
                 content(c)
             } else {
@@ -158,30 +184,29 @@ mod tests {
             ]
         }));
         // 4 + 2, 4 + 1 + 85, priming 3.
-        assert_eq!(prompt_tokens(&b), 99);
+        assert_eq!(chat(&b), 99);
     }
 
     #[test]
-    fn reservation_adds_completion_per_choice() {
-        let b = body(json!({"messages": [{"role": "user", "content": "abcd"}], "n": 3}));
-        assert_eq!(reservation(&b, Some(100), 4096), 8 + 300);
-        let b = body(json!({"messages": [{"role": "user", "content": "abcd"}]}));
-        assert_eq!(reservation(&b, None, 50), 8 + 50);
-        assert_eq!(reservation(&b, Some(u64::MAX), 50), u64::MAX);
+    fn unknown_shapes_count_every_string_and_token_ids() {
+        let b = body(json!({"model": "m", "x": {"y": ["abcd", "abcdefgh"]}, "ids": [1, 2, 3]}));
+        assert_eq!(every_string(&b), 1 + 1 + 2 + 3);
+        let b = body(json!({"prompt": [1, 2, 3, 4], "suffix": "abcd"}));
+        assert_eq!(completion_prompt(&b), 4 + 1);
     }
 
     #[test]
     fn agent_input_and_raw_bodies() {
         let b = body(json!({"input": "abcdefgh"}));
-        assert_eq!(prompt_tokens(&b), 2 + 7);
+        assert_eq!(chat(&b), 2 + 7);
         let raw = JsonBody::raw(Bytes::from_static(b"not json at all"));
-        assert_eq!(prompt_tokens(&raw), 4);
+        assert_eq!(chat(&raw), 4);
     }
 
     #[test]
     fn non_latin_text_counts_more_per_character() {
         let b = body(json!({"messages": [{"role": "user", "content": "日本語の文章です"}]}));
         // 8 characters, 24 bytes: 6 tokens, not 2.
-        assert_eq!(prompt_tokens(&b), 4 + 6 + 3);
+        assert_eq!(chat(&b), 4 + 6 + 3);
     }
 }

@@ -1,0 +1,328 @@
+//! How a request ends: failures in the route's API shape, the filters' completion hook, the
+//! metrics and the chain's log phase.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_filters::api::ErrorInfo;
+use sluice_filters::{Exchange, Outcome, Reply};
+
+use super::{Call, RespMode};
+
+/// Overhead accounting (see [`Timing::overhead`]).
+pub(crate) struct Timing {
+    /// When the request's head had been read.
+    pub(crate) start: Instant,
+    /// Time spent waiting for the client's body or for a new upstream connection.
+    pub(crate) waited: Duration,
+    pub(crate) upstream_start: Option<Instant>,
+    pub(crate) upstream_end: Option<Instant>,
+    pub(crate) peer: Option<Instant>,
+    /// When the request was handed to the upstream.
+    pub(crate) req_sent: Option<Instant>,
+    pub(crate) failed: Option<Instant>,
+    pub(crate) resp_head: Option<Instant>,
+    /// Sluice's own hook time while the upstream streamed.
+    pub(crate) span_hooks: Duration,
+}
+
+impl Timing {
+    pub(crate) fn new() -> Timing {
+        Timing {
+            start: Instant::now(),
+            waited: Duration::ZERO,
+            upstream_start: None,
+            upstream_end: None,
+            peer: None,
+            req_sent: None,
+            failed: None,
+            resp_head: None,
+            span_hooks: Duration::ZERO,
+        }
+    }
+
+    /// What `sluice_overhead_seconds` observes: the time from the request's head having been
+    /// read to the end of the exchange, less the time Sluice waited: for the client's body, for
+    /// a new upstream connection, and for the upstream — from handing it the request until its
+    /// response head arrived (or it failed), and for a stream until its last byte, minus the
+    /// time Sluice's own hooks ran meanwhile. So it is what Sluice adds to a request's latency.
+    fn overhead(&self, stream: bool) -> Duration {
+        let total = self.start.elapsed();
+        let upstream = match self.req_sent {
+            Some(sent) => {
+                let (end, hooks) = if stream {
+                    (self.upstream_end.or(self.failed), self.span_hooks)
+                } else {
+                    (self.resp_head.or(self.failed), Duration::ZERO)
+                };
+                end.unwrap_or_else(Instant::now)
+                    .saturating_duration_since(sent)
+                    .saturating_sub(hooks)
+            }
+            None => Duration::ZERO,
+        };
+        total.saturating_sub(self.waited).saturating_sub(upstream)
+    }
+}
+
+/// A failure, as the adapter classifies its proxy's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// The client went away or stopped sending (its body, or reading the answer).
+    ClientClosed,
+    /// The client was too slow (head, body).
+    ClientTimeout,
+    /// The client sent something HTTP does not allow (bad framing).
+    ClientBad,
+    UpstreamTimeout,
+    UpstreamConnect,
+    UpstreamTls,
+    /// The upstream reset or closed the connection.
+    UpstreamReset,
+    /// Sluice refused the answer (unscannable, too large): already recorded in `failure`.
+    Refused,
+    Internal,
+}
+
+/// What the adapter must do about a failure.
+pub enum FailAction {
+    /// Nothing can be sent (the client is gone, or a body was already being sent and holds no
+    /// events).
+    Nothing,
+    /// The stream started: end it with this event.
+    StreamError(Bytes),
+    /// Nothing was sent yet: answer this.
+    Reply(Reply),
+}
+
+impl Call {
+    pub(crate) fn exchange(
+        &self,
+        status: u16,
+        outcome: Outcome,
+        code: Option<&'static str>,
+    ) -> Exchange {
+        let upstream_latency = self
+            .t
+            .upstream_start
+            .map(|s| self.t.upstream_end.unwrap_or_else(Instant::now) - s);
+        Exchange {
+            status,
+            outcome,
+            latency: self.cx.started.elapsed(),
+            upstream_latency,
+            error_code: code,
+        }
+    }
+
+    /// Just before the last bytes go out: the filters' durability hook.
+    pub(crate) fn complete(&mut self) {
+        if self.completed {
+            return;
+        }
+        self.completed = true;
+        let outcome = status_outcome(self.upstream_status);
+        let ex = self.exchange(self.upstream_status, outcome, None);
+        self.snap.chain.on_response_complete(&ex, &self.cx);
+        self.cx.response_completed = true;
+    }
+
+    /// Marks the upstream as contacted (a peer was chosen).
+    pub fn upstream_contacted(&mut self) {
+        let now = Instant::now();
+        self.t.upstream_start.get_or_insert(now);
+        self.t.peer = Some(now);
+    }
+
+    /// A new connection was made (connecting is the upstream's time, not Sluice's).
+    pub fn connected(&mut self, reused: bool) {
+        if !reused {
+            if let Some(t) = self.t.peer {
+                self.t.waited += t.elapsed();
+            }
+        }
+    }
+
+    /// The request (head, or its last body byte) was handed to the upstream.
+    pub fn request_sent(&mut self) {
+        self.t.req_sent = Some(Instant::now());
+    }
+
+    /// Decides the answer to a failure. `started`: the client already has a status line.
+    pub fn on_failure(&mut self, kind: FailKind, started: bool) -> FailAction {
+        self.t.failed.get_or_insert_with(Instant::now);
+        let upstream = self.upstream_rt().map(|u| u.name.clone());
+        let upstream_kind = match kind {
+            FailKind::UpstreamTimeout => Some("timeout"),
+            FailKind::UpstreamConnect => Some("connect"),
+            FailKind::UpstreamTls => Some("tls"),
+            FailKind::UpstreamReset if started => Some("mid_stream"),
+            FailKind::UpstreamReset => Some("reset"),
+            _ => None,
+        };
+        if let (Some(name), Some(k)) = (&upstream, upstream_kind) {
+            self.state
+                .metrics
+                .upstream_errors
+                .with_label_values(&[name.as_str(), k])
+                .inc();
+        }
+        let timeout = kind == FailKind::UpstreamTimeout;
+        if matches!(kind, FailKind::ClientClosed | FailKind::ClientTimeout) {
+            self.failure
+                .get_or_insert((Outcome::ClientClosed, "client_closed"));
+            return match (kind, started) {
+                (FailKind::ClientTimeout, false) => FailAction::Reply(Reply::error(
+                    408,
+                    "request_timeout",
+                    "The request did not arrive in time.",
+                )),
+                _ => FailAction::Nothing,
+            };
+        }
+        if started {
+            // The client already has a status line: end a stream with an error event rather
+            // than a silent truncation.
+            let code = if timeout {
+                "upstream_timeout"
+            } else {
+                "upstream_unavailable"
+            };
+            let outcome = match kind {
+                FailKind::Internal => Outcome::InternalError,
+                FailKind::ClientBad => Outcome::BadRequest,
+                _ => Outcome::UpstreamError,
+            };
+            self.failure.get_or_insert((outcome, code));
+            if !matches!(self.mode, RespMode::Sse(_)) {
+                return FailAction::Nothing;
+            }
+            let message = if timeout {
+                "The upstream stopped sending before the answer was complete (timeout)."
+            } else {
+                "The upstream connection failed before the answer was complete."
+            };
+            let info = ErrorInfo {
+                status: if timeout { 504 } else { 502 },
+                kind: "upstream_error",
+                code,
+                message: message.into(),
+            };
+            return FailAction::StreamError(self.cx.api.stream_error_event(&info).to_bytes());
+        }
+        let name = upstream.as_deref().unwrap_or("?");
+        let reply = match kind {
+            FailKind::Refused => Reply::error(
+                502,
+                "upstream_unavailable",
+                "The upstream's answer could not be scanned (compressed, or over the size \
+                 bound); nothing was delivered.",
+            ),
+            FailKind::ClientBad => {
+                self.failure = Some((Outcome::BadRequest, "bad_request"));
+                Reply::error(
+                    400,
+                    "bad_request",
+                    "The request could not be parsed (its framing is not valid HTTP/1.1).",
+                )
+            }
+            FailKind::UpstreamTimeout => Reply::error(
+                504,
+                "upstream_timeout",
+                format!("The upstream `{name}` did not answer in time."),
+            ),
+            FailKind::UpstreamConnect | FailKind::UpstreamTls | FailKind::UpstreamReset => {
+                Reply::error(
+                    502,
+                    "upstream_unavailable",
+                    format!(
+                        "The upstream `{name}` refused or dropped the connection before answering."
+                    ),
+                )
+            }
+            _ => {
+                tracing::error!(request_id = %self.cx.request_id, "internal error");
+                Reply::error(
+                    500,
+                    "internal_error",
+                    "Sluice failed to handle this request; see the logs with its x-request-id.",
+                )
+            }
+        };
+        FailAction::Reply(reply)
+    }
+
+    /// The log phase, for every outcome: metrics, then the chain's `on_log` (audit, usage
+    /// reconciliation). `status`: what the client received (0: nothing); `error`: the proxy
+    /// failed for this reason.
+    pub async fn log(&mut self, status: u16, error: Option<FailKind>) {
+        if self.probe {
+            return;
+        }
+        let (outcome, code) = match (&self.local, &self.failure, error) {
+            (_, Some((o, c)), _) => (*o, Some(*c)),
+            (Some(l), _, _) => (l.outcome, l.code),
+            (None, None, Some(FailKind::ClientClosed | FailKind::ClientTimeout)) => {
+                (Outcome::ClientClosed, None)
+            }
+            (None, None, Some(FailKind::ClientBad)) => (Outcome::BadRequest, None),
+            (None, None, Some(FailKind::Internal)) => (Outcome::InternalError, None),
+            (None, None, Some(_)) => (Outcome::UpstreamError, None),
+            (None, None, None) => (status_outcome(self.upstream_status), None),
+        };
+        let ex = self.exchange(status, outcome, code);
+        self.record_metrics(&ex);
+        let snap = self.snap.clone();
+        snap.chain.on_log(&ex, &self.cx).await;
+    }
+
+    fn record_metrics(&mut self, ex: &Exchange) {
+        let m = &self.state.metrics;
+        let route = self.cx.route.label();
+        let model = self.cx.model.as_deref().unwrap_or("");
+        let status_s = ex.status.to_string();
+        m.requests
+            .with_label_values(&[route, model, status_s.as_str(), ex.outcome.as_str()])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(ex.latency.as_secs_f64());
+        if let (Some(up), Some(d)) = (self.upstream_rt(), ex.upstream_latency) {
+            m.upstream_duration
+                .with_label_values(&[up.name.as_str()])
+                .observe(d.as_secs_f64());
+        }
+        m.overhead
+            .observe(self.t.overhead(self.cx.stream).as_secs_f64());
+        if let Some(u) = self.cx.usage {
+            let org = self.cx.identity.as_ref().map(|i| &*i.org).unwrap_or("");
+            m.tokens
+                .with_label_values(&[model, org, "prompt"])
+                .inc_by(u.prompt_tokens);
+            m.tokens
+                .with_label_values(&[model, org, "completion"])
+                .inc_by(u.completion_tokens);
+        }
+        if self.agent_response {
+            let agent = self.cx.agent_id.as_deref().unwrap_or("");
+            let status = if ex.outcome == Outcome::Ok {
+                "completed"
+            } else {
+                "failed"
+            };
+            m.agent_runs.with_label_values(&[agent, status]).inc();
+        }
+        if self.stream_counted {
+            m.active_streams.dec();
+            self.stream_counted = false;
+        }
+    }
+}
+
+fn status_outcome(status: u16) -> Outcome {
+    match status {
+        200..=399 => Outcome::Ok,
+        400..=499 => Outcome::BadRequest,
+        _ => Outcome::UpstreamError,
+    }
+}

@@ -1,0 +1,153 @@
+//! The request path, without Pingora: what Sluice does with one request, phase by phase.
+//!
+//! A [`Call`] is one request's state. The Pingora adapter (`proxy.rs`) feeds it what the
+//! session holds and applies what it decides:
+//!
+//! ```text
+//! begin(head)            route, request id, auth from the headers    → read the body, or reply
+//! on_body(head, bytes)   parse, read the route's API facts, route by
+//!                        model, run the chain, answer local routes    → forward, or reply
+//! upstream_head()        what the upstream request's head becomes
+//! on_response_head(..)   how the answer is handled (passed, held, framed as SSE)
+//! on_response_body(..)   chunk by chunk: scanning, usage, redaction
+//! on_failure(..) / log() every outcome: errors in the route's API shape, metrics, audit
+//! ```
+//!
+//! So the whole pipeline — filters, APIs, routing — is unit-tested without a socket, and the
+//! adapter stays a thin translation of Pingora's hooks.
+
+mod finish;
+mod request;
+mod response;
+mod upstream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use sluice_filters::api::RequestFacts;
+use sluice_filters::{Cx, Outcome, Reply};
+
+pub use finish::{FailAction, FailKind};
+pub use response::{HeadPlan, Refused, RespMode};
+pub use upstream::UpstreamHead;
+
+use crate::state::{EngineState, InflightGuard, Snapshot};
+use finish::Timing;
+
+/// The request line and headers, and where the request came in.
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// The path as received (not yet normalized), without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_ip: Option<IpAddr>,
+    /// The listener's own address (asynchronous agent runs call it).
+    pub listen: Option<SocketAddr>,
+}
+
+/// What the request phase decided.
+pub enum Step {
+    /// Send the request upstream.
+    Forward,
+    /// Answer locally.
+    Reply(Reply),
+}
+
+/// A reply Sluice produced itself (or an error it turned into one).
+pub(crate) struct LocalDone {
+    pub(crate) outcome: Outcome,
+    pub(crate) code: Option<&'static str>,
+}
+
+/// One request's state, from its head to its log.
+pub struct Call {
+    pub(crate) state: Arc<EngineState>,
+    pub(crate) snap: Arc<Snapshot>,
+    pub cx: Cx,
+    _inflight: InflightGuard,
+    /// The chosen upstream (index in `snap.upstreams`).
+    pub(crate) upstream: Option<usize>,
+    /// The exact body to send upstream, when Sluice holds it.
+    pub(crate) body: Option<Bytes>,
+    /// The path to request upstream when it differs from the client's (agent runs, governed
+    /// routes spelled differently).
+    pub(crate) upstream_path: Option<String>,
+    /// The ids in the request path (model or agent; run).
+    pub(crate) ids: (Option<String>, Option<String>),
+    pub(crate) facts: RequestFacts,
+    pub(crate) agent_response: bool,
+    pub(crate) local: Option<LocalDone>,
+    pub(crate) failure: Option<(Outcome, &'static str)>,
+    pub(crate) mode: RespMode,
+    pub(crate) upstream_status: u16,
+    pub(crate) t: Timing,
+    pub(crate) first_sent: bool,
+    pub(crate) stream_counted: bool,
+    pub(crate) completed: bool,
+    /// The gateway's own start-up probe: answered 204, never logged or audited.
+    pub probe: bool,
+}
+
+impl Call {
+    pub fn new(state: &Arc<EngineState>) -> Call {
+        Call {
+            snap: state.snapshot.load_full(),
+            cx: Cx::new(String::new(), Method::GET, String::new()),
+            _inflight: InflightGuard::new(state),
+            state: state.clone(),
+            upstream: None,
+            body: None,
+            upstream_path: None,
+            ids: (None, None),
+            facts: RequestFacts::default(),
+            agent_response: false,
+            local: None,
+            failure: None,
+            mode: RespMode::Pass,
+            upstream_status: 0,
+            t: Timing::new(),
+            first_sent: false,
+            stream_counted: false,
+            completed: false,
+            probe: false,
+        }
+    }
+
+    /// The upstream this request goes to.
+    pub fn upstream_rt(&self) -> Option<&crate::state::UpstreamRt> {
+        self.upstream.and_then(|i| self.snap.upstreams.get(i))
+    }
+
+    /// The body to send upstream, when Sluice holds (and may have rewritten) it.
+    pub fn held_body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+
+    /// Records the time spent waiting for the client's body or a new upstream connection.
+    pub fn waited(&mut self, d: std::time::Duration) {
+        self.t.waited += d;
+    }
+
+    /// Marks a local reply as sent: its outcome for the log, and the filters' durability hook.
+    pub fn replied(&mut self, reply: &Reply) {
+        self.local = Some(LocalDone {
+            outcome: reply.outcome,
+            code: reply.code,
+        });
+        let ex = self.exchange(reply.status.as_u16(), reply.outcome, reply.code);
+        self.snap.chain.on_response_complete(&ex, &self.cx);
+        self.cx.response_completed = true;
+        self.completed = true;
+    }
+
+    /// A reply's body in the route's API shape (errors are built in OpenAI's).
+    pub fn render(&self, reply: &Reply) -> Bytes {
+        match &reply.error_info {
+            Some(e) => self.cx.api.error_body(e),
+            None => reply.body.clone(),
+        }
+    }
+}

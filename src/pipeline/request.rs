@@ -1,0 +1,345 @@
+//! The request phases: route and authenticate from the head, then parse the body, read the
+//! route's API facts, route by model, run the chain and answer the routes Sluice serves.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::{json, Value};
+use sluice_filters::api::{Api, RequestFacts};
+use sluice_filters::{JsonBody, Reply, Request, RequestHead, Route, Verdict};
+
+use super::{Call, Head, Step};
+use crate::routes;
+
+impl Call {
+    /// The head phase: request id, route, the internal run token, and the chain's header checks
+    /// (authentication). `Some` is the reply to send without reading the body.
+    pub async fn begin(&mut self, head: &Head<'_>) -> Option<Reply> {
+        let cx = &mut self.cx;
+        cx.request_id = request_id(head.headers);
+        cx.method = head.method.clone();
+        cx.user_agent = head
+            .headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect());
+        cx.client_ip = head.client_ip;
+        let path = match routes::normalize(head.path) {
+            Ok(p) => p.into_owned(),
+            Err(reply) => {
+                cx.path = head.path.chars().take(256).collect();
+                return Some(reply);
+            }
+        };
+        let m = routes::match_route(head.method, &path);
+        cx.route = m.route;
+        cx.api = m.api;
+        self.ids = (m.id.map(str::to_string), m.run_id.map(str::to_string));
+        self.upstream_path = m.canonical;
+        if matches!(cx.route, Route::AgentRun | Route::AgentRunStatus) {
+            cx.agent_id = self.ids.0.clone();
+        }
+        cx.path = path;
+        if let Some(reply) = self.internal_run(head) {
+            return Some(reply);
+        }
+        let path = self.cx.path.clone();
+        let rh = RequestHead {
+            method: head.method,
+            path: &path,
+            headers: head.headers,
+        };
+        let snap = self.snap.clone();
+        if let Verdict::Respond(r) = snap.chain.on_request_head(&rh, &mut self.cx).await {
+            return Some(r);
+        }
+        if self.cx.route == Route::Unknown {
+            let path: String = self.cx.path.chars().take(128).collect();
+            return Some(Reply::error(
+                404,
+                "not_found",
+                format!(
+                    "No route for {} {path}; the API lives under /v1/.",
+                    head.method
+                ),
+            ));
+        }
+        None
+    }
+
+    /// The engine's own execution of an asynchronous agent run: its single-use token stands
+    /// for the caller who started it (loopback only).
+    fn internal_run(&mut self, head: &Head<'_>) -> Option<Reply> {
+        let token = head.headers.get(crate::agents::INTERNAL_RUN_HEADER)?;
+        let claimed = match (self.cx.route, self.ids.0.as_deref(), token.to_str()) {
+            (Route::AgentRun, Some(agent), Ok(t)) => self.state.runs.claim(t, agent),
+            _ => None,
+        };
+        let loopback = self.cx.client_ip.is_some_and(|ip| ip.is_loopback());
+        match claimed {
+            Some((_run, identity)) if loopback => {
+                self.cx.identity = identity;
+                self.cx.extensions.insert(sluice_filters::PreAuthenticated);
+                None
+            }
+            _ => Some(Reply::error(
+                401,
+                "invalid_api_key",
+                "Unknown or used internal run token.",
+            )),
+        }
+    }
+
+    /// The body phase: `raw` is the whole request body (bounded by the adapter).
+    pub async fn on_body(&mut self, head: &Head<'_>, raw: Bytes) -> Step {
+        let api = self.cx.api;
+        let mut body = match parse_body(api, head.headers, raw) {
+            Ok(b) => b,
+            Err(r) => return Step::Reply(r),
+        };
+        let mut async_input = None;
+        if self.cx.route == Route::AgentRun {
+            let agent_id = self.ids.0.clone().unwrap_or_default();
+            match crate::agents::prepare(&self.snap, &mut self.cx, &agent_id, &mut body) {
+                Ok(prep) => {
+                    async_input = prep.async_input;
+                    self.set_upstream(prep.upstream);
+                    self.upstream_path = Some("/v1/chat/completions".into());
+                    self.agent_response = true;
+                    self.facts = RequestFacts {
+                        model: self.cx.model.clone(),
+                        stream: self.cx.stream,
+                        max_tokens: self.cx.max_tokens,
+                        ..RequestFacts::default()
+                    };
+                }
+                Err(reply) => return Step::Reply(reply),
+            }
+        } else if reaches_model(self.cx.route) {
+            if let Some(r) = self.read_facts(api, &body) {
+                return Step::Reply(r);
+            }
+        }
+        let path = self.cx.path.clone();
+        let mut request = Request {
+            method: head.method,
+            path: &path,
+            headers: head.headers,
+            body: &mut body,
+        };
+        let snap = self.snap.clone();
+        if let Verdict::Respond(r) = snap.chain.on_request(&mut request, &mut self.cx).await {
+            return Step::Reply(r);
+        }
+        if let Some(reply) = self.local_route(head, async_input) {
+            return Step::Reply(reply);
+        }
+        self.rewrite_for_upstream(&mut body);
+        let out = body.to_bytes();
+        self.body = if out.is_empty() && !body.is_changed() {
+            None
+        } else {
+            Some(out)
+        };
+        if self.upstream.is_none() {
+            return Step::Reply(Reply::error(
+                500,
+                "internal_error",
+                "No upstream was chosen.",
+            ));
+        }
+        Step::Forward
+    }
+
+    /// Reads the route's facts from the body through its API and routes by model.
+    fn read_facts(&mut self, api: &dyn Api, body: &JsonBody) -> Option<Reply> {
+        let facts = match body.json() {
+            Some(v) => match api.read_request(v) {
+                Ok(f) => f,
+                Err(r) => return Some(r),
+            },
+            None => RequestFacts::default(),
+        };
+        let cx = &mut self.cx;
+        cx.stream = facts.stream;
+        cx.client_wants_stream_usage = facts.client_wants_stream_usage;
+        cx.max_tokens = facts.max_tokens;
+        cx.choices = facts.choices;
+        let snap = self.snap.clone();
+        match &facts.model {
+            Some(m) => match snap.models.get(m) {
+                Some(&(_, up)) => {
+                    self.cx.model = Some(m.clone());
+                    self.set_upstream(up);
+                }
+                None => return Some(model_not_found(m)),
+            },
+            None if snap.upstreams.is_empty() => {
+                return Some(Reply::error(
+                    502,
+                    "upstream_unavailable",
+                    "No upstream is configured.",
+                ))
+            }
+            None => self.set_upstream(0),
+        }
+        self.facts = facts;
+        None
+    }
+
+    pub(crate) fn set_upstream(&mut self, up: usize) {
+        self.upstream = Some(up);
+        self.cx.upstream = self.snap.upstreams.get(up).map(|u| u.name.clone());
+    }
+
+    /// The routes Sluice answers itself, once the chain admitted the request.
+    fn local_route(&mut self, head: &Head<'_>, async_input: Option<Value>) -> Option<Reply> {
+        let identity = self.cx.identity.as_ref();
+        match self.cx.route {
+            Route::ListModels => Some(Reply::json(
+                200,
+                &routes::list_models(&self.snap.config, identity),
+            )),
+            Route::GetModel => {
+                let id = self.ids.0.as_deref().unwrap_or_default();
+                Some(match routes::get_model(&self.snap.config, identity, id) {
+                    Some(m) => Reply::json(200, &m),
+                    None => model_not_found(id),
+                })
+            }
+            Route::AgentRunStatus => Some(self.state.runs.status(
+                self.ids.0.as_deref().unwrap_or_default(),
+                self.ids.1.as_deref().unwrap_or_default(),
+                identity,
+            )),
+            Route::AgentRun => async_input.map(|input| self.start_async_run(head, input)),
+            _ => None,
+        }
+    }
+
+    /// `"async": true`: answers `202` with the queued run and executes it in the background.
+    fn start_async_run(&mut self, head: &Head<'_>, input: Value) -> Reply {
+        let cfg = &self.snap.config.agent_runs;
+        let started = match self.state.runs.start(cfg, &self.cx) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let agent = self.cx.agent_id.clone().unwrap_or_default();
+        self.state
+            .metrics
+            .agent_runs
+            .with_label_values(&[agent.as_str(), "queued"])
+            .inc();
+        let queued = Reply::json(202, &started.queued);
+        // The execution is counted when it finishes, not this acceptance.
+        self.agent_response = false;
+        match head.listen {
+            Some(addr) => {
+                tokio::spawn(crate::agents::execute(
+                    self.state.clone(),
+                    addr,
+                    agent,
+                    started,
+                    input,
+                ));
+            }
+            None => {
+                let failed =
+                    json!({"status": "failed", "error": {"message": "no listener address"}});
+                self.state.runs.finish(cfg, &started.run_id, failed);
+            }
+        }
+        queued
+    }
+
+    /// The upstream's own model name, and usage in streams (as the route's API asks for it).
+    fn rewrite_for_upstream(&mut self, body: &mut JsonBody) {
+        if body.json().is_none() || self.cx.model.is_none() {
+            return;
+        }
+        let rename = self
+            .cx
+            .model
+            .as_ref()
+            .and_then(|m| self.snap.models.get(m))
+            .and_then(|&(i, _)| self.snap.config.models.get(i))
+            .and_then(|m| m.upstream_model.clone());
+        let api = self.cx.api;
+        if !api.rewrites_upstream(&self.facts, rename.as_deref()) {
+            return;
+        }
+        if let Some(Value::Object(obj)) = body.json_mut() {
+            api.prepare_upstream(obj, &self.facts, rename.as_deref());
+        }
+    }
+}
+
+/// Routes that reach a model (and so read a model, a stream flag and a ceiling from the body).
+fn reaches_model(route: Route) -> bool {
+    !matches!(
+        route,
+        Route::ListModels | Route::GetModel | Route::AgentRunStatus | Route::Unknown
+    )
+}
+
+/// Parses a request body. A governed API needs a JSON object; on any route, a body that is a
+/// JSON object is parsed whatever its `Content-Type` says (many upstreams parse JSON without
+/// looking at it), and one that only looks like one (it starts with `{`) but does not parse is
+/// refused rather than forwarded unread.
+fn parse_body(api: &dyn Api, headers: &HeaderMap, raw: Bytes) -> Result<JsonBody, Reply> {
+    let needs_json = api.needs_json();
+    if raw.is_empty() && !needs_json {
+        return Ok(JsonBody::raw(raw));
+    }
+    let declared_json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json"));
+    let looks_json = raw.trim_ascii_start().first() == Some(&b'{');
+    if !(needs_json || declared_json || looks_json) {
+        return Ok(JsonBody::raw(raw));
+    }
+    match serde_json::from_slice::<Value>(&raw) {
+        Ok(v) if v.is_object() => Ok(JsonBody::parsed(raw, v)),
+        Ok(_) if !needs_json && !declared_json => Ok(JsonBody::raw(raw)),
+        Ok(_) => Err(Reply::error(
+            400,
+            "invalid_json",
+            "The request body must be a JSON object.",
+        )),
+        Err(e) => {
+            let why = if std::str::from_utf8(&raw).is_err() {
+                "it is not valid UTF-8".to_string()
+            } else {
+                e.to_string()
+            };
+            Err(Reply::error(
+                400,
+                "invalid_json",
+                format!("The request body is not valid JSON: {why}."),
+            ))
+        }
+    }
+}
+
+pub(crate) fn model_not_found(model: &str) -> Reply {
+    let model: String = model.chars().take(128).collect();
+    Reply::error(
+        404,
+        "model_not_found",
+        format!("The model `{model}` does not exist or you do not have access to it; GET /v1/models lists yours."),
+    )
+}
+
+/// The client's `x-request-id` when it is sane (≤ 128 printable, no spaces), else a new one.
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return v.to_string();
+        }
+    }
+    format!("req_{:032x}", rand::random::<u128>())
+}

@@ -1,0 +1,261 @@
+//! The response phases: how an answer is handled (passed through, held whole, framed as SSE
+//! events), then each chunk of it.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, StatusCode};
+use sluice_filters::{JsonBody, Outcome, ResponseHead, Route, StreamEvent};
+
+use super::Call;
+use crate::sse::{RawEvent, SseFramer};
+
+/// How the response body is handled.
+pub enum RespMode {
+    /// Forwarded as it comes (errors, or nothing to read).
+    Pass,
+    /// A non-streamed 2xx body held whole (bounded) for filters and usage.
+    Hold(BytesMut),
+    /// A streamed 2xx body framed into SSE events.
+    Sse(SseFramer),
+}
+
+/// What the upstream response head becomes.
+#[derive(Debug, Default)]
+pub struct HeadPlan {
+    pub remove: Vec<HeaderName>,
+    /// Set `content-type: application/json` (an agent run's object replaces the completion).
+    pub json_content_type: bool,
+}
+
+/// Why a response could not be delivered (the adapter turns it into a Pingora error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub why: &'static str,
+}
+
+impl Call {
+    /// The upstream's response head: chooses the body's handling, runs the chain's response
+    /// head phase.
+    pub fn on_response_head(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Result<HeadPlan, Refused> {
+        let t0 = Instant::now();
+        self.t.resp_head.get_or_insert(t0);
+        self.upstream_status = status.as_u16();
+        let mut plan = HeadPlan {
+            remove: crate::headers::hop_by_hop_present(headers),
+            json_content_type: false,
+        };
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let is_sse = header("content-type").starts_with("text/event-stream");
+        let is_json = header("content-type").contains("json");
+        let enc = header("content-encoding");
+        let encoded = !enc.is_empty() && !enc.eq_ignore_ascii_case("identity");
+        let needs = self.snap.chain.needs();
+        let server = &self.snap.config.server;
+        self.mode = if !status.is_success() || self.cx.route == Route::Unknown {
+            RespMode::Pass
+        } else if is_sse {
+            RespMode::Sse(SseFramer::new(server.max_sse_event_bytes))
+        } else if self.agent_response || needs.response_body || is_json {
+            RespMode::Hold(BytesMut::new())
+        } else {
+            RespMode::Pass
+        };
+        let reads = needs.response_body || needs.stream_events || self.agent_response;
+        if !matches!(self.mode, RespMode::Pass) && encoded && reads {
+            // Fail closed: a body the filters cannot read is not delivered.
+            self.failure = Some((Outcome::UpstreamError, "upstream_unscannable"));
+            return Err(Refused {
+                status: 502,
+                why: "upstream sent a compressed body although identity was requested",
+            });
+        }
+        if matches!(self.mode, RespMode::Hold(_)) && encoded {
+            // Only usage was to be read, and it cannot be: pass the body as it is.
+            self.mode = RespMode::Pass;
+        }
+        // A held body keeps the upstream's Content-Length when nothing can change it (no filter
+        // reads response bodies and it is not an agent run): Pingora then sends the header and
+        // the body in one write.
+        let length_kept = matches!(self.mode, RespMode::Hold(_))
+            && !needs.response_body
+            && !self.agent_response
+            && headers.contains_key("content-length");
+        if !matches!(self.mode, RespMode::Pass) && !length_kept {
+            plan.remove.push(http::header::CONTENT_LENGTH);
+        }
+        if matches!(self.mode, RespMode::Sse(_)) {
+            self.state.metrics.active_streams.inc();
+            self.stream_counted = true;
+        }
+        plan.json_content_type = self.agent_response && matches!(self.mode, RespMode::Hold(_));
+        let head = ResponseHead { status, headers };
+        let snap = self.snap.clone();
+        snap.chain.on_response_head(&head, &mut self.cx);
+        self.t.span_hooks += t0.elapsed();
+        Ok(plan)
+    }
+
+    /// The headers every response to this request carries (`x-request-id`, rate limits).
+    pub fn response_headers(&self) -> impl Iterator<Item = (HeaderName, http::HeaderValue)> + '_ {
+        let id = http::HeaderValue::from_str(&self.cx.request_id).ok();
+        id.map(|v| (HeaderName::from_static("x-request-id"), v))
+            .into_iter()
+            .chain(self.cx.response_headers.iter().cloned())
+    }
+
+    /// One chunk of the upstream's body (`end`: its last). Rewrites `body` in place.
+    pub fn on_response_body(&mut self, body: &mut Option<Bytes>, end: bool) -> Result<(), Refused> {
+        let t0 = Instant::now();
+        if end {
+            self.t.upstream_end = Some(t0);
+        }
+        let mut mode = std::mem::replace(&mut self.mode, RespMode::Pass);
+        let result = match &mut mode {
+            RespMode::Pass => {
+                if self.cx.stream
+                    && !self.first_sent
+                    && body.as_ref().is_some_and(|b| !b.is_empty())
+                {
+                    self.first_sent();
+                }
+                if end {
+                    self.complete();
+                }
+                Ok(())
+            }
+            RespMode::Hold(buf) => self.hold_body(buf, body, end),
+            RespMode::Sse(framer) => self.frame_events(framer, body, end),
+        };
+        self.mode = mode;
+        if !end {
+            // Inside the upstream's span; the last call's time comes after it.
+            self.t.span_hooks += t0.elapsed();
+        }
+        result
+    }
+
+    fn hold_body(
+        &mut self,
+        buf: &mut BytesMut,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<(), Refused> {
+        if let Some(b) = body.take() {
+            if buf.len() + b.len() > self.snap.config.server.max_response_body_bytes {
+                // Fail closed: an answer too large to scan is not delivered.
+                self.failure = Some((Outcome::UpstreamError, "response_too_large"));
+                return Err(Refused {
+                    status: 502,
+                    why: "upstream response over max_response_body_bytes",
+                });
+            }
+            buf.extend_from_slice(&b);
+        }
+        if !end {
+            return Ok(());
+        }
+        let raw = std::mem::take(buf).freeze();
+        let snap = self.snap.clone();
+        if !snap.chain.needs().response_body && !self.agent_response {
+            // No filter reads the body (and its Content-Length was kept): only its usage is
+            // needed, read without building the whole document.
+            #[derive(serde::Deserialize)]
+            struct UsageOnly {
+                usage: Option<serde_json::Value>,
+            }
+            if let Some(u) = serde_json::from_slice::<UsageOnly>(&raw)
+                .ok()
+                .and_then(|d| d.usage)
+                .as_ref()
+                .and_then(sluice_filters::api::usage_any)
+            {
+                self.cx.usage = Some(u);
+            }
+            self.complete();
+            *body = Some(raw);
+            return Ok(());
+        }
+        let mut jb = match serde_json::from_slice::<serde_json::Value>(&raw) {
+            Ok(v) => JsonBody::parsed(raw, v),
+            Err(_) => JsonBody::raw(raw),
+        };
+        if let Some(u) = jb.json().and_then(|v| self.cx.api.usage(v)) {
+            self.cx.usage = Some(u);
+        }
+        snap.chain.on_response_body(&mut jb, &mut self.cx);
+        let out = if self.agent_response {
+            crate::agents::run_object(&self.cx, jb.json())
+                .to_string()
+                .into()
+        } else {
+            jb.to_bytes()
+        };
+        self.complete();
+        *body = Some(out);
+        Ok(())
+    }
+
+    fn frame_events(
+        &mut self,
+        framer: &mut SseFramer,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<(), Refused> {
+        let mut raw_events: Vec<RawEvent> = Vec::new();
+        if let Some(b) = body.take() {
+            if framer.push(&b, &mut raw_events).is_err() {
+                self.failure = Some((Outcome::UpstreamError, "event_too_large"));
+                return Err(Refused {
+                    status: 502,
+                    why: "SSE event over max_sse_event_bytes",
+                });
+            }
+        }
+        if end {
+            framer.finish(&mut raw_events);
+        }
+        if raw_events.is_empty() && !end {
+            return Ok(());
+        }
+        let api = self.cx.api;
+        let asked = self.cx.client_wants_stream_usage;
+        let mut events: Vec<StreamEvent> = Vec::with_capacity(raw_events.len());
+        for ev in raw_events {
+            // Parsed only if a filter (or the usage reader) asks for the JSON.
+            let mut se = StreamEvent::lazy(ev.raw, ev.data);
+            if api.stream_usage(&mut se, asked, &mut self.cx.usage) {
+                events.push(se);
+            }
+        }
+        let snap = self.snap.clone();
+        snap.chain.on_stream_events(&mut events, end, &mut self.cx);
+        let mut out = BytesMut::new();
+        for ev in &events {
+            out.extend_from_slice(&ev.to_bytes());
+        }
+        if !out.is_empty() && !self.first_sent {
+            self.first_sent();
+        }
+        if end {
+            self.complete();
+        }
+        *body = Some(out.freeze());
+        Ok(())
+    }
+
+    fn first_sent(&mut self) {
+        self.first_sent = true;
+        let model = self.cx.model.as_deref().unwrap_or("");
+        self.state
+            .metrics
+            .ttft
+            .with_label_values(&[model])
+            .observe(self.cx.started.elapsed().as_secs_f64());
+    }
+}
