@@ -10,6 +10,9 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ "${1:-}" != "--no-redis" ]; then
   command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 fi
+if [ "${1:-}" != "--no-redis" ]; then
+  command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"

@@ -1,6 +1,8 @@
 //! Test harness: real gateways on real loopback sockets.
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::time::Duration;

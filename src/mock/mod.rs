@@ -1,4 +1,8 @@
-//! The mock upstream (SPEC §8): an OpenAI-compatible server that echoes the last user message.
+//! The mock upstream (SPEC §8): a server that answers like the real APIs, echoing the last user
+//! text back (model `echo`) with usage counted as whitespace-separated words — OpenAI's chat
+//! completions, legacy completions, Responses API and embeddings ([`openai`]), and Anthropic's
+//! Messages API ([`anthropic`]). `stream: true` sends one word per chunk or delta event in each
+//! API's own event sequence.
 //!
 //! It serves `sluice mock` and upstreams with `builtin = "mock"` (started in-process on a
 //! loopback port), so a newcomer, the tests and the benchmarks need no provider account.
@@ -31,7 +35,94 @@ pub struct MockOptions {
     pub chunk_delay_ms: u64,
 }
 
+mod anthropic;
+mod openai;
+
 type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How a stream is sent: the delay between events, and the event after which the mock dies.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    chunk_delay: u64,
+    die_after: Option<u64>,
+}
+
+/// Sends `events` as a `text/event-stream`, paced, dying where the request asked it to.
+fn stream(events: Vec<Bytes>, pace: Pace) -> Response<Body> {
+    let Pace {
+        chunk_delay,
+        die_after,
+    } = pace;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for (i, ev) in events.into_iter().enumerate() {
+            if die_after.is_some_and(|n| i as u64 >= n) {
+                // Die while "generating": after the events sent so far reached the client.
+                tokio::time::sleep(Duration::from_millis(chunk_delay.max(100))).await;
+                let _ = tx
+                    .send(Err(std::io::Error::other("mock upstream dies mid-stream")))
+                    .await;
+                return;
+            }
+            if i > 0 && chunk_delay > 0 {
+                tokio::time::sleep(Duration::from_millis(chunk_delay)).await;
+            }
+            if tx.send(Ok(Frame::data(ev))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(BodyExt::boxed(body))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response build failed"))
+}
+
+/// A `data: {json}` event.
+fn data_event(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// An `event: {name}` + `data: {json}` event (the typed streams).
+fn named_event(name: &str, v: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
+}
+
+/// The request's JSON.
+fn parse(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice(body).ok()
+}
+
+/// The 400 the real APIs answer a body that is not JSON.
+fn not_json() -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, "body is not JSON")
+}
+
+/// Counts as the mock counts tokens: whitespace-separated words.
+fn words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+fn model_of(req: &Value) -> String {
+    req.get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("echo")
+        .to_string()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn mock_id(prefix: &str) -> String {
+    format!("{prefix}mock{:x}", rand::random::<u64>())
+}
 
 /// Serves the mock on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, opts: MockOptions, mut shutdown: watch::Receiver<bool>) {
@@ -98,8 +189,17 @@ async fn handle(req: Request<Incoming>, opts: MockOptions) -> Result<Response<Bo
     if let Some(status) = fail_status {
         return Ok(error(status, "mock failure requested by x-mock-status"));
     }
+    let pace = Pace {
+        chunk_delay,
+        die_after,
+    };
     let resp = match (method.as_str(), path.as_str()) {
-        ("POST", "/v1/chat/completions") => chat(&body, chunk_delay, die_after),
+        ("POST", "/v1/chat/completions") => openai::chat(&body, pace),
+        ("POST", "/v1/completions") => openai::completions(&body, pace),
+        ("POST", "/v1/responses") => openai::responses(&body, pace),
+        ("POST", "/v1/embeddings") => openai::embeddings(&body),
+        ("POST", "/v1/messages") => anthropic::messages(&body, pace),
+        ("POST", "/v1/messages/count_tokens") => anthropic::count_tokens(&body),
         ("GET", "/v1/models") => json_response(
             StatusCode::OK,
             &json!({"object": "list", "data": [{"id": "echo", "object": "model", "created": 0, "owned_by": "sluice-mock"}]}),
@@ -114,114 +214,35 @@ async fn handle(req: Request<Incoming>, opts: MockOptions) -> Result<Response<Bo
     Ok(resp)
 }
 
-fn chat(body: &[u8], chunk_delay: u64, die_after: Option<u64>) -> Response<Body> {
-    let req: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "body is not JSON"),
-    };
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let text = messages
-        .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .map(content_text)
-        .unwrap_or_default();
-    let prompt_tokens: usize = messages
-        .iter()
-        .map(|m| content_text(m).split_whitespace().count())
-        .sum();
-    let completion_tokens = text.split_whitespace().count();
-    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                       "total_tokens": prompt_tokens + completion_tokens});
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("echo")
-        .to_string();
-    let id = format!("chatcmpl-mock{:x}", rand::random::<u64>());
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    if !stream {
-        return json_response(
-            StatusCode::OK,
-            &json!({
-                "id": id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop", "logprobs": null}],
-                "usage": usage,
-            }),
-        );
-    }
-    let include_usage = req
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let chunk = move |delta: Value, finish: Value| -> Bytes {
-        let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
-        Bytes::from(format!("data: {v}\n\n"))
-    };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    for word in words_with_space(&text) {
-        events.push(chunk(json!({"content": word}), Value::Null));
-    }
-    events.push(chunk(json!({}), json!("stop")));
-    if include_usage {
-        let v = json!({"id": "usage", "object": "chat.completion.chunk", "created": created, "model": "echo",
-                       "choices": [], "usage": usage});
-        events.push(Bytes::from(format!("data: {v}\n\n")));
-    }
-    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
-    tokio::spawn(async move {
-        for (i, ev) in events.into_iter().enumerate() {
-            if die_after.is_some_and(|n| i as u64 >= n) {
-                // Die while "generating": after the chunks sent so far reached the client.
-                tokio::time::sleep(Duration::from_millis(chunk_delay.max(100))).await;
-                let _ = tx
-                    .send(Err(std::io::Error::other("mock upstream dies mid-stream")))
-                    .await;
-                return;
-            }
-            if i > 0 && chunk_delay > 0 {
-                tokio::time::sleep(Duration::from_millis(chunk_delay)).await;
-            }
-            if tx.send(Ok(Frame::data(ev))).await.is_err() {
-                return;
-            }
-        }
-    });
-    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(BodyExt::boxed(body))
-        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response build failed"))
-}
-
-/// The text of a message's `content`: a string, or the `text` parts of an array.
-fn content_text(m: &Value) -> String {
-    match m.get("content") {
+/// The text of a `content` value: a string, or the `text` parts of an array.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
             .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .filter_map(|p| match p {
+                Value::String(s) => Some(s.as_str()),
+                p => p.get("text").and_then(Value::as_str),
+            })
             .collect::<Vec<_>>()
             .join(" "),
         _ => String::new(),
     }
+}
+
+/// The last user message's text, and the words of every message (the prompt's "tokens").
+fn last_user_text(messages: &[Value]) -> (String, usize) {
+    let text = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .map(|m| content_text(m.get("content")))
+        .unwrap_or_default();
+    let prompt = messages
+        .iter()
+        .map(|m| words(&content_text(m.get("content"))))
+        .sum();
+    (text, prompt)
 }
 
 /// Splits text into words, each keeping the whitespace before it, so the pieces concatenate
