@@ -17,6 +17,7 @@ pub mod mock;
 pub mod proxy;
 pub mod routes;
 pub mod sse;
+pub mod store;
 
 pub use config::{Config, ConfigErrors};
 pub use gateway::{Gateway, GatewayBuilder, ShutdownTrigger, StartError};

@@ -804,7 +804,7 @@ impl SluiceProxy {
             Route::AgentRunStatus => {
                 ctx.cx.agent_id = id.map(str::to_string);
             }
-            Route::ListModels | Route::GetModel | Route::Unknown => {}
+            Route::ListModels | Route::GetModel | Route::Keys | Route::Key | Route::Unknown => {}
         }
 
         let mut request = Request {
