@@ -12,6 +12,7 @@ pub mod agents;
 pub mod chain;
 pub mod config;
 pub mod gateway;
+pub mod keys;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

@@ -834,7 +834,7 @@ impl SluiceProxy {
             }
             Route::AgentRun if async_input.is_some() => {
                 let cfg = &snap.config.agent_runs;
-                let started = match self.state.runs.start(cfg, &ctx.cx) {
+                let started = match self.state.runs.start(cfg, &ctx.cx).await {
                     Ok(s) => s,
                     Err(r) => return Ok(Step::Reply(r, false)),
                 };
@@ -861,17 +861,27 @@ impl SluiceProxy {
                     }
                     None => {
                         let failed = json!({"status": "failed", "error": {"message": "no listener address"}});
-                        self.state.runs.finish(cfg, &started.run_id, failed);
+                        self.state.runs.finish(cfg, &started.run_id, failed).await;
                     }
                 }
                 return Ok(Step::Reply(queued, false));
             }
+            Route::Keys | Route::Key => {
+                let reply =
+                    crate::keys::self_service(&self.state, &snap, &ctx.cx, &method, id, &body)
+                        .await;
+                return Ok(Step::Reply(reply, false));
+            }
             Route::AgentRunStatus => {
-                let reply = self.state.runs.status(
-                    id.unwrap_or_default(),
-                    run_id.unwrap_or_default(),
-                    ctx.cx.identity.as_ref(),
-                );
+                let reply = self
+                    .state
+                    .runs
+                    .status(
+                        id.unwrap_or_default(),
+                        run_id.unwrap_or_default(),
+                        ctx.cx.identity.as_ref(),
+                    )
+                    .await;
                 return Ok(Step::Reply(reply, false));
             }
             _ => {}

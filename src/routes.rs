@@ -31,6 +31,8 @@ pub fn match_route<'p>(
             (Route::AgentRunStatus, Some(*id), Some(*run))
         }
         (_, ["embeddings"]) => (Route::Embeddings, None, None),
+        (_, ["keys"] | ["keys", ""]) => (Route::Keys, None, None),
+        (_, ["keys", id] | ["keys", id, ""]) => (Route::Key, Some(*id), None),
         _ => (Route::Passthrough, None, None),
     }
 }
@@ -96,5 +98,10 @@ mod tests {
             Route::Passthrough
         );
         assert_eq!(match_route(&Method::GET, "/healthz").0, Route::Unknown);
+        assert_eq!(match_route(&Method::POST, "/v1/keys").0, Route::Keys);
+        assert_eq!(
+            match_route(&Method::DELETE, "/v1/keys/key_1"),
+            (Route::Key, Some("key_1"), None)
+        );
     }
 }

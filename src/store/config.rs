@@ -55,7 +55,9 @@ impl StoreConfig {
         if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or_default();
             if path.is_empty() {
-                return Err("names no file: use sqlite://PATH, e.g. sqlite://data/sluice.db".into());
+                return Err(
+                    "names no file: use sqlite://PATH, e.g. sqlite://data/sluice.db".into(),
+                );
             }
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }

@@ -140,14 +140,14 @@ impl Store {
              WHERE id = $12 AND revoked IS NULL AND ($13 IS NULL OR user_name = $13) \
              RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires",
         );
-        let models = patch.models.as_ref().map(|m| {
-            m.as_ref()
-                .and_then(|m| serde_json::to_string(m).ok())
-        });
-        let rate_limit = patch.rate_limit.as_ref().map(|r| {
-            r.as_ref()
-                .and_then(|r| serde_json::to_string(r).ok())
-        });
+        let models = patch
+            .models
+            .as_ref()
+            .map(|m| m.as_ref().and_then(|m| serde_json::to_string(m).ok()));
+        let rate_limit = patch
+            .rate_limit
+            .as_ref()
+            .map(|r| r.as_ref().and_then(|r| serde_json::to_string(r).ok()));
         let result: Result<Option<(u64, RawKey)>, sqlx::Error> = with_pool!(self, pool => async {
             let mut tx = begin_write!(self, pool)?;
             let v = bump!(self, tx);

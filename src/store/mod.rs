@@ -167,10 +167,6 @@ impl Store {
         matches!(self.backend, Backend::Postgres(_))
     }
 
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// `sql` with the backend's placeholders (`$1` for PostgreSQL, `?1` for SQLite).
     pub(crate) fn sql(&self, sql: &'static str) -> Cow<'static, str> {
         match self.backend {

@@ -68,7 +68,8 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
     let create = "CREATE TABLE IF NOT EXISTS sluice_migrations \
                   (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)";
     let applied_sql = store.sql("SELECT COALESCE(MAX(version), 0) FROM sluice_migrations");
-    let record = store.sql("INSERT INTO sluice_migrations (version, name, applied) VALUES ($1, $2, $3)");
+    let record =
+        store.sql("INSERT INTO sluice_migrations (version, name, applied) VALUES ($1, $2, $3)");
     let postgres = store.is_postgres();
     let result: Result<(), sqlx::Error> = with_pool!(store, pool => async {
         let mut tx = if postgres {

@@ -121,6 +121,27 @@ impl StoreRuntime {
         Ok(rt)
     }
 
+    /// Opens `[store]` (creating and migrating it) and loads its keys, bounded by
+    /// `store.timeout_ms`.
+    pub async fn open(
+        cfg: &super::StoreConfig,
+        shared: &Shared,
+    ) -> Result<Arc<StoreRuntime>, StoreError> {
+        let timeout = Duration::from_millis(cfg.timeout_ms) * 3;
+        let opened = async {
+            let store = Store::open(cfg).await?;
+            StoreRuntime::start(store, shared, Duration::from_millis(cfg.poll_interval_ms)).await
+        };
+        tokio::time::timeout(timeout, opened)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )))
+            })
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

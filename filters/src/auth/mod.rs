@@ -57,8 +57,8 @@ pub use key::{
     generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
 };
 use key::{parse_authorization, KeyDigest, Presented};
-pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 pub(crate) use runtime::Derived;
+pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 
 /// The metric counting refused authentications, by `reason` (`missing` or `invalid`).
 pub const FAILURES_METRIC: &str = "sluice_auth_failures_total";
@@ -243,7 +243,9 @@ impl AuthFilter {
                 continue;
             }
             // A key whose user left the config authenticates nobody.
-            let Some(u) = self.users.get(&k.user) else { continue };
+            let Some(u) = self.users.get(&k.user) else {
+                continue;
+            };
             let grants = Grants {
                 permissions: u.permissions.clone(),
                 models: u.models.clone(),

@@ -203,7 +203,10 @@ impl RuntimeKeys {
     /// Records that the key `id` was used at `now` (Unix seconds).
     pub fn touch(&self, id: &Arc<str>, now: u64) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = used.entry(id.clone()).or_insert(Use { at: 0, dirty: false });
+        let entry = used.entry(id.clone()).or_insert(Use {
+            at: 0,
+            dirty: false,
+        });
         if now > entry.at {
             *entry = Use {
                 at: now,
