@@ -50,7 +50,7 @@ const MIGRATIONS: &[Migration] = &[
                 agent_id TEXT NOT NULL,
                 org TEXT,
                 object TEXT NOT NULL,
-                rank INTEGER NOT NULL,
+                rank BIGINT NOT NULL,
                 expires BIGINT NOT NULL
             )",
             "CREATE INDEX agent_runs_expires ON agent_runs (expires)",

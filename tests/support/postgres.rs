@@ -119,7 +119,11 @@ impl PostgresServer {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("postgres.log")).expect("log file");
         if let Some((uid, gid)) = self.owner {
-            let _ = std::os::unix::fs::chown(self.dir.path().join("postgres.log"), Some(uid), Some(gid));
+            let _ = std::os::unix::fs::chown(
+                self.dir.path().join("postgres.log"),
+                Some(uid),
+                Some(gid),
+            );
         }
         let child = as_owner(&mut Command::new(self.bin.join("postgres")), self.owner)
             .arg("-D")
@@ -152,7 +156,11 @@ impl PostgresServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("postgres on port {} did not become ready: {}", self.port, self.log());
+        panic!(
+            "postgres on port {} did not become ready: {}",
+            self.port,
+            self.log()
+        );
     }
 
     fn log(&self) -> String {
@@ -161,7 +169,9 @@ impl PostgresServer {
 
     /// Stops the server (fast shutdown: sessions are cut), keeping its data.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
         // SAFETY: signalling our own child by its pid.
         unsafe {
             libc::kill(c.id() as i32, libc::SIGINT);
