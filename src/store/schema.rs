@@ -9,7 +9,7 @@
 use super::{now_secs, with_pool, Store, StoreError};
 
 /// An arbitrary constant naming Sluice's migration lock in `pg_advisory_xact_lock`.
-const PG_LOCK: i64 = 0x5_1c1c_e5_70;
+const PG_LOCK: i64 = 0x0005_1c1c_e570;
 
 struct Migration {
     version: i64,
