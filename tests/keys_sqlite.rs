@@ -8,7 +8,9 @@ mod keys;
 use std::path::Path;
 
 use common::{admin_url, client, error_code, json_of, start, url};
-use keys::{chat_status, config, create, eventually, new_key, ALICE, ALICE_NARROW, BOB, CAROL};
+use keys::{
+    chat_status, config, create, eventually, new_key, revoke, ALICE, ALICE_NARROW, BOB, CAROL,
+};
 use serde_json::{json, Value};
 
 fn sqlite(dir: &Path) -> (String, String) {
@@ -79,30 +81,14 @@ fn a_key_made_through_the_api_works_at_once_and_is_revoked_at_once() {
     );
 
     // Bob cannot see or revoke alice's key; alice can.
-    let r = client()
-        .delete(url(&gw, &format!("/v1/keys/{id}")))
-        .bearer_auth(BOB)
-        .send()
-        .expect("DELETE");
+    let r = revoke(&gw, BOB, &id);
     assert_eq!(error_code(r, 404), "not_found");
-    let r = client()
-        .delete(url(&gw, &format!("/v1/keys/{id}")))
-        .bearer_auth(ALICE)
-        .send()
-        .expect("DELETE");
+    let r = revoke(&gw, ALICE, &id);
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(chat_status(&gw, &key), 401);
-    let r = client()
-        .delete(url(&gw, &format!("/v1/keys/{id}")))
-        .bearer_auth(ALICE)
-        .send()
-        .expect("DELETE");
+    let r = revoke(&gw, ALICE, &id);
     assert_eq!(error_code(r, 404), "not_found");
-    let r = client()
-        .delete(url(&gw, "/v1/keys/alice-key"))
-        .bearer_auth(ALICE)
-        .send()
-        .expect("DELETE");
+    let r = revoke(&gw, ALICE, "alice-key");
     assert_eq!(error_code(r, 409), "config_key");
 
     // Without keys:manage.
@@ -222,11 +208,7 @@ fn keys_survive_a_restart_and_revocations_too() {
     let (kept_id, kept) = new_key(&gw, ALICE);
     let (gone_id, gone) = new_key(&gw, BOB);
     assert_eq!(chat_status(&gw, &kept), 200);
-    let r = client()
-        .delete(url(&gw, &format!("/v1/keys/{gone_id}")))
-        .bearer_auth(BOB)
-        .send()
-        .expect("DELETE");
+    let r = revoke(&gw, BOB, &gone_id);
     assert_eq!(r.status().as_u16(), 200);
     drop(gw);
 

@@ -137,6 +137,15 @@ pub fn new_key(gw: &Gateway, key: &str) -> (String, String) {
     )
 }
 
+/// `DELETE /v1/keys/{id}` as `key`.
+pub fn revoke(gw: &Gateway, key: &str, id: &str) -> reqwest::blocking::Response {
+    client()
+        .delete(url(gw, &format!("/v1/keys/{id}")))
+        .bearer_auth(key)
+        .send()
+        .unwrap_or_else(|e| panic!("DELETE /v1/keys/{id}: {e}"))
+}
+
 /// The status of a chat completion made with `key`.
 pub fn chat_status(gw: &Gateway, key: &str) -> u16 {
     client()

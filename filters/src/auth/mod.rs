@@ -9,6 +9,13 @@
 //! user, org, role and the key's [`Grants`]). A reload builds a new table, so added, removed and
 //! disabled keys take effect for the next request.
 //!
+//! Keys made at runtime (the key API, kept in the engine's store) are looked up next, in the
+//! table the engine publishes ([`RuntimeKeys`]) — the same way, by digest, with the same
+//! identities (the user's role, narrowed by the key's own `models`) plus an expiry. The filter
+//! resolves that table against its config's users once per published table, so neither a store
+//! change nor a reload waits for the other, and the request path never reads a database. Each
+//! key's use is noted (at most once a second) for the store's `last_used`.
+//!
 //! # Why a lookup by hash is constant-time enough
 //!
 //! Comparing a presented key with stored keys byte by byte would leak, through timing, how much
