@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on a fresh Debian/Ubuntu machine:
-# cmake (Pingora's zlib-ng build), redis-server (rate-limit tests), the Python test client.
+# cmake (Pingora's zlib-ng build), redis-server (rate-limit tests), postgresql (the key-store
+# tests start throw-away clusters from /usr/lib/postgresql/*/bin), the Python test client.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ "${1:-}" != "--no-redis" ]; then
   command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 fi
 if [ "${1:-}" != "--no-redis" ]; then
   command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
@@ -29,6 +31,10 @@ fi
 command -v cmake >/dev/null || { echo "setup: cmake is required to build Pingora" >&2; exit 1; }
 if [ "${1:-}" != "--no-redis" ] && ! command -v redis-server >/dev/null 2>&1; then
   echo "setup: redis-server is required by the rate-limit tests (apt-get install redis-server)" >&2
+  exit 1
+fi
+if [ "${1:-}" != "--no-redis" ] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  echo "setup: PostgreSQL is required by the key-store tests (apt-get install postgresql)" >&2
   exit 1
 fi
 if [ "${1:-}" != "--no-python" ] && [ "${1:-}" != "--no-redis" ]; then

@@ -1,5 +1,11 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /admin/reload`.
-//! Never served on the public listener.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /admin/reload` and the admin
+//! key API (`/admin/v1/keys`). Never served on the public listener.
+//!
+//! Routes that change state (`POST /admin/reload`, every `/admin/v1/*`) refuse, with 403, a
+//! request whose `Host` is not this listener's own address or whose `Origin` (when present:
+//! curl sends none) is not `http://` + that address, so that a web page a browser shows can
+//! neither drive them nor read them through DNS rebinding; and they require the admin token
+//! when `server.admin_token_env` is set (the key API always does).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,11 +34,16 @@ pub async fn spawn(
                 a = listener.accept() => a,
                 _ = stop.changed() => return,
             };
-            let Ok((stream, _)) = accepted else { continue };
+            let Ok((stream, peer)) = accepted else {
+                continue;
+            };
+            let own = stream.local_addr().unwrap_or(local);
             let state = state.clone();
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let svc = hyper::service::service_fn(move |req| handle(req, state.clone()));
+                let svc = hyper::service::service_fn(move |req| {
+                    handle(req, state.clone(), own, peer.ip())
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, svc)
                     .await;
@@ -42,10 +53,32 @@ pub async fn spawn(
     Ok(local)
 }
 
+/// The largest request body an admin route reads.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<EngineState>,
+    own: SocketAddr,
+    peer: std::net::IpAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/admin/reload" || path.starts_with("/admin/v1/") || path == "/admin/v1" {
+        if let Err(refused) = same_origin(req.headers(), own) {
+            return Ok(reply_response(refused, None));
+        }
+    }
+    if path.starts_with("/admin/v1/keys") {
+        return Ok(admin_keys(req, &state, peer).await);
+    }
+    if path == "/admin/reload" && req.method() == hyper::Method::POST {
+        let snap = state.snapshot.load();
+        if let crate::keys::admin::TokenCheck::Refused(r) =
+            crate::keys::admin::check_token(&snap.config, req.headers())
+        {
+            return Ok(reply_response(r, None));
+        }
+    }
     let resp = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
         ("GET", "/readyz") => {
@@ -85,6 +118,96 @@ async fn handle(
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
+}
+
+/// Refuses a `Host` other than the listener's own address (`localhost` for a loopback one),
+/// and an `Origin` other than `http://` + that address.
+fn same_origin(headers: &hyper::HeaderMap, own: SocketAddr) -> Result<(), sluice_filters::Reply> {
+    let mut allowed = vec![own.to_string()];
+    if own.ip().is_loopback() {
+        allowed.push(format!("localhost:{}", own.port()));
+    }
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !host.is_some_and(|h| allowed.iter().any(|a| a.eq_ignore_ascii_case(h))) {
+        return Err(sluice_filters::Reply::error(
+            403,
+            "permission_denied",
+            format!(
+                "Admin routes answer only requests addressed to this listener ({}): the Host header says otherwise.",
+                allowed.join(" or ")
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        if !ok {
+            return Err(sluice_filters::Reply::error(
+                403,
+                "permission_denied",
+                "Admin routes refuse requests from web pages of another origin.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `/admin/v1/keys…`: reads the body (bounded) and hands it to the key API.
+async fn admin_keys(
+    req: Request<Incoming>,
+    state: &EngineState,
+    peer: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let request_id = crate::keys::admin::request_id(&parts.headers);
+    let body = match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let r = sluice_filters::Reply::error(
+                413,
+                "request_too_large",
+                format!("Admin request bodies are limited to {MAX_ADMIN_BODY} bytes."),
+            );
+            return reply_response(r, Some(&request_id));
+        }
+    };
+    let reply = crate::keys::admin::handle(
+        state,
+        crate::keys::admin::AdminRequest {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body: &body,
+            client_ip: Some(peer),
+            request_id: &request_id,
+        },
+    )
+    .await;
+    reply_response(reply, Some(&request_id))
+}
+
+/// A local reply as a hyper response.
+fn reply_response(r: sluice_filters::Reply, request_id: Option<&str>) -> Response<Full<Bytes>> {
+    let mut b = Response::builder()
+        .status(r.status)
+        .header("content-type", r.content_type);
+    if let Some(id) = request_id {
+        b = b.header("x-request-id", id);
+    }
+    for (n, v) in r.headers {
+        b = b.header(n, v);
+    }
+    b.body(Full::new(r.body)).unwrap_or_default()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -8,6 +8,12 @@
 //! synchronous run (the audit trail holds two records: the accepted request, `202`, and the
 //! execution, with its usage). `GET /v1/agents/{agentId}/runs/{runId}` returns the run to the
 //! org that started it, until `agent_runs.retention_seconds` after it finished.
+//!
+//! Runs are kept in memory and, so that any instance sharing the store can answer for a run
+//! another one started, in the store too (`agent_runs`: queued, running, then the final
+//! object; a late write never replaces a later state). The store is written off the hot path
+//! (the queued state before the `202`, bounded by `store.timeout_ms`); if it fails the run goes
+//! on and stays readable on the instance that runs it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,6 +27,7 @@ use serde_json::{json, Value};
 use sluice_filters::{Cx, Identity, JsonBody, Reply};
 
 use crate::state::Snapshot;
+use crate::store::{RunRow, StoreRuntime};
 
 /// The header carrying an internal run's token; never accepted from outside the loopback
 /// execution and never forwarded upstream.
@@ -240,7 +247,13 @@ struct Runs {
 #[derive(Default)]
 pub struct AgentRuns {
     inner: Mutex<Runs>,
+    store: Option<Arc<StoreRuntime>>,
 }
+
+/// The `rank` of each state in the store: a write never replaces a later state.
+const RANK_QUEUED: i64 = 0;
+const RANK_RUNNING: i64 = 1;
+const RANK_FINISHED: i64 = 2;
 
 /// What the background execution needs.
 pub struct Started {
@@ -250,12 +263,61 @@ pub struct Started {
 }
 
 impl AgentRuns {
+    /// Runs kept in memory and in `store`.
+    pub fn new(store: Arc<StoreRuntime>) -> AgentRuns {
+        AgentRuns {
+            inner: Mutex::default(),
+            store: Some(store),
+        }
+    }
+
+    /// Writes a run's state to the store (logged, never fatal: the run goes on).
+    async fn persist(&self, run_id: &str, org: Option<&str>, object: &Value, rank: i64, ttl: u64) {
+        let Some(rt) = &self.store else { return };
+        let row = RunRow {
+            id: run_id.to_string(),
+            agent_id: object["agent_id"].as_str().unwrap_or_default().to_string(),
+            org: org.map(str::to_string),
+            object: object.clone(),
+            rank,
+            expires: crate::store::now_secs().saturating_add(ttl.min(i64::MAX as u64) as i64),
+        };
+        if let Err(e) = rt.store().put_run(&row).await {
+            rt.runs_failed();
+            tracing::warn!(run_id, error = %e, "agent run not stored: only this instance can answer for it");
+        }
+    }
+
+    /// Stores the `running` state of a run this instance executes.
+    pub async fn persist_running(
+        &self,
+        cfg: &AgentRunsConfig,
+        started: &Started,
+        org: Option<&str>,
+    ) {
+        let mut object = started.queued.clone();
+        object["status"] = json!("running");
+        let ttl = cfg.timeout_seconds + cfg.retention_seconds;
+        self.persist(&started.run_id, org, &object, RANK_RUNNING, ttl)
+            .await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a run, or refuses (429) when `max_in_flight` runs are already queued or running.
-    pub fn start(&self, cfg: &AgentRunsConfig, cx: &Cx) -> Result<Started, Reply> {
+    /// Queues a run (in memory, then in the store), or refuses (429) when `max_in_flight` runs
+    /// are already queued or running.
+    pub async fn start(&self, cfg: &AgentRunsConfig, cx: &Cx) -> Result<Started, Reply> {
+        let started = self.start_in_memory(cfg, cx)?;
+        let org = cx.identity.as_ref().map(|i| &*i.org);
+        let ttl = cfg.timeout_seconds + cfg.retention_seconds;
+        self.persist(&started.run_id, org, &started.queued, RANK_QUEUED, ttl)
+            .await;
+        Ok(started)
+    }
+
+    fn start_in_memory(&self, cfg: &AgentRunsConfig, cx: &Cx) -> Result<Started, Reply> {
         let mut runs = self.lock();
         purge(&mut runs, cfg);
         if runs.in_flight >= cfg.max_in_flight {
@@ -301,6 +363,14 @@ impl AgentRuns {
         })
     }
 
+    /// The org that started a run held here.
+    pub fn org_of(&self, run_id: &str) -> Option<String> {
+        let runs = self.lock();
+        runs.entries
+            .get(run_id)
+            .and_then(|e| e.org.as_deref().map(str::to_string))
+    }
+
     /// Exchanges an internal token (once) for its run id and the caller's identity, if the
     /// token is for this agent. Marks the run `running`.
     pub fn claim(&self, token: &str, agent_id: &str) -> Option<(String, Option<Identity>)> {
@@ -315,32 +385,73 @@ impl AgentRuns {
         Some((p.run_id, p.identity))
     }
 
-    /// Stores a run's final object.
-    pub fn finish(&self, cfg: &AgentRunsConfig, run_id: &str, object: Value) {
-        let mut runs = self.lock();
-        runs.in_flight = runs.in_flight.saturating_sub(1);
-        runs.pending.retain(|_, p| p.run_id != run_id);
-        if let Some(e) = runs.entries.get_mut(run_id) {
-            e.object = object;
-            e.finished_at = Some(Instant::now());
-            runs.finished.push_back(run_id.to_string());
-        }
-        purge(&mut runs, cfg);
+    /// Stores a run's final object (in memory, then in the store).
+    pub async fn finish(&self, cfg: &AgentRunsConfig, run_id: &str, object: Value) {
+        let org = {
+            let mut runs = self.lock();
+            runs.in_flight = runs.in_flight.saturating_sub(1);
+            runs.pending.retain(|_, p| p.run_id != run_id);
+            let org = runs.entries.get_mut(run_id).map(|e| {
+                e.object = object.clone();
+                e.finished_at = Some(Instant::now());
+                e.org.clone()
+            });
+            if org.is_some() {
+                runs.finished.push_back(run_id.to_string());
+            }
+            purge(&mut runs, cfg);
+            org.flatten()
+        };
+        self.persist(
+            run_id,
+            org.as_deref(),
+            &object,
+            RANK_FINISHED,
+            cfg.retention_seconds,
+        )
+        .await;
     }
 
     /// `GET /v1/agents/{agentId}/runs/{runId}`: only the org that started a run may read it.
-    pub fn status(&self, agent_id: &str, run_id: &str, identity: Option<&Identity>) -> Reply {
-        let runs = self.lock();
-        let visible = runs.entries.get(run_id).filter(|e| {
-            e.agent_id == agent_id
-                && match (&e.org, identity) {
-                    (Some(org), Some(i)) => *org == i.org,
+    /// A run this instance does not hold is looked up in the store (another instance may have
+    /// started it).
+    pub async fn status(&self, agent_id: &str, run_id: &str, identity: Option<&Identity>) -> Reply {
+        let local = {
+            let runs = self.lock();
+            runs.entries.get(run_id).map(|e| {
+                (
+                    e.agent_id.clone(),
+                    e.org.as_deref().map(str::to_string),
+                    e.object.clone(),
+                )
+            })
+        };
+        let found = match (local, &self.store) {
+            (Some(l), _) => Some(l),
+            (None, None) => None,
+            (None, Some(rt)) => match rt.store().get_run(run_id).await {
+                Ok(row) => row.map(|r| (r.agent_id, r.org, r.object)),
+                Err(e) => {
+                    rt.runs_failed();
+                    return Reply::error(
+                        503,
+                        "store_unavailable",
+                        format!("This run is not on this instance and {e}. Retry shortly."),
+                    )
+                    .with_header("retry-after", "1");
+                }
+            },
+        };
+        let visible = found.filter(|(agent, org, _)| {
+            agent == agent_id
+                && match (org, identity) {
+                    (Some(org), Some(i)) => **org == *i.org,
                     (None, _) => true,
                     (Some(_), None) => false,
                 }
         });
         match visible {
-            Some(e) => Reply::json(200, &e.object),
+            Some((_, _, object)) => Reply::json(200, &object),
             None => Reply::error(
                 404,
                 "not_found",
@@ -381,6 +492,10 @@ pub async fn execute(
     input: Value,
 ) {
     let cfg = runs.snapshot.load().config.agent_runs.clone();
+    let org = runs.runs.org_of(&started.run_id);
+    runs.runs
+        .persist_running(&cfg, &started, org.as_deref())
+        .await;
     let body = json!({"input": input}).to_string();
     let call = call_self(listen, &agent_id, &started.token, body);
     let result = tokio::time::timeout(Duration::from_secs(cfg.timeout_seconds), call).await;
@@ -418,7 +533,7 @@ pub async fn execute(
             }
         }
     }
-    runs.runs.finish(&cfg, &started.run_id, object);
+    runs.runs.finish(&cfg, &started.run_id, object).await;
 }
 
 async fn call_self(

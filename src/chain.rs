@@ -146,6 +146,14 @@ impl Chain {
         }
     }
 
+    /// Puts an event on the record (see [`Filter::on_event`]): a key change made through the
+    /// key API. The audit filter writes it on the same chain as the requests.
+    pub async fn on_event(&self, cx: &Cx, ex: &Exchange) {
+        for f in &self.filters {
+            f.on_event(cx, ex).await;
+        }
+    }
+
     pub async fn shutdown(&self) {
         for f in &self.filters {
             f.shutdown().await;

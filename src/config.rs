@@ -42,6 +42,9 @@ pub struct Config {
     pub agent_runs: crate::agents::AgentRunsConfig,
     #[serde(default)]
     pub filters: Vec<toml::Table>,
+    /// Where keys made through the key API live (SPEC §12).
+    #[serde(default)]
+    pub store: crate::store::StoreConfig,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -68,6 +71,9 @@ pub struct ServerConfig {
     pub max_sse_event_bytes: usize,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// The environment variable holding the admin token: it enables `/admin/v1/keys` and is
+    /// then required by every state-changing admin route (`POST /admin/reload` included).
+    pub admin_token_env: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -249,6 +255,14 @@ impl Config {
                 "must differ from server.listen: admin routes are never public",
             ));
         }
+        if let Some(env) = &s.admin_token_env {
+            if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                errs.push(ConfigError::new(
+                    "server.admin_token_env",
+                    "must be an environment variable name (e.g. SLUICE_ADMIN_TOKEN)",
+                ));
+            }
+        }
         if s.threads == 0 || s.threads > 1024 {
             errs.push(ConfigError::new(
                 "server.threads",
@@ -402,6 +416,7 @@ impl Config {
         self.rate_limit.validate(errs);
         self.dlp.validate(errs);
         self.audit.validate(errs);
+        self.store.validate(errs);
     }
 }
 

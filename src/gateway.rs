@@ -135,6 +135,14 @@ impl GatewayBuilder {
             Snapshot::build(config.clone(), &self.types, &shared, mock_addr)
                 .map_err(StartError::Config)?
         };
+        let store = control
+            .block_on(crate::store::StoreRuntime::open(&config.store, &shared))
+            .map_err(|e| {
+                StartError::Io(format!(
+                    "store.url: cannot open {}: {e}",
+                    config.store.display_url()
+                ))
+            })?;
         let listen = config.server.listen.clone();
         let admin_listen: SocketAddr = config.server.admin_listen.parse().map_err(|_| {
             StartError::Io(format!("bad admin address {}", config.server.admin_listen))
@@ -150,8 +158,13 @@ impl GatewayBuilder {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             probe_token: format!("{:032x}", rand::random::<u128>()),
-            runs: AgentRuns::default(),
+            runs: AgentRuns::new(store.clone()),
+            store,
         });
+        {
+            let _guard = control.enter();
+            state.store.spawn(stop_rx.clone());
+        }
 
         let admin_addr = control
             .block_on(crate::admin::spawn(
@@ -481,6 +494,7 @@ impl ShutdownTrigger {
             }
             let chain = state.snapshot.load().chain.clone();
             chain.shutdown().await;
+            state.store.flush_uses().await;
             stopped.store(true, Ordering::SeqCst);
             done.notify_waiters();
         });

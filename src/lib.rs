@@ -13,6 +13,7 @@ pub mod chain;
 pub mod config;
 pub mod gateway;
 pub mod headers;
+pub mod keys;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
@@ -20,6 +21,7 @@ pub mod proxy;
 pub mod routes;
 pub mod sse;
 pub mod state;
+pub mod store;
 
 pub use config::{Config, ConfigErrors};
 pub use gateway::{Gateway, GatewayBuilder, ShutdownTrigger, StartError};

@@ -55,12 +55,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Print a fresh API key (once) and the [[keys]] entry that holds only its SHA-256.
+    /// Print a fresh API key (once) and the [[keys]] entry that holds only its SHA-256; with
+    /// --store, put it in the config's store instead (running gateways pick it up).
     New {
         #[arg(long)]
         user: String,
         #[arg(long)]
         id: Option<String>,
+        /// Create the key in `[store]` (the config's store) rather than print a [[keys]] entry.
+        #[arg(long)]
+        store: bool,
+        /// The key's name (with --store).
+        #[arg(long, requires = "store")]
+        name: Option<String>,
+        /// The config whose store and users to use (with --store).
+        #[arg(short = 'c', long = "config", requires = "store")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -79,8 +89,24 @@ fn main() -> ExitCode {
         Command::Run { config } => run(default_path(config)),
         Command::Check { config } => check(default_path(config)),
         Command::Keys {
-            command: KeysCommand::New { user, id },
+            command:
+                KeysCommand::New {
+                    user,
+                    id,
+                    store: false,
+                    ..
+                },
         } => keys_new(&user, id),
+        Command::Keys {
+            command:
+                KeysCommand::New {
+                    user,
+                    id,
+                    name,
+                    config,
+                    ..
+                },
+        } => keys_new_in_store(default_path(config), &user, id, name),
         Command::Audit {
             command: AuditCommand::Verify { files },
         } => audit_verify(&files),
@@ -165,6 +191,43 @@ fn keys_new(user: &str, id: Option<String>) -> ExitCode {
     println!("# Add this entry to your config, then reload (SIGHUP or POST /admin/reload):");
     print!("{}", auth::key_entry_toml(&id, user, &key));
     ExitCode::SUCCESS
+}
+
+fn keys_new_in_store(
+    path: PathBuf,
+    user: &str,
+    id: Option<String>,
+    name: Option<String>,
+) -> ExitCode {
+    let config = match sluice::Config::load(&path) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("sluice: {}:\n{errs}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(sluice::keys::create_in_store(&config, user, id, name)) {
+        Ok((id, key)) => {
+            println!("# The API key for {user} (shown once; the store holds only its SHA-256):");
+            println!("{key}");
+            println!("# id: {id}, in {}", config.store.display_url());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn audit_verify(files: &[PathBuf]) -> ExitCode {

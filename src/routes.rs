@@ -96,6 +96,11 @@ pub fn match_route<'p>(method: &Method, path: &'p str) -> RouteMatch<'p> {
             m.id = Some(*id);
             m.run_id = Some(*run);
         }
+        (_, ["keys"] | ["keys", ""]) => m.route = Route::Keys,
+        (_, ["keys", id] | ["keys", id, ""]) if !id.is_empty() => {
+            m.route = Route::Key;
+            m.id = Some(*id);
+        }
         _ => {}
     }
     m
@@ -264,6 +269,9 @@ mod tests {
         assert_eq!(route(Method::POST, "/v1/embeddings"), Route::Embeddings);
         assert_eq!(route(Method::POST, "/v1/audio/speech"), Route::Passthrough);
         assert_eq!(route(Method::GET, "/healthz"), Route::Unknown);
+        assert_eq!(route(Method::POST, "/v1/keys"), Route::Keys);
+        let m = match_route(&Method::DELETE, "/v1/keys/key_1");
+        assert_eq!((m.route, m.id), (Route::Key, Some("key_1")));
     }
 
     #[test]

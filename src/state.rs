@@ -206,6 +206,8 @@ pub struct EngineState {
     /// A random token that lets `start` recognise its own listener.
     pub probe_token: String,
     pub runs: AgentRuns,
+    /// The key store and the memory that serves it (`[store]`).
+    pub store: Arc<crate::store::StoreRuntime>,
 }
 
 impl EngineState {
@@ -227,6 +229,9 @@ impl EngineState {
             },
         };
         let old = self.snapshot.load();
+        if config.store != old.config.store {
+            tracing::warn!("store settings take effect only after a restart");
+        }
         if config.server.listen != old.config.server.listen
             || config.server.admin_listen != old.config.server.admin_listen
         {

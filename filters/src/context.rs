@@ -25,6 +25,10 @@ pub enum Route {
     AgentRun,
     AgentRunStatus,
     Embeddings,
+    /// `/v1/keys`: the caller's own API keys (list, create).
+    Keys,
+    /// `/v1/keys/{id}`: one of them (get, revoke).
+    Key,
     /// Any other `/v1/*` path, forwarded as is.
     Passthrough,
     /// Outside `/v1/`: answered 404 by the engine.
@@ -45,6 +49,8 @@ impl Route {
             Route::AgentRun => "agent_run",
             Route::AgentRunStatus => "agent_run_status",
             Route::Embeddings => "embeddings",
+            Route::Keys => "keys",
+            Route::Key => "key",
             Route::Passthrough => "passthrough",
             Route::Unknown => "unknown",
         }

@@ -118,6 +118,13 @@ pub trait Filter: Send + Sync + 'static {
     /// Runs after the response was delivered or the request failed, for every outcome.
     async fn on_log(&self, _ex: &Exchange, _cx: &Cx) {}
 
+    /// Records something that belongs on the record but is not a request's own exchange: a
+    /// change made through the admin API, or the key a request created or revoked. `cx`
+    /// describes it like a request (request id, method, path, client; the changed key as the
+    /// identity), `ex` how it ended. The audit filter writes it as a record of its own on the
+    /// same hash chain (durably first under `fsync = "always"`); other filters ignore it.
+    async fn on_event(&self, _cx: &Cx, _ex: &Exchange) {}
+
     /// Runs once when the gateway stops (after draining): flush what must not be lost.
     async fn shutdown(&self) {}
 }

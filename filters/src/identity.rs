@@ -10,15 +10,18 @@ pub enum Permission {
     AgentsRun,
     Embeddings,
     Passthrough,
+    /// Making, listing and revoking one's own API keys (`/v1/keys`).
+    KeysManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::Chat,
         Permission::ModelsList,
         Permission::AgentsRun,
         Permission::Embeddings,
         Permission::Passthrough,
+        Permission::KeysManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -28,6 +31,7 @@ impl Permission {
             Permission::AgentsRun => "agents:run",
             Permission::Embeddings => "embeddings",
             Permission::Passthrough => "passthrough",
+            Permission::KeysManage => "keys:manage",
         }
     }
 

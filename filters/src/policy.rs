@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditSettings;
 use crate::dlp::DlpSettings;
@@ -74,14 +74,18 @@ impl fmt::Display for BuildError {
 }
 
 /// A rate limit at one level (`[[orgs]]`, `[[users]]`, `[[keys]]`). Every field is optional.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 pub struct RateLimitSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
     /// Capacity of the request bucket (defaults to `requests_per_minute`): how many requests
     /// may arrive at once after a quiet period.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
     /// Capacity of the token bucket (defaults to `tokens_per_minute`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_burst: Option<u64>,
 }
 
@@ -229,7 +233,8 @@ impl Policy<'_> {
     }
 }
 
-fn validate_spec(rl: &RateLimitSpec, path: &str, errs: &mut Vec<ConfigError>) {
+/// Checks one `rate_limit` table (every limit at least 1), naming `path` in errors.
+pub fn validate_spec(rl: &RateLimitSpec, path: &str, errs: &mut Vec<ConfigError>) {
     for (name, v) in [
         ("requests_per_minute", rl.requests_per_minute),
         ("tokens_per_minute", rl.tokens_per_minute),

@@ -34,6 +34,7 @@ impl Reply {
             kind: error_type(status, code),
             code,
             message: message.into(),
+            param: None,
         };
         Reply {
             status,
@@ -57,6 +58,15 @@ impl Reply {
             code: None,
             error_info: None,
         }
+    }
+
+    /// Names the request field an error is about (`param`).
+    pub fn with_param(mut self, param: &str) -> Reply {
+        if let Some(e) = self.error_info.as_mut() {
+            e.param = Some(param.to_string());
+            self.body = crate::api::openai_error(e);
+        }
+        self
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl AsRef<str>) -> Reply {

@@ -207,6 +207,7 @@ impl Call {
                 kind: "upstream_error",
                 code,
                 message: message.into(),
+                param: None,
             };
             return FailAction::StreamError(self.cx.api.stream_error_event(&info).to_bytes());
         }

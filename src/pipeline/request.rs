@@ -130,7 +130,7 @@ impl Call {
         if let Verdict::Respond(r) = snap.chain.on_request(&mut request, &mut self.cx).await {
             return Step::Reply(r);
         }
-        if let Some(reply) = self.local_route(head, async_input) {
+        if let Some(reply) = self.local_route(head, async_input, &body).await {
             return Step::Reply(reply);
         }
         self.rewrite_for_upstream(&mut body);
@@ -192,7 +192,12 @@ impl Call {
     }
 
     /// The routes Sluice answers itself, once the chain admitted the request.
-    fn local_route(&mut self, head: &Head<'_>, async_input: Option<Value>) -> Option<Reply> {
+    async fn local_route(
+        &mut self,
+        head: &Head<'_>,
+        async_input: Option<Value>,
+        body: &JsonBody,
+    ) -> Option<Reply> {
         let identity = self.cx.identity.as_ref();
         match self.cx.route {
             Route::ListModels => Some(Reply::json(
@@ -206,20 +211,39 @@ impl Call {
                     None => model_not_found(id),
                 })
             }
-            Route::AgentRunStatus => Some(self.state.runs.status(
-                self.ids.0.as_deref().unwrap_or_default(),
-                self.ids.1.as_deref().unwrap_or_default(),
-                identity,
-            )),
-            Route::AgentRun => async_input.map(|input| self.start_async_run(head, input)),
+            Route::AgentRunStatus => Some(
+                self.state
+                    .runs
+                    .status(
+                        self.ids.0.as_deref().unwrap_or_default(),
+                        self.ids.1.as_deref().unwrap_or_default(),
+                        identity,
+                    )
+                    .await,
+            ),
+            Route::Keys | Route::Key => Some(
+                crate::keys::self_service(
+                    &self.state,
+                    &self.snap,
+                    &self.cx,
+                    head.method,
+                    self.ids.0.as_deref(),
+                    body,
+                )
+                .await,
+            ),
+            Route::AgentRun => match async_input {
+                Some(input) => Some(self.start_async_run(head, input).await),
+                None => None,
+            },
             _ => None,
         }
     }
 
     /// `"async": true`: answers `202` with the queued run and executes it in the background.
-    fn start_async_run(&mut self, head: &Head<'_>, input: Value) -> Reply {
+    async fn start_async_run(&mut self, head: &Head<'_>, input: Value) -> Reply {
         let cfg = &self.snap.config.agent_runs;
-        let started = match self.state.runs.start(cfg, &self.cx) {
+        let started = match self.state.runs.start(cfg, &self.cx).await {
             Ok(s) => s,
             Err(r) => return r,
         };
@@ -245,7 +269,7 @@ impl Call {
             None => {
                 let failed =
                     json!({"status": "failed", "error": {"message": "no listener address"}});
-                self.state.runs.finish(cfg, &started.run_id, failed);
+                self.state.runs.finish(cfg, &started.run_id, failed).await;
             }
         }
         queued
@@ -277,7 +301,12 @@ impl Call {
 fn reaches_model(route: Route) -> bool {
     !matches!(
         route,
-        Route::ListModels | Route::GetModel | Route::AgentRunStatus | Route::Unknown
+        Route::ListModels
+            | Route::GetModel
+            | Route::AgentRunStatus
+            | Route::Keys
+            | Route::Key
+            | Route::Unknown
     )
 }
 

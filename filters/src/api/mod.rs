@@ -190,6 +190,8 @@ pub struct ErrorInfo {
     /// Sluice's code (`invalid_api_key`, `dlp_blocked`, …).
     pub code: &'static str,
     pub message: String,
+    /// The request field the error is about, when there is one.
+    pub param: Option<String>,
 }
 
 /// Per-stream memory an API keeps in the caller's state (the identifying fields of the first
@@ -320,6 +322,7 @@ pub trait Api: Send + Sync + 'static {
             kind: "dlp_violation",
             code: "dlp_blocked",
             message: "The answer was blocked by DLP.".into(),
+            param: None,
         }));
     }
 
@@ -351,7 +354,7 @@ pub trait Api: Send + Sync + 'static {
 
 /// OpenAI's error shape: `{"error":{"message","type","code","param":null}}`.
 pub fn openai_error_value(e: &ErrorInfo) -> Value {
-    json!({"error": {"message": e.message, "type": e.kind, "code": e.code, "param": null}})
+    json!({"error": {"message": e.message, "type": e.kind, "code": e.code, "param": e.param}})
 }
 
 pub fn openai_error(e: &ErrorInfo) -> Bytes {

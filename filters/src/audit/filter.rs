@@ -51,6 +51,25 @@ impl AuditFilter {
         }
     }
 
+    /// Queues a record and waits (up to `write_timeout_ms`, without starving the runtime)
+    /// until the writer says it is durable.
+    fn write_durably(&self, body: Vec<u8>, cx: &Cx) {
+        let started = Instant::now();
+        run_blocking(
+            || match self.writer.submit_blocking(body, self.write_timeout) {
+                Ok(seq) => {
+                    let left = self.write_timeout.saturating_sub(started.elapsed());
+                    if let Err(e) = self.writer.wait_durable(seq, left) {
+                        tracing::error!(target: "sluice::audit", request_id = %cx.request_id,
+                        "audit record not confirmed durable before the response completed: {e}");
+                        self.metrics.write_error(error_kind::DURABILITY_TIMEOUT);
+                    }
+                }
+                Err(e) => self.keep_elsewhere(e),
+            },
+        );
+    }
+
     /// A record the writer would not take goes to the process log, so that it is never lost
     /// silently (records hold no secrets, by construction).
     fn keep_elsewhere(&self, e: SubmitError) {
@@ -111,23 +130,9 @@ impl Filter for AuditFilter {
                 return;
             }
         }
-        let Some(body) = self.body(cx, ex) else {
-            return;
-        };
-        let started = Instant::now();
-        run_blocking(
-            || match self.writer.submit_blocking(body, self.write_timeout) {
-                Ok(seq) => {
-                    let left = self.write_timeout.saturating_sub(started.elapsed());
-                    if let Err(e) = self.writer.wait_durable(seq, left) {
-                        tracing::error!(target: "sluice::audit", request_id = %cx.request_id,
-                        "audit record not confirmed durable before the response completed: {e}");
-                        self.metrics.write_error(error_kind::DURABILITY_TIMEOUT);
-                    }
-                }
-                Err(e) => self.keep_elsewhere(e),
-            },
-        );
+        if let Some(body) = self.body(cx, ex) {
+            self.write_durably(body, cx);
+        }
     }
 
     async fn on_log(&self, ex: &Exchange, cx: &Cx) {
@@ -146,6 +151,17 @@ impl Filter for AuditFilter {
             return;
         };
         if let Err(e) = self.writer.submit(body, self.write_timeout).await {
+            self.keep_elsewhere(e);
+        }
+    }
+
+    async fn on_event(&self, cx: &Cx, ex: &Exchange) {
+        let Some(body) = self.body(cx, ex) else {
+            return;
+        };
+        if self.fsync == Fsync::Always {
+            self.write_durably(body, cx);
+        } else if let Err(e) = self.writer.submit(body, self.write_timeout).await {
             self.keep_elsewhere(e);
         }
     }

@@ -9,6 +9,13 @@
 //! user, org, role and the key's [`Grants`]). A reload builds a new table, so added, removed and
 //! disabled keys take effect for the next request.
 //!
+//! Keys made at runtime (the key API, kept in the engine's store) are looked up next, in the
+//! table the engine publishes ([`RuntimeKeys`]) — the same way, by digest, with the same
+//! identities (the user's role, narrowed by the key's own `models`) plus an expiry. The filter
+//! resolves that table against its config's users once per published table, so neither a store
+//! change nor a reload waits for the other, and the request path never reads a database. Each
+//! key's use is noted (at most once a second) for the store's `last_used`.
+//!
 //! # Why a lookup by hash is constant-time enough
 //!
 //! Comparing a presented key with stored keys byte by byte would leak, through timing, how much
@@ -37,10 +44,13 @@
 
 mod key;
 mod rbac;
+mod runtime;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec, Opts};
@@ -54,6 +64,8 @@ pub use key::{
     generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
 };
 use key::{parse_authorization, KeyDigest, Presented};
+pub(crate) use runtime::Derived;
+pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 
 /// The metric counting refused authentications, by `reason` (`missing` or `invalid`).
 pub const FAILURES_METRIC: &str = "sluice_auth_failures_total";
@@ -71,16 +83,35 @@ const INVALID_MESSAGE: &str = "Incorrect API key provided. Check that the \
 /// The `auth` filter. Build it with [`build`] (or [`AuthFilter::from_policy`]).
 pub struct AuthFilter {
     keys: HashMap<KeyDigest, KeyEntry>,
+    /// The configured users, for the store's keys.
+    users: HashMap<String, ResolvedUser>,
+    /// The store's keys ([`RuntimeKeys`]) and this filter's view of them.
+    runtime: Arc<RuntimeKeys>,
+    store_keys: Derived<HashMap<KeyDigest, KeyEntry>>,
     missing: IntCounter,
     invalid: IntCounter,
 }
 
-/// A configured key, resolved once at load time.
+/// A key (configured, or of the store), resolved to its identity.
 struct KeyEntry {
     identity: Identity,
     /// Kept (rather than left out of the table) so that the operator's logs can say a revoked
     /// key is still in use, and by which key id.
     disabled: bool,
+    /// Unix seconds (store keys only).
+    expires: Option<u64>,
+    /// The second of the last use handed to [`RuntimeKeys::touch`], so that a busy key costs
+    /// one touch per second.
+    last_touch: AtomicU64,
+}
+
+/// A configured user, with what its keys' identities are made of.
+struct ResolvedUser {
+    org: Arc<str>,
+    role: Arc<str>,
+    permissions: Vec<Permission>,
+    models: Vec<String>,
+    agents: Vec<String>,
 }
 
 /// Builds the `auth` filter: the [`crate::FilterFactory`] for `type = "auth"`.
@@ -115,7 +146,7 @@ impl AuthFilter {
                  configured in [[keys]], [[users]] and [[roles]])",
             ));
         }
-        let keys = resolve_keys(policy, &mut errs);
+        let (keys, users) = resolve_keys(policy, &mut errs);
         if !errs.is_empty() {
             return Err(BuildError(errs));
         }
@@ -131,13 +162,18 @@ impl AuthFilter {
                 )
             })
             .map_err(|e| BuildError::one(path, format!("cannot register {FAILURES_METRIC}: {e}")))?;
-        if keys.is_empty() {
+        let runtime = RuntimeKeys::in_shared(shared);
+        if keys.is_empty() && runtime.table().is_empty() {
             tracing::warn!(
-                "the auth filter is on but no [[keys]] are configured: every request will be refused with 401"
+                "the auth filter is on but no [[keys]] are configured: every request will be \
+                 refused with 401 until a key is made in the store (`sluice keys new --store`)"
             );
         }
         Ok(AuthFilter {
             keys,
+            users,
+            runtime,
+            store_keys: Derived::default(),
             missing: failures.with_label_values(&["missing"]),
             invalid: failures.with_label_values(&["invalid"]),
         })
@@ -149,7 +185,7 @@ impl AuthFilter {
     }
 
     /// The identity a request's headers authenticate as, or the reply refusing it.
-    fn authenticate(&self, head: &RequestHead<'_>, request_id: &str) -> Result<&Identity, Reply> {
+    fn authenticate(&self, head: &RequestHead<'_>, request_id: &str) -> Result<Identity, Reply> {
         let key = match parse_authorization(head.headers) {
             Presented::Key(key) => key,
             Presented::Missing => {
@@ -163,17 +199,13 @@ impl AuthFilter {
                 return Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE));
             }
         };
-        match self.keys.get(&KeyDigest::of(key)) {
-            Some(entry) if !entry.disabled => Ok(&entry.identity),
-            Some(entry) => {
-                self.invalid.inc();
-                tracing::debug!(
-                    request_id,
-                    key_id = %entry.identity.key_id,
-                    "refused: disabled API key"
-                );
-                Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE))
-            }
+        let digest = KeyDigest::of(key);
+        if let Some(entry) = self.keys.get(&digest) {
+            return self.admit(entry, request_id);
+        }
+        let store = self.store_entries();
+        match store.1.get(&digest) {
+            Some(entry) => self.admit(entry, request_id),
             None => {
                 self.invalid.inc();
                 tracing::debug!(request_id, "refused: unknown API key");
@@ -181,10 +213,87 @@ impl AuthFilter {
             }
         }
     }
+
+    /// The identity of a known key, unless it is disabled or expired.
+    fn admit(&self, entry: &KeyEntry, request_id: &str) -> Result<Identity, Reply> {
+        let now = unix_now();
+        let refused = if entry.disabled {
+            Some("disabled")
+        } else if entry.expires.is_some_and(|e| now >= e) {
+            Some("expired")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            self.invalid.inc();
+            tracing::debug!(request_id, key_id = %entry.identity.key_id, "refused: {why} API key");
+            return Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE));
+        }
+        if entry.last_touch.swap(now, Ordering::Relaxed) != now {
+            self.runtime.touch(&entry.identity.key_id, now);
+        }
+        Ok(entry.identity.clone())
+    }
+
+    /// The store's keys resolved against this config's users, rebuilt when the store changed.
+    fn store_entries(&self) -> Arc<(u64, HashMap<KeyDigest, KeyEntry>)> {
+        let table = self.runtime.table();
+        self.store_keys.get(&table, |t| self.resolve_store_keys(t))
+    }
+
+    fn resolve_store_keys(&self, table: &StoreKeyTable) -> HashMap<KeyDigest, KeyEntry> {
+        let config_ids: HashSet<&str> = self.keys.values().map(|e| &*e.identity.key_id).collect();
+        let mut out = HashMap::with_capacity(table.len());
+        for k in table.iter() {
+            if config_ids.contains(&*k.id) || self.keys.contains_key(k.digest()) {
+                tracing::warn!(key_id = %k.id, "a store key has the id or the hash of a [[keys]] entry: the config's entry wins");
+                continue;
+            }
+            // A key whose user left the config authenticates nobody.
+            let Some(u) = self.users.get(&k.user) else {
+                continue;
+            };
+            let grants = Grants {
+                permissions: u.permissions.clone(),
+                models: u.models.clone(),
+                key_models: k.models.clone(),
+                agents: u.agents.clone(),
+            };
+            let identity = Identity {
+                key_id: k.id.clone(),
+                user: Arc::from(k.user.as_str()),
+                org: u.org.clone(),
+                role: u.role.clone(),
+                grants: Arc::new(grants),
+            };
+            out.insert(*k.digest(), entry(identity, k.disabled, k.expires));
+        }
+        out
+    }
 }
 
-/// Builds the digest → identity table, pushing every broken reference to `errs`.
-fn resolve_keys(policy: &Policy<'_>, errs: &mut Vec<ConfigError>) -> HashMap<KeyDigest, KeyEntry> {
+fn entry(identity: Identity, disabled: bool, expires: Option<u64>) -> KeyEntry {
+    KeyEntry {
+        identity,
+        disabled,
+        expires,
+        last_touch: AtomicU64::new(0),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Builds the digest → identity table (and the users the store's keys resolve against),
+/// pushing every broken reference to `errs`.
+fn resolve_keys(
+    policy: &Policy<'_>,
+    errs: &mut Vec<ConfigError>,
+) -> (HashMap<KeyDigest, KeyEntry>, HashMap<String, ResolvedUser>) {
     let mut roles: HashMap<&str, (Vec<Permission>, &crate::policy::RoleConfig)> = HashMap::new();
     for (i, r) in policy.roles.iter().enumerate() {
         if roles.contains_key(r.name.as_str()) {
@@ -306,15 +415,26 @@ fn resolve_keys(policy: &Policy<'_>, errs: &mut Vec<ConfigError>) -> HashMap<Key
             role: Arc::from(role.name.as_str()),
             grants: Arc::new(grants),
         };
-        table.insert(
-            digest,
-            KeyEntry {
-                identity,
-                disabled: k.disabled,
-            },
-        );
+        table.insert(digest, entry(identity, k.disabled, None));
     }
-    table
+    let resolved = users
+        .values()
+        .flatten()
+        .filter_map(|u| {
+            let (permissions, role) = roles.get(u.role.as_str())?;
+            Some((
+                u.name.clone(),
+                ResolvedUser {
+                    org: Arc::from(u.org.as_str()),
+                    role: Arc::from(role.name.as_str()),
+                    permissions: permissions.clone(),
+                    models: role.models.clone(),
+                    agents: role.agents.clone(),
+                },
+            ))
+        })
+        .collect();
+    (table, resolved)
 }
 
 /// Shows key ids only: never a key, never a digest.
@@ -354,7 +474,7 @@ impl Filter for AuthFilter {
         }
         match self.authenticate(head, &cx.request_id) {
             Ok(identity) => {
-                cx.identity = Some(identity.clone());
+                cx.identity = Some(identity);
                 Verdict::Continue
             }
             Err(reply) => {

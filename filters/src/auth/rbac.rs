@@ -42,6 +42,7 @@ pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
             require(id, Permission::Embeddings, "create embeddings")?;
             cx.model.as_deref().map_or(Ok(()), |m| require_model(id, m))
         }
+        Route::Keys | Route::Key => require(id, Permission::KeysManage, "manage API keys"),
         Route::Passthrough => {
             require(id, Permission::Passthrough, "call this endpoint")?;
             cx.model.as_deref().map_or(Ok(()), |m| require_model(id, m))

@@ -477,6 +477,7 @@ impl DlpFilter {
             kind: "dlp_violation",
             code: "dlp_blocked",
             message: message.to_string(),
+            param: None,
         }
     }
 

@@ -77,6 +77,7 @@ use self::bucket::{BucketView, Decision, Entity, Kind, Level, Limits, Plan, Plan
 use self::local::LocalStore;
 use self::redis_store::{BackendError, RedisConn, RedisStore};
 use crate::api::TokenCost;
+use crate::auth::{Derived, RuntimeKeys};
 use crate::policy::{BuildError, ConfigError, Policy, RateLimitSpec};
 use crate::{
     Cx, Exchange, Filter, Identity, JsonBody, PreAuthenticated, Reply, Request, Route, Shared,
@@ -261,6 +262,7 @@ pub fn build(
         }
     }
     let mut keys = HashMap::new();
+    // Store keys (made through the key API) have ids no config key has.
     for k in policy.keys {
         let org = user_org.get(k.user.as_str()).copied().unwrap_or_default();
         if let Some(e) = entity(Level::Key, &k.id, org, k.rate_limit.as_ref(), prefix) {
@@ -271,10 +273,20 @@ pub fn build(
         BuildError::one(path, format!("cannot register the rate_limit metrics: {e}"))
     })?;
 
+    let user_org = user_org
+        .into_iter()
+        .map(|(u, o)| (u.to_string(), o.to_string()))
+        .collect();
     Ok(Arc::new(RateLimitFilter {
         orgs,
         users,
         keys,
+        store_keys: StoreKeyEntities {
+            runtime: RuntimeKeys::in_shared(shared),
+            user_org,
+            prefix: prefix.to_string(),
+            derived: Derived::default(),
+        },
         store,
         default_max_tokens: settings.default_max_tokens,
         on_backend_error: settings.on_backend_error,
@@ -306,10 +318,40 @@ pub struct RateLimitFilter {
     orgs: HashMap<Arc<str>, Arc<Entity>>,
     users: HashMap<Arc<str>, Arc<Entity>>,
     keys: HashMap<Arc<str>, Arc<Entity>>,
+    store_keys: StoreKeyEntities,
     store: Store,
     default_max_tokens: u64,
     on_backend_error: OnBackendError,
     metrics: Arc<Metrics>,
+}
+
+/// The key-level buckets of the keys made at runtime ([`RuntimeKeys`]), derived from the table
+/// in force and rebuilt when it changes.
+struct StoreKeyEntities {
+    runtime: Arc<RuntimeKeys>,
+    /// user → org, for the Redis keys' hash tag.
+    user_org: HashMap<String, String>,
+    prefix: String,
+    derived: Derived<HashMap<Arc<str>, Arc<Entity>>>,
+}
+
+impl StoreKeyEntities {
+    fn get(&self, key_id: &str) -> Option<Arc<Entity>> {
+        let table = self.runtime.table();
+        if table.is_empty() {
+            return None;
+        }
+        let view = self.derived.get(&table, |t| {
+            t.iter()
+                .filter_map(|k| {
+                    let org = self.user_org.get(&k.user)?;
+                    let e = entity(Level::Key, &k.id, org, k.rate_limit.as_ref(), &self.prefix)?;
+                    Some((k.id.clone(), e))
+                })
+                .collect()
+        });
+        view.1.get(key_id).cloned()
+    }
 }
 
 enum Store {
@@ -385,7 +427,12 @@ fn reservation(body: &JsonBody, cx: &Cx, default_max_tokens: u64) -> u64 {
 fn reserves_nothing(route: Route) -> bool {
     matches!(
         route,
-        Route::ListModels | Route::GetModel | Route::AgentRunStatus | Route::Unknown
+        Route::ListModels
+            | Route::GetModel
+            | Route::AgentRunStatus
+            | Route::Keys
+            | Route::Key
+            | Route::Unknown
     )
 }
 
@@ -393,20 +440,24 @@ impl RateLimitFilter {
     /// Every level of the caller that has a bucket this request touches, org → user → key.
     fn plan(&self, id: &Identity, counts_request: bool, tokens: u64) -> Plan {
         let mut items = Vec::with_capacity(3);
-        for (map, name) in [
-            (&self.orgs, &id.org),
-            (&self.users, &id.user),
-            (&self.keys, &id.key_id),
-        ] {
-            if let Some(e) = map.get(&**name) {
-                let item = PlanItem {
-                    entity: Arc::clone(e),
-                    requests: u64::from(counts_request && e.limits.requests.is_some()),
-                    tokens: if e.limits.tokens.is_some() { tokens } else { 0 },
-                };
-                if item.requests > 0 || item.tokens > 0 {
-                    items.push(item);
-                }
+        let found = [
+            self.orgs.get(&*id.org).cloned(),
+            self.users.get(&*id.user).cloned(),
+            self.key_entity(&id.key_id),
+        ];
+        for entity in found.into_iter().flatten() {
+            let requests = u64::from(counts_request && entity.limits.requests.is_some());
+            let tokens = if entity.limits.tokens.is_some() {
+                tokens
+            } else {
+                0
+            };
+            if requests > 0 || tokens > 0 {
+                items.push(PlanItem {
+                    entity,
+                    requests,
+                    tokens,
+                });
             }
         }
         Plan { items }
@@ -416,7 +467,19 @@ impl RateLimitFilter {
         let has = |map: &HashMap<Arc<str>, Arc<Entity>>, name: &Arc<str>| {
             map.get(&**name).is_some_and(|e| e.limits.tokens.is_some())
         };
-        has(&self.orgs, &id.org) || has(&self.users, &id.user) || has(&self.keys, &id.key_id)
+        has(&self.orgs, &id.org)
+            || has(&self.users, &id.user)
+            || self
+                .key_entity(&id.key_id)
+                .is_some_and(|e| e.limits.tokens.is_some())
+    }
+
+    /// The key-level buckets of a configured key, else of a store key.
+    fn key_entity(&self, key_id: &str) -> Option<Arc<Entity>> {
+        match self.keys.get(key_id) {
+            Some(e) => Some(e.clone()),
+            None => self.store_keys.get(key_id),
+        }
     }
 
     /// Counts and (at most every 10 s) logs a store failure.

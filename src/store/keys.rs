@@ -1,0 +1,257 @@
+//! The key queries. Every change runs in one transaction that first bumps the change counter
+//! (so the write lock is taken before anything is read) and, on PostgreSQL, notifies
+//! [`CHANNEL`] at commit.
+
+use std::sync::Arc;
+
+use super::records::parse_json;
+use super::{now_secs, with_pool, KeyPatch, KeyRow, Store, StoreError, CHANNEL};
+
+/// A key row as the database returns it, columns in [`COLUMNS`] order.
+type RawKey = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+    i64,
+    Option<i64>,
+);
+
+const COLUMNS: &str = "id, user_name, name, sha256, models, rate_limit, disabled, created, expires";
+
+const BUMP: &str = "UPDATE store_version SET version = version + 1 WHERE id = 1 RETURNING version";
+
+fn to_row(raw: RawKey) -> Result<KeyRow, StoreError> {
+    let (id, user, name, sha256, models, rate_limit, disabled, created, expires) = raw;
+    let models = parse_json("models", &id, models).map_err(StoreError::Incompatible)?;
+    let rate_limit = parse_json("rate_limit", &id, rate_limit).map_err(StoreError::Incompatible)?;
+    Ok(KeyRow {
+        id,
+        user,
+        name,
+        sha256,
+        models,
+        rate_limit,
+        disabled,
+        created,
+        expires,
+    })
+}
+
+/// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock now, waiting up
+/// to the busy timeout, rather than failing when a read turns into a write).
+macro_rules! begin_write {
+    ($store:expr, $pool:expr) => {
+        if $store.is_postgres() {
+            $pool.begin().await
+        } else {
+            $pool.begin_with("BEGIN IMMEDIATE").await
+        }
+    };
+}
+
+/// Bumps the change counter in `$tx` and, on PostgreSQL, announces the new version.
+macro_rules! bump {
+    ($store:expr, $tx:expr) => {{
+        let v: i64 = sqlx::query_scalar(&$store.sql(BUMP))
+            .fetch_one(&mut *$tx)
+            .await?;
+        if $store.is_postgres() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(v.to_string())
+                .execute(&mut *$tx)
+                .await?;
+        }
+        v.max(0) as u64
+    }};
+}
+
+impl Store {
+    /// Every live key and the change counter they are current for, read together.
+    pub async fn load_keys(&self) -> Result<(u64, Vec<KeyRow>), StoreError> {
+        let version_sql = self.sql("SELECT version FROM store_version WHERE id = 1");
+        let rows_sql = format!("SELECT {COLUMNS} FROM api_keys WHERE revoked IS NULL");
+        let pg = self.is_postgres();
+        let (version, raw): (i64, Vec<RawKey>) = with_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            if pg {
+                // One snapshot for both reads.
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let v: i64 = sqlx::query_scalar(&version_sql).fetch_one(&mut *tx).await?;
+            let rows: Vec<RawKey> = sqlx::query_as(&rows_sql).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>((v, rows))
+        }.await)
+        .map_err(|e| self.fail(e))?;
+        let rows = raw.into_iter().map(to_row).collect::<Result<_, _>>()?;
+        Ok((version.max(0) as u64, rows))
+    }
+
+    /// Stores a new key; returns the change counter it made.
+    pub async fn create_key(&self, row: &KeyRow) -> Result<u64, StoreError> {
+        let sql = self.sql(
+            "INSERT INTO api_keys (id, user_name, name, sha256, models, rate_limit, disabled, \
+             created, expires, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        );
+        let result: Result<u64, sqlx::Error> = with_pool!(self, pool => async {
+            let mut tx = begin_write!(self, pool)?;
+            let v = bump!(self, tx);
+            sqlx::query(&sql)
+                .bind(&row.id)
+                .bind(&row.user)
+                .bind(&row.name)
+                .bind(&row.sha256)
+                .bind(row.models_json())
+                .bind(row.rate_limit_json())
+                .bind(row.disabled)
+                .bind(row.created)
+                .bind(row.expires)
+                .bind(now_secs())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(v)
+        }.await);
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// Changes a live key (of `user` only, when given); `None` when there is no such key.
+    pub async fn update_key(
+        &self,
+        id: &str,
+        user: Option<&str>,
+        patch: &KeyPatch,
+    ) -> Result<Option<(u64, KeyRow)>, StoreError> {
+        let sql = self.sql(
+            "UPDATE api_keys SET \
+               name = CASE WHEN $1 THEN $2 ELSE name END, \
+               models = CASE WHEN $3 THEN $4 ELSE models END, \
+               rate_limit = CASE WHEN $5 THEN $6 ELSE rate_limit END, \
+               disabled = CASE WHEN $7 THEN $8 ELSE disabled END, \
+               expires = CASE WHEN $9 THEN $10 ELSE expires END, \
+               updated = $11 \
+             WHERE id = $12 AND revoked IS NULL AND ($13 IS NULL OR user_name = $13) \
+             RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires",
+        );
+        let models = patch
+            .models
+            .as_ref()
+            .map(|m| m.as_ref().and_then(|m| serde_json::to_string(m).ok()));
+        let rate_limit = patch
+            .rate_limit
+            .as_ref()
+            .map(|r| r.as_ref().and_then(|r| serde_json::to_string(r).ok()));
+        let result: Result<Option<(u64, RawKey)>, sqlx::Error> = with_pool!(self, pool => async {
+            let mut tx = begin_write!(self, pool)?;
+            let v = bump!(self, tx);
+            let raw: Option<RawKey> = sqlx::query_as(&sql)
+                .bind(patch.name.is_some())
+                .bind(patch.name.clone())
+                .bind(models.is_some())
+                .bind(models.clone().flatten())
+                .bind(rate_limit.is_some())
+                .bind(rate_limit.clone().flatten())
+                .bind(patch.disabled.is_some())
+                .bind(patch.disabled.unwrap_or(false))
+                .bind(patch.expires.is_some())
+                .bind(patch.expires.flatten())
+                .bind(now_secs())
+                .bind(id)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match raw {
+                Some(raw) => {
+                    tx.commit().await?;
+                    Ok(Some((v, raw)))
+                }
+                None => {
+                    tx.rollback().await?;
+                    Ok(None)
+                }
+            }
+        }.await);
+        match result.map_err(|e| self.fail(e))? {
+            Some((v, raw)) => Ok(Some((v, to_row(raw)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Revokes a live key (of `user` only, when given): from then on it authenticates
+    /// nobody. Returns the change counter and the key's user; `None` when there is no such key.
+    pub async fn revoke_key(
+        &self,
+        id: &str,
+        user: Option<&str>,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        let sql = self.sql(
+            "UPDATE api_keys SET revoked = $1, updated = $1 \
+             WHERE id = $2 AND revoked IS NULL AND ($3 IS NULL OR user_name = $3) \
+             RETURNING user_name",
+        );
+        let result: Result<Option<(u64, String)>, sqlx::Error> = with_pool!(self, pool => async {
+            let mut tx = begin_write!(self, pool)?;
+            let v = bump!(self, tx);
+            let owner: Option<String> = sqlx::query_scalar(&sql)
+                .bind(now_secs())
+                .bind(id)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match owner {
+                Some(owner) => {
+                    tx.commit().await?;
+                    Ok(Some((v, owner)))
+                }
+                None => {
+                    tx.rollback().await?;
+                    Ok(None)
+                }
+            }
+        }.await);
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// Records when keys were last used (never moving a time back). Not a change: the counter
+    /// stays.
+    pub async fn record_last_used(&self, batch: &[(Arc<str>, u64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sql = self.sql(
+            "INSERT INTO key_last_used (key_id, at) VALUES ($1, $2) \
+             ON CONFLICT (key_id) DO UPDATE SET at = excluded.at WHERE excluded.at > key_last_used.at",
+        );
+        let result: Result<(), sqlx::Error> = with_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for (id, at) in batch {
+                sqlx::query(&sql)
+                    .bind(&**id)
+                    .bind(*at as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }.await);
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// When each key was last used, as every instance recorded it.
+    pub async fn load_last_used(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let sql = self.sql("SELECT key_id, at FROM key_last_used");
+        let rows: Vec<(String, i64)> =
+            with_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await)
+                .map_err(|e| self.fail(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, at)| (id, at.max(0) as u64))
+            .collect())
+    }
+}

@@ -1,0 +1,105 @@
+//! The schema, as numbered migrations recorded in `sluice_migrations`.
+//!
+//! Each migration runs once, in order, in one transaction with the row that records it, under
+//! a lock (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock), so that
+//! instances starting at the same time apply it once. A store migrated by a newer Sluice (a
+//! version this one does not know) is refused rather than used with a schema it does not
+//! understand. The DDL is the subset SQLite and PostgreSQL share (`TEXT`, `BIGINT`, `BOOLEAN`).
+
+use super::{now_secs, with_pool, Store, StoreError};
+
+/// An arbitrary constant naming Sluice's migration lock in `pg_advisory_xact_lock`.
+const PG_LOCK: i64 = 0x0005_1c1c_e570;
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    statements: &'static [&'static str],
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "api keys",
+        statements: &[
+            "CREATE TABLE store_version (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL)",
+            "INSERT INTO store_version (id, version) VALUES (1, 0)",
+            "CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                user_name TEXT NOT NULL,
+                name TEXT NOT NULL,
+                sha256 TEXT NOT NULL UNIQUE,
+                models TEXT,
+                rate_limit TEXT,
+                disabled BOOLEAN NOT NULL DEFAULT FALSE,
+                created BIGINT NOT NULL,
+                expires BIGINT,
+                revoked BIGINT,
+                updated BIGINT NOT NULL
+            )",
+            "CREATE INDEX api_keys_user ON api_keys (user_name)",
+            "CREATE TABLE key_last_used (key_id TEXT PRIMARY KEY, at BIGINT NOT NULL)",
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "agent runs",
+        statements: &[
+            "CREATE TABLE agent_runs (
+                id TEXT PRIMARY KEY,
+                agent_id TEXT NOT NULL,
+                org TEXT,
+                object TEXT NOT NULL,
+                rank BIGINT NOT NULL,
+                expires BIGINT NOT NULL
+            )",
+            "CREATE INDEX agent_runs_expires ON agent_runs (expires)",
+        ],
+    },
+];
+
+/// The newest schema version this Sluice knows.
+pub fn latest() -> i64 {
+    MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
+}
+
+/// Brings the schema to [`latest`].
+pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
+    let create = "CREATE TABLE IF NOT EXISTS sluice_migrations \
+                  (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)";
+    let applied_sql = store.sql("SELECT COALESCE(MAX(version), 0) FROM sluice_migrations");
+    let record =
+        store.sql("INSERT INTO sluice_migrations (version, name, applied) VALUES ($1, $2, $3)");
+    let postgres = store.is_postgres();
+    let result: Result<(), sqlx::Error> = with_pool!(store, pool => async {
+        let mut tx = if postgres {
+            pool.begin().await?
+        } else {
+            pool.begin_with("BEGIN IMMEDIATE").await?
+        };
+        if postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_LOCK).execute(&mut *tx).await?;
+        }
+        sqlx::query(create).execute(&mut *tx).await?;
+        let current: i64 = sqlx::query_scalar(&applied_sql).fetch_one(&mut *tx).await?;
+        if current > latest() {
+            return Err(sqlx::Error::Protocol(format!(
+                "the store's schema is version {current}, newer than this Sluice's {}: \
+                 run the newer Sluice, or point store.url at another database",
+                latest()
+            )));
+        }
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            for statement in m.statements {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query(&record).bind(m.version).bind(m.name).bind(now_secs()).execute(&mut *tx).await?;
+            tracing::info!(version = m.version, name = m.name, "store: schema migrated");
+        }
+        tx.commit().await
+    }.await);
+    result.map_err(|e| match e {
+        sqlx::Error::Protocol(m) => StoreError::Incompatible(m),
+        e => store.fail(e),
+    })
+}

@@ -1,0 +1,352 @@
+//! Keeps the in-memory key table ([`RuntimeKeys`]) in step with the store, writes last uses
+//! in batches and purges expired runs — all on the control runtime, never on the request path.
+//!
+//! - A change made here is patched into the table at once, after its commit
+//!   ([`StoreRuntime::patch`]); the patch stays applied until a reload has read the store at
+//!   (or after) the change's own version, so that a reload which read the store just before the
+//!   commit cannot undo it, even briefly.
+//! - Other instances' changes: the change counter is read every `store.poll_interval_ms`
+//!   (PostgreSQL's `NOTIFY` wakes the loop at once) and the whole table reloaded when it moved.
+//! - The store down: requests go on being served from the table in memory; reads are retried
+//!   every poll; `sluice_store_up` is 0 and the transition is logged once each way.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounterVec, IntGauge, Opts};
+use sluice_filters::auth::{RuntimeKeys, StoreKeyTable};
+use sluice_filters::Shared;
+use tokio::sync::{watch, Notify};
+
+use super::{KeyRow, Store, StoreError, CHANNEL};
+
+/// How often uses are written, and how often other instances' uses are read.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const READ_USES_EVERY: Duration = Duration::from_secs(10);
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// A change this instance made, kept applied until a reload includes it.
+#[derive(Debug, Clone)]
+pub enum Patch {
+    Put(KeyRow),
+    Remove(String),
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// The change counter of the last full load.
+    version: u64,
+    loaded: bool,
+    pending: Vec<(u64, Patch)>,
+}
+
+struct StoreMetrics {
+    up: IntGauge,
+    keys: IntGauge,
+    errors: IntCounterVec,
+}
+
+impl StoreMetrics {
+    fn register(shared: &Shared) -> prometheus::Result<StoreMetrics> {
+        let up = shared.metric("sluice_store_up", || {
+            IntGauge::new(
+                "sluice_store_up",
+                "1 while the store (keys made through the API) answers, else 0.",
+            )
+        })?;
+        let keys = shared.metric("sluice_store_keys", || {
+            IntGauge::new(
+                "sluice_store_keys",
+                "Live API keys of the store in this instance's memory.",
+            )
+        })?;
+        let errors = shared.metric("sluice_store_errors_total", || {
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_store_errors_total",
+                    "Failed store operations, by op (sync, last_used, change, runs).",
+                ),
+                &["op"],
+            )
+        })?;
+        for op in ["sync", "last_used", "change", "runs"] {
+            errors.with_label_values(&[op]);
+        }
+        Ok(StoreMetrics {
+            up: (*up).clone(),
+            keys: (*keys).clone(),
+            errors: (*errors).clone(),
+        })
+    }
+}
+
+/// The store and the memory that serves it, shared by the engine's admin and key API.
+pub struct StoreRuntime {
+    store: Store,
+    keys: Arc<RuntimeKeys>,
+    state: Mutex<SyncState>,
+    wake: Notify,
+    up: AtomicBool,
+    poll: Duration,
+    metrics: StoreMetrics,
+}
+
+impl StoreRuntime {
+    /// Loads every key once (start-up waits for it) and returns the runtime; [`spawn`] keeps
+    /// it current.
+    ///
+    /// [`spawn`]: StoreRuntime::spawn
+    pub async fn start(
+        store: Store,
+        shared: &Shared,
+        poll: Duration,
+    ) -> Result<Arc<StoreRuntime>, StoreError> {
+        let metrics = StoreMetrics::register(shared)
+            .map_err(|e| StoreError::Incompatible(format!("store metrics: {e}")))?;
+        let rt = Arc::new(StoreRuntime {
+            store,
+            keys: RuntimeKeys::in_shared(shared),
+            state: Mutex::new(SyncState::default()),
+            wake: Notify::new(),
+            up: AtomicBool::new(true),
+            poll,
+            metrics,
+        });
+        rt.reload().await?;
+        if let Ok(uses) = rt.store.load_last_used().await {
+            rt.keys.merge_recorded(uses);
+        }
+        rt.metrics.up.set(1);
+        Ok(rt)
+    }
+
+    /// Opens `[store]` (creating and migrating it) and loads its keys, bounded by
+    /// `store.timeout_ms`.
+    pub async fn open(
+        cfg: &super::StoreConfig,
+        shared: &Shared,
+    ) -> Result<Arc<StoreRuntime>, StoreError> {
+        let timeout = Duration::from_millis(cfg.timeout_ms) * 3;
+        let opened = async {
+            let store = Store::open(cfg).await?;
+            StoreRuntime::start(store, shared, Duration::from_millis(cfg.poll_interval_ms)).await
+        };
+        tokio::time::timeout(timeout, opened)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )))
+            })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &Arc<RuntimeKeys> {
+        &self.keys
+    }
+
+    /// Counts a failed change (the caller answers 503).
+    pub fn change_failed(&self) {
+        self.metrics.errors.with_label_values(&["change"]).inc();
+    }
+
+    /// Counts a failed run read or write.
+    pub fn runs_failed(&self) {
+        self.metrics.errors.with_label_values(&["runs"]).inc();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every key and puts the table in force (with this instance's newer patches).
+    async fn reload(&self) -> Result<(), StoreError> {
+        let (version, rows) = self.store.load_keys().await?;
+        self.install(version, rows);
+        Ok(())
+    }
+
+    fn install(&self, version: u64, rows: Vec<KeyRow>) {
+        let mut state = self.lock();
+        if state.loaded && version < state.version {
+            return;
+        }
+        state.pending.retain(|(v, _)| *v > version);
+        let keys = rows.iter().filter_map(|r| self.checked(r)).collect();
+        let mut table = StoreKeyTable::new(version, keys);
+        for (_, p) in &state.pending {
+            table = apply(&table, p, version);
+        }
+        state.version = version;
+        state.loaded = true;
+        self.metrics.keys.set(table.len() as i64);
+        self.keys.publish(table);
+    }
+
+    fn checked(&self, row: &KeyRow) -> Option<sluice_filters::auth::StoreKey> {
+        let k = row.to_store_key();
+        if k.is_none() {
+            tracing::error!(key_id = %row.id, "store: a key row's sha256 is not a SHA-256; the key is ignored");
+        }
+        k
+    }
+
+    /// Applies a change this instance committed at `version`, at once.
+    pub fn patch(&self, version: u64, patch: Patch) {
+        let mut state = self.lock();
+        if version > state.version {
+            let current = self.keys.table();
+            let table = apply(&current, &patch, current.version());
+            state.pending.push((version, patch));
+            self.metrics.keys.set(table.len() as i64);
+            self.keys.publish(table);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Starts the loop that keeps the table current (and, on PostgreSQL, the listener). Both
+    /// end when `stop` changes; the loop writes the last uses first.
+    pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>) {
+        tokio::spawn(self.clone().run(stop.clone()));
+        if let Some(pool) = self.store.pg_pool().cloned() {
+            tokio::spawn(self.clone().listen(pool, stop));
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut flushed, mut read_uses, mut purged) =
+            (Instant::now(), Instant::now(), Instant::now());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => {
+                    self.flush_uses().await;
+                    return;
+                }
+            }
+            self.poll_once().await;
+            if flushed.elapsed() >= FLUSH_EVERY {
+                flushed = Instant::now();
+                self.flush_uses().await;
+            }
+            if read_uses.elapsed() >= READ_USES_EVERY {
+                read_uses = Instant::now();
+                if let Ok(uses) = self.store.load_last_used().await {
+                    self.keys.merge_recorded(uses);
+                }
+            }
+            if purged.elapsed() >= PURGE_EVERY {
+                purged = Instant::now();
+                if self.store.purge_runs().await.is_err() {
+                    self.runs_failed();
+                }
+            }
+        }
+    }
+
+    /// Reads the change counter; reloads when it moved.
+    async fn poll_once(&self) {
+        let result = match self.store.version().await {
+            Ok(v) if v > self.lock().version => self.reload().await,
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => self.set_up(true, None),
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["sync"]).inc();
+                self.set_up(false, Some(&e));
+            }
+        }
+    }
+
+    fn set_up(&self, up: bool, why: Option<&StoreError>) {
+        if self.up.swap(up, Ordering::SeqCst) == up {
+            return;
+        }
+        self.metrics.up.set(i64::from(up));
+        match why {
+            Some(e) => tracing::warn!(store = %self.store.label(), error = %e,
+                "store unreachable: keys are served from memory, key changes fail with 503 until it is back"),
+            None => tracing::info!(store = %self.store.label(), "store reachable again"),
+        }
+    }
+
+    /// Writes the uses recorded since the last flush (kept for the next one if that fails).
+    pub async fn flush_uses(&self) {
+        let batch = self.keys.take_unrecorded();
+        if batch.is_empty() {
+            return;
+        }
+        if self.store.record_last_used(&batch).await.is_err() {
+            self.metrics.errors.with_label_values(&["last_used"]).inc();
+            self.keys.untake(&batch);
+        }
+    }
+
+    /// Wakes the loop whenever another instance announces a change.
+    async fn listen(self: Arc<Self>, pool: sqlx::PgPool, mut stop: watch::Receiver<bool>) {
+        loop {
+            let connected = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let listener = tokio::select! {
+                l = connected => l,
+                _ = stop.changed() => return,
+            };
+            if let Ok(mut listener) = listener {
+                loop {
+                    tokio::select! {
+                        n = listener.recv() => match n {
+                            Ok(_) => self.wake.notify_one(),
+                            Err(_) => break,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+            // The poll covers the gap; try again shortly.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// `table` with `patch` applied, at `version`.
+fn apply(table: &StoreKeyTable, patch: &Patch, version: u64) -> StoreKeyTable {
+    match patch {
+        Patch::Put(row) => match row.to_store_key() {
+            Some(k) => table.with(version, k),
+            None => table.without(version, &row.id),
+        },
+        Patch::Remove(id) => table.without(version, id),
+    }
+}
+
+/// The live keys of one user, by id (for listing).
+/// The live keys of `user` (every user's when `None`), oldest first.
+pub fn keys_of(
+    table: &StoreKeyTable,
+    user: Option<&str>,
+) -> Vec<Arc<sluice_filters::auth::StoreKey>> {
+    let mut keys: Vec<_> = table
+        .iter()
+        .filter(|k| user.is_none_or(|u| k.user == u))
+        .cloned()
+        .collect();
+    keys.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+    keys
+}
