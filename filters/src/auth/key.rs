@@ -139,11 +139,42 @@ impl fmt::Debug for Presented<'_> {
     }
 }
 
+/// Reads the caller's key: `Authorization: Bearer <key>` (what every OpenAI SDK sends), and,
+/// when `x_api_key` (Anthropic's routes and clients), `x-api-key: <key>` as Anthropic's SDKs
+/// and Claude Code send it. Two different credentials are refused: picking one would let a
+/// proxy in front of us and this filter disagree on who is calling. Nowhere else (a query
+/// string) is accepted: that would widen where keys travel and get logged.
+pub(crate) fn parse_credentials(headers: &HeaderMap, x_api_key: bool) -> Presented<'_> {
+    let bearer = parse_authorization(headers);
+    if !x_api_key || !headers.contains_key("x-api-key") {
+        return bearer;
+    }
+    let api_key = parse_api_key(headers);
+    match (bearer, api_key) {
+        (Presented::Missing, k) | (k, Presented::Missing) => k,
+        (Presented::Key(a), Presented::Key(b)) if a == b => Presented::Key(a),
+        (Presented::Malformed(why), _) | (_, Presented::Malformed(why)) => {
+            Presented::Malformed(why)
+        }
+        _ => Presented::Malformed("two different credentials"),
+    }
+}
+
+/// Reads `x-api-key: <key>`.
+fn parse_api_key(headers: &HeaderMap) -> Presented<'_> {
+    let mut values = headers.get_all("x-api-key").iter();
+    let Some(value) = values.next() else {
+        return Presented::Missing;
+    };
+    if values.next().is_some() {
+        return Presented::Malformed("several x-api-key headers");
+    }
+    let key = trim_ows(value.as_bytes());
+    checked_key(key)
+}
+
 /// Reads `Authorization: Bearer <key>` (scheme case-insensitive, as RFC 9110 says).
-///
-/// Only this header is accepted: it is what every OpenAI SDK sends, and accepting other places
-/// for a key (`x-api-key`, a query string) would widen where keys travel and get logged.
-pub(crate) fn parse_authorization(headers: &HeaderMap) -> Presented<'_> {
+fn parse_authorization(headers: &HeaderMap) -> Presented<'_> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Presented::Missing;
@@ -168,7 +199,11 @@ pub(crate) fn parse_authorization(headers: &HeaderMap) -> Presented<'_> {
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Presented::Malformed("not a Bearer credential");
     }
-    let key = trim_ows(rest);
+    checked_key(trim_ows(rest))
+}
+
+/// A candidate key, or why it cannot be one.
+fn checked_key(key: &[u8]) -> Presented<'_> {
     if key.is_empty() {
         return Presented::Missing;
     }
@@ -211,7 +246,7 @@ mod tests {
     }
 
     fn parse(values: &[&[u8]]) -> String {
-        format!("{:?}", parse_authorization(&headers(values)))
+        format!("{:?}", parse_credentials(&headers(values), false))
     }
 
     #[test]
@@ -224,7 +259,7 @@ mod tests {
         ] {
             let h = headers(&[v]);
             assert!(
-                parse_authorization(&h) == Presented::Key(b"sk-abc"),
+                parse_credentials(&h, false) == Presented::Key(b"sk-abc"),
                 "{}",
                 String::from_utf8_lossy(v)
             );
@@ -295,6 +330,32 @@ mod tests {
         assert_eq!(
             key_sha256_hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn x_api_key_only_where_allowed_and_never_two_different_keys() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (n, v) in pairs {
+                m.append(*n, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let only = h(&[("x-api-key", "sk-abc")]);
+        assert!(parse_credentials(&only, true) == Presented::Key(b"sk-abc"));
+        assert!(parse_credentials(&only, false) == Presented::Missing);
+        let same = h(&[("x-api-key", "sk-abc"), ("authorization", "Bearer sk-abc")]);
+        assert!(parse_credentials(&same, true) == Presented::Key(b"sk-abc"));
+        let two = h(&[("x-api-key", "sk-abc"), ("authorization", "Bearer sk-xyz")]);
+        assert_eq!(
+            format!("{:?}", parse_credentials(&two, true)),
+            "Malformed(two different credentials)"
+        );
+        let dup = h(&[("x-api-key", "sk-a"), ("x-api-key", "sk-b")]);
+        assert_eq!(
+            format!("{:?}", parse_credentials(&dup, true)),
+            "Malformed(several x-api-key headers)"
         );
     }
 }

@@ -57,13 +57,13 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 
 use crate::policy::{BuildError, ConfigError, Policy};
 use crate::{
-    Cx, Filter, Grants, Identity, Permission, Reply, Request, RequestHead, Shared, Verdict,
+    Cx, Filter, Grants, Identity, Permission, Reply, Request, RequestHead, Route, Shared, Verdict,
 };
 
 pub use key::{
     generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
 };
-use key::{parse_authorization, KeyDigest, Presented};
+use key::{parse_credentials, KeyDigest, Presented};
 pub(crate) use runtime::Derived;
 pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 
@@ -185,8 +185,16 @@ impl AuthFilter {
     }
 
     /// The identity a request's headers authenticate as, or the reply refusing it.
-    fn authenticate(&self, head: &RequestHead<'_>, request_id: &str) -> Result<Identity, Reply> {
-        let key = match parse_authorization(head.headers) {
+    fn authenticate(
+        &self,
+        head: &RequestHead<'_>,
+        route: Route,
+        request_id: &str,
+    ) -> Result<Identity, Reply> {
+        // Anthropic's SDKs and Claude Code send their key as `x-api-key`.
+        let anthropic = matches!(route, Route::Messages | Route::CountTokens)
+            || head.headers.contains_key("anthropic-version");
+        let key = match parse_credentials(head.headers, anthropic) {
             Presented::Key(key) => key,
             Presented::Missing => {
                 self.missing.inc();
@@ -472,7 +480,7 @@ impl Filter for AuthFilter {
         if cx.identity.is_some() && cx.extensions.get::<crate::PreAuthenticated>().is_some() {
             return Verdict::Continue;
         }
-        match self.authenticate(head, &cx.request_id) {
+        match self.authenticate(head, cx.route, &cx.request_id) {
             Ok(identity) => {
                 cx.identity = Some(identity);
                 Verdict::Continue
