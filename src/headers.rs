@@ -27,9 +27,15 @@ pub const CREDENTIAL_PARAMS: [&str; 2] = ["api_key", "key"];
 /// requests have none (or only `Connection`): one pass over the few names present is cheaper
 /// than looking up (hence parsing) each of the nine.
 pub fn hop_by_hop_present(headers: &HeaderMap) -> Vec<HeaderName> {
+    strip_present(headers, &[])
+}
+
+/// The headers of a request that must not reach an upstream: hop-by-hop ones and those named
+/// in `also` (the client's credentials), found in one pass over the names present.
+pub fn strip_present(headers: &HeaderMap, also: &[&str]) -> Vec<HeaderName> {
     let mut out: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+        .filter(|n| HOP_BY_HOP.contains(&n.as_str()) || also.contains(&n.as_str()))
         .cloned()
         .collect();
     for v in headers.get_all(http::header::CONNECTION) {

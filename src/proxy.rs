@@ -110,8 +110,9 @@ impl SluiceProxy {
         let mut h = ResponseHeader::build(reply.status, Some(8))?;
         h.insert_header("content-type", reply.content_type)?;
         h.insert_header("content-length", body.len().to_string())?;
+        h.insert_header("x-request-id", call.request_id())?;
         for (n, v) in call.response_headers() {
-            h.insert_header(n, v)?;
+            h.insert_header(n.clone(), v.clone())?;
         }
         for (n, v) in &reply.headers {
             h.insert_header(n.clone(), v.clone())?;
@@ -259,8 +260,9 @@ impl ProxyHttp for SluiceProxy {
         resp: &mut ResponseHeader,
         call: &mut Call,
     ) -> Result<()> {
+        resp.insert_header("x-request-id", call.request_id())?;
         for (n, v) in call.response_headers() {
-            resp.insert_header(n, v)?;
+            resp.insert_header(n.clone(), v.clone())?;
         }
         Ok(())
     }

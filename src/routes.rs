@@ -118,16 +118,7 @@ fn strip_prefix_ci<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
 /// the root, or that holds an escaped slash or backslash, a raw backslash or a control byte —
 /// spellings a hop behind Sluice could read differently.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, Reply> {
-    let clean = path.starts_with('/')
-        && !path.contains("//")
-        && !path.contains("/./")
-        && !path.contains("/../")
-        && !path.ends_with("/.")
-        && !path.ends_with("/..")
-        && path
-            .bytes()
-            .all(|b| b > 0x20 && b != 0x7f && b != b'%' && b != b'\\');
-    if clean {
+    if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
     let bad = |why: &str| {
@@ -166,6 +157,35 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Reply> {
         joined.push('/');
     }
     Ok(Cow::Owned(joined))
+}
+
+/// Whether a path is already normal (the usual case, decided in one pass): absolute, no escape,
+/// backslash or control byte, no empty, `.` or `..` segment.
+fn is_normal(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c <= 0x20 || c == 0x7f || c == b'%' || c == b'\\' {
+            return false;
+        }
+        if c == b'/' {
+            let seg_end = b[i + 1..]
+                .iter()
+                .position(|&x| x == b'/')
+                .map_or(b.len(), |p| i + 1 + p);
+            let seg = &b[i + 1..seg_end];
+            // An empty segment is fine only as the trailing slash.
+            if (seg.is_empty() && seg_end != b.len()) || seg == b"." || seg == b".." {
+                return false;
+            }
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Decodes `%XX` escapes of unreserved characters; keeps the others (upper case).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora_core::utils::tls::WrappedX509;
 use sluice_filters::{ConfigError, Shared};
 
@@ -31,10 +31,12 @@ pub struct UpstreamRt {
     pub host: String,
     /// The `Host` header: host, plus the port when it is not the scheme's default.
     pub host_header: String,
+    /// The same, ready to send.
+    pub host_value: HeaderValue,
     pub base_path: String,
     /// The upstream's own key from `api_key_env` (`authorization: Bearer …`, or `x-api-key`
     /// for `api = "anthropic"`), never logged.
-    pub credential: Option<(HeaderName, HeaderValue)>,
+    pub credential: Option<(&'static str, HeaderValue)>,
     /// `api = "anthropic"`: `anthropic-version` is set when the client sent none.
     pub anthropic: bool,
     pub connect_timeout: Duration,
@@ -101,7 +103,7 @@ impl Snapshot {
                         match HeaderValue::from_str(&value) {
                             Ok(mut v) => {
                                 v.set_sensitive(true);
-                                Some((HeaderName::from_static(name), v))
+                                Some((name, v))
                             }
                             Err(_) => {
                                 errs.push(ConfigError::new(
@@ -150,11 +152,19 @@ impl Snapshot {
                 }
                 (false, false) => format!("{}:{}", target.host, addr.port()),
             };
+            let Ok(host_value) = HeaderValue::from_str(&host_header) else {
+                errs.push(ConfigError::new(
+                    format!("{p}.url"),
+                    "the host is not a valid header",
+                ));
+                continue;
+            };
             upstreams.push(UpstreamRt {
                 name: u.name.clone(),
                 addr,
                 tls: target.tls,
                 host_header,
+                host_value,
                 host: target.host,
                 base_path: target.base_path,
                 credential,

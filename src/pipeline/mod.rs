@@ -77,6 +77,8 @@ pub struct Call {
     pub(crate) upstream_path: Option<String>,
     /// The ids in the request path (model or agent; run).
     pub(crate) ids: (Option<String>, Option<String>),
+    /// The received path is the normalized one (`cx.path`).
+    pub(crate) path_is_raw: bool,
     pub(crate) facts: RequestFacts,
     pub(crate) agent_response: bool,
     pub(crate) local: Option<LocalDone>,
@@ -102,6 +104,7 @@ impl Call {
             body: None,
             upstream_path: None,
             ids: (None, None),
+            path_is_raw: false,
             facts: RequestFacts::default(),
             agent_response: false,
             local: None,

@@ -19,17 +19,19 @@ impl Call {
         cx.method = head.method.clone();
         cx.user_agent = head
             .headers
-            .get("user-agent")
+            .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect());
         cx.client_ip = head.client_ip;
         let path = match routes::normalize(head.path) {
-            Ok(p) => p.into_owned(),
+            Ok(p) => p,
             Err(reply) => {
                 cx.path = head.path.chars().take(256).collect();
                 return Some(reply);
             }
         };
+        // Usually the path is already normal: filters then read the received one, uncopied.
+        self.path_is_raw = matches!(path, std::borrow::Cow::Borrowed(_));
         let m = routes::match_route(head.method, &path);
         cx.route = m.route;
         cx.api = m.api;
@@ -38,14 +40,14 @@ impl Call {
         if matches!(cx.route, Route::AgentRun | Route::AgentRunStatus) {
             cx.agent_id = self.ids.0.clone();
         }
-        cx.path = path;
+        cx.path = path.into_owned();
         if let Some(reply) = self.internal_run(head) {
             return Some(reply);
         }
-        let path = self.cx.path.clone();
+        let normalized = (!self.path_is_raw).then(|| self.cx.path.clone());
         let rh = RequestHead {
             method: head.method,
-            path: &path,
+            path: normalized.as_deref().unwrap_or(head.path),
             headers: head.headers,
         };
         let snap = self.snap.clone();
@@ -119,10 +121,10 @@ impl Call {
                 return Step::Reply(r);
             }
         }
-        let path = self.cx.path.clone();
+        let normalized = (!self.path_is_raw).then(|| self.cx.path.clone());
         let mut request = Request {
             method: head.method,
-            path: &path,
+            path: normalized.as_deref().unwrap_or(head.path),
             headers: head.headers,
             body: &mut body,
         };
@@ -320,7 +322,7 @@ fn parse_body(api: &dyn Api, headers: &HeaderMap, raw: Bytes) -> Result<JsonBody
         return Ok(JsonBody::raw(raw));
     }
     let declared_json = headers
-        .get("content-type")
+        .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.contains("json"));
     let looks_json = raw.trim_ascii_start().first() == Some(&b'{');
@@ -361,7 +363,8 @@ pub(crate) fn model_not_found(model: &str) -> Reply {
 
 /// The client's `x-request-id` when it is sane (≤ 128 printable, no spaces), else a new one.
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    if let Some(v) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if !v.is_empty()
             && v.len() <= 128
             && v.bytes()

@@ -50,10 +50,13 @@ impl Call {
             remove: crate::headers::hop_by_hop_present(headers),
             json_content_type: false,
         };
-        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let is_sse = header("content-type").starts_with("text/event-stream");
-        let is_json = header("content-type").contains("json");
-        let enc = header("content-encoding");
+        let header = |n: http::header::HeaderName| {
+            headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("")
+        };
+        let ctype = header(http::header::CONTENT_TYPE);
+        let is_sse = ctype.starts_with("text/event-stream");
+        let is_json = ctype.contains("json");
+        let enc = header(http::header::CONTENT_ENCODING);
         let encoded = !enc.is_empty() && !enc.eq_ignore_ascii_case("identity");
         let needs = self.snap.chain.needs();
         let server = &self.snap.config.server;
@@ -101,12 +104,14 @@ impl Call {
         Ok(plan)
     }
 
-    /// The headers every response to this request carries (`x-request-id`, rate limits).
-    pub fn response_headers(&self) -> impl Iterator<Item = (HeaderName, http::HeaderValue)> + '_ {
-        let id = http::HeaderValue::from_str(&self.cx.request_id).ok();
-        id.map(|v| (HeaderName::from_static("x-request-id"), v))
-            .into_iter()
-            .chain(self.cx.response_headers.iter().cloned())
+    /// The request id every response carries as `x-request-id`.
+    pub fn request_id(&self) -> &str {
+        &self.cx.request_id
+    }
+
+    /// The other headers every response to this request carries (rate limits).
+    pub fn response_headers(&self) -> &[(HeaderName, http::HeaderValue)] {
+        &self.cx.response_headers
     }
 
     /// One chunk of the upstream's body (`end`: its last). Rewrites `body` in place.

@@ -4,20 +4,31 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use super::Call;
-use crate::headers::{hop_by_hop_present, strip_credential_params, CREDENTIAL_HEADERS};
+use crate::headers::{strip_credential_params, strip_present, CREDENTIAL_HEADERS};
 
-/// Changes to the upstream request's head.
+/// Never forwarded: the client's credentials and the engine's own run token.
+const STRIPPED: [&str; 4] = [
+    CREDENTIAL_HEADERS[0],
+    CREDENTIAL_HEADERS[1],
+    CREDENTIAL_HEADERS[2],
+    crate::agents::INTERNAL_RUN_HEADER,
+];
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+
+/// Changes to the upstream request's head. Names Sluice sets are static strings, which Pingora
+/// takes without copying.
 #[derive(Debug, Default)]
 pub struct UpstreamHead {
     pub remove: Vec<HeaderName>,
-    pub insert: Vec<(HeaderName, HeaderValue)>,
+    pub insert: Vec<(&'static str, HeaderValue)>,
     pub uri: Option<Uri>,
     pub method: Option<Method>,
 }
 
 impl UpstreamHead {
     fn set(&mut self, name: &'static str, value: HeaderValue) {
-        self.insert.push((HeaderName::from_static(name), value));
+        self.insert.push((name, value));
     }
 }
 
@@ -30,26 +41,17 @@ impl Call {
     ) -> Result<UpstreamHead, String> {
         let u = self.upstream_rt().ok_or("no upstream chosen")?;
         let mut h = UpstreamHead {
-            remove: hop_by_hop_present(headers),
+            remove: strip_present(headers, &STRIPPED),
+            insert: Vec::with_capacity(6),
             ..UpstreamHead::default()
         };
-        for name in CREDENTIAL_HEADERS
-            .iter()
-            .copied()
-            .chain([crate::agents::INTERNAL_RUN_HEADER])
-        {
-            if headers.contains_key(name) {
-                h.remove.push(HeaderName::from_static(name));
-            }
-        }
         if let Some((name, value)) = &u.credential {
-            h.insert.push((name.clone(), value.clone()));
+            h.insert.push((name, value.clone()));
         }
-        if u.anthropic && !headers.contains_key("anthropic-version") {
+        if u.anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
             h.set("anthropic-version", HeaderValue::from_static("2023-06-01"));
         }
-        let host = HeaderValue::from_str(&u.host_header).map_err(|e| e.to_string())?;
-        h.set("host", host);
+        h.set("host", u.host_value.clone());
         let id = HeaderValue::from_str(&self.cx.request_id).map_err(|e| e.to_string())?;
         h.set("x-request-id", id);
         let query = uri.query();

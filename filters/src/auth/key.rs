@@ -146,7 +146,7 @@ impl fmt::Debug for Presented<'_> {
 /// string) is accepted: that would widen where keys travel and get logged.
 pub(crate) fn parse_credentials(headers: &HeaderMap, x_api_key: bool) -> Presented<'_> {
     let bearer = parse_authorization(headers);
-    if !x_api_key || !headers.contains_key("x-api-key") {
+    if !x_api_key || !headers.contains_key(X_API_KEY) {
         return bearer;
     }
     let api_key = parse_api_key(headers);
@@ -160,9 +160,14 @@ pub(crate) fn parse_credentials(headers: &HeaderMap, x_api_key: bool) -> Present
     }
 }
 
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+/// Sent by every Anthropic client: such a client may present its key as `x-api-key`.
+pub(crate) const ANTHROPIC_VERSION: http::HeaderName =
+    http::HeaderName::from_static("anthropic-version");
+
 /// Reads `x-api-key: <key>`.
 fn parse_api_key(headers: &HeaderMap) -> Presented<'_> {
-    let mut values = headers.get_all("x-api-key").iter();
+    let mut values = headers.get_all(X_API_KEY).iter();
     let Some(value) = values.next() else {
         return Presented::Missing;
     };

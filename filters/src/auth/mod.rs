@@ -193,7 +193,7 @@ impl AuthFilter {
     ) -> Result<Identity, Reply> {
         // Anthropic's SDKs and Claude Code send their key as `x-api-key`.
         let anthropic = matches!(route, Route::Messages | Route::CountTokens)
-            || head.headers.contains_key("anthropic-version");
+            || head.headers.contains_key(key::ANTHROPIC_VERSION);
         let key = match parse_credentials(head.headers, anthropic) {
             Presented::Key(key) => key,
             Presented::Missing => {
