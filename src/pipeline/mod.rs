@@ -154,3 +154,6 @@ impl Call {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
