@@ -16,10 +16,13 @@
 //! How matches are found fast is explained in [`scanner`]; what replaces them in [`redact`].
 
 mod detectors;
+mod iban;
 mod json;
 mod redact;
 mod scanner;
+mod secrets;
 mod stream;
+pub mod tokens;
 pub mod validate;
 
 use std::sync::Arc;
@@ -179,7 +182,7 @@ impl DlpSettings {
         }
         let mut out: Vec<Arc<Detector>> = builtins()
             .iter()
-            .zip(detectors::BUILTINS)
+            .zip(detectors::BUILTINS.iter())
             .filter(|(_, b)| packs.contains(&b.pack))
             .map(|(d, _)| d.clone())
             .collect();

@@ -293,8 +293,13 @@ impl LiteralSet {
         // shorter one finds the same places, and the DFAs tell the detectors apart.
         let all = lits.clone();
         lits.retain(|l| !all.iter().any(|o| o.len() < l.len() && l.starts_with(o)));
+        // Teddy fingerprints as many leading bytes as its group's shortest literal has (up to
+        // 3): two-byte literals get a group of their own, so that they do not make every other
+        // literal's group report twice-as-loose candidates.
+        let (short, long): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            lits.into_iter().partition(|l| l.len() < 3);
         let mut groups = Vec::new();
-        for chunk in lits.chunks(GROUP) {
+        for chunk in long.chunks(GROUP).chain(short.chunks(GROUP)) {
             let detectors = chunk
                 .iter()
                 .map(|lit| {
