@@ -34,6 +34,7 @@ use regex_automata::dfa::{dense, Automaton, StartKind};
 use regex_automata::util::{primitives::StateID, start, syntax};
 use regex_automata::{Anchored, Input, MatchKind};
 
+use super::allow::Allow;
 use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS, NUMERIC_MAX_LEN};
 use super::validate::{Check, Validator};
 use super::Action;
@@ -356,6 +357,8 @@ pub struct Scanner {
     /// For each word of [`VOCABULARY`]: whether it holds no match (decided once, when the
     /// scanner is built).
     clean_words: Vec<bool>,
+    /// `[[dlp.allow]]`: matches these exempt are dropped as they are found.
+    allow: Vec<Allow>,
 }
 
 /// Field names and values that nearly every OpenAI-style request and response repeats. A
@@ -485,6 +488,7 @@ impl Scanner {
             by_first,
             max_literal,
             clean_words: Vec::new(),
+            allow: Vec::new(),
         };
         let mut ms = Vec::new();
         sc.clean_words = VOCABULARY
@@ -496,6 +500,13 @@ impl Scanner {
             })
             .collect();
         sc
+    }
+
+    /// The scanner with allow rules: a match one of them exempts is not reported. (Allow rules
+    /// only remove matches, so the clean vocabulary stays clean.)
+    pub(crate) fn with_allow(mut self, allow: Vec<Allow>) -> Scanner {
+        self.allow = allow;
+        self
     }
 
     /// Whether `text`, scanned whole, is known to hold no match: it is a word of the common
@@ -576,6 +587,15 @@ impl Scanner {
             }
         }
         let hold = cx.hold;
+        if !self.allow.is_empty() {
+            // Decided from the match's own bytes: streamed and whole texts agree.
+            out.retain(|m| {
+                !self
+                    .allow
+                    .iter()
+                    .any(|a| a.exempts(m.detector, &hay[m.start..m.end]))
+            });
+        }
         if hold != usize::MAX {
             out.retain(|m| m.start < hold);
             hold
