@@ -112,7 +112,7 @@ pub(crate) fn looks_random(body: &[u8]) -> bool {
 fn after_prefix(m: &[u8], max: usize) -> &[u8] {
     let p = m[..m.len().min(max)]
         .iter()
-        .rposition(|&b| matches!(b, b'_' | b'-' | b'.' | b'='));
+        .rposition(|&b| matches!(b, b'_' | b'-' | b'.' | b'=' | b':'));
     p.map_or(m, |p| &m[p + 1..])
 }
 

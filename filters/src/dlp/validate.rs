@@ -364,7 +364,8 @@ const GIT_HOSTS: &[&[u8]] = &[
 
 /// E-mail addresses: no empty or dotted-out local part, domain labels that do not start or
 /// end with `-`, a top-level domain that is not a file extension; not a URL's `user:pass@host`
-/// (a `:` before, other than `mailto:`), not a git remote, not an SSH algorithm name.
+/// (a `:` before, other than `mailto:`) or `//user@host`, not a git remote, not an SSH
+/// algorithm name.
 pub(crate) fn email(h: &[u8], s: usize, e: usize) -> Check {
     let m = &h[s..e];
     let Some(at) = m.iter().position(|&b| b == b'@') else {
@@ -375,7 +376,9 @@ pub(crate) fn email(h: &[u8], s: usize, e: usize) -> Check {
         return Check::Reject;
     }
     let mailto = s >= 7 && h[s - 7..s].eq_ignore_ascii_case(b"mailto:");
-    if s > 0 && h[s - 1] == b':' && !mailto {
+    // A URL's `user:pass@host` or `//user@host` is no mailbox.
+    let authority = s >= 2 && &h[s - 2..s] == b"//";
+    if authority || (s > 0 && h[s - 1] == b':' && !mailto) {
         return Check::Reject;
     }
     if domain
