@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sluice::config::Config;
 use sluice::filters::dlp::{DlpSettings, Scanner};
 
 /// Where a finding is, and what found it.
@@ -22,14 +21,23 @@ struct Finding<'a> {
 }
 
 /// The `[dlp]` settings of `config`, or the built-in defaults (both packs) without one.
+///
+/// Only the `[dlp]` section is read (and checked as `sluice check` would): the gateway's own
+/// config file works, and so does a file holding nothing else, on a laptop where the
+/// upstreams' keys and addresses are not at hand.
 fn settings(config: Option<&Path>) -> Result<DlpSettings, String> {
     let Some(path) = config else {
         return Ok(DlpSettings::default());
     };
-    Config::load(path).map(|c| c.dlp).map_err(|errs| {
-        let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
-        format!("{}:\n{}", path.display(), lines.join("\n"))
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    let Some(dlp) = table.get("dlp") else {
+        return Ok(DlpSettings::default());
+    };
+    dlp.clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("{}: dlp: {}", path.display(), e.message()))
 }
 
 /// Every match in `text`, by position, with 1-based lines and columns (columns count
