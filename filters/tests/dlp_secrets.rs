@@ -387,7 +387,7 @@ fn database_urls_with_passwords() {
         let url = format!("{scheme}://app:{pw}@db.internal:5432/prod");
         assert_eq!(
             sc.apply(&url, Action::Redact),
-            "[REDACTED:database_url]db.internal:5432/prod"
+            format!("{scheme}[REDACTED:database_url]db.internal:5432/prod")
         );
     }
     clean(&sc, "postgres://app@db.internal/prod");
@@ -395,6 +395,9 @@ fn database_urls_with_passwords() {
     clean(&sc, "postgres://user:${DB_PASSWORD}@db/prod");
     clean(&sc, "mysql://root:password@127.0.0.1/test");
     clean(&sc, "postgres://<user>:<password>@host/db");
+    // Other schemes' `user:password@` are not database URLs.
+    clean(&sc, &format!("https://app:{pw}@example.net/"));
+    clean(&sc, &format!("xpostgres://app:{pw}@db/"));
 }
 
 #[test]

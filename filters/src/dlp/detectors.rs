@@ -129,27 +129,15 @@ const FIRST_SECRETS: &[Builtin] = &[
         name: "github_token",
         pack: Pack::Secrets,
         pattern: r"\b(?:(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b",
-        trigger: BuiltinTrigger::Literals(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
+        trigger: BuiltinTrigger::Literals(&["gh", "github_pat_"]),
         validator: Some(tokens::github),
     },
     Builtin {
         name: "gitlab_token",
         pack: Pack::Secrets,
         pattern: r"\b(?:(?:glpat|gloas|gldt|glrt|glcbt|glptt|glft|glimt|glagent|glsoat|glffct)-[A-Za-z0-9_.-]{20,}|GR1348941[A-Za-z0-9_-]{20,})",
-        trigger: BuiltinTrigger::Literals(&[
-            "glpat-",
-            "gloas-",
-            "gldt-",
-            "glrt-",
-            "glcbt-",
-            "glptt-",
-            "glft-",
-            "glimt-",
-            "glagent-",
-            "glsoat-",
-            "glffct-",
-            "GR1348941",
-        ]),
+        // `gl` (shared with Grafana's `glsa_`/`glc_`): one short literal, not eleven.
+        trigger: BuiltinTrigger::Literals(&["gl", "GR1348941"]),
         validator: Some(tokens::random),
     },
     Builtin {
@@ -170,9 +158,7 @@ const FIRST_SECRETS: &[Builtin] = &[
         name: "stripe_key",
         pack: Pack::Secrets,
         pattern: r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}|pk_live_[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9+/=]{24,})",
-        trigger: BuiltinTrigger::Literals(&[
-            "sk_live_", "sk_test_", "rk_live_", "rk_test_", "pk_live_", "whsec_",
-        ]),
+        trigger: BuiltinTrigger::Literals(&["sk_", "rk_", "pk_live_", "whsec_"]),
         validator: Some(tokens::stripe),
     },
     Builtin {

@@ -84,7 +84,7 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
     secret(
         "vault_token",
         r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}",
-        &["hvs.", "hvb.", "hvr."],
+        &["hv"],
         Some(tokens::random),
     ),
     secret(
@@ -139,7 +139,7 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
         Some(tokens::npm),
     ),
     secret(
-        // A macaroon whose first caveat is the location `pypi.org` (or `test.pypi.org`).
+        // A macaroon whose first caveat is the location of PyPI (or of TestPyPI), base64.
         "pypi_token",
         r"\bpypi-AgE(?:IcHlwaS5vcmc|NdGVzdC5weXBpLm9yZw)[A-Za-z0-9_-]{50,}",
         &["pypi-AgE"],
@@ -154,7 +154,7 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
     secret(
         "grafana_token",
         r"\b(?:glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}|glc_[A-Za-z0-9+/]{32,}={0,2})",
-        &["glsa_", "glc_"],
+        &["gl"],
         Some(tokens::random),
     ),
     secret(
@@ -172,7 +172,7 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
     secret(
         "new_relic_key",
         r"\bNR(?:AK|II)-[A-Z0-9]{27}\b",
-        &["NRAK-", "NRII-"],
+        &["NR"],
         Some(tokens::random),
     ),
     secret(
@@ -206,21 +206,12 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
         Some(tokens::random),
     ),
     secret(
-        // `scheme://user:password@`: the match ends at the `@`, so the host stays readable.
+        // `scheme://user:password@`: the match is `://user:password@` (the validator reads the
+        // scheme behind it), so the scheme and the host stay readable, and one rare literal
+        // finds every scheme.
         "database_url",
-        r#"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|clickhouse|cockroachdb)://[^\s:@/?#"'<>]{1,64}:[^\s@/?#"'<>]{1,128}@"#,
-        &[
-            "postgres",
-            "mysql",
-            "mariadb",
-            "mongodb",
-            "redis",
-            "amqp",
-            "mssql",
-            "sqlserver",
-            "clickhouse",
-            "cockroachdb",
-        ],
+        r#"://[^\s:@/?#"'<>]{1,64}:[^\s@/?#"'<>]{1,128}@"#,
+        &["://"],
         Some(tokens::database_url),
     ),
     Builtin {
@@ -229,33 +220,11 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
         name: "generic_secret",
         pack: Pack::Secrets,
         pattern: r#"(?i:password|passwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token)[A-Za-z0-9_]{0,16}["']?[ \t]{0,3}(?::=|=>|[:=])[ \t]{0,3}["']?[^\s"'`,;]{8,128}"#,
-        // The usual spellings, case-sensitively: a case-insensitive automaton costs several
-        // times more per byte than these two Teddy passes.
+        // The usual spellings' first letters, case-sensitively (a case-insensitive automaton
+        // costs several times more per byte); the pattern decides the rest, in any case.
         trigger: BuiltinTrigger::Literals(&[
-            "password",
-            "Password",
-            "PASSWORD",
-            "passwd",
-            "PASSWD",
-            "secret",
-            "Secret",
-            "SECRET",
-            "api_key",
-            "apiKey",
-            "ApiKey",
-            "API_KEY",
-            "apikey",
-            "APIKEY",
-            "api-key",
-            "access_key",
-            "accessKey",
-            "ACCESS_KEY",
-            "auth_token",
-            "authToken",
-            "AUTH_TOKEN",
-            "access_token",
-            "accessToken",
-            "ACCESS_TOKEN",
+            "pass", "Pass", "PASS", "secret", "Secret", "SECRET", "api", "Api", "API", "access",
+            "Access", "ACCESS", "auth", "Auth", "AUTH",
         ]),
         validator: Some(tokens::assignment),
     },

@@ -272,14 +272,44 @@ const URL_PLACEHOLDERS: &[&[u8]] = &[
     b"hunter2",
 ];
 
-/// Database and message-queue URLs with a password: not a placeholder, not a template
-/// (`${DB_PASSWORD}`, `<password>`, `{{ pw }}`, `%s`), not the user name again
-/// (`postgres:postgres@localhost`, a container's default).
+/// The URL schemes of databases and message queues.
+const DATABASE_SCHEMES: &[&[u8]] = &[
+    b"postgres",
+    b"postgresql",
+    b"mysql",
+    b"mariadb",
+    b"mongodb",
+    b"mongodb+srv",
+    b"redis",
+    b"rediss",
+    b"amqp",
+    b"amqps",
+    b"mssql",
+    b"sqlserver",
+    b"clickhouse",
+    b"cockroachdb",
+];
+
+/// Database and message-queue URLs with a password (the match is `://user:password@`; the
+/// scheme is read behind it): not a placeholder, not a template (`${DB_PASSWORD}`,
+/// `<password>`, `{{ pw }}`, `%s`), not the user name again (`postgres:postgres@localhost`, a
+/// container's default).
 pub(crate) fn database_url(h: &[u8], s: usize, e: usize) -> Check {
-    let m = &h[s..e];
-    let Some(auth) = m.windows(3).position(|w| w == b"://").map(|p| &m[p + 3..]) else {
-        return Check::Reject;
-    };
+    let lo = s.saturating_sub(12);
+    let scheme_start = h[lo..s]
+        .iter()
+        .rposition(|b| !(b.is_ascii_alphanumeric() || *b == b'+'))
+        .map_or(lo, |p| lo + p + 1);
+    let scheme = &h[scheme_start..s];
+    let word_start = scheme_start == 0 || !h[scheme_start - 1].is_ascii_alphanumeric();
+    if !word_start
+        || !DATABASE_SCHEMES
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(scheme))
+    {
+        return Check::Poison;
+    }
+    let auth = &h[s + 3..e];
     let auth = &auth[..auth.len().saturating_sub(1)];
     let Some(colon) = auth.iter().position(|&b| b == b':') else {
         return Check::Reject;
