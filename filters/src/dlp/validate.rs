@@ -306,7 +306,7 @@ const RESOLVERS: &[[u32; 4]] = &[
 /// four-part version) is seen whole and poisoned here rather than half-matched. Not personal:
 /// the special-purpose blocks ([`NOT_PERSONAL`]), multicast and reserved (224/3), network
 /// and broadcast addresses of a /24 (`.0`, `.255`), the public resolvers, four equal parts
-/// (`128.128.128.128`), object identifiers (`1.3.101.112`, `2.5.29.35`: 0.04% of the address
+/// (`128.128.128.128`) or parts counting up or down (`20.30.40.50`, `101.102.103.104`), object identifiers (`1.3.101.112`, `2.5.29.35`: 0.04% of the address
 /// space), and dotted numbers with three or more one-digit parts (section numbers `8.1.3.6`,
 /// versions `7.3.17.1`; an address drawn at random has that shape once in 4,000).
 pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
@@ -331,12 +331,16 @@ pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
     // `2.5.29.35`).
     let oid = o[0] <= 2 && gs[1].len() == 1;
     let repeated = o.iter().all(|&x| x == o[0]);
+    // Placeholders counting up or down: `1.2.3.4`, `10.20.30.40`, `101.102.103.104`.
+    let d = i64::from(o[1]) - i64::from(o[0]);
+    let progression = (1..4).all(|k| i64::from(o[k]) - i64::from(o[k - 1]) == d);
     yes(!special
         && o[0] < 224
         && o[3] != 0
         && o[3] != 255
         && !RESOLVERS.contains(&o)
         && !repeated
+        && !progression
         && !oid
         && one_digit < 3)
 }
