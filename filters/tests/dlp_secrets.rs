@@ -320,6 +320,14 @@ fn developer_platforms() {
             "NRAK-SHORT".into(),
         ),
         (
+            "new_relic_key",
+            format!(
+                "NRII-{}",
+                rand("abcdefghijklmnopqrstuvwxyz0123456789", 32, 23)
+            ),
+            format!("NRII-{}", hex(31, 23)),
+        ),
+        (
             "age_secret_key",
             format!(
                 "AGE-SECRET-KEY-1{}",

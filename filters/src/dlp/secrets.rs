@@ -171,7 +171,7 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
     ),
     secret(
         "new_relic_key",
-        r"\bNR(?:AK|II)-[A-Z0-9]{27}\b",
+        r"\bNR(?:AK-[A-Za-z0-9]{27}|II-[A-Za-z0-9-]{32})\b",
         &["NR"],
         Some(tokens::random),
     ),
