@@ -1,4 +1,6 @@
-//! The `sluice` command: run, check, keys, audit, mock.
+//! The `sluice` command: run, check, keys, audit, dlp, mock.
+
+mod dlp_scan;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// DLP on files: what the gateway's scanner finds in them.
+    Dlp {
+        #[command(subcommand)]
+        command: DlpCommand,
+    },
     /// A standalone OpenAI-compatible mock upstream.
     Mock {
         #[arg(long, default_value = "127.0.0.1:8000")]
@@ -71,6 +78,20 @@ enum KeysCommand {
         /// The config whose store and users to use (with --store).
         #[arg(short = 'c', long = "config", requires = "store")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlpCommand {
+    /// Print each finding (file:line:column: detector) in FILEs (stdin without one, or `-`);
+    /// exit 1 when there is any. Uses the [dlp] section of -c FILE, else the built-in packs.
+    Scan {
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Also print the matched text (it is a secret: mind where the output goes).
+        #[arg(long)]
+        show: bool,
+        files: Vec<PathBuf>,
     },
 }
 
@@ -110,6 +131,14 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { files },
         } => audit_verify(&files),
+        Command::Dlp {
+            command:
+                DlpCommand::Scan {
+                    config,
+                    show,
+                    files,
+                },
+        } => dlp_scan::run(config.as_deref(), show, &files),
         Command::Mock {
             listen,
             latency_ms,

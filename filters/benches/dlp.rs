@@ -144,10 +144,10 @@ const FINDINGS: &[&str] = &[
     "4111 1111 1111 1111",
     "AKIAIOSFODNN7EXAMPLE",
     "+1 (415) 555-2671",
-    "192.168.1.10",
+    "81.2.69.142",
     "536-22-1234",
     "DE89 3704 0044 0532 0130 00",
-    "ghp_aB3cD4eF5gH6iJ7kL8mN9oP0qR1sT2uVwXyZ",
+    "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",
 ];
 
 /// Text with a finding every ~80 bytes.

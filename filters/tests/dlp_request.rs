@@ -97,7 +97,7 @@ async fn every_string_is_scanned_and_the_structure_kept() {
                 "id": "call_1", "type": "function",
                 "function": {"name": "deploy", "arguments": "{\"key\": \"\\u0041KIAIOSFODNN7EXAMPLE\", \"region\": \"eu-west-1\"}"}
             }]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "ok, from 10.1.2.3"}
+            {"role": "tool", "tool_call_id": "call_1", "content": "ok, from 81.2.69.160"}
         ],
         "temperature": 0.2,
         "metadata": {"john@example.com": "owner", "account": 4111111111111111u64},

@@ -16,7 +16,7 @@ const PRIVATE_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx3Jp
 fn secrets() -> Vec<(&'static str, String)> {
     vec![
         ("aws_access_key", "AKIAIOSFODNN7EXAMPLE".into()),
-        ("github_token", "ghp_aB3cD4eF5gH6iJ7kL8mN9oP0qR1sT2uVwXyZ".into()),
+        ("github_token", "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".into()),
         ("openai_api_key", "sk-proj-Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LmNbVcXz".into()),
         ("sluice_api_key", "sk-sluice-Q2w3E4r5T6y7U8i9O0pA1s2D3f4G5h6J7k8L9z0X".into()),
         ("jwt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U".into()),
@@ -26,7 +26,7 @@ fn secrets() -> Vec<(&'static str, String)> {
         ("us_ssn", "536-22-1234".into()),
         ("iban", "DE89 3704 0044 0532 0130 00".into()),
         ("phone_number", "+1 (415) 555-2671".into()),
-        ("ipv4", "192.168.1.10".into()),
+        ("ipv4", "81.2.69.142".into()),
     ]
 }
 

@@ -7,6 +7,10 @@
 //!
 //! The names are stable: they appear in redaction markers, audit records and metrics.
 
+use std::sync::LazyLock;
+
+use super::secrets::PROVIDER_SECRETS;
+use super::tokens;
 use super::validate::{self, Validator};
 
 /// Which pack a built-in detector belongs to.
@@ -81,8 +85,18 @@ pub(crate) struct NumericShape {
 /// The longest digit-led match: 19 card digits and 18 separators.
 pub(crate) const NUMERIC_MAX_LEN: usize = 48;
 
-/// Every built-in detector, in priority order.
-pub(crate) const BUILTINS: &[Builtin] = &[
+/// Every built-in detector, in priority order: the first secrets, the provider tokens added
+/// since, then personal data.
+pub(crate) static BUILTINS: LazyLock<Vec<&'static Builtin>> = LazyLock::new(|| {
+    FIRST_SECRETS
+        .iter()
+        .chain(PROVIDER_SECRETS)
+        .chain(PII)
+        .collect()
+});
+
+/// The first fourteen secret detectors (their order is their priority).
+const FIRST_SECRETS: &[Builtin] = &[
     Builtin {
         name: "sluice_api_key",
         pack: Pack::Secrets,
@@ -102,7 +116,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         pack: Pack::Secrets,
         pattern: r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
         trigger: BuiltinTrigger::Literals(&["sk-"]),
-        validator: Some(validate::openai),
+        validator: Some(tokens::openai),
     },
     Builtin {
         name: "aws_access_key",
@@ -114,23 +128,22 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "github_token",
         pack: Pack::Secrets,
-        pattern: r"\b(?:(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,255})\b",
-        trigger: BuiltinTrigger::Literals(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
-        validator: None,
+        pattern: r"\b(?:(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b",
+        trigger: BuiltinTrigger::Literals(&["gh", "github_pat_"]),
+        validator: Some(tokens::github),
     },
     Builtin {
         name: "gitlab_token",
         pack: Pack::Secrets,
-        pattern: r"\b(?:glpat|gloas|gldt|glrt|glcbt|glptt|glft)-[A-Za-z0-9_-]{20,}",
-        trigger: BuiltinTrigger::Literals(&[
-            "glpat-", "gloas-", "gldt-", "glrt-", "glcbt-", "glptt-", "glft-",
-        ]),
-        validator: None,
+        pattern: r"\b(?:(?:glpat|gloas|gldt|glrt|glcbt|glptt|glft|glimt|glagent|glsoat|glffct)-[A-Za-z0-9_.-]{20,}|GR1348941[A-Za-z0-9_-]{20,})",
+        // `gl` (shared with Grafana's `glsa_`/`glc_`): one short literal, not eleven.
+        trigger: BuiltinTrigger::Literals(&["gl", "GR1348941"]),
+        validator: Some(tokens::random),
     },
     Builtin {
         name: "slack_token",
         pack: Pack::Secrets,
-        pattern: r"\b(?:xox[abposr]-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Za-z0-9-]{10,})",
+        pattern: r"\b(?:xox[abposr]-[A-Za-z0-9-]{10,}|xoxe\.xox[bp]-1-[A-Za-z0-9-]{40,}|xoxe-1-[A-Za-z0-9-]{40,}|xapp-[0-9]-[A-Za-z0-9-]{10,})",
         trigger: BuiltinTrigger::Literals(&["xox", "xapp-"]),
         validator: None,
     },
@@ -144,11 +157,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "stripe_key",
         pack: Pack::Secrets,
-        pattern: r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9+/=]{24,})",
-        trigger: BuiltinTrigger::Literals(&[
-            "sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_",
-        ]),
-        validator: Some(validate::mixed_case),
+        pattern: r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}|pk_live_[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9+/=]{24,})",
+        trigger: BuiltinTrigger::Literals(&["sk_", "rk_", "pk_live_", "whsec_"]),
+        validator: Some(tokens::stripe),
     },
     Builtin {
         name: "google_api_key",
@@ -162,7 +173,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         pack: Pack::Secrets,
         pattern: r"\b(?:hf_|api_org_)[A-Za-z0-9]{30,40}\b",
         trigger: BuiltinTrigger::Literals(&["hf_", "api_org_"]),
-        validator: Some(validate::mixed_case),
+        validator: Some(tokens::mixed_case),
     },
     Builtin {
         name: "sendgrid_api_key",
@@ -176,9 +187,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // footer never comes is redacted up to the first byte that cannot be part of a body.
         name: "private_key",
         pack: Pack::Secrets,
-        pattern: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s:,]|-[A-Za-z0-9])*(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----)?",
+        // `\n` and `\r` escapes count as line breaks: a key pasted from a JSON file or a
+        // string literal is caught whole.
+        pattern: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s:,]|\\[nr]|-[A-Za-z0-9])*(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----)?",
         trigger: BuiltinTrigger::Literals(&["-----BEGIN"]),
-        validator: None,
+        validator: Some(tokens::pem_block),
     },
     Builtin {
         name: "jwt",
@@ -187,6 +200,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         trigger: BuiltinTrigger::Literals(&["eyJ"]),
         validator: None,
     },
+];
+
+/// The `pii` pack.
+const PII: &[Builtin] = &[
     Builtin {
         name: "email",
         pack: Pack::Pii,
@@ -197,7 +214,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "credit_card",
         pack: Pack::Pii,
-        pattern: r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
+        pattern: r"\b[0-9](?:[ -]?[0-9]){12,18}\b(?:[.:/][0-9A-Za-z])?",
         trigger: BuiltinTrigger::Numeric(NumericShape {
             first_run: (4, 19),
             after_first: b"",
@@ -210,7 +227,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "us_ssn",
         pack: Pack::Pii,
-        pattern: r"\b[0-9]{3}(?:-[0-9]{2}-|\x20[0-9]{2}\x20)[0-9]{4}\b",
+        pattern: r"\b[0-9]{3}(?:-[0-9]{2}-|\x20[0-9]{2}\x20)[0-9]{4}\b(?:[.:/][0-9A-Za-z])?",
         trigger: BuiltinTrigger::Numeric(NumericShape {
             first_run: (3, 3),
             after_first: b"- ",
@@ -230,13 +247,13 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "phone_number",
         pack: Pack::Pii,
-        pattern: r"(?:\+1[-. ]?)?(?:\([2-9][0-9]{2}\)\x20?|\b[2-9][0-9]{2}[-. ])[0-9]{3}[-. ][0-9]{4}\b|\+[1-9][0-9]{0,2}[-. ]?(?:\([0-9]{1,4}\)[-. ]?)?[0-9]{1,4}(?:[-. ]?[0-9]{1,4}){1,4}\b",
+        pattern: r"(?:(?:\+1[-. ]?)?(?:\([2-9][0-9]{2}\)\x20?|\b[2-9][0-9]{2}[-. ])[0-9]{3}[-. ][0-9]{4}\b|\+[1-9][0-9]{0,2}[-. ]?(?:\([0-9]{1,4}\)[-. ]?)?[0-9]{1,4}(?:[-. ]?[0-9]{1,4}){1,4}\b)(?:[.:/][0-9A-Za-z])?",
         trigger: BuiltinTrigger::Numeric(NumericShape {
             first_run: (3, 3),
             after_first: b"-. ",
             min_digits: 10,
             needs_dot: false,
-            signed: Some(8),
+            signed: Some(10),
         }),
         validator: Some(validate::phone),
     },

@@ -15,11 +15,15 @@
 //!
 //! How matches are found fast is explained in [`scanner`]; what replaces them in [`redact`].
 
+mod allow;
 mod detectors;
+mod iban;
 mod json;
 mod redact;
 mod scanner;
+mod secrets;
 mod stream;
+pub mod tokens;
 pub mod validate;
 
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use crate::{
     Cx, Filter, JsonBody, Needs, Reply, Request, ResponseHead, Shared, StreamEvent, Verdict,
 };
 
+pub use allow::AllowSettings;
 pub use detectors::builtin_names;
 pub use scanner::{Match, Scanner, MAX_MATCH_BYTES};
 
@@ -57,6 +62,9 @@ pub struct DlpSettings {
     pub response_action: Action,
     #[serde(default)]
     pub rules: Vec<RuleSettings>,
+    /// `[[dlp.allow]]`: known values that are not findings.
+    #[serde(default)]
+    pub allow: Vec<AllowSettings>,
     /// The largest body DLP scans; a larger one is refused rather than forwarded unscanned.
     #[serde(default = "default_max_scan_bytes")]
     pub max_scan_bytes: usize,
@@ -83,6 +91,7 @@ impl Default for DlpSettings {
             request_action: default_request_action(),
             response_action: default_response_action(),
             rules: Vec::new(),
+            allow: Vec::new(),
             max_scan_bytes: default_max_scan_bytes(),
         }
     }
@@ -156,7 +165,18 @@ pub const UNSCANNABLE: &str = "unscannable_body";
 
 impl DlpSettings {
     pub fn validate(&self, errs: &mut Vec<ConfigError>) {
-        self.compile(errs);
+        self.compile_with_allow(errs);
+    }
+
+    /// The detectors, and the allow rules compiled against their names.
+    fn compile_with_allow(
+        &self,
+        errs: &mut Vec<ConfigError>,
+    ) -> (Vec<Arc<Detector>>, Vec<allow::Allow>) {
+        let detectors = self.compile(errs);
+        let names: Vec<&str> = detectors.iter().map(|d| d.name.as_str()).collect();
+        let allow = allow::compile(&self.allow, &names, errs);
+        (detectors, allow)
     }
 
     /// Compiles the configured detectors, reporting every problem with its field path.
@@ -180,7 +200,7 @@ impl DlpSettings {
         }
         let mut out: Vec<Arc<Detector>> = builtins()
             .iter()
-            .zip(detectors::BUILTINS)
+            .zip(detectors::BUILTINS.iter())
             .filter(|(_, b)| packs.contains(&b.pack))
             .map(|(d, _)| d.clone())
             .collect();
@@ -336,9 +356,9 @@ impl Scanner {
     /// A scanner for these settings (the built-ins of its packs, then its custom rules).
     pub fn from_settings(settings: &DlpSettings) -> Result<Scanner, BuildError> {
         let mut errs = Vec::new();
-        let detectors = settings.compile(&mut errs);
+        let (detectors, allow) = settings.compile_with_allow(&mut errs);
         if errs.is_empty() {
-            Ok(Scanner::new(detectors))
+            Ok(Scanner::new(detectors).with_allow(allow))
         } else {
             Err(BuildError(errs))
         }

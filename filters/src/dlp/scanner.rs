@@ -34,6 +34,7 @@ use regex_automata::dfa::{dense, Automaton, StartKind};
 use regex_automata::util::{primitives::StateID, start, syntax};
 use regex_automata::{Anchored, Input, MatchKind};
 
+use super::allow::Allow;
 use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS, NUMERIC_MAX_LEN};
 use super::validate::{Check, Validator};
 use super::Action;
@@ -293,8 +294,13 @@ impl LiteralSet {
         // shorter one finds the same places, and the DFAs tell the detectors apart.
         let all = lits.clone();
         lits.retain(|l| !all.iter().any(|o| o.len() < l.len() && l.starts_with(o)));
+        // Teddy fingerprints as many leading bytes as its group's shortest literal has (up to
+        // 3): two-byte literals get a group of their own, so that they do not make every other
+        // literal's group report twice-as-loose candidates.
+        let (short, long): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            lits.into_iter().partition(|l| l.len() < 3);
         let mut groups = Vec::new();
-        for chunk in lits.chunks(GROUP) {
+        for chunk in long.chunks(GROUP).chain(short.chunks(GROUP)) {
             let detectors = chunk
                 .iter()
                 .map(|lit| {
@@ -351,6 +357,8 @@ pub struct Scanner {
     /// For each word of [`VOCABULARY`]: whether it holds no match (decided once, when the
     /// scanner is built).
     clean_words: Vec<bool>,
+    /// `[[dlp.allow]]`: matches these exempt are dropped as they are found.
+    allow: Vec<Allow>,
 }
 
 /// Field names and values that nearly every OpenAI-style request and response repeats. A
@@ -480,6 +488,7 @@ impl Scanner {
             by_first,
             max_literal,
             clean_words: Vec::new(),
+            allow: Vec::new(),
         };
         let mut ms = Vec::new();
         sc.clean_words = VOCABULARY
@@ -491,6 +500,13 @@ impl Scanner {
             })
             .collect();
         sc
+    }
+
+    /// The scanner with allow rules: a match one of them exempts is not reported. (Allow rules
+    /// only remove matches, so the clean vocabulary stays clean.)
+    pub(crate) fn with_allow(mut self, allow: Vec<Allow>) -> Scanner {
+        self.allow = allow;
+        self
     }
 
     /// Whether `text`, scanned whole, is known to hold no match: it is a word of the common
@@ -571,6 +587,15 @@ impl Scanner {
             }
         }
         let hold = cx.hold;
+        if !self.allow.is_empty() {
+            // Decided from the match's own bytes: streamed and whole texts agree.
+            out.retain(|m| {
+                !self
+                    .allow
+                    .iter()
+                    .any(|a| a.exempts(m.detector, &hay[m.start..m.end]))
+            });
+        }
         if hold != usize::MAX {
             out.retain(|m| m.start < hold);
             hold

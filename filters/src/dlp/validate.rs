@@ -1,13 +1,21 @@
-//! Checks that turn a pattern match into a finding: checksums (Luhn, IBAN mod-97), the SSN
-//! numbering rules, and plausibility tests for token-shaped secrets.
+//! Checks that turn a pattern match of the `pii` pack into a finding: checksums (Luhn), the
+//! SSN numbering rules, and the code context that tells a phone number or a card from a
+//! numeric literal (the secrets' checks are in `tokens`, IBANs' in `iban`).
 //!
 //! A validator sees the whole scanned text and the candidate's span. It may look *behind* the
 //! span (at most [`LOOK_BEHIND`] bytes) but never after its end: in a stream the bytes after a
 //! candidate may not have arrived yet, and a decision must not depend on them. Anything a
-//! validator needs to know about what follows is put in the pattern instead (see `ipv4`).
+//! validator needs to know about what follows is put in the pattern instead: the digit-led
+//! patterns end with an optional *tail* (`.5`, `:12`, `/7`) that only a number which goes on
+//! the way no phone or card does can match, and the validator poisons a match that has one
+//! (see [`has_tail`]).
 
-/// How far before a candidate a validator may look.
-pub(crate) const LOOK_BEHIND: usize = 8;
+pub(crate) use super::iban::iban;
+pub use super::iban::iban_checksum;
+
+/// How far before a candidate a validator may look (the streaming code keeps twice this much
+/// context before the text it still has to decide).
+pub(crate) const LOOK_BEHIND: usize = 16;
 
 /// A validator's verdict on one candidate span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +31,7 @@ pub(crate) enum Check {
 
 pub(crate) type Validator = fn(&[u8], usize, usize) -> Check;
 
-fn yes(ok: bool) -> Check {
+pub(crate) fn yes(ok: bool) -> Check {
     if ok {
         Check::Accept
     } else {
@@ -90,10 +98,46 @@ fn known_issuer(d: &[u8]) -> bool {
     }
 }
 
+/// Whether a digit-led match starting at `s` continues a number that began before it: the
+/// fraction of a decimal (`5.3575…`), an exponent (`1.2345E+12345678`, `e-42`), or the next
+/// part of a dotted or colon-separated number.
+fn continues_number(h: &[u8], s: usize) -> bool {
+    let at = |k: usize| s.checked_sub(k).map(|i| h[i]);
+    match (at(1), at(2), at(3)) {
+        (Some(b'.' | b':' | b'/'), Some(p), _) => p.is_ascii_digit(),
+        (Some(b'+' | b'-'), Some(b'e' | b'E'), Some(p)) => p.is_ascii_digit() || p == b'.',
+        (Some(b'e' | b'E'), Some(p), _) => p.is_ascii_digit() || p == b'.',
+        _ => false,
+    }
+}
+
+/// Whether a digit-led match ends with its pattern's tail (`(?:[.:/][0-9A-Za-z])?` after the
+/// card, SSN and phone patterns, `ipv4`'s `.N`): the number goes on (a decimal's `.5`, a
+/// time's or a `line:column`'s `:12`, a date's `/7`) the way no phone number, card or address
+/// does.
+fn has_tail(m: &[u8]) -> bool {
+    let n = m.len();
+    n >= 2 && matches!(m[n - 2], b'.' | b':' | b'/') && m[n - 1].is_ascii_alphanumeric()
+}
+
 /// Payment card numbers: 13–19 digits, one kind of separator in plausible groups, a known
-/// issuer prefix and a valid Luhn checksum.
+/// issuer prefix and a valid Luhn checksum. Written without separators a card has 13–16
+/// digits: a bare 17–19-digit number is a 64-bit integer far more often than a card.
 pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
     let m = &h[s..e];
+    if continues_number(h, s) {
+        return Check::Poison;
+    }
+    if has_tail(m) {
+        // A bare number that goes on (`5503284107318959.5`) is no card; a grouped one may have
+        // run into the next number (`4111 1111 1111 1111 12/27`): try the shorter ends.
+        let grouped = m[..m.len() - 2].iter().any(|b| !b.is_ascii_digit());
+        return if grouped {
+            Check::Reject
+        } else {
+            Check::Poison
+        };
+    }
     let Some((buf, n)) = digits_of::<19>(m) else {
         return Check::Reject;
     };
@@ -124,12 +168,17 @@ pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
         if !(fours || amex_diners) {
             return Check::Reject;
         }
+    } else if n > 16 {
+        return Check::Reject;
     }
     yes(known_issuer(d) && luhn(d))
 }
 
 /// US Social Security numbers: area 001–899 except 666, group 01–99, serial 0001–9999.
 pub(crate) fn ssn(h: &[u8], s: usize, e: usize) -> Check {
+    if has_tail(&h[s..e]) || continues_number(h, s) {
+        return Check::Poison;
+    }
     let Some((d, 9)) = digits_of::<9>(&h[s..e]) else {
         return Check::Reject;
     };
@@ -141,169 +190,159 @@ pub(crate) fn ssn(h: &[u8], s: usize, e: usize) -> Check {
     yes(area != 0 && area != 666 && area < 900 && group != 0 && serial != 0)
 }
 
-/// IBAN lengths by country (ISO 13616 registry).
-const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
-    (b"AD", 24),
-    (b"AE", 23),
-    (b"AL", 28),
-    (b"AT", 20),
-    (b"AZ", 28),
-    (b"BA", 20),
-    (b"BE", 16),
-    (b"BG", 22),
-    (b"BH", 22),
-    (b"BI", 27),
-    (b"BR", 29),
-    (b"BY", 28),
-    (b"CH", 21),
-    (b"CR", 22),
-    (b"CY", 28),
-    (b"CZ", 24),
-    (b"DE", 22),
-    (b"DJ", 27),
-    (b"DK", 18),
-    (b"DO", 28),
-    (b"EE", 20),
-    (b"EG", 29),
-    (b"ES", 24),
-    (b"FI", 18),
-    (b"FK", 18),
-    (b"FO", 18),
-    (b"FR", 27),
-    (b"GB", 22),
-    (b"GE", 22),
-    (b"GI", 23),
-    (b"GL", 18),
-    (b"GR", 27),
-    (b"GT", 28),
-    (b"HR", 21),
-    (b"HU", 28),
-    (b"IE", 22),
-    (b"IL", 23),
-    (b"IQ", 23),
-    (b"IS", 26),
-    (b"IT", 27),
-    (b"JO", 30),
-    (b"KW", 30),
-    (b"KZ", 20),
-    (b"LB", 28),
-    (b"LC", 32),
-    (b"LI", 21),
-    (b"LT", 20),
-    (b"LU", 20),
-    (b"LV", 21),
-    (b"LY", 25),
-    (b"MC", 27),
-    (b"MD", 24),
-    (b"ME", 22),
-    (b"MK", 19),
-    (b"MN", 20),
-    (b"MR", 27),
-    (b"MT", 31),
-    (b"MU", 30),
-    (b"NI", 28),
-    (b"NL", 18),
-    (b"NO", 15),
-    (b"OM", 23),
-    (b"PK", 24),
-    (b"PL", 28),
-    (b"PS", 29),
-    (b"PT", 25),
-    (b"QA", 29),
-    (b"RO", 24),
-    (b"RS", 22),
-    (b"RU", 33),
-    (b"SA", 24),
-    (b"SC", 31),
-    (b"SD", 18),
-    (b"SE", 24),
-    (b"SI", 19),
-    (b"SK", 24),
-    (b"SM", 27),
-    (b"SO", 23),
-    (b"ST", 25),
-    (b"SV", 28),
-    (b"TL", 23),
-    (b"TN", 24),
-    (b"TR", 26),
-    (b"UA", 29),
-    (b"VA", 22),
-    (b"VG", 24),
-    (b"XK", 20),
-    (b"YE", 30),
-];
-
-/// ISO 7064 mod 97-10 over an IBAN with its first four characters moved to the end.
-pub fn iban_checksum(compact: &[u8]) -> bool {
-    if compact.len() < 5 {
-        return false;
-    }
-    let mut rem = 0u32;
-    for &c in compact[4..].iter().chain(&compact[..4]) {
-        let v = match c {
-            b'0'..=b'9' => u32::from(c - b'0'),
-            b'A'..=b'Z' => u32::from(c - b'A') + 10,
-            _ => return false,
-        };
-        rem = if v >= 10 {
-            (rem * 100 + v) % 97
-        } else {
-            (rem * 10 + v) % 97
-        };
-    }
-    rem == 1
-}
-
-/// IBANs: a registered country, that country's length, and the mod-97 check digits.
-pub(crate) fn iban(h: &[u8], s: usize, e: usize) -> Check {
-    let mut buf = [0u8; 34];
+/// The digit groups of a match (runs of digits between other bytes), at most 8.
+fn groups(m: &[u8]) -> ([&[u8]; 8], usize) {
+    let mut out: [&[u8]; 8] = [&[]; 8];
     let mut n = 0;
-    for &b in h[s..e].iter().filter(|&&b| b != b' ') {
-        match buf.get_mut(n) {
-            Some(slot) => *slot = b,
-            None => return Check::Reject,
+    for g in m.split(|b| !b.is_ascii_digit()).filter(|g| !g.is_empty()) {
+        if n == out.len() {
+            break;
         }
+        out[n] = g;
         n += 1;
     }
-    let compact = &buf[..n];
-    let cc = [compact[0], compact[1]];
-    let ok = IBAN_LENGTHS
-        .iter()
-        .any(|(c, len)| **c == cc && *len == compact.len())
-        && iban_checksum(compact);
-    yes(ok)
+    (out, n)
 }
 
-/// Phone numbers: balanced parentheses and a plausible digit count (10 or 11 for the North
-/// American form, 8–15 for the international one, per E.164).
+fn value(g: &[u8]) -> u32 {
+    g.iter()
+        .take(9)
+        .fold(0u32, |acc, &b| acc * 10 + u32::from(b - b'0'))
+}
+
+/// Whether digit groups read as a date: a year of 4+ digits, then a month and a day
+/// (`+262142-12-31`, ISO 8601's expanded years, `+9999-12-31 23`).
+fn is_date(gs: &[&[u8]]) -> bool {
+    gs.len() >= 2
+        && gs[0].len() >= 4
+        && gs[1].len() == 2
+        && (1..=12).contains(&value(gs[1]))
+        && gs
+            .get(2)
+            .is_none_or(|d| d.len() != 2 || (1..=31).contains(&value(d)))
+}
+
+/// Phone numbers: balanced parentheses and a plausible digit count (10 for the North American
+/// form; after `+`: 11 for `+1`, 10–15 for other countries, 11–15 written without
+/// separators), not a date, not a decimal (a `.` after a run of more than 4 digits), not part
+/// of a longer number (an exponent's digits, a `:line`) or of a list of numbers (`384 512 768
+/// 1024`).
 pub(crate) fn phone(h: &[u8], s: usize, e: usize) -> Check {
     let m = &h[s..e];
+    let at = |k: usize| s.checked_sub(k).map(|i| h[i]);
+    let in_list = at(1) == Some(b' ') && at(2).is_some_and(|b| b.is_ascii_digit());
+    let glued = at(1).is_some_and(|b| b.is_ascii_digit());
+    if has_tail(m)
+        || continues_number(h, s)
+        || glued
+        || (in_list && at(3).is_some_and(|b| b.is_ascii_digit()))
+    {
+        return Check::Poison;
+    }
     let opens = m.iter().filter(|&&b| b == b'(').count();
     let closes = m.iter().filter(|&&b| b == b')').count();
     if opens != closes || opens > 1 {
         return Check::Reject;
     }
-    let n = m.iter().filter(|b| b.is_ascii_digit()).count();
-    if m[0] == b'+' {
-        yes((8..=15).contains(&n))
-    } else {
-        yes(n == 10)
+    let (gs, ng) = groups(m);
+    let gs = &gs[..ng];
+    let n: usize = gs.iter().map(|g| g.len()).sum();
+    if m[0] != b'+' {
+        return yes(n == 10);
     }
+    let dot_after_long_run = m
+        .windows(6)
+        .any(|w| w[5] == b'.' && w[..5].iter().all(u8::is_ascii_digit));
+    if is_date(gs) || dot_after_long_run {
+        return Check::Poison;
+    }
+    // Country code 1 is the North American plan's alone: +1, then a 10-digit number.
+    let ok = if m.starts_with(b"+1") {
+        n == 11
+    } else if ng == 1 {
+        (11..=15).contains(&n)
+    } else {
+        (10..=15).contains(&n)
+    };
+    yes(ok)
 }
 
-/// IPv4 addresses. The pattern lets a fifth `.N` component follow, so that `1.2.3.4.5` (an
-/// OID, a four-part version) is seen whole and poisoned here rather than half-matched.
+/// An IPv4 block: its first octet, and the ranges of its second and third.
+type Block = (u32, (u32, u32), (u32, u32));
+
+/// IANA's special-purpose and non-unicast IPv4 blocks (RFC 6890 and its updates): addresses in
+/// them identify no one on the internet. As `(first octet, second octet range, third octet
+/// range)`.
+const NOT_PERSONAL: &[Block] = &[
+    (0, (0, 255), (0, 255)),     // "this network"
+    (10, (0, 255), (0, 255)),    // private (RFC 1918)
+    (100, (64, 127), (0, 255)),  // carrier-grade NAT (RFC 6598)
+    (127, (0, 255), (0, 255)),   // loopback
+    (169, (254, 254), (0, 255)), // link-local
+    (172, (16, 31), (0, 255)),   // private
+    (192, (0, 0), (0, 0)),       // IETF protocol assignments
+    (192, (0, 0), (2, 2)),       // documentation (TEST-NET-1, RFC 5737)
+    (192, (88, 88), (99, 99)),   // 6to4 relay anycast
+    (192, (168, 168), (0, 255)), // private
+    (198, (18, 19), (0, 255)),   // benchmarking (RFC 2544)
+    (198, (51, 51), (100, 100)), // documentation (TEST-NET-2)
+    (203, (0, 0), (113, 113)),   // documentation (TEST-NET-3)
+];
+
+/// Public DNS resolvers: written in every network tutorial, and nobody's address.
+const RESOLVERS: &[[u32; 4]] = &[
+    [1, 1, 1, 1],
+    [1, 0, 0, 1],
+    [8, 8, 8, 8],
+    [8, 8, 4, 4],
+    [9, 9, 9, 9],
+    [149, 112, 112, 112],
+    [208, 67, 222, 222],
+    [208, 67, 220, 220],
+];
+
+/// IPv4 addresses that could be someone's: public unicast hosts. The pattern lets a fifth
+/// `.N` component (or another [`NUMBER_TAIL`]) follow, so that `1.2.3.4.5` (an OID, a
+/// four-part version) is seen whole and poisoned here rather than half-matched. Not personal:
+/// the special-purpose blocks ([`NOT_PERSONAL`]), multicast and reserved (224/3), network
+/// and broadcast addresses of a /24 (`.0`, `.255`), the public resolvers, four equal parts
+/// (`128.128.128.128`) or parts counting up or down (`20.30.40.50`, `101.102.103.104`), object identifiers (`1.3.101.112`, `2.5.29.35`: 0.04% of the address
+/// space), and dotted numbers with three or more one-digit parts (section numbers `8.1.3.6`,
+/// versions `7.3.17.1`; an address drawn at random has that shape once in 4,000).
 pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
     let m = &h[s..e];
     if m.iter().filter(|&&b| b == b'.').count() != 3 {
         return Check::Poison;
     }
-    // Inside a longer dotted number (`5.1.2.3.4`).
-    if s >= 2 && h[s - 1] == b'.' && h[s - 2].is_ascii_digit() {
+    // Inside a longer dotted number (`5.1.2.3.4`), a version (`v1.2.3.4`), a section (`§1.2.3.4`).
+    if continues_number(h, s) || (s >= 2 && h[s - 1] == b'.' && h[s - 2].is_ascii_digit()) {
         return Check::Poison;
     }
-    // 0.0.0.0/8 (this host, "any") and 127.0.0.0/8 (loopback) say nothing about anyone.
-    yes(!(m.starts_with(b"0.") || m.starts_with(b"127.")))
+    let (gs, ng) = groups(m);
+    if ng != 4 {
+        return Check::Reject;
+    }
+    let o = [value(gs[0]), value(gs[1]), value(gs[2]), value(gs[3])];
+    let special = NOT_PERSONAL.iter().any(|&(a, (b0, b1), (c0, c1))| {
+        o[0] == a && (b0..=b1).contains(&o[1]) && (c0..=c1).contains(&o[2])
+    });
+    let one_digit = gs[..4].iter().filter(|g| g.len() == 1).count();
+    // Object identifiers: the first arc is 0, 1 or 2, the second small (`1.3.101.112`,
+    // `2.5.29.35`).
+    let oid = o[0] <= 2 && gs[1].len() == 1;
+    let repeated = o.iter().all(|&x| x == o[0]);
+    // Placeholders counting up or down: `1.2.3.4`, `10.20.30.40`, `101.102.103.104`.
+    let d = i64::from(o[1]) - i64::from(o[0]);
+    let progression = (1..4).all(|k| i64::from(o[k]) - i64::from(o[k - 1]) == d);
+    yes(!special
+        && o[0] < 224
+        && o[3] != 0
+        && o[3] != 255
+        && !RESOLVERS.contains(&o)
+        && !repeated
+        && !progression
+        && !oid
+        && one_digit < 3)
 }
 
 /// File extensions that look like top-level domains in `icon@2x.png`-style names.
@@ -314,8 +353,23 @@ const NOT_TLDS: &[&[u8]] = &[
     b"map", b"wasm", b"pdf", b"mp4", b"mp3", b"woff", b"woff2", b"ttf",
 ];
 
+/// Domains whose `name@domain` strings are not mailboxes: SSH's extension names
+/// (`chacha20-poly1305@openssh.com`, `curve25519-sha256@libssh.org`).
+const NOT_MAIL_DOMAINS: &[&[u8]] = &[b"openssh.com", b"libssh.org"];
+
+/// Git hosts' SSH remotes (`git@github.com:org/repo`).
+const GIT_HOSTS: &[&[u8]] = &[
+    b"github.com",
+    b"gitlab.com",
+    b"bitbucket.org",
+    b"ssh.dev.azure.com",
+    b"codeberg.org",
+];
+
 /// E-mail addresses: no empty or dotted-out local part, domain labels that do not start or
-/// end with `-`, and a top-level domain that is not a file extension.
+/// end with `-`, a top-level domain that is not a file extension; not a URL's `user:pass@host`
+/// (a `:` before, other than `mailto:`) or `//user@host`, not a git remote, not an SSH
+/// algorithm name.
 pub(crate) fn email(h: &[u8], s: usize, e: usize) -> Check {
     let m = &h[s..e];
     let Some(at) = m.iter().position(|&b| b == b'@') else {
@@ -325,38 +379,24 @@ pub(crate) fn email(h: &[u8], s: usize, e: usize) -> Check {
     if local.is_empty() || local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
         return Check::Reject;
     }
+    let mailto = s >= 7 && h[s - 7..s].eq_ignore_ascii_case(b"mailto:");
+    // A URL's `user:pass@host` or `//user@host` is no mailbox.
+    let authority = s >= 2 && &h[s - 2..s] == b"//";
+    if authority || (s > 0 && h[s - 1] == b':' && !mailto) {
+        return Check::Reject;
+    }
     if domain
         .split(|&b| b == b'.')
         .any(|l| l.is_empty() || l.starts_with(b"-") || l.ends_with(b"-"))
     {
         return Check::Reject;
     }
+    let is = |list: &[&[u8]]| list.iter().any(|d| d.eq_ignore_ascii_case(domain));
+    if is(NOT_MAIL_DOMAINS) || (local == b"git" && is(GIT_HOSTS)) {
+        return Check::Reject;
+    }
     let tld = domain.rsplit(|&b| b == b'.').next().unwrap_or_default();
     yes(!NOT_TLDS.iter().any(|t| t.eq_ignore_ascii_case(tld)))
-}
-
-fn classes(m: &[u8]) -> (bool, bool, usize) {
-    let upper = m.iter().any(u8::is_ascii_uppercase);
-    let lower = m.iter().any(u8::is_ascii_lowercase);
-    let digits = m.iter().filter(|b| b.is_ascii_digit()).count();
-    (upper, lower, digits)
-}
-
-/// OpenAI keys are random base62 (with `-`/`_` in project keys): both letter cases and
-/// digits. `sk-learn-compatible-estimators` is not a key.
-pub(crate) fn openai(h: &[u8], s: usize, e: usize) -> Check {
-    let (upper, lower, digits) = classes(&h[s + 3..e]);
-    yes(upper && lower && digits >= 2)
-}
-
-/// Random alphanumeric tokens (Stripe, Hugging Face): both letter cases.
-pub(crate) fn mixed_case(h: &[u8], s: usize, e: usize) -> Check {
-    let body = match h[s..e].iter().position(|&b| b == b'_') {
-        Some(p) => &h[s + p + 1..e],
-        None => &h[s..e],
-    };
-    let (upper, lower, _) = classes(body);
-    yes(upper && lower)
 }
 
 #[cfg(test)]
