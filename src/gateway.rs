@@ -235,6 +235,8 @@ impl EngineState {
         }
         match Snapshot::build(config, &self.types, &self.shared, self.mock_addr) {
             Ok(s) => {
+                // The new config's series exist before its first request is counted.
+                self.metrics.preinit(&s.config);
                 self.snapshot.store(Arc::new(s));
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!("config reloaded");
@@ -379,6 +381,7 @@ impl GatewayBuilder {
             Snapshot::build(config.clone(), &self.types, &shared, mock_addr)
                 .map_err(StartError::Config)?
         };
+        metrics.preinit(&snapshot.config);
         let listen = config.server.listen.clone();
         let admin_listen: SocketAddr = config.server.admin_listen.parse().map_err(|_| {
             StartError::Io(format!("bad admin address {}", config.server.admin_listen))

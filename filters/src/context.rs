@@ -23,6 +23,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
+    /// added to the enum must be added here too (its label is then on the first scrape).
+    pub const ALL: [Route; 8] = [
+        Route::ChatCompletions,
+        Route::ListModels,
+        Route::GetModel,
+        Route::AgentRun,
+        Route::AgentRunStatus,
+        Route::Embeddings,
+        Route::Passthrough,
+        Route::Unknown,
+    ];
+
     /// A bounded label for metrics.
     pub fn label(self) -> &'static str {
         match self {
