@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test: installs prerequisites, then the Rust unit and integration tests (real
-# gateways, a real mock upstream, real redis-server processes) and the OpenAI-SDK suite.
+# gateways, a real mock upstream, real redis-server processes), the OpenAI-SDK suite, the
+# checks of deploy/ and a short run of each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --bins --examples
 RUST_TEST_THREADS=4 cargo test --locked --workspace --all-targets
 SLUICE_BIN="$PWD/target/debug/sluice" python3 -m pytest -q tests/python
+# deploy/: alert rules (promtool) and the systemd unit (systemd-analyze, where present).
+bash scripts/check-deploy.sh
+# A bounded run of every fuzz target (FUZZ_SECONDS each, default 30) on the committed corpus.
+bash scripts/fuzz.sh
