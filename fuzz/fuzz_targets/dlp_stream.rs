@@ -8,7 +8,6 @@
 //! (`Scanner::apply`), so a secret split across chunks is caught and nothing else changes.
 #![no_main]
 
-use bytes::Bytes;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
@@ -94,7 +93,7 @@ fn client_text(sent: &[u8]) -> (String, bool) {
         let v: Value = serde_json::from_slice(&data).unwrap_or_else(|err| {
             panic!(
                 "the client got an event that is not JSON ({err}): {:?}",
-                Bytes::from(data)
+                data
             )
         });
         if let Some(c) = v

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use sluice::filters::{Cx, JsonBody, Request, RequestHead, Verdict};
-use sluice_fuzz::{chain, config, run};
+use sluice_fuzz::{chain, config, run, DEMO_KEY};
 
 struct Input<'a> {
     method: Method,
@@ -95,9 +95,25 @@ fuzz_target!(|data: &[u8]| {
         headers,
     };
     let verdict = run(chain().on_request_head(&head, &mut cx));
-    if matches!(verdict, Verdict::Respond(_)) {
+    // Exactly one `Authorization: Bearer <the known key>` (several are refused on purpose).
+    let auth: Vec<&HeaderValue> = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .collect();
+    let known_key =
+        matches!(auth[..], [v] if v.as_bytes() == format!("Bearer {DEMO_KEY}").as_bytes());
+    if let Verdict::Respond(r) = &verdict {
+        assert!(
+            !(known_key && r.status == 401),
+            "the known key was refused: {r:?}"
+        );
         return check_reply(verdict);
     }
+    // The chain has auth: whatever passes it has an identity.
+    assert!(
+        cx.identity.is_some(),
+        "a request passed auth without an identity"
+    );
     let mut body = body(input.body);
     if let Some(doc) = body.json() {
         let model = doc.get("model").and_then(Value::as_str);
