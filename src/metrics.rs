@@ -256,3 +256,34 @@ pub fn render(registry: &Registry) -> String {
     let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a route stands in [`Route::ALL`]. The match is exhaustive: a route added to the
+    /// enum does not compile here until it has its place in `Route::ALL` (so that its series
+    /// are pre-initialised).
+    fn position(route: Route) -> usize {
+        match route {
+            Route::ChatCompletions => 0,
+            Route::ListModels => 1,
+            Route::GetModel => 2,
+            Route::AgentRun => 3,
+            Route::AgentRunStatus => 4,
+            Route::Embeddings => 5,
+            Route::Passthrough => 6,
+            Route::Unknown => 7,
+        }
+    }
+
+    #[test]
+    fn route_all_lists_every_route_once_with_its_own_label() {
+        for (i, route) in Route::ALL.into_iter().enumerate() {
+            assert_eq!(position(route), i, "{route:?}");
+        }
+        let labels: std::collections::BTreeSet<&str> =
+            Route::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), Route::ALL.len());
+    }
+}
