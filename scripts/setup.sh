@@ -43,3 +43,27 @@ if [ "${1:-}" != "--no-python" ] && [ "${1:-}" != "--no-redis" ]; then
     python3 -m pip install -q -r tests/python/requirements.txt
   }
 fi
+# Test-only tools (not with --no-redis, the build-only mode of scripts/run.sh): promtool checks
+# deploy/prometheus (only the promtool binary is taken from Debian's prometheus package: no
+# Prometheus service is installed), cargo-fuzz runs the fuzz smoke test (scripts/fuzz.sh).
+if [ "${1:-}" != "--no-redis" ]; then
+  if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing promtool (from Debian's prometheus package)"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+    apt-cache show prometheus >/dev/null 2>&1 || $SUDO apt-get update -qq
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null)
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+    $SUDO install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
+  fi
+  command -v promtool >/dev/null 2>&1 || {
+    echo "setup: promtool is required to check deploy/prometheus (Debian: the prometheus package)" >&2
+    exit 1
+  }
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz (crates.io)"
+    cargo install --locked cargo-fuzz
+  fi
+fi

@@ -4,7 +4,7 @@
 //! (`models[3].upstream: no upstream named "x"`), so `sluice check` shows them all at once.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -425,6 +425,26 @@ fn check_listen(v: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{v}` is not an address like 127.0.0.1:8080"))
 }
 
+/// The first address of `host`, looked up once at load.
+#[cfg(not(fuzzing))]
+fn resolve(host: &str, port: u16) -> Result<Option<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    Ok((host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .next())
+}
+
+/// Under the fuzzer (`cargo fuzz` builds with `--cfg fuzzing`) only IP literals resolve: a
+/// fuzzed config must not send a DNS query per input.
+#[cfg(fuzzing)]
+fn resolve(host: &str, port: u16) -> Result<Option<SocketAddr>, String> {
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| format!("cannot resolve `{host}`: names are not resolved when fuzzing"))?;
+    Ok(Some(SocketAddr::new(ip, port)))
+}
+
 /// Splits an upstream URL and resolves its host once (DNS must not run on the request path).
 pub fn parse_url(url: &str) -> Result<UpstreamTarget, String> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
@@ -444,10 +464,7 @@ pub fn parse_url(url: &str) -> Result<UpstreamTarget, String> {
     let default_port = if tls { 443 } else { 80 };
     let (host, port) = split_host_port(authority, default_port)
         .ok_or_else(|| format!("`{url}` has a bad port"))?;
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
-        .next();
+    let addr = resolve(&host, port)?;
     if addr.is_none() {
         return Err(format!("`{host}` resolves to no address"));
     }

@@ -135,6 +135,7 @@ impl GatewayBuilder {
             Snapshot::build(config.clone(), &self.types, &shared, mock_addr)
                 .map_err(StartError::Config)?
         };
+        metrics.preinit(&snapshot.config);
         let store = control
             .block_on(crate::store::StoreRuntime::open(&config.store, &shared))
             .map_err(|e| {

@@ -1,9 +1,68 @@
 //! The engine's Prometheus metrics (SPEC §7), on a registry the gateway owns.
+//!
+//! Every labelled series of a configured value exists from the first scrape, at zero
+//! ([`EngineMetrics::preinit`]): a counter that appears only with its first event is invisible
+//! to `rate()` and `increase()` for that event, so a dashboard shows "no data" and an alert on
+//! the first upstream error never fires.
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
     Registry,
 };
+use sluice_filters::{glob_match, Outcome, Route};
+
+use crate::config::Config;
+
+/// The `kind` label values of `sluice_upstream_errors_total`.
+pub mod upstream_error_kind {
+    /// Connect, response-head or body read/write timed out.
+    pub const TIMEOUT: &str = "timeout";
+    /// Connection refused, no route, or another connect failure.
+    pub const CONNECT: &str = "connect";
+    /// TLS handshake or certificate verification failed.
+    pub const TLS: &str = "tls";
+    /// The upstream failed after the client had received part of the answer.
+    pub const MID_STREAM: &str = "mid_stream";
+    /// The connection was reset or closed before an answer.
+    pub const RESET: &str = "reset";
+
+    pub const ALL: [&str; 5] = [TIMEOUT, CONNECT, TLS, MID_STREAM, RESET];
+}
+
+/// The `kind` label values of `sluice_tokens_total`.
+pub mod token_kind {
+    pub const PROMPT: &str = "prompt";
+    pub const COMPLETION: &str = "completion";
+    pub const ALL: [&str; 2] = [PROMPT, COMPLETION];
+}
+
+/// The `status` and `outcome` pairs of `sluice_requests_total` pre-initialised for every
+/// configured model on each route that carries one: the answers a model's requests commonly
+/// end with.
+const MODEL_ANSWERS: [(&str, Outcome); 9] = [
+    ("200", Outcome::Ok),
+    ("200", Outcome::ClientClosed),
+    ("400", Outcome::BadRequest),
+    ("400", Outcome::DlpBlocked),
+    ("403", Outcome::DeniedPermission),
+    ("429", Outcome::RateLimited),
+    ("500", Outcome::InternalError),
+    ("502", Outcome::UpstreamError),
+    ("504", Outcome::UpstreamError),
+];
+
+/// The pairs pre-initialised with an empty `model` on every route: what is answered before a
+/// model is known (no key, a bad body, an unknown model or route).
+const UNROUTED_ANSWERS: [(&str, Outcome); 5] = [
+    ("200", Outcome::Ok),
+    ("400", Outcome::BadRequest),
+    ("401", Outcome::DeniedAuth),
+    ("404", Outcome::BadRequest),
+    ("500", Outcome::InternalError),
+];
+
+/// The `status` label values of `sluice_agent_runs_total`.
+const AGENT_RUN_STATUSES: [&str; 3] = ["completed", "failed", "queued"];
 
 /// Engine metrics. Labels are bounded: routes and outcomes are enums, models and orgs come from
 /// the config (anything else is `other`), upstreams are configured names.
@@ -84,10 +143,158 @@ impl EngineMetrics {
     }
 }
 
+impl EngineMetrics {
+    /// Creates, at zero, the series of every configured value: routes (all of [`Route::ALL`]),
+    /// models on the routes that carry one, upstreams with each error kind, the models each
+    /// org may use, agents, and reload results. Called at start and after each reload (series
+    /// of values a reload removed stay, frozen, as Prometheus expects of a counter).
+    ///
+    /// Bounded by the config: `sluice_requests_total` holds at most
+    /// `routes × (9 × models + 5)` pre-initialised series.
+    pub fn preinit(&self, config: &Config) {
+        self.preinit_requests(config);
+        for m in &config.models {
+            self.ttft.with_label_values(&[&m.name]);
+        }
+        for u in &config.upstreams {
+            self.upstream_duration.with_label_values(&[&u.name]);
+            for kind in upstream_error_kind::ALL {
+                self.upstream_errors.with_label_values(&[&u.name, kind]);
+            }
+        }
+        for (model, org) in token_series(config) {
+            for kind in token_kind::ALL {
+                self.tokens.with_label_values(&[model, org, kind]);
+            }
+        }
+        for a in &config.agents {
+            for status in AGENT_RUN_STATUSES {
+                self.agent_runs.with_label_values(&[&a.id, status]);
+            }
+        }
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+    }
+
+    fn preinit_requests(&self, config: &Config) {
+        for route in Route::ALL {
+            let label = route.label();
+            self.request_duration.with_label_values(&[label]);
+            for (status, outcome) in UNROUTED_ANSWERS {
+                self.requests
+                    .with_label_values(&[label, "", status, outcome.as_str()]);
+            }
+            for model in route_models(config, route) {
+                for (status, outcome) in MODEL_ANSWERS {
+                    self.requests
+                        .with_label_values(&[label, model, status, outcome.as_str()]);
+                }
+            }
+        }
+    }
+}
+
+/// The configured models a route's requests can carry: none for the routes Sluice answers
+/// itself without a model, the agents' models for agent runs, every model otherwise (routes
+/// added to [`Route`] carry a model unless listed here).
+fn route_models(config: &Config, route: Route) -> Vec<&str> {
+    match route {
+        Route::ListModels
+        | Route::GetModel
+        | Route::AgentRunStatus
+        | Route::Keys
+        | Route::Key
+        | Route::Unknown => Vec::new(),
+        Route::AgentRun => {
+            let mut models: Vec<&str> = config.agents.iter().map(|a| a.model.as_str()).collect();
+            models.sort_unstable();
+            models.dedup();
+            models
+        }
+        _ => config.models.iter().map(|m| m.name.as_str()).collect(),
+    }
+}
+
+/// The `(model, org)` pairs of `sluice_tokens_total` that can occur: with an `auth` filter,
+/// each org with the models its users' roles may use; without one, every model with an empty
+/// org (requests carry no identity).
+fn token_series(config: &Config) -> Vec<(&str, &str)> {
+    let has_auth = config
+        .filters
+        .iter()
+        .any(|f| f.get("type").and_then(|t| t.as_str()) == Some("auth"));
+    if !has_auth {
+        return config
+            .models
+            .iter()
+            .map(|m| (m.name.as_str(), ""))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for org in &config.orgs {
+        let roles: Vec<&str> = config
+            .users
+            .iter()
+            .filter(|u| u.org == org.name)
+            .map(|u| u.role.as_str())
+            .collect();
+        let globs: Vec<&str> = config
+            .roles
+            .iter()
+            .filter(|r| roles.contains(&r.name.as_str()))
+            .flat_map(|r| r.models.iter().map(String::as_str))
+            .collect();
+        for m in &config.models {
+            if globs.iter().any(|g| glob_match(g, &m.name)) {
+                out.push((m.name.as_str(), org.name.as_str()));
+            }
+        }
+    }
+    out
+}
+
 /// Renders a registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     use prometheus::Encoder;
     let mut buf = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a route stands in [`Route::ALL`]. The match is exhaustive: a route added to the
+    /// enum does not compile here until it has its place in `Route::ALL` (so that its series
+    /// are pre-initialised).
+    fn position(route: Route) -> usize {
+        match route {
+            Route::ChatCompletions => 0,
+            Route::ListModels => 1,
+            Route::GetModel => 2,
+            Route::AgentRun => 3,
+            Route::AgentRunStatus => 4,
+            Route::Embeddings => 5,
+            Route::Passthrough => 6,
+            Route::Unknown => 7,
+            Route::Responses => 8,
+            Route::Completions => 9,
+            Route::Messages => 10,
+            Route::CountTokens => 11,
+            Route::Keys => 12,
+            Route::Key => 13,
+        }
+    }
+
+    #[test]
+    fn route_all_lists_every_route_once_with_its_own_label() {
+        for (i, route) in Route::ALL.into_iter().enumerate() {
+            assert_eq!(position(route), i, "{route:?}");
+        }
+        let labels: std::collections::BTreeSet<&str> =
+            Route::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), Route::ALL.len());
+    }
 }

@@ -117,11 +117,14 @@ fn data_field(raw: &Bytes) -> Option<Bytes> {
                 [b':', v @ ..] => v,
                 _ => continue,
             };
-            let d = data.get_or_insert_with(Vec::new);
-            if !d.is_empty() {
-                d.push(b'\n');
+            // Joined with LF whatever the values: an empty `data` line still counts.
+            match &mut data {
+                Some(d) => {
+                    d.push(b'\n');
+                    d.extend_from_slice(value);
+                }
+                None => data = Some(value.to_vec()),
             }
-            d.extend_from_slice(value);
         }
     }
     data.map(Bytes::from)
@@ -169,6 +172,16 @@ mod tests {
         let got = frame_all(&[b"data: x\n: note\nid: 7\n\ndata:y\r\rdata: z\r\n\r\n"]);
         let data: Vec<_> = got.iter().map(|e| e.1.as_deref()).collect();
         assert_eq!(data, [Some(&b"x"[..]), Some(&b"y"[..]), Some(&b"z"[..])]);
+    }
+
+    #[test]
+    fn empty_data_lines_are_joined_too() {
+        // Found by fuzz/fuzz_targets/sse_framer.rs: the empty first value was dropped ("y").
+        let got = frame_all(&[b"data\n\x07data: x\rdata: y\r\r"]);
+        assert_eq!(got[0].1.as_deref(), Some(&b"\ny"[..]));
+        let got = frame_all(&[b"data:\ndata:\n\ndata: a\ndata:\n\n"]);
+        let data: Vec<_> = got.iter().map(|e| e.1.as_deref()).collect();
+        assert_eq!(data, [Some(&b"\n"[..]), Some(&b"a\n"[..])]);
     }
 
     #[test]

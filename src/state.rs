@@ -221,6 +221,34 @@ pub struct EngineState {
 }
 
 impl EngineState {
+    /// The state of a gateway that serves no listener: one config generation, its metrics, the
+    /// agent runs and the key store, for driving the request pipeline directly (its unit tests,
+    /// the fuzz targets, an embedder's own front end).
+    pub async fn offline(config: Config, types: FilterTypes) -> Result<Arc<EngineState>, String> {
+        let registry = prometheus::Registry::new();
+        let metrics = EngineMetrics::register(&registry).map_err(|e| format!("metrics: {e}"))?;
+        let shared = Arc::new(Shared::new(registry));
+        let snap = Snapshot::build(config, &types, &shared, None).map_err(|e| e.to_string())?;
+        metrics.preinit(&snap.config);
+        let store = crate::store::StoreRuntime::open(&snap.config.store, &shared)
+            .await
+            .map_err(|e| format!("store.url: {e}"))?;
+        Ok(Arc::new(EngineState {
+            snapshot: ArcSwap::from_pointee(snap),
+            metrics,
+            shared,
+            types,
+            mock_addr: None,
+            config_path: None,
+            inflight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            ready: AtomicBool::new(true),
+            probe_token: String::new(),
+            runs: AgentRuns::new(store.clone()),
+            store,
+        }))
+    }
+
     /// Loads the config again (from its file, or `next` when given) and swaps it in when valid.
     pub fn reload(&self, next: Option<Config>) -> Result<(), ConfigErrors> {
         let config = match next {
@@ -251,6 +279,8 @@ impl EngineState {
         }
         match Snapshot::build(config, &self.types, &self.shared, self.mock_addr) {
             Ok(s) => {
+                // The new config's series exist before its first request is counted.
+                self.metrics.preinit(&s.config);
                 self.snapshot.store(Arc::new(s));
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!("config reloaded");

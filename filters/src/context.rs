@@ -36,6 +36,25 @@ pub enum Route {
 }
 
 impl Route {
+    /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
+    /// added to the enum must be added here too (its label is then on the first scrape).
+    pub const ALL: [Route; 14] = [
+        Route::ChatCompletions,
+        Route::ListModels,
+        Route::GetModel,
+        Route::AgentRun,
+        Route::AgentRunStatus,
+        Route::Embeddings,
+        Route::Passthrough,
+        Route::Unknown,
+        Route::Responses,
+        Route::Completions,
+        Route::Messages,
+        Route::CountTokens,
+        Route::Keys,
+        Route::Key,
+    ];
+
     /// A bounded label for metrics.
     pub fn label(self) -> &'static str {
         match self {

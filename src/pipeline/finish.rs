@@ -152,12 +152,13 @@ impl Call {
     pub fn on_failure(&mut self, kind: FailKind, started: bool) -> FailAction {
         self.t.failed.get_or_insert_with(Instant::now);
         let upstream = self.upstream_rt().map(|u| u.name.clone());
+        use crate::metrics::upstream_error_kind as k;
         let upstream_kind = match kind {
-            FailKind::UpstreamTimeout => Some("timeout"),
-            FailKind::UpstreamConnect => Some("connect"),
-            FailKind::UpstreamTls => Some("tls"),
-            FailKind::UpstreamReset if started => Some("mid_stream"),
-            FailKind::UpstreamReset => Some("reset"),
+            FailKind::UpstreamTimeout => Some(k::TIMEOUT),
+            FailKind::UpstreamConnect => Some(k::CONNECT),
+            FailKind::UpstreamTls => Some(k::TLS),
+            FailKind::UpstreamReset if started => Some(k::MID_STREAM),
+            FailKind::UpstreamReset => Some(k::RESET),
             _ => None,
         };
         if let (Some(name), Some(k)) = (&upstream, upstream_kind) {

@@ -2,21 +2,17 @@
 //! store in a temp dir), requests fed phase by phase as the adapter would feed them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde_json::{json, Value};
-use sluice_filters::{Route, Shared};
+use sluice_filters::Route;
 
 use super::{Call, FailAction, FailKind, Head, Step};
-use crate::agents::AgentRuns;
 use crate::chain::FilterTypes;
 use crate::config::Config;
-use crate::metrics::EngineMetrics;
-use crate::state::{EngineState, Snapshot};
+use crate::state::EngineState;
 
 const KEY: &str = "sk-sluice-PIPEpipePIPEpipePIPEpipePIPEpipePIPEpipe";
 
@@ -65,28 +61,9 @@ type = "dlp"
         dir = dir.display()
     );
     let config = Config::parse(&toml).unwrap_or_else(|e| panic!("{e}"));
-    let registry = prometheus::Registry::new();
-    let metrics = EngineMetrics::register(&registry).unwrap_or_else(|e| panic!("{e}"));
-    let shared = Arc::new(Shared::new(registry));
-    let snap = Snapshot::build(config.clone(), &FilterTypes::default(), &shared, None)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let store = crate::store::StoreRuntime::open(&config.store, &shared)
+    EngineState::offline(config, FilterTypes::default())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    Arc::new(EngineState {
-        snapshot: ArcSwap::from_pointee(snap),
-        metrics,
-        shared,
-        types: FilterTypes::default(),
-        mock_addr: None,
-        config_path: None,
-        inflight: AtomicUsize::new(0),
-        draining: AtomicBool::new(false),
-        ready: AtomicBool::new(true),
-        probe_token: String::new(),
-        runs: AgentRuns::new(store.clone()),
-        store,
-    })
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -34,12 +34,13 @@ pub mod error_kind {
     ];
 }
 
-/// `sluice_audit_records_total`, `sluice_audit_queue_depth`,
+/// `sluice_audit_records_total`, `sluice_audit_queue_depth`, `sluice_audit_queue_capacity`,
 /// `sluice_audit_write_errors_total{kind}`.
 #[derive(Clone)]
 pub struct AuditMetrics {
     records: IntCounter,
     queue_depth: IntGauge,
+    queue_capacity: IntGauge,
     write_errors: IntCounterVec,
 }
 
@@ -50,11 +51,14 @@ impl AuditMetrics {
         let m = AuditMetrics::detached()?;
         let records = shared.metric("sluice_audit_records_total", || Ok(m.records))?;
         let queue_depth = shared.metric("sluice_audit_queue_depth", || Ok(m.queue_depth))?;
+        let queue_capacity =
+            shared.metric("sluice_audit_queue_capacity", || Ok(m.queue_capacity))?;
         let write_errors =
             shared.metric("sluice_audit_write_errors_total", || Ok(m.write_errors))?;
         Ok(AuditMetrics {
             records: (*records).clone(),
             queue_depth: (*queue_depth).clone(),
+            queue_capacity: (*queue_capacity).clone(),
             write_errors: (*write_errors).clone(),
         })
     }
@@ -81,8 +85,17 @@ impl AuditMetrics {
                 "sluice_audit_queue_depth",
                 "Audit records waiting for the writer",
             )?,
+            queue_capacity: IntGauge::new(
+                "sluice_audit_queue_capacity",
+                "Records the audit queue holds before requests wait for room (audit.queue_capacity)",
+            )?,
             write_errors,
         })
+    }
+
+    pub(crate) fn set_queue_capacity(&self, n: usize) {
+        self.queue_capacity
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn record_written(&self, n: u64) {

@@ -127,7 +127,8 @@
 //! # Metrics
 //!
 //! `sluice_audit_records_total` (records written), `sluice_audit_queue_depth` (records
-//! waiting), `sluice_audit_write_errors_total{kind}` (see [`metrics::error_kind`]).
+//! waiting), `sluice_audit_queue_capacity` (`queue_capacity`, for a "queue filling" alert),
+//! `sluice_audit_write_errors_total{kind}` (see [`metrics::error_kind`]).
 
 mod filter;
 pub mod metrics;
@@ -329,6 +330,7 @@ pub fn build(
         .get_or_try_init(&key, || AuditWriter::start(opts.clone(), metrics.clone()))
         .map_err(|e| BuildError::one("audit.path", e.0))?;
     writer.reconfigure(&opts);
+    metrics.set_queue_capacity(settings.queue_capacity);
     Ok(Arc::new(AuditFilter {
         writer,
         all_writers: shared.all::<AuditWriter>(),

@@ -419,6 +419,10 @@ impl DlpFilter {
                 e
             })
             .ok();
+        if let Some(m) = &findings {
+            preinit_findings(m, &scanner, Direction::Request, &request_actions);
+            preinit_findings(m, &scanner, Direction::Response, &response_actions);
+        }
         Ok(DlpFilter {
             scanner: Arc::new(scanner),
             request_actions,
@@ -527,6 +531,16 @@ impl DlpFilter {
             }
         }
     }
+}
+
+/// Creates, at zero, the series each detector can count on a direction (with the one action it
+/// has there) and the fail-closed `unscannable_body` one, so that the first finding shows in
+/// `rate()` and dashboards have every detector from the first scrape.
+fn preinit_findings(m: &IntCounterVec, scanner: &Scanner, dir: Direction, actions: &[Action]) {
+    for (d, action) in actions.iter().enumerate() {
+        m.with_label_values(&[scanner.name(d), dir.as_str(), action.as_str()]);
+    }
+    m.with_label_values(&[UNSCANNABLE, dir.as_str(), Action::Block.as_str()]);
 }
 
 /// Scans an answer document. A block ends the answer, or for APIs whose answers hold several
