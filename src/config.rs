@@ -71,6 +71,15 @@ pub struct ServerConfig {
     pub max_sse_event_bytes: usize,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// A request head must arrive within this (from its first byte).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this (from the end of its head).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// A connection idle between requests is closed after this.
+    #[serde(default = "default_keepalive_idle")]
+    pub keepalive_idle_seconds: u64,
     /// The environment variable holding the admin token: it enables `/admin/v1/keys` and is
     /// then required by every state-changing admin route (`POST /admin/reload` included).
     pub admin_token_env: Option<String>,
@@ -96,6 +105,15 @@ fn default_max_event() -> usize {
 }
 fn default_grace() -> u64 {
     30
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_keepalive_idle() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +298,18 @@ impl Config {
                 "server.max_response_body_bytes",
                 "must be at least 1",
             ));
+        }
+        for (field, v) in [
+            ("header_timeout_ms", s.header_timeout_ms),
+            ("body_timeout_ms", s.body_timeout_ms),
+            ("keepalive_idle_seconds", s.keepalive_idle_seconds),
+        ] {
+            if v == 0 {
+                errs.push(ConfigError::new(
+                    format!("server.{field}"),
+                    "must be at least 1",
+                ));
+            }
         }
         if s.max_sse_event_bytes < 1024 {
             errs.push(ConfigError::new(

@@ -194,9 +194,11 @@ impl GatewayBuilder {
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
-        let mut proxy = pingora_proxy::http_proxy_service(
-            &server.configuration,
-            SluiceProxy::new(state.clone()),
+        let proxy_app =
+            pingora_proxy::http_proxy(&server.configuration, SluiceProxy::new(state.clone()));
+        let mut proxy = pingora_core::services::listening::Service::new(
+            "sluice".to_string(),
+            crate::edge::EdgeApp::new(proxy_app, state.clone()),
         );
         proxy.add_tcp(&listen);
         server.add_service(proxy);

@@ -69,11 +69,23 @@ impl SluiceProxy {
             return Ok(Some((r, !session.is_body_done())));
         }
         let t_body = Instant::now();
-        let limit = call.snap.config.server.max_request_body_bytes;
-        let raw = match read_body(session, limit).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(reply)) => return Ok(Some((reply, true))),
-            Err(e) => return Err(e),
+        let server = &call.snap.config.server;
+        let limit = server.max_request_body_bytes;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(server.body_timeout_ms);
+        let raw = match read_body(session, limit, deadline).await {
+            Ok(b) => b,
+            Err(BodyFail::Reply(reply)) => return Ok(Some((reply, true))),
+            Err(BodyFail::Gone) => {
+                call.client_failed(FailKind::ClientClosed);
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "the client went away while sending its body",
+                )
+                .map_err(|mut e| {
+                    e.esource = ErrorSource::Downstream;
+                    e
+                });
+            }
         };
         call.waited(t_body.elapsed());
         match call.on_body(&head, raw).await {
@@ -143,6 +155,9 @@ impl ProxyHttp for SluiceProxy {
             session.write_response_header(Box::new(h), true).await?;
             return Ok(true);
         }
+        // Idle keep-alive connections are closed after `server.keepalive_idle_seconds` (the edge
+        // closes them too; this keeps Pingora's own keep-alive bound the same).
+        session.set_keepalive(Some(call.snap.config.server.keepalive_idle_seconds));
         match self.handle(session, call).await? {
             None => Ok(false),
             Some((reply, body_unread)) => {
@@ -368,41 +383,53 @@ fn classify(e: &Error) -> FailKind {
     }
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes (413, nothing forwarded).
+/// Why a request body was not read whole.
+enum BodyFail {
+    /// A reply to send (413; 400 for bad framing; 408 for a body too slow).
+    Reply(Reply),
+    /// The client went away: nothing can be sent.
+    Gone,
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes (413, nothing forwarded),
+/// within `deadline`. A body that breaks HTTP's framing, stops arriving or is cut off is the
+/// client's failure, never Sluice's.
 async fn read_body(
     session: &mut Session,
     limit: usize,
-) -> Result<std::result::Result<Bytes, Reply>> {
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, BodyFail> {
     let too_large = || {
-        Reply::error(
+        BodyFail::Reply(Reply::error(
             413,
             "request_too_large",
             format!("The request body is larger than this gateway accepts ({limit} bytes)."),
-        )
+        ))
     };
     if session.is_body_empty() {
-        return Ok(Ok(Bytes::new()));
+        return Ok(Bytes::new());
     }
     let declared: Option<usize> = session
         .req_header()
         .headers
-        .get("content-length")
+        .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Ok(Err(too_large()));
+        return Err(too_large());
     }
     let expects_continue = session
         .req_header()
         .headers
-        .get("expect")
+        .get(http::header::EXPECT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if expects_continue {
         session
             .as_downstream_mut()
             .write_continue_response()
-            .await?;
+            .await
+            .map_err(|_| BodyFail::Gone)?;
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
     // See the module docs: the retry buffer must see the last ≤ 64 KiB, and only those.
@@ -416,15 +443,51 @@ async fn read_body(
             session.as_downstream_mut().enable_retry_buffering();
             buffering = true;
         }
-        match session.read_request_body().await? {
-            Some(chunk) => {
+        let read = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        match read {
+            Ok(Ok(Some(chunk))) => {
                 if buf.len() + chunk.len() > limit {
-                    return Ok(Err(too_large()));
+                    return Err(too_large());
                 }
                 buf.extend_from_slice(&chunk);
             }
-            None => break,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(body_error(&e)),
+            Err(_) => return Err(slow_body()),
         }
     }
-    Ok(Ok(buf.freeze()))
+    Ok(buf.freeze())
+}
+
+fn slow_body() -> BodyFail {
+    BodyFail::Reply(Reply::error(
+        408,
+        "request_timeout",
+        "The request body did not arrive within server.body_timeout_ms.",
+    ))
+}
+
+/// A failed body read, as the client's failure.
+fn body_error(e: &Error) -> BodyFail {
+    // The edge's strict framing check fails the read with `InvalidData` (see `edge::chunked`).
+    let bad_framing = e
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+    if bad_framing {
+        return BodyFail::Reply(Reply::error(
+            400,
+            "bad_request",
+            "The request body's chunked framing is not valid HTTP/1.1 (RFC 9112 §7.1).",
+        ));
+    }
+    match e.etype() {
+        ErrorType::ReadTimedout => slow_body(),
+        ErrorType::ReadError | ErrorType::ConnectionClosed => BodyFail::Gone,
+        _ => BodyFail::Reply(Reply::error(
+            400,
+            "bad_request",
+            "The request body's framing is not valid HTTP/1.1 (chunked encoding).",
+        )),
+    }
 }

@@ -112,6 +112,8 @@ impl Outcome {
             (_, "rate_limit_unavailable") => Outcome::RateLimited,
             (401, _) => Outcome::DeniedAuth,
             (403, _) => Outcome::DeniedPermission,
+            // The client was too slow: its failure, not Sluice's.
+            (408, _) => Outcome::ClientClosed,
             (429, _) => Outcome::RateLimited,
             (502 | 504, _) => Outcome::UpstreamError,
             (500..=599, _) => Outcome::InternalError,

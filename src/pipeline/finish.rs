@@ -148,6 +148,16 @@ impl Call {
         self.t.req_sent = Some(Instant::now());
     }
 
+    /// Records a failure the client caused while its request was read (the reply, if any, is
+    /// sent by the caller): audited as `bad_request` or `client_closed`, never Sluice's own.
+    pub fn client_failed(&mut self, kind: FailKind) {
+        let failure = match kind {
+            FailKind::ClientBad => (Outcome::BadRequest, "bad_request"),
+            _ => (Outcome::ClientClosed, "client_closed"),
+        };
+        self.failure = Some(failure);
+    }
+
     /// Decides the answer to a failure. `started`: the client already has a status line.
     pub fn on_failure(&mut self, kind: FailKind, started: bool) -> FailAction {
         self.t.failed.get_or_insert_with(Instant::now);

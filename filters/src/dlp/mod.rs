@@ -494,6 +494,30 @@ impl DlpFilter {
         )
     }
 
+    /// Scans the request path (a key pasted into a URL is still a key): a `block` finding
+    /// refuses the request; otherwise the path the audit trail records (`cx.path`) has its
+    /// matches redacted, while the request goes on to its endpoint unchanged.
+    fn scan_path(&self, path: &str, cx: &mut Cx) -> Option<Verdict> {
+        let actions = self.actions(Direction::Request);
+        let mut js = JsonScan::new(&self.scanner, actions).scan_past_blocks();
+        let new = js.text(path);
+        let found = std::mem::take(&mut js.found);
+        let blocked = std::mem::take(&mut js.blocked);
+        if found.is_empty() {
+            return None;
+        }
+        self.record(cx, Direction::Request, &found);
+        if !blocked.is_empty() {
+            return Some(self.blocked_reply(&blocked).into());
+        }
+        // Recorded redacted whatever the action (monitor and mask included): the audit trail
+        // never holds the value.
+        let redact = vec![Action::Redact; actions.len()];
+        let mut js = JsonScan::new(&self.scanner, &redact);
+        cx.path = js.text(path).or(new).unwrap_or_else(|| path.to_string());
+        None
+    }
+
     /// A body that replaces a response DLP could not scan, in the route's API shape.
     fn unscannable_error(message: &str) -> ErrorInfo {
         ErrorInfo {
@@ -624,6 +648,9 @@ impl Filter for DlpFilter {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
+        if let Some(v) = self.scan_path(req.path, cx) {
+            return v;
+        }
         if req.body.json().is_none() && req.body.bytes().is_empty() {
             return Verdict::Continue;
         }
