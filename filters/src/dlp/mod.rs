@@ -281,7 +281,8 @@ fn compile_rule(r: &RuleSettings) -> Result<Detector, (String, String)> {
                 .or_else(|| literal_prefixes(&dfa, 3, 64))
                 .map(Trigger::Literals)
                 .unwrap_or_else(|| Trigger::Bytes(first_bytes(&dfa)));
-            Ok(Detector::custom(&r.name, dfa, trigger, rule_actions(r)))
+            let min_len = props.minimum_len().unwrap_or(1);
+            Ok(Detector::custom(&r.name, dfa, trigger, rule_actions(r)).with_min_len(min_len))
         }
         (None, Some(kws)) => {
             if kws.is_empty() {
@@ -308,13 +309,12 @@ fn compile_rule(r: &RuleSettings) -> Result<Detector, (String, String)> {
             }
             let pattern = format!("(?i:{})", alts.join("|"));
             let dfa = compile_dfa(&pattern, false).map_err(|m| (".keywords".to_string(), m))?;
+            let min_len = kws.iter().map(|k| k.len()).min().unwrap_or(1);
             let lits = kws.iter().map(|k| k.as_bytes().to_vec()).collect();
-            Ok(Detector::custom(
-                &r.name,
-                dfa,
-                Trigger::Keywords(lits),
-                rule_actions(r),
-            ))
+            Ok(
+                Detector::custom(&r.name, dfa, Trigger::Keywords(lits), rule_actions(r))
+                    .with_min_len(min_len),
+            )
         }
     }
 }

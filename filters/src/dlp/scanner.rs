@@ -66,6 +66,8 @@ pub(crate) struct Detector {
     pub(crate) trigger: Trigger,
     /// A custom rule's own actions for requests and for responses, overriding the direction's.
     pub(crate) rule_actions: [Option<Action>; 2],
+    /// The shortest match it can make: a shorter text cannot hold one.
+    pub(crate) min_len: usize,
 }
 
 /// Builds the anchored DFA of a pattern. Built-ins are ASCII-only (`unicode = false`); custom
@@ -115,6 +117,10 @@ impl Detector {
             BuiltinTrigger::Numeric(shape) => Trigger::Numeric(shape),
             BuiltinTrigger::Iban => Trigger::Iban,
         };
+        let min_len = syntax::parse(b.pattern)
+            .ok()
+            .and_then(|h| h.properties().minimum_len())
+            .unwrap_or(0);
         Detector {
             name: b.name.to_string(),
             starts: start_table(&dfa),
@@ -122,6 +128,7 @@ impl Detector {
             validator: b.validator,
             trigger,
             rule_actions: [None, None],
+            min_len,
         }
     }
 
@@ -138,7 +145,14 @@ impl Detector {
             validator: None,
             trigger,
             rule_actions,
+            min_len: 1,
         }
+    }
+
+    /// The shortest match the rule can make (from its pattern or its keywords).
+    pub(crate) fn with_min_len(mut self, n: usize) -> Detector {
+        self.min_len = n.max(1);
+        self
     }
 }
 
@@ -271,9 +285,15 @@ pub(crate) fn literal_prefixes(
 /// literals each run several times faster than one pass over the same 32).
 struct LiteralSet {
     groups: Vec<(AhoCorasick, Vec<Vec<usize>>)>,
+    /// Every literal in one automaton without a prefilter, for short texts (most JSON
+    /// strings): one table-driven pass costs less there than a call per group.
+    all: Option<(AhoCorasick, Vec<Vec<usize>>)>,
 }
 
 const GROUP: usize = 16;
+
+/// Texts shorter than this take the one-automaton pass ([`LiteralSet::all`]).
+const SHORT_TEXT: usize = 256;
 
 impl LiteralSet {
     fn build(pairs: &[(Vec<u8>, usize)], case_insensitive: bool) -> Option<LiteralSet> {
@@ -297,11 +317,11 @@ impl LiteralSet {
         // Teddy fingerprints as many leading bytes as its group's shortest literal has (up to
         // 3): two-byte literals get a group of their own, so that they do not make every other
         // literal's group report twice-as-loose candidates.
+        let every = lits.clone();
         let (short, long): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
             lits.into_iter().partition(|l| l.len() < 3);
-        let mut groups = Vec::new();
-        for chunk in long.chunks(GROUP).chain(short.chunks(GROUP)) {
-            let detectors = chunk
+        let detectors_of = |chunk: &[Vec<u8>]| -> Vec<Vec<usize>> {
+            chunk
                 .iter()
                 .map(|lit| {
                     let mut ds: Vec<usize> = pairs
@@ -313,23 +333,42 @@ impl LiteralSet {
                     ds.dedup();
                     ds
                 })
-                .collect();
-            let ac = AhoCorasick::builder()
+                .collect()
+        };
+        let automaton = |chunk: &[Vec<u8>], prefilter: bool| {
+            AhoCorasick::builder()
                 .match_kind(AcMatchKind::LeftmostLongest)
                 .ascii_case_insensitive(case_insensitive)
                 .kind(Some(AhoCorasickKind::DFA))
+                .prefilter(prefilter)
                 .build(chunk)
-                .ok()?;
-            groups.push((ac, detectors));
+                .ok()
+        };
+        let mut groups = Vec::new();
+        for chunk in long.chunks(GROUP).chain(short.chunks(GROUP)) {
+            groups.push((automaton(chunk, true)?, detectors_of(chunk)));
         }
-        Some(LiteralSet { groups })
+        // One group already is one pass: the single automaton would add nothing.
+        let all = if groups.len() > 1 {
+            Some((automaton(&every, false)?, detectors_of(&every)))
+        } else {
+            None
+        };
+        Some(LiteralSet { groups, all })
     }
 
     /// Every position at or after `from` where some literal starts, with its detectors (not in
     /// position order across groups).
     #[inline]
     fn each(&self, hay: &[u8], from: usize, mut f: impl FnMut(usize, &[usize])) {
-        for (ac, detectors) in &self.groups {
+        // No two literals start at one position (a literal that extends another was dropped),
+        // so one automaton over all of them reports exactly what the groups do together.
+        let short = hay.len().saturating_sub(from) < SHORT_TEXT;
+        let one = self.all.as_ref().filter(|_| short);
+        for (ac, detectors) in one
+            .into_iter()
+            .chain(self.groups.iter().filter(|_| !short || self.all.is_none()))
+        {
             let mut pos = from;
             while pos < hay.len() {
                 let input = aho_corasick::Input::new(hay).span(pos..hay.len());
@@ -359,6 +398,8 @@ pub struct Scanner {
     clean_words: Vec<bool>,
     /// `[[dlp.allow]]`: matches these exempt are dropped as they are found.
     allow: Vec<Allow>,
+    /// The shortest match any detector can make.
+    min_len: usize,
 }
 
 /// Field names and values that nearly every request and response of the governed APIs repeats
@@ -531,8 +572,10 @@ impl Scanner {
             by_first,
             max_literal,
             clean_words: Vec::new(),
+            min_len: 0,
             allow: Vec::new(),
         };
+        sc.min_len = sc.detectors.iter().map(|d| d.min_len).min().unwrap_or(0);
         let mut ms = Vec::new();
         sc.clean_words = VOCABULARY
             .iter()
@@ -556,6 +599,10 @@ impl Scanner {
     /// vocabulary that this scanner found clean when it was built.
     #[inline]
     pub(crate) fn is_known_clean(&self, text: &[u8]) -> bool {
+        if text.len() < self.min_len {
+            // Too short to hold any detector's match.
+            return true;
+        }
         if text.len() > 25 {
             return false;
         }
