@@ -329,7 +329,7 @@ fn parse_body(api: &dyn Api, headers: &HeaderMap, raw: Bytes) -> Result<JsonBody
     if !(needs_json || declared_json || looks_json) {
         return Ok(JsonBody::raw(raw));
     }
-    match serde_json::from_slice::<Value>(&raw) {
+    match sluice_filters::strict_json::parse(&raw) {
         Ok(v) if v.is_object() => Ok(JsonBody::parsed(raw, v)),
         Ok(_) if !needs_json && !declared_json => Ok(JsonBody::raw(raw)),
         Ok(_) => Err(Reply::error(
