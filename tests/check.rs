@@ -167,7 +167,9 @@ fn the_commented_example_config_is_valid() {
     .unwrap_or_else(|e| panic!("{e}"))
     .replace("https://api.openai.com", "http://127.0.0.1:1")
     .replace("http://127.0.0.1:8000", "http://127.0.0.1:2")
-    .replace("api_key_env = \"OPENAI_API_KEY\"", "api_key_env = \"PATH\"");
+    .replace("https://api.anthropic.com", "http://127.0.0.1:3")
+    .replace("api_key_env = \"OPENAI_API_KEY\"", "api_key_env = \"PATH\"")
+    .replace("api_key_env = \"ANTHROPIC_API_KEY\"", "api_key_env = \"PATH\"");
     let (code, out, err) = check(&text);
     assert_eq!(code, 0, "{err}");
     assert!(
