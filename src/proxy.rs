@@ -443,7 +443,9 @@ async fn read_body(
             session.as_downstream_mut().enable_retry_buffering();
             buffering = true;
         }
-        let read = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        // Lazy: no timer is made while the body is already there (the usual case).
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let read = pingora_timeout::timeout(left, session.read_request_body()).await;
         match read {
             Ok(Ok(Some(chunk))) => {
                 if buf.len() + chunk.len() > limit {

@@ -169,7 +169,10 @@ fn the_commented_example_config_is_valid() {
     .replace("http://127.0.0.1:8000", "http://127.0.0.1:2")
     .replace("https://api.anthropic.com", "http://127.0.0.1:3")
     .replace("api_key_env = \"OPENAI_API_KEY\"", "api_key_env = \"PATH\"")
-    .replace("api_key_env = \"ANTHROPIC_API_KEY\"", "api_key_env = \"PATH\"");
+    .replace(
+        "api_key_env = \"ANTHROPIC_API_KEY\"",
+        "api_key_env = \"PATH\"",
+    );
     let (code, out, err) = check(&text);
     assert_eq!(code, 0, "{err}");
     assert!(

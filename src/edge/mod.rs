@@ -112,6 +112,10 @@ pub struct Guarded {
     inner: Stream,
     limits: EdgeLimits,
     phase: Phase,
+    /// When the current phase's bound runs out.
+    deadline: tokio::time::Instant,
+    /// Made only when a read has to wait: most heads arrive in one read, and a timer per
+    /// request would cost more than all the rest of this wrapper.
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether the bytes read so far end a line (so the next line ending ends the head).
     line_start: bool,
@@ -139,6 +143,7 @@ impl Guarded {
             inner,
             limits,
             phase: Phase::Idle,
+            deadline: tokio::time::Instant::now(),
             timer: None,
             line_start: false,
             head: Vec::new(),
@@ -154,7 +159,8 @@ impl Guarded {
         self.line_start = false;
         self.head.clear();
         self.chunked = None;
-        self.timer = Some(Box::pin(tokio::time::sleep(limits.idle)));
+        self.deadline = tokio::time::Instant::now() + limits.idle;
+        self.timer = None;
     }
 
     /// Follows the head's bytes; where the head ends (just past its blank line), once it did.
@@ -187,7 +193,8 @@ impl Guarded {
         if self.phase != Phase::Open {
             if self.phase == Phase::Idle {
                 self.phase = Phase::Head;
-                self.timer = Some(Box::pin(tokio::time::sleep(self.limits.head)));
+                self.deadline = tokio::time::Instant::now() + self.limits.head;
+                self.timer = None;
             }
             let end = self.head_ends_in(new);
             let upto = end.unwrap_or(new.len());
@@ -235,27 +242,44 @@ impl AsyncRead for Guarded {
         if this.phase == Phase::Open && this.chunked.is_none() {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if let Some(t) = this.timer.as_mut() {
-            if t.as_mut().poll(cx).is_ready() {
+        let before = buf.filled().len();
+        let continuing = this.phase == Phase::Head;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if continuing && tokio::time::Instant::now() >= this.deadline {
+                    // A head trickling in without a pause long enough to wait on.
+                    return Poll::Ready(Err(head_timed_out()));
+                }
+                let filled = buf.filled().len();
+                if filled == before {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(this.observe(&buf.filled()[before..filled]))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.phase == Phase::Open => Poll::Pending,
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(timer.as_mut().poll(cx));
                 this.timer = None;
-                return Poll::Ready(match this.phase {
+                Poll::Ready(match this.phase {
                     // An idle connection ends: no request was under way.
                     Phase::Idle => Ok(()),
-                    _ => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "request head not received within server.header_timeout_ms",
-                    )),
-                });
+                    _ => Err(head_timed_out()),
+                })
             }
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let filled = buf.filled().len();
-        if filled == before {
-            return Poll::Ready(Ok(()));
-        }
-        Poll::Ready(this.observe(&buf.filled()[before..filled]))
     }
+}
+
+fn head_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "request head not received within server.header_timeout_ms",
+    )
 }
 
 impl AsyncWrite for Guarded {
