@@ -45,6 +45,9 @@ pub struct Config {
     /// Where keys made through the key API live (SPEC §12).
     #[serde(default)]
     pub store: crate::store::StoreConfig,
+    /// Retries, failover and ejection among a model's targets (SPEC §11).
+    #[serde(default)]
+    pub routing: crate::upstream::config::RoutingConfig,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -98,7 +101,7 @@ fn default_grace() -> u64 {
     30
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UpstreamConfig {
     pub name: String,
     pub url: Option<String>,
@@ -118,6 +121,8 @@ pub struct UpstreamConfig {
     /// Idle pooled connections are closed after this (keep it below the upstream's own).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// An active check: while it fails, the upstream is out of service (SPEC §11).
+    pub health_check: Option<crate::upstream::config::HealthCheckConfig>,
 }
 
 /// An upstream's API family, for its credentials.
@@ -139,11 +144,14 @@ fn default_idle_timeout() -> u64 {
     30_000
 }
 
+/// A model: one `upstream` (and `upstream_model`), or several `targets` (see
+/// [`crate::upstream::config`], which validates both forms and reads them as one list).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelConfig {
     pub name: String,
-    pub upstream: String,
+    pub upstream: Option<String>,
     pub upstream_model: Option<String>,
+    pub targets: Option<Vec<crate::upstream::config::TargetConfig>>,
     #[serde(default = "default_owned_by")]
     pub owned_by: String,
 }
@@ -332,6 +340,9 @@ impl Config {
                     errs.push(ConfigError::new(format!("{p}.ca_file"), m));
                 }
             }
+            if let Some(hc) = &u.health_check {
+                crate::upstream::config::validate_health_check(&p, hc, errs);
+            }
             for (field, v) in [
                 ("connect_timeout_ms", u.connect_timeout_ms),
                 ("read_timeout_ms", u.read_timeout_ms),
@@ -352,13 +363,9 @@ impl Config {
                     format!("duplicate model `{}`", m.name),
                 ));
             }
-            if !self.upstreams.iter().any(|u| u.name == m.upstream) {
-                errs.push(ConfigError::new(
-                    format!("models[{i}].upstream"),
-                    format!("no upstream named `{}` in [[upstreams]]", m.upstream),
-                ));
-            }
+            crate::upstream::config::validate_model(i, m, &self.upstreams, errs);
         }
+        crate::upstream::config::validate_routing(&self.routing, errs);
         let mut seen = HashSet::new();
         for (i, a) in self.agents.iter().enumerate() {
             if !seen.insert(a.id.as_str()) {
