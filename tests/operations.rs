@@ -27,6 +27,8 @@ const FAMILIES: &[&str] = &[
     "sluice_audit_queue_capacity",
     "sluice_audit_write_errors_total",
     "sluice_upstream_errors_total",
+    "sluice_upstream_attempts_total",
+    "sluice_upstream_in_service",
     "sluice_active_streams",
     "sluice_auth_failures_total",
     "sluice_agent_runs_total",

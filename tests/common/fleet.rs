@@ -21,7 +21,8 @@ pub enum Mode {
     Ok,
     /// This status with a JSON error body, and `Retry-After` when given.
     Status(u16, Option<u64>),
-    /// Reads the request and never answers (until the mode changes or 20 s pass).
+    /// Reads the request and does not answer until the mode changes (then answers as the new
+    /// mode says), or closes after 20 s.
     Hang,
     /// Reads the request and closes the connection.
     Reset,
@@ -192,7 +193,13 @@ fn serve(mut stream: TcpStream, st: &State) {
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let stream_asked = req["stream"] == json!(true);
     let model = req["model"].as_str().unwrap_or("").to_string();
-    let mode = lock(&st.mode).clone();
+    let mut mode = lock(&st.mode).clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Hanging until the mode changes, then answering as it says.
+    while mode == Mode::Hang && Instant::now() < deadline && !st.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+        mode = lock(&st.mode).clone();
+    }
     match mode {
         Mode::Ok if stream_asked => write_stream(&mut stream, &st.name, &model, 10, 0, true),
         Mode::Ok => {
@@ -220,16 +227,7 @@ fn serve(mut stream: TcpStream, st: &State) {
                 answer.len()
             );
         }
-        Mode::Hang => {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while *lock(&st.mode) == Mode::Hang
-                && Instant::now() < deadline
-                && !st.stop.load(Ordering::SeqCst)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Mode::Reset => {}
+        Mode::Hang | Mode::Reset => {}
         Mode::DieMidStream(n) => write_stream(&mut stream, &st.name, &model, n, 0, false),
         Mode::Slow(ms) => write_stream(&mut stream, &st.name, &model, 10, ms, true),
     }
