@@ -512,10 +512,11 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
 
-/// serde_ignored writes `filters.0.x`; the contract spells arrays `filters[0].x`.
+/// serde_ignored writes `filters.0.x` (and `?` for an `Option`'s content); the contract spells
+/// arrays `filters[0].x`.
 fn fix_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len() + 4);
-    for (i, seg) in p.split('.').enumerate() {
+    for (i, seg) in p.split('.').filter(|s| *s != "?").enumerate() {
         if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
             out.push('[');
             out.push_str(seg);
@@ -596,6 +597,10 @@ mod tests {
     fn paths_use_brackets() {
         assert_eq!(fix_path("filters.0.x"), "filters[0].x");
         assert_eq!(fix_path("server.listne"), "server.listne");
+        assert_eq!(
+            fix_path("models.0.targets.?.1.wieght"),
+            "models[0].targets[1].wieght"
+        );
     }
 
     #[test]

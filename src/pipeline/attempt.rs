@@ -250,3 +250,7 @@ impl Call {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "attempt_tests.rs"]
+mod tests;
