@@ -420,7 +420,7 @@ fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
         rules.matches("runbook:").count() >= rules.matches("- alert:").count(),
         "each alert has a runbook"
     );
-    // Comments may name metrics still to come (SPEC §11's in-service gauge).
+    // Comments may name metrics that are not exported.
     let rule_lines: Vec<&str> = rules
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
