@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /admin/reload` and the admin
-//! key API (`/admin/v1/keys`). Never served on the public listener.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /admin/upstreams` (each
+//! upstream's state, read-only), `POST /admin/reload` and the admin key API
+//! (`/admin/v1/keys`). Never served on the public listener.
 //!
 //! Routes that change state (`POST /admin/reload`, every `/admin/v1/*`) refuse, with 403, a
 //! request whose `Host` is not this listener's own address or whose `Origin` (when present:
@@ -98,6 +99,10 @@ async fn handle(
                 .body(Full::new(Bytes::from(body)))
                 .unwrap_or_default()
         }
+        ("GET", "/admin/upstreams") => json(
+            StatusCode::OK,
+            &crate::upstream::admin_view(&state.snapshot.load()),
+        ),
         ("POST", "/admin/reload") => {
             let s = state.clone();
             match tokio::task::spawn_blocking(move || s.reload(None)).await {

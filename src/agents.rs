@@ -76,7 +76,8 @@ impl Default for AgentRunsConfig {
 
 /// Where a prepared run goes and how it runs.
 pub struct Prepared {
-    pub upstream: usize,
+    /// The agent's model: its index in `config.models`, whose targets the run goes to.
+    pub model: usize,
     /// `Some(input)` for `"async": true`.
     pub async_input: Option<Value>,
 }
@@ -132,7 +133,7 @@ pub fn prepare(
             "`stream` and `async` cannot be combined: poll an asynchronous run instead.",
         ));
     }
-    let Some(&(_, upstream)) = snap.models.get(&agent.model) else {
+    let Some(&model) = snap.models.get(&agent.model) else {
         return Err(Reply::error(
             500,
             "internal_error",
@@ -169,7 +170,7 @@ pub fn prepare(
     cx.stream = stream;
     cx.max_tokens = agent.max_tokens;
     Ok(Prepared {
-        upstream,
+        model,
         async_input: is_async.then_some(input),
     })
 }

@@ -45,6 +45,9 @@ pub struct Config {
     /// Where keys made through the key API live (SPEC §12).
     #[serde(default)]
     pub store: crate::store::StoreConfig,
+    /// Retries, failover and ejection among a model's targets (SPEC §11).
+    #[serde(default)]
+    pub routing: crate::upstream::config::RoutingConfig,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -116,7 +119,7 @@ fn default_keepalive_idle() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UpstreamConfig {
     pub name: String,
     pub url: Option<String>,
@@ -136,6 +139,8 @@ pub struct UpstreamConfig {
     /// Idle pooled connections are closed after this (keep it below the upstream's own).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// An active check: while it fails, the upstream is out of service (SPEC §11).
+    pub health_check: Option<crate::upstream::config::HealthCheckConfig>,
 }
 
 /// An upstream's API family, for its credentials.
@@ -157,11 +162,14 @@ fn default_idle_timeout() -> u64 {
     30_000
 }
 
+/// A model: one `upstream` (and `upstream_model`), or several `targets` (see
+/// [`crate::upstream::config`], which validates both forms and reads them as one list).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelConfig {
     pub name: String,
-    pub upstream: String,
+    pub upstream: Option<String>,
     pub upstream_model: Option<String>,
+    pub targets: Option<Vec<crate::upstream::config::TargetConfig>>,
     #[serde(default = "default_owned_by")]
     pub owned_by: String,
 }
@@ -362,6 +370,9 @@ impl Config {
                     errs.push(ConfigError::new(format!("{p}.ca_file"), m));
                 }
             }
+            if let Some(hc) = &u.health_check {
+                crate::upstream::config::validate_health_check(&p, hc, errs);
+            }
             for (field, v) in [
                 ("connect_timeout_ms", u.connect_timeout_ms),
                 ("read_timeout_ms", u.read_timeout_ms),
@@ -382,13 +393,9 @@ impl Config {
                     format!("duplicate model `{}`", m.name),
                 ));
             }
-            if !self.upstreams.iter().any(|u| u.name == m.upstream) {
-                errs.push(ConfigError::new(
-                    format!("models[{i}].upstream"),
-                    format!("no upstream named `{}` in [[upstreams]]", m.upstream),
-                ));
-            }
+            crate::upstream::config::validate_model(i, m, &self.upstreams, errs);
         }
+        crate::upstream::config::validate_routing(&self.routing, errs);
         let mut seen = HashSet::new();
         for (i, a) in self.agents.iter().enumerate() {
             if !seen.insert(a.id.as_str()) {
@@ -535,10 +542,11 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
 
-/// serde_ignored writes `filters.0.x`; the contract spells arrays `filters[0].x`.
+/// serde_ignored writes `filters.0.x` (and `?` for an `Option`'s content); the contract spells
+/// arrays `filters[0].x`.
 fn fix_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len() + 4);
-    for (i, seg) in p.split('.').enumerate() {
+    for (i, seg) in p.split('.').filter(|s| *s != "?").enumerate() {
         if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
             out.push('[');
             out.push_str(seg);
@@ -619,6 +627,10 @@ mod tests {
     fn paths_use_brackets() {
         assert_eq!(fix_path("filters.0.x"), "filters[0].x");
         assert_eq!(fix_path("server.listne"), "server.listne");
+        assert_eq!(
+            fix_path("models.0.targets.?.1.wieght"),
+            "models[0].targets[1].wieght"
+        );
     }
 
     #[test]

@@ -130,6 +130,10 @@ impl GatewayBuilder {
         let metrics = EngineMetrics::register(&registry)
             .map_err(|e| StartError::Io(format!("metrics: {e}")))?;
         let shared = Arc::new(Shared::new(registry));
+        // Active health checks run on the control runtime.
+        crate::upstream::board(&shared)
+            .map_err(StartError::Io)?
+            .attach_runtime(control.handle().clone());
         let snapshot = {
             let _guard = control.enter();
             Snapshot::build(config.clone(), &self.types, &shared, mock_addr)
@@ -190,6 +194,8 @@ impl GatewayBuilder {
             graceful_shutdown_timeout_seconds: Some(1),
             pid_file: String::new(),
             upgrade_sock: String::new(),
+            // Pingora's retry loop runs every attempt of a request; Sluice decides each retry.
+            max_retries: crate::upstream::MAX_ATTEMPTS,
             ..Default::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -76,6 +76,9 @@ pub struct EngineMetrics {
     pub tokens: IntCounterVec,
     pub active_streams: IntGauge,
     pub upstream_errors: IntCounterVec,
+    /// Every upstream attempt by how it ended (`crate::upstream::AttemptResult`); the
+    /// `sluice_upstream_in_service` gauge is computed at scrape time by `crate::upstream`.
+    pub upstream_attempts: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub agent_runs: IntCounterVec,
 }
@@ -120,6 +123,13 @@ impl EngineMetrics {
                 Opts::new("sluice_upstream_errors_total", "Upstream failures by kind"),
                 &["upstream", "kind"],
             )?,
+            upstream_attempts: IntCounterVec::new(
+                Opts::new(
+                    "sluice_upstream_attempts_total",
+                    "Upstream attempts by how they ended (a retried request counts each attempt)",
+                ),
+                &["upstream", "result"],
+            )?,
             config_reloads: IntCounterVec::new(
                 Opts::new("sluice_config_reloads_total", "Config reloads by result"),
                 &["result"],
@@ -138,6 +148,7 @@ impl EngineMetrics {
         registry.register(Box::new(m.tokens.clone()))?;
         registry.register(Box::new(m.active_streams.clone()))?;
         registry.register(Box::new(m.upstream_errors.clone()))?;
+        registry.register(Box::new(m.upstream_attempts.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         Ok(m)
     }
@@ -145,7 +156,7 @@ impl EngineMetrics {
 
 impl EngineMetrics {
     /// Creates, at zero, the series of every configured value: routes (all of [`Route::ALL`]),
-    /// models on the routes that carry one, upstreams with each error kind, the models each
+    /// models on the routes that carry one, upstreams with each error kind and attempt result, the models each
     /// org may use, agents, and reload results. Called at start and after each reload (series
     /// of values a reload removed stay, frozen, as Prometheus expects of a counter).
     ///
@@ -160,6 +171,10 @@ impl EngineMetrics {
             self.upstream_duration.with_label_values(&[&u.name]);
             for kind in upstream_error_kind::ALL {
                 self.upstream_errors.with_label_values(&[&u.name, kind]);
+            }
+            for result in crate::upstream::AttemptResult::ALL {
+                self.upstream_attempts
+                    .with_label_values(&[&u.name, result.label()]);
             }
         }
         for (model, org) in token_series(config) {

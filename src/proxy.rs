@@ -7,6 +7,14 @@
 //! buffer is enabled for the last ≤ 64 KiB of a `Content-Length` body; that makes Pingora call
 //! `request_body_filter` once, where the held (possibly rewritten) body replaces it. A chunked
 //! body larger than 64 KiB cannot take that path and is refused with 411.
+//!
+//! Retries (SPEC §11) run in Pingora's own retry loop: `fail_to_connect` and
+//! `error_while_proxy` ask the request's [`Call`] whether the failed attempt goes again
+//! (`crate::upstream` decides, and picks the next target) and set `Error::set_retry`
+//! accordingly; Pingora then asks `upstream_peer` for the next attempt's peer and hands the held
+//! body to `request_body_filter` again (from its retry buffer, which the held body replaces).
+//! A status to retry on is an error returned from `upstream_response_filter` before anything
+//! reached the client, which takes the same path (Pingora 0.9 has no hook for it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +23,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::RetryType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sluice_filters::Reply;
@@ -175,19 +184,38 @@ impl ProxyHttp for SluiceProxy {
         let u = call
             .upstream_rt()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        let mut peer = HttpPeer::new(u.addr, u.tls, u.host.clone());
-        peer.group_key = u.pool_key;
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
-        peer.options.write_timeout = Some(u.read_timeout);
-        peer.options.verify_cert = true;
-        peer.options.verify_hostname = true;
-        if let Some(ca) = &u.ca {
-            peer.options.ca = Some(ca.clone());
-        }
+        let peer = peer_for(u);
         call.upstream_contacted();
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        call: &mut Call,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let retry = call.attempt_failed(classify(&e), false, false);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        call: &mut Call,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let started = session.response_written().is_some();
+        // Pingora marks what failed on a reused (pooled) connection before an answer.
+        let stale = client_reused && matches!(e.retry, RetryType::ReusedOnly);
+        let retry = call.attempt_failed(classify(&e), started, stale);
+        e.set_retry(retry);
+        e
     }
 
     async fn connected_to_upstream(
@@ -351,6 +379,23 @@ impl ProxyHttp for SluiceProxy {
             .unwrap_or(0);
         call.log(status, e.map(classify)).await;
     }
+}
+
+/// The peer of an upstream: its resolved address, TLS (SNI, certificate and host verification,
+/// its own CAs), timeouts and a connection pool of its own. Health checks use it too.
+pub(crate) fn peer_for(u: &crate::state::UpstreamRt) -> HttpPeer {
+    let mut peer = HttpPeer::new(u.addr, u.tls, u.host.clone());
+    peer.group_key = u.pool_key;
+    peer.options.connection_timeout = Some(u.connect_timeout);
+    peer.options.read_timeout = Some(u.read_timeout);
+    peer.options.idle_timeout = Some(u.idle_timeout);
+    peer.options.write_timeout = Some(u.read_timeout);
+    peer.options.verify_cert = true;
+    peer.options.verify_hostname = true;
+    if let Some(ca) = &u.ca {
+        peer.options.ca = Some(ca.clone());
+    }
+    peer
 }
 
 /// Who caused a proxy error, and how.

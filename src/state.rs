@@ -46,6 +46,10 @@ pub struct UpstreamRt {
     /// Separates the connection pools of upstreams: Pingora's pool key ignores the trusted CAs,
     /// so two upstreams on one address must never share a connection.
     pub pool_key: u64,
+    /// What is known of its health, shared with the other generations that have an upstream of
+    /// this name (see `crate::upstream`).
+    pub health: Arc<crate::upstream::TargetHealth>,
+    pub health_check: Option<crate::upstream::config::HealthCheckConfig>,
 }
 
 /// One config generation: the config, its chain and its routing tables.
@@ -53,8 +57,12 @@ pub struct Snapshot {
     pub config: Config,
     pub chain: Chain,
     pub upstreams: Vec<UpstreamRt>,
-    /// Model name → (index in `config.models`, index in `upstreams`).
-    pub models: HashMap<String, (usize, usize)>,
+    /// Model name → index in `config.models` and `routes`.
+    pub models: HashMap<String, usize>,
+    /// Each model's targets (parallel to `config.models`).
+    pub routes: Vec<crate::upstream::ModelTargets>,
+    /// Where a request that names no model goes: the first upstream.
+    pub default_route: crate::upstream::ModelTargets,
 }
 
 impl Snapshot {
@@ -65,6 +73,8 @@ impl Snapshot {
         mock_addr: Option<SocketAddr>,
     ) -> Result<Snapshot, ConfigErrors> {
         let mut errs: Vec<ConfigError> = Vec::new();
+        let board = crate::upstream::board(shared)
+            .map_err(|m| ConfigErrors(vec![ConfigError::new("upstreams", m)]))?;
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             let p = format!("upstreams[{i}]");
@@ -174,14 +184,20 @@ impl Snapshot {
                 idle_timeout: Duration::from_millis(u.idle_timeout_ms),
                 ca,
                 pool_key: std::hash::Hasher::finish(&pool_key),
+                health: board.health_for(&u.name),
+                health_check: u.health_check.clone(),
             });
         }
         let mut models = HashMap::new();
+        let mut routes = Vec::with_capacity(config.models.len());
         for (i, m) in config.models.iter().enumerate() {
-            if let Some(u) = upstreams.iter().position(|u| u.name == m.upstream) {
-                models.insert(m.name.clone(), (i, u));
+            let route = crate::upstream::ModelTargets::build(&m.target_list(), &upstreams);
+            if !route.targets.is_empty() {
+                models.insert(m.name.clone(), i);
             }
+            routes.push(route);
         }
+        let default_route = crate::upstream::ModelTargets::first_upstream(&upstreams);
         let chain = match Chain::build(&config, types, shared) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -190,12 +206,17 @@ impl Snapshot {
             }
         };
         match chain {
-            Some(chain) if errs.is_empty() => Ok(Snapshot {
-                config,
-                chain,
-                upstreams,
-                models,
-            }),
+            Some(chain) if errs.is_empty() => {
+                board.install(&upstreams);
+                Ok(Snapshot {
+                    config,
+                    chain,
+                    upstreams,
+                    models,
+                    routes,
+                    default_route,
+                })
+            }
             _ => Err(ConfigErrors(errs)),
         }
     }

@@ -180,3 +180,90 @@ fn the_commented_example_config_is_valid() {
         "{out}"
     );
 }
+
+#[test]
+fn targets_routing_and_health_checks_are_checked_with_their_paths() {
+    let good = format!(
+        r#"{GOOD}[[upstreams]]
+name = "other"
+builtin = "mock"
+health_check = {{ path = "/v1/models", interval_ms = 5000, timeout_ms = 1000 }}
+[[models]]
+name = "both-ways"
+targets = [
+  {{ upstream = "mock", upstream_model = "echo", weight = 3 }},
+  {{ upstream = "other", priority = 2 }},
+]
+[routing]
+retries = 2
+retry_on = ["connect", "timeout", "5xx", "429"]
+eject_after = 3
+eject_seconds = 30
+"#
+    );
+    let (code, out, err) = check(&good);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 upstreams, 2 models"), "{out}");
+
+    let bad = format!(
+        r#"{GOOD}[[upstreams]]
+name = "other"
+builtin = "mock"
+health_check = {{ path = "v1/models", interval_ms = 5, timeout_ms = 0 }}
+[[models]]
+name = "a"
+upstream = "mock"
+targets = [{{ upstream = "mock" }}]
+[[models]]
+name = "b"
+targets = []
+[[models]]
+name = "c"
+upstream_model = "x"
+targets = [
+  {{ upstream = "mock", weight = 0 }},
+  {{ upstream = "nowhere" }},
+  {{ upstream = "other", priority = 0 }},
+  {{ upstream = "mock" }},
+]
+[[models]]
+name = "d"
+[routing]
+retries = 11
+retry_on = ["connect", "teapot"]
+eject_seconds = 301
+"#
+    );
+    let (code, _, err) = check(&bad);
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "upstreams[1].health_check.path:",
+        "upstreams[1].health_check.interval_ms:",
+        "upstreams[1].health_check.timeout_ms:",
+        "models[1]: set either `upstream` (one upstream) or `targets` (several), not both",
+        "models[2].targets: must hold at least one target",
+        "models[3].upstream_model: with `targets`",
+        "models[3].targets[0].weight: must be between 1 and 1000",
+        "models[3].targets[1].upstream: no upstream named `nowhere` in [[upstreams]]",
+        "models[3].targets[2].priority: must be between 1 (first) and 100",
+        "models[3].targets[3].upstream: `mock` is already a target of this model",
+        "models[4]: needs `upstream",
+        "routing.retries: must be between 0 and 10",
+        "routing.retry_on[1]: unknown failure `teapot`",
+        "routing.eject_seconds: must be between 1 and 300",
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(expected)),
+            "missing `{expected}` in:\n{err}"
+        );
+    }
+    let typo = format!(
+        "{GOOD}[[models]]\nname = \"t\"\ntargets = [{{ upstream = \"mock\", wieght = 2 }}]\n"
+    );
+    let (code, _, err) = check(&typo);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("models[1].targets[0].wieght: unknown key"),
+        "{err}"
+    );
+}

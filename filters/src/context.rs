@@ -178,8 +178,11 @@ pub struct Cx {
     pub user_agent: Option<String>,
     /// The model the client asked for (the configured name, before any upstream rename).
     pub model: Option<String>,
-    /// The upstream the request goes to, once routed.
+    /// The upstream of the current attempt: once the request is answered, the one that
+    /// answered (or the last one tried).
     pub upstream: Option<String>,
+    /// How many upstream attempts the request took (0: it never reached an upstream).
+    pub attempts: u32,
     pub agent_id: Option<String>,
     /// Whether the client asked for a streamed response.
     pub stream: bool,
@@ -222,6 +225,7 @@ impl Cx {
             user_agent: None,
             model: None,
             upstream: None,
+            attempts: 0,
             agent_id: None,
             stream: false,
             client_wants_stream_usage: false,

@@ -161,23 +161,8 @@ impl Call {
     /// Decides the answer to a failure. `started`: the client already has a status line.
     pub fn on_failure(&mut self, kind: FailKind, started: bool) -> FailAction {
         self.t.failed.get_or_insert_with(Instant::now);
+        // Each failed attempt was counted (sluice_upstream_errors_total) as it failed.
         let upstream = self.upstream_rt().map(|u| u.name.clone());
-        use crate::metrics::upstream_error_kind as k;
-        let upstream_kind = match kind {
-            FailKind::UpstreamTimeout => Some(k::TIMEOUT),
-            FailKind::UpstreamConnect => Some(k::CONNECT),
-            FailKind::UpstreamTls => Some(k::TLS),
-            FailKind::UpstreamReset if started => Some(k::MID_STREAM),
-            FailKind::UpstreamReset => Some(k::RESET),
-            _ => None,
-        };
-        if let (Some(name), Some(k)) = (&upstream, upstream_kind) {
-            self.state
-                .metrics
-                .upstream_errors
-                .with_label_values(&[name.as_str(), k])
-                .inc();
-        }
         let timeout = kind == FailKind::UpstreamTimeout;
         if matches!(kind, FailKind::ClientClosed | FailKind::ClientTimeout) {
             self.failure
@@ -271,6 +256,7 @@ impl Call {
         if self.probe {
             return;
         }
+        self.end_attempt(error);
         let (outcome, code) = match (&self.local, &self.failure, error) {
             (_, Some((o, c)), _) => (*o, Some(*c)),
             (Some(l), _, _) => (l.outcome, l.code),

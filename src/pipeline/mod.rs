@@ -13,9 +13,14 @@
 //! on_failure(..) / log() every outcome: errors in the route's API shape, metrics, audit
 //! ```
 //!
+//! Between the body phase and the log, `attempt.rs` runs the attempts: the first target is
+//! picked once the chain admitted the request, and each failed attempt asks it whether (and
+//! where) to go again (`crate::upstream` decides).
+//!
 //! So the whole pipeline — filters, APIs, routing — is unit-tested without a socket, and the
 //! adapter stays a thin translation of Pingora's hooks.
 
+mod attempt;
 mod finish;
 mod request;
 mod response;
@@ -29,6 +34,7 @@ use http::{HeaderMap, Method};
 use sluice_filters::api::RequestFacts;
 use sluice_filters::{Cx, Outcome, Reply};
 
+pub use attempt::TargetsOf;
 pub use finish::{FailAction, FailKind};
 pub use response::{HeadPlan, Refused, RespMode};
 pub use upstream::UpstreamHead;
@@ -68,8 +74,11 @@ pub struct Call {
     pub(crate) snap: Arc<Snapshot>,
     pub cx: Cx,
     _inflight: InflightGuard,
-    /// The chosen upstream (index in `snap.upstreams`).
+    /// The current attempt's upstream (index in `snap.upstreams`).
     pub(crate) upstream: Option<usize>,
+    /// Whose targets the request may go to, once routed (see `attempt.rs`).
+    pub(crate) targets_of: Option<TargetsOf>,
+    pub(crate) attempts: crate::upstream::Attempts,
     /// The exact body to send upstream, when Sluice holds it.
     pub(crate) body: Option<Bytes>,
     /// The path to request upstream when it differs from the client's (agent runs, governed
@@ -101,6 +110,8 @@ impl Call {
             _inflight: InflightGuard::new(state),
             state: state.clone(),
             upstream: None,
+            targets_of: None,
+            attempts: crate::upstream::Attempts::default(),
             body: None,
             upstream_path: None,
             ids: (None, None),

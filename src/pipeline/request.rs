@@ -104,7 +104,7 @@ impl Call {
             match crate::agents::prepare(&self.snap, &mut self.cx, &agent_id, &mut body) {
                 Ok(prep) => {
                     async_input = prep.async_input;
-                    self.set_upstream(prep.upstream);
+                    self.route_to(Some(prep.model));
                     self.upstream_path = Some("/v1/chat/completions".into());
                     self.agent_response = true;
                     self.facts = RequestFacts {
@@ -135,6 +135,7 @@ impl Call {
         if let Some(reply) = self.local_route(head, async_input, &body).await {
             return Step::Reply(reply);
         }
+        self.first_attempt();
         self.rewrite_for_upstream(&mut body);
         let out = body.to_bytes();
         self.body = if out.is_empty() && !body.is_changed() {
@@ -169,9 +170,9 @@ impl Call {
         let snap = self.snap.clone();
         match &facts.model {
             Some(m) => match snap.models.get(m) {
-                Some(&(_, up)) => {
+                Some(&i) => {
                     self.cx.model = Some(m.clone());
-                    self.set_upstream(up);
+                    self.route_to(Some(i));
                 }
                 None => return Some(model_not_found(m)),
             },
@@ -182,7 +183,7 @@ impl Call {
                     "No upstream is configured.",
                 ))
             }
-            None => self.set_upstream(0),
+            None => self.route_to(None),
         }
         self.facts = facts;
         None
@@ -277,18 +278,14 @@ impl Call {
         queued
     }
 
-    /// The upstream's own model name, and usage in streams (as the route's API asks for it).
+    /// The first target's own model name, and usage in streams (as the route's API asks for
+    /// it). A retry on another target rewrites `model` again (`attempt.rs`).
     fn rewrite_for_upstream(&mut self, body: &mut JsonBody) {
-        if body.json().is_none() || self.cx.model.is_none() {
+        let Some(model) = self.cx.model.as_deref().filter(|_| body.json().is_some()) else {
             return;
-        }
-        let rename = self
-            .cx
-            .model
-            .as_ref()
-            .and_then(|m| self.snap.models.get(m))
-            .and_then(|&(i, _)| self.snap.config.models.get(i))
-            .and_then(|m| m.upstream_model.clone());
+        };
+        let rename = self.target_model().map(str::to_string);
+        self.attempts.body_model = Some(rename.as_deref().unwrap_or(model).to_string());
         let api = self.cx.api;
         if !api.rewrites_upstream(&self.facts, rename.as_deref()) {
             return;

@@ -43,6 +43,9 @@ impl Call {
         status: StatusCode,
         headers: &HeaderMap,
     ) -> Result<HeadPlan, Refused> {
+        if let Some(retry) = self.retry_on_status(status, headers) {
+            return Err(retry);
+        }
         let t0 = Instant::now();
         self.t.resp_head.get_or_insert(t0);
         self.upstream_status = status.as_u16();

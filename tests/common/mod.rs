@@ -1,6 +1,7 @@
 //! Test harness: real gateways on real loopback sockets.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod scripted;
 
 use std::io::{BufRead, BufReader, Read};

@@ -8,7 +8,8 @@
 //!
 //! `ts` (arrival, RFC 3339 UTC with milliseconds), `request_id`, `key_id`, `user`, `org`,
 //! `role`, `client_ip`, `method`, `path`, `model`, `agent_id`, `stream`, `status` (absent when
-//! the client received none), `outcome`, `latency_ms`, `upstream_ms`, `usage`
+//! the client received none), `outcome`, `latency_ms`, `upstream_ms`, `upstream` (the one that
+//! answered, or the last tried), `attempts` (upstream attempts, retries included), `usage`
 //! (`prompt_tokens`, `completion_tokens`), `dlp` (`[{detector, direction, action, count}]`),
 //! `user_agent`, then `prev` and `hash`.
 //!

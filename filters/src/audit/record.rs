@@ -56,6 +56,12 @@ pub struct AuditRecord {
     pub latency_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<u64>,
+    /// The upstream that answered (or, when none did, the last one tried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Upstream attempts the request took (retries on other targets included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<RecordUsage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -107,6 +113,12 @@ impl AuditRecord {
             outcome: ex.outcome.as_str().to_string(),
             latency_ms: millis(ex.latency),
             upstream_ms: ex.upstream_latency.map(millis),
+            upstream: cx
+                .upstream
+                .as_deref()
+                .filter(|_| cx.attempts > 0)
+                .map(bounded),
+            attempts: (cx.attempts > 0).then_some(cx.attempts),
             usage: cx.usage.map(|u| RecordUsage {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,

@@ -1,0 +1,256 @@
+//! The attempts of a request (SPEC §11): the first target once the chain admitted it, and after
+//! each failed attempt whether to try another one — before any byte of an answer reached the
+//! client only, for the failures `routing.retry_on` lists, on a target not yet tried, at most
+//! `routing.retries` times.
+//!
+//! The chain ran once: a retried request is not authenticated, rate limited or scanned again
+//! (its tokens were reserved once), and the body it produced is sent again unchanged but for
+//! `model`, which each target may name differently.
+
+use std::time::Instant;
+
+use http::{HeaderMap, StatusCode};
+
+use super::response::Refused;
+use super::{Call, FailKind};
+use crate::upstream::config::RetryOn;
+use crate::upstream::{AttemptResult, ModelTargets, Pick};
+
+/// Whose targets a request may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetsOf {
+    /// The model at this index of `config.models`.
+    Model(usize),
+    /// A request that names no model: the first upstream.
+    FirstUpstream,
+}
+
+impl Call {
+    /// Routes the request to a model's targets (`None`: it names no model).
+    pub(crate) fn route_to(&mut self, model: Option<usize>) {
+        self.targets_of = Some(match model {
+            Some(i) => TargetsOf::Model(i),
+            None => TargetsOf::FirstUpstream,
+        });
+    }
+
+    fn route<'a>(&self, snap: &'a crate::state::Snapshot) -> Option<&'a ModelTargets> {
+        match self.targets_of? {
+            TargetsOf::Model(i) => snap.routes.get(i),
+            TargetsOf::FirstUpstream => Some(&snap.default_route),
+        }
+    }
+
+    /// Picks the first target (the chain admitted the request). `false`: the route has none.
+    pub(crate) fn first_attempt(&mut self) -> bool {
+        match self.pick_target(true) {
+            Some(p) => {
+                self.begin_attempt(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The current target's own name for the model, when it has one.
+    pub(crate) fn target_model(&self) -> Option<&str> {
+        let route = self.route(&self.snap)?;
+        let t = route.targets.get(self.attempts.current_target()?)?;
+        t.upstream_model.as_deref()
+    }
+
+    fn pick_target(&self, fallback: bool) -> Option<Pick> {
+        let route = self.route(&self.snap)?;
+        crate::upstream::pick(
+            &route.targets,
+            self.attempts.tried(),
+            Instant::now(),
+            fallback,
+        )
+    }
+
+    fn begin_attempt(&mut self, p: Pick) {
+        let snap = self.snap.clone();
+        let Some(t) = self.route(&snap).and_then(|r| r.targets.get(p.index)) else {
+            return;
+        };
+        self.attempts.begin(p, t.upstream, &t.health);
+        self.set_upstream(t.upstream);
+        self.cx.attempts = self.attempts.count();
+    }
+
+    /// An attempt failed (the adapter's error hooks). `started`: the client already has the
+    /// response head; `stale`: it failed on a pooled connection the upstream had closed.
+    /// Returns whether to try again (Pingora then asks for the peer of the next attempt).
+    pub fn attempt_failed(&mut self, kind: FailKind, started: bool, stale: bool) -> bool {
+        if std::mem::take(&mut self.attempts.retry_pending) {
+            return true;
+        }
+        if !self.attempts.in_progress() {
+            return false;
+        }
+        if stale && !started && kind == FailKind::UpstreamReset && !self.attempts.stale_retry_used {
+            // Not the upstream's failure, and not an attempt: the same target again on a new
+            // connection, as Pingora does for a reused connection by default.
+            self.attempts.stale_retry_used = true;
+            self.next_attempt_timing();
+            return true;
+        }
+        use crate::metrics::upstream_error_kind as k;
+        let (result, error_kind) = match kind {
+            FailKind::UpstreamTimeout if started => (AttemptResult::MidStream, Some(k::TIMEOUT)),
+            FailKind::UpstreamTimeout => (AttemptResult::Timeout, Some(k::TIMEOUT)),
+            FailKind::UpstreamConnect => (AttemptResult::Connect, Some(k::CONNECT)),
+            FailKind::UpstreamTls => (AttemptResult::Tls, Some(k::TLS)),
+            FailKind::UpstreamReset if started => (AttemptResult::MidStream, Some(k::MID_STREAM)),
+            FailKind::UpstreamReset => (AttemptResult::Reset, Some(k::RESET)),
+            FailKind::ClientClosed | FailKind::ClientTimeout | FailKind::ClientBad
+                if self.upstream_status != 0 =>
+            {
+                (AttemptResult::from_status(self.upstream_status), None)
+            }
+            _ => (AttemptResult::Aborted, None),
+        };
+        self.record_attempt(result, error_kind);
+        let retry_on = RetryOn::parse(&self.snap.config.routing.retry_on);
+        if started || !result.retryable(retry_on) {
+            return false;
+        }
+        self.next_attempt()
+    }
+
+    /// The upstream's response head, before anything else looks at it: an answer whose status
+    /// `retry_on` lists is abandoned for another target when there is one left to try (`Some`:
+    /// the adapter aborts the attempt, and Pingora retries). Otherwise it is the answer.
+    pub(crate) fn retry_on_status(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Option<Refused> {
+        let code = status.as_u16();
+        if matches!(code, 429 | 503) {
+            if let Some(d) = crate::upstream::retry_after(headers) {
+                self.attempts.set_retry_after(code, d);
+            }
+        }
+        let result = AttemptResult::from_status(code);
+        let retry_on = RetryOn::parse(&self.snap.config.routing.retry_on);
+        if result == AttemptResult::Ok || !result.retryable(retry_on) {
+            return None;
+        }
+        if self.attempts.count() > self.snap.config.routing.retries {
+            return None;
+        }
+        let next = self.pick_target(false)?;
+        self.record_attempt(result, None);
+        self.begin_attempt(next);
+        self.next_attempt_timing();
+        self.rebody();
+        self.attempts.retry_pending = true;
+        Some(Refused {
+            status: 502,
+            why: "upstream status retried on another target",
+        })
+    }
+
+    /// The log phase: ends the attempt still in progress (one that was answered).
+    pub(crate) fn end_attempt(&mut self, error: Option<FailKind>) {
+        if !self.attempts.in_progress() {
+            return;
+        }
+        let result = match (self.upstream_status, error) {
+            (0, _) => AttemptResult::Aborted,
+            (s, None | Some(FailKind::ClientClosed | FailKind::ClientTimeout)) => {
+                AttemptResult::from_status(s)
+            }
+            (
+                _,
+                Some(
+                    FailKind::UpstreamTimeout
+                    | FailKind::UpstreamReset
+                    | FailKind::UpstreamConnect
+                    | FailKind::UpstreamTls,
+                ),
+            ) => AttemptResult::MidStream,
+            (_, Some(_)) => AttemptResult::Aborted,
+        };
+        self.record_attempt(result, None);
+    }
+
+    fn record_attempt(&mut self, result: AttemptResult, error_kind: Option<&'static str>) {
+        let snap = self.snap.clone();
+        let Some(ended) = self.attempts.end(result, &snap.config.routing) else {
+            return;
+        };
+        let Some(u) = snap.upstreams.get(ended.upstream) else {
+            return;
+        };
+        let m = &self.state.metrics;
+        m.upstream_attempts
+            .with_label_values(&[u.name.as_str(), result.label()])
+            .inc();
+        if let Some(kind) = error_kind {
+            m.upstream_errors
+                .with_label_values(&[u.name.as_str(), kind])
+                .inc();
+        }
+    }
+
+    /// After a failure: another target, if the budget and the route allow one.
+    fn next_attempt(&mut self) -> bool {
+        if self.attempts.count() > self.snap.config.routing.retries {
+            return false;
+        }
+        let Some(next) = self.pick_target(false) else {
+            return false;
+        };
+        self.begin_attempt(next);
+        self.next_attempt_timing();
+        self.rebody();
+        true
+    }
+
+    /// The failed attempt's time was the upstream's (for `sluice_overhead_seconds`); the next
+    /// one's upstream time starts afresh.
+    fn next_attempt_timing(&mut self) {
+        let t = &mut self.t;
+        if let Some(since) = t.req_sent.or(t.peer) {
+            t.waited += since.elapsed();
+        }
+        t.upstream_start = None;
+        t.peer = None;
+        t.req_sent = None;
+        t.resp_head = None;
+        t.upstream_end = None;
+        self.upstream_status = 0;
+    }
+
+    /// Puts the current target's model name into the held body when it carries another one.
+    fn rebody(&mut self) {
+        let Some(carried) = self.attempts.body_model.as_deref() else {
+            return;
+        };
+        let Some(want) = self.target_model().or(self.cx.model.as_deref()) else {
+            return;
+        };
+        if want == carried {
+            return;
+        }
+        let want = want.to_string();
+        let Some(body) = &self.body else { return };
+        let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(body) else {
+            return;
+        };
+        self.cx
+            .api
+            .prepare_upstream(&mut obj, &self.facts, Some(&want));
+        if let Ok(out) = serde_json::to_vec(&obj) {
+            self.body = Some(out.into());
+            self.attempts.body_model = Some(want);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "attempt_tests.rs"]
+mod tests;

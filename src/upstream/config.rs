@@ -1,0 +1,287 @@
+//! The resilience part of the config (SPEC §2, §11): a model's `targets`, `[routing]`, and an
+//! upstream's `health_check`, with their validation (every error names its field path).
+//!
+//! A model has one `upstream` (the short form, with an optional `upstream_model`) or a list of
+//! `targets`; [`ModelConfig::target_list`] reads either as one list, so the rest of the engine
+//! knows a single shape.
+
+use serde::Deserialize;
+use sluice_filters::ConfigError;
+
+use crate::config::{ModelConfig, UpstreamConfig};
+
+/// The most targets a model may have (selection scans them per request).
+pub const MAX_TARGETS: usize = 32;
+/// The most retries `[routing]` may ask for: with the first attempt and one retry of a stale
+/// pooled connection, Pingora's retry loop must allow `MAX_RETRIES + 2` attempts.
+pub const MAX_RETRIES: u32 = 10;
+/// An ejection lasts at most this long, however often it doubled (SPEC §11).
+pub const MAX_EJECT_SECONDS: u64 = 300;
+
+/// One deployment that can serve a model.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TargetConfig {
+    pub upstream: String,
+    /// The model name this upstream knows it by (the body's `model` is rewritten per attempt).
+    pub upstream_model: Option<String>,
+    /// Share of the traffic among the targets of the same priority that are in service.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Lower first: a target of priority 2 is used only while every target of priority 1 is out
+    /// of service (or already tried for this request).
+    #[serde(default = "one")]
+    pub priority: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[routing]`: retries, what is retried, passive ejection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RoutingConfig {
+    /// Other targets tried after an attempt fails before any byte reached the client.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// What makes an attempt fail over: `connect`, `timeout`, `5xx`, `429`.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<String>,
+    /// Consecutive failed attempts that take a target out of service (0: never).
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// How long the first ejection lasts; it doubles while the target keeps failing, up to
+    /// [`MAX_EJECT_SECONDS`].
+    #[serde(default = "default_eject_seconds")]
+    pub eject_seconds: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> RoutingConfig {
+        RoutingConfig {
+            retries: default_retries(),
+            retry_on: default_retry_on(),
+            eject_after: default_eject_after(),
+            eject_seconds: default_eject_seconds(),
+        }
+    }
+}
+
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_on() -> Vec<String> {
+    RetryOn::NAMES.iter().map(|s| s.to_string()).collect()
+}
+fn default_eject_after() -> u32 {
+    3
+}
+fn default_eject_seconds() -> u64 {
+    30
+}
+
+/// The failures `retry_on` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection could not be made (refused, unreachable, TLS), or was reset or closed
+    /// before the response head.
+    pub connect: bool,
+    /// Connect or response-head timeout.
+    pub timeout: bool,
+    pub status_5xx: bool,
+    pub status_429: bool,
+}
+
+impl RetryOn {
+    pub const NAMES: [&'static str; 4] = ["connect", "timeout", "5xx", "429"];
+
+    /// Reads `retry_on`; unknown names were refused by validation and are ignored here.
+    pub fn parse(names: &[String]) -> RetryOn {
+        let mut r = RetryOn::default();
+        for n in names {
+            match n.as_str() {
+                "connect" => r.connect = true,
+                "timeout" => r.timeout = true,
+                "5xx" => r.status_5xx = true,
+                "429" => r.status_429 = true,
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+/// `health_check = { path, interval_ms, timeout_ms }` on an upstream: a `GET` of `path` (under
+/// the upstream URL's own path, with the upstream's key) that must answer 2xx in time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_check_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_interval() -> u64 {
+    5000
+}
+fn default_check_timeout() -> u64 {
+    1000
+}
+
+impl ModelConfig {
+    /// The model's targets, whichever form the config used (the short form is one target of
+    /// weight 1, priority 1).
+    pub fn target_list(&self) -> Vec<TargetConfig> {
+        match (&self.targets, &self.upstream) {
+            (Some(t), _) => t.clone(),
+            (None, Some(u)) => vec![TargetConfig {
+                upstream: u.clone(),
+                upstream_model: self.upstream_model.clone(),
+                weight: 1,
+                priority: 1,
+            }],
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// Checks `models[i]`'s upstream or targets against `[[upstreams]]`.
+pub fn validate_model(
+    i: usize,
+    m: &ModelConfig,
+    upstreams: &[UpstreamConfig],
+    errs: &mut Vec<ConfigError>,
+) {
+    let p = format!("models[{i}]");
+    let known = |name: &str| upstreams.iter().any(|u| u.name == name);
+    let missing = |name: &str| format!("no upstream named `{name}` in [[upstreams]]");
+    match (&m.upstream, &m.targets) {
+        (Some(_), Some(_)) => errs.push(ConfigError::new(
+            p,
+            "set either `upstream` (one upstream) or `targets` (several), not both",
+        )),
+        (None, None) => errs.push(ConfigError::new(
+            p,
+            "needs `upstream = \"…\"` or `targets = [{ upstream = \"…\" }, …]`",
+        )),
+        (Some(u), None) => {
+            if !known(u) {
+                errs.push(ConfigError::new(format!("{p}.upstream"), missing(u)));
+            }
+        }
+        (None, Some(targets)) => {
+            if m.upstream_model.is_some() {
+                errs.push(ConfigError::new(
+                    format!("{p}.upstream_model"),
+                    "with `targets`, give each target its own `upstream_model`",
+                ));
+            }
+            if targets.is_empty() {
+                errs.push(ConfigError::new(
+                    format!("{p}.targets"),
+                    "must hold at least one target",
+                ));
+            }
+            if targets.len() > MAX_TARGETS {
+                errs.push(ConfigError::new(
+                    format!("{p}.targets"),
+                    format!("at most {MAX_TARGETS} targets"),
+                ));
+            }
+            for (j, t) in targets.iter().enumerate() {
+                let tp = format!("{p}.targets[{j}]");
+                if !known(&t.upstream) {
+                    errs.push(ConfigError::new(
+                        format!("{tp}.upstream"),
+                        missing(&t.upstream),
+                    ));
+                } else if targets[..j].iter().any(|o| o.upstream == t.upstream) {
+                    errs.push(ConfigError::new(
+                        format!("{tp}.upstream"),
+                        format!(
+                            "`{}` is already a target of this model (health and ejection are kept per upstream)",
+                            t.upstream
+                        ),
+                    ));
+                }
+                if !(1..=1000).contains(&t.weight) {
+                    errs.push(ConfigError::new(
+                        format!("{tp}.weight"),
+                        "must be between 1 and 1000",
+                    ));
+                }
+                if !(1..=100).contains(&t.priority) {
+                    errs.push(ConfigError::new(
+                        format!("{tp}.priority"),
+                        "must be between 1 (first) and 100",
+                    ));
+                }
+                if t.upstream_model.as_deref() == Some("") {
+                    errs.push(ConfigError::new(
+                        format!("{tp}.upstream_model"),
+                        "must not be empty (leave it out to keep the model's name)",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Checks `[routing]`.
+pub fn validate_routing(r: &RoutingConfig, errs: &mut Vec<ConfigError>) {
+    if r.retries > MAX_RETRIES {
+        errs.push(ConfigError::new(
+            "routing.retries",
+            format!("must be between 0 and {MAX_RETRIES}"),
+        ));
+    }
+    for (i, n) in r.retry_on.iter().enumerate() {
+        if !RetryOn::NAMES.contains(&n.as_str()) {
+            errs.push(ConfigError::new(
+                format!("routing.retry_on[{i}]"),
+                format!(
+                    "unknown failure `{n}` (known: {})",
+                    RetryOn::NAMES.join(", ")
+                ),
+            ));
+        }
+    }
+    if !(1..=MAX_EJECT_SECONDS).contains(&r.eject_seconds) {
+        errs.push(ConfigError::new(
+            "routing.eject_seconds",
+            format!("must be between 1 and {MAX_EJECT_SECONDS}"),
+        ));
+    }
+    if r.eject_after > 1000 {
+        errs.push(ConfigError::new(
+            "routing.eject_after",
+            "must be between 0 (never eject) and 1000",
+        ));
+    }
+}
+
+/// Checks `upstreams[i].health_check` (`p` is `upstreams[i]`).
+pub fn validate_health_check(p: &str, hc: &HealthCheckConfig, errs: &mut Vec<ConfigError>) {
+    let p = format!("{p}.health_check");
+    let path_ok = hc.path.starts_with('/')
+        && hc.path.len() <= 1024
+        && hc.path.parse::<http::uri::PathAndQuery>().is_ok();
+    if !path_ok {
+        errs.push(ConfigError::new(
+            format!("{p}.path"),
+            "must be a path starting with `/` (e.g. \"/v1/models\")",
+        ));
+    }
+    if !(100..=3_600_000).contains(&hc.interval_ms) {
+        errs.push(ConfigError::new(
+            format!("{p}.interval_ms"),
+            "must be between 100 and 3600000",
+        ));
+    }
+    if hc.timeout_ms == 0 || hc.timeout_ms > hc.interval_ms.max(1) {
+        errs.push(ConfigError::new(
+            format!("{p}.timeout_ms"),
+            "must be at least 1 and at most interval_ms",
+        ));
+    }
+}
