@@ -45,6 +45,9 @@ pub struct Config {
     /// Where keys made through the key API live (SPEC §12).
     #[serde(default)]
     pub store: crate::store::StoreConfig,
+    /// OpenTelemetry traces (SPEC §7); absent: none.
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -417,6 +420,9 @@ impl Config {
         self.dlp.validate(errs);
         self.audit.validate(errs);
         self.store.validate(errs);
+        if let Some(t) = &self.telemetry {
+            t.validate(errs);
+        }
     }
 }
 
@@ -505,10 +511,11 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
 
-/// serde_ignored writes `filters.0.x`; the contract spells arrays `filters[0].x`.
+/// serde_ignored writes `filters.0.x`; the contract spells arrays `filters[0].x`. It writes an
+/// optional section's inside as `telemetry.?.x`: the `?` is dropped.
 fn fix_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len() + 4);
-    for (i, seg) in p.split('.').enumerate() {
+    for (i, seg) in p.split('.').filter(|s| *s != "?").enumerate() {
         if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
             out.push('[');
             out.push_str(seg);
@@ -589,6 +596,7 @@ mod tests {
     fn paths_use_brackets() {
         assert_eq!(fix_path("filters.0.x"), "filters[0].x");
         assert_eq!(fix_path("server.listne"), "server.listne");
+        assert_eq!(fix_path("telemetry.?.sample_rate"), "telemetry.sample_rate");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod routes;
 pub mod sse;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 
 pub use config::{Config, ConfigErrors};
 pub use gateway::{Gateway, GatewayBuilder, ShutdownTrigger, StartError};
