@@ -25,7 +25,7 @@ fn config(telemetry: &str) -> String {
 name = "acme"
 [[roles]]
 name = "analyst"
-permissions = ["chat", "passthrough"]
+permissions = ["chat", "embeddings", "passthrough"]
 models = ["mock-*"]
 [[users]]
 name = "alice"
@@ -178,6 +178,92 @@ fn a_chat_completion_is_one_server_span_with_genai_attributes_and_two_children()
         Some(PROMPT),
         "the mock echoes the prompt: the answer holds it too"
     );
+    assert_clean(&spans);
+}
+
+#[test]
+fn every_model_route_names_its_operation_and_finish_reasons_streamed_or_not() {
+    let rx = Receiver::start();
+    let gw = start(&config(&telemetry(&rx, 1.0)));
+    let cases = [
+        (
+            "/v1/responses",
+            json!({"model": "mock-echo", "input": PROMPT}),
+            "responses",
+            "chat",
+            Some("completed"),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "mock-echo", "prompt": PROMPT}),
+            "completions",
+            "text_completion",
+            Some("stop"),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "mock-echo", "max_tokens": 64, "messages": [{"role": "user", "content": PROMPT}]}),
+            "messages",
+            "chat",
+            Some("end_turn"),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "mock-echo", "input": PROMPT}),
+            "embeddings",
+            "embeddings",
+            None,
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (i, (path, body, name, op, reason)) in cases.iter().enumerate() {
+        for stream in [false, true] {
+            if reason.is_none() && stream {
+                continue;
+            }
+            let trace = format!("{:032x}", 0xabc000 + i * 2 + usize::from(stream));
+            let mut body = body.clone();
+            if stream {
+                body["stream"] = json!(true);
+            }
+            let resp = client()
+                .post(url(&gw, path))
+                .bearer_auth(DEMO_KEY)
+                .header("traceparent", format!("00-{trace}-{CLIENT_SPAN}-01"))
+                .json(&body)
+                .send()
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(resp.status().as_u16(), 200, "{path}");
+            assert!(!resp.text().unwrap_or_default().is_empty(), "{path}");
+            expected.push((trace, *name, *op, *reason, stream));
+        }
+    }
+    let spans = rx.wait("a span per route", |s| {
+        expected
+            .iter()
+            .all(|(t, name, ..)| request_span(s, t, name).is_some())
+    });
+    for (trace, name, op, reason, stream) in &expected {
+        let s = &request_span(&spans, trace, name)
+            .unwrap_or_else(|| panic!())
+            .span;
+        let what = format!("{name} (stream: {stream})");
+        assert_eq!(str_attr(s, "gen_ai.operation.name"), Some(*op), "{what}");
+        assert_eq!(
+            str_attr(s, "gen_ai.request.model"),
+            Some("mock-echo"),
+            "{what}"
+        );
+        assert!(
+            int_attr(s, "gen_ai.usage.input_tokens").is_some_and(|n| n > 0),
+            "{what}"
+        );
+        assert_eq!(
+            strings_attr(s, "gen_ai.response.finish_reasons"),
+            reason.map(|r| vec![r.to_string()]),
+            "{what}"
+        );
+    }
     assert_clean(&spans);
 }
 
