@@ -529,6 +529,30 @@ fn a_collector_that_is_down_fails_no_request() {
 }
 
 #[test]
+fn a_collector_that_never_answers_holds_no_request_and_the_full_queue_drops() {
+    // Accepts, reads, never answers: each export waits for its timeout.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = hang.local_addr().map(|a| a.port()).unwrap_or_default();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let tel =
+        format!("[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\nmax_queue_spans = 1\n");
+    let gw = start(&config(&tel));
+    for _ in 0..5 {
+        let r = post_chat(&gw, &chat_body("hello", false));
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    // Five requests end 15 spans; one export at a time is stuck and the queue holds one.
+    let text = metrics(&gw);
+    let dropped = metric_sum(&text, "sluice_trace_spans_dropped_total", &["queue_full"]);
+    assert!(dropped >= 10.0, "dropped {dropped}:\n{text}");
+}
+
+#[test]
 fn telemetry_config_errors_name_their_field() {
     let bad = |section: &str| {
         let text = format!("{}{}\n[telemetry]\n{section}\n", server_section(), MOCK);
