@@ -84,6 +84,19 @@ fn children<'a>(spans: &'a [Received], parent: &Received) -> Vec<&'a Received> {
         .collect()
 }
 
+/// A chat completion of `PROMPT` in the trace `TRACE_ID` (sampled), answered 200.
+fn traced_chat(gw: &sluice::Gateway, stream: bool) -> reqwest::blocking::Response {
+    let resp = client()
+        .post(url(gw, "/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .header("traceparent", traceparent("01"))
+        .json(&chat_body(PROMPT, stream))
+        .send()
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    assert_eq!(resp.status().as_u16(), 200);
+    resp
+}
+
 fn assert_clean(spans: &[Received]) {
     for r in spans {
         for s in all_strings(r) {
@@ -102,14 +115,7 @@ fn assert_clean(spans: &[Received]) {
 fn a_chat_completion_is_one_server_span_with_genai_attributes_and_two_children() {
     let rx = Receiver::start();
     let gw = start(&config(&telemetry(&rx, 1.0)));
-    let resp = client()
-        .post(url(&gw, "/v1/chat/completions"))
-        .bearer_auth(DEMO_KEY)
-        .header("traceparent", traceparent("01"))
-        .json(&chat_body(PROMPT, false))
-        .send()
-        .unwrap_or_else(|e| panic!("request: {e}"));
-    assert_eq!(resp.status().as_u16(), 200);
+    let resp = traced_chat(&gw, false);
     let answer = json_of(resp);
     let spans = rx.wait("chat_completions span", |s| {
         request_span(s, TRACE_ID, "chat_completions").is_some()
@@ -340,14 +346,7 @@ fn a_request_without_traceparent_starts_a_trace_the_upstream_continues() {
 fn a_streamed_answer_ends_its_span_with_the_stream_and_carries_its_usage() {
     let rx = Receiver::start();
     let gw = start(&config(&telemetry(&rx, 1.0)));
-    let resp = client()
-        .post(url(&gw, "/v1/chat/completions"))
-        .bearer_auth(DEMO_KEY)
-        .header("traceparent", traceparent("01"))
-        .json(&chat_body(PROMPT, true))
-        .send()
-        .unwrap_or_else(|e| panic!("request: {e}"));
-    assert_eq!(resp.status().as_u16(), 200);
+    let resp = traced_chat(&gw, true);
     let (text, _, done) = collect_stream(resp);
     assert!(done && text == PROMPT, "{text:?}");
     let spans = rx.wait("stream span", |s| {
