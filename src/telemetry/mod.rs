@@ -156,3 +156,6 @@ impl Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
