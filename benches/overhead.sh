@@ -51,6 +51,8 @@
 #   PROXY_CPUS, LOAD_CPUS   taskset CPU lists; PIN=0: no pinning at all
 #   NGINX=auto         0 skips the nginx reference row
 #   SLUICE_BIN=path    measure this binary instead of building (the report says so)
+#   TELEMETRY=1        every Sluice config also exports traces ([telemetry], sample_ratio 1) to
+#                      an OTLP/HTTP sink of the driver's on loopback: the cost of tracing
 #   RESULTS=path       also write the report (markdown) to this file
 #   KEEP=1             keep the temporary directory (configs, logs, raw results)
 #
@@ -93,6 +95,7 @@ KEEP=${KEEP:-0}
 RESULTS=${RESULTS:-}
 MODE=${MODE:-time}
 CG_REQUESTS=${CG_REQUESTS:-2000}
+TELEMETRY=${TELEMETRY:-0}
 [[ $MODE == callgrind ]] && NGINX=0
 
 log() { printf '[overhead] %s\n' "$*" >&2; }
@@ -242,6 +245,13 @@ MOCK_PORT=$(free_port)
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_port "$MOCK_PORT" mock "$MOCK_PID"
+if [[ $TELEMETRY == 1 ]]; then
+  OTLP_PORT=$(free_port)
+  python3 "$DRIVER" otlp-sink --port "$OTLP_PORT" >"$T/otlp-sink.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$OTLP_PORT" otlp-sink "$!"
+  log "traces on: every Sluice exports to the OTLP sink on 127.0.0.1:$OTLP_PORT"
+fi
 TARGETS+=(direct) STREAMED+=(direct)
 PORT[direct]=$MOCK_PORT PID[direct]="" KEY[direct]="" LABEL[direct]="direct to the mock (no proxy)"
 
@@ -353,6 +363,9 @@ EOF
       esac
     done
     for f in "$@"; do printf '\n[[filters]]\ntype = "%s"\n' "$f"; done
+    if [[ $TELEMETRY == 1 ]]; then
+      printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' "$OTLP_PORT"
+    fi
   } >"$file"
 }
 

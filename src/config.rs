@@ -48,6 +48,9 @@ pub struct Config {
     /// Retries, failover and ejection among a model's targets (SPEC §11).
     #[serde(default)]
     pub routing: crate::upstream::config::RoutingConfig,
+    /// OpenTelemetry traces (SPEC §7); absent: none.
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -454,6 +457,9 @@ impl Config {
         self.dlp.validate(errs);
         self.audit.validate(errs);
         self.store.validate(errs);
+        if let Some(t) = &self.telemetry {
+            t.validate(errs);
+        }
     }
 }
 
@@ -542,8 +548,8 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
 
-/// serde_ignored writes `filters.0.x` (and `?` for an `Option`'s content); the contract spells
-/// arrays `filters[0].x`.
+/// serde_ignored writes `filters.0.x` (and `?` for an `Option`'s content, dropped); the
+/// contract spells arrays `filters[0].x`.
 fn fix_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len() + 4);
     for (i, seg) in p.split('.').filter(|s| *s != "?").enumerate() {
@@ -631,6 +637,7 @@ mod tests {
             fix_path("models.0.targets.?.1.wieght"),
             "models[0].targets[1].wieght"
         );
+        assert_eq!(fix_path("telemetry.?.sample_rate"), "telemetry.sample_rate");
     }
 
     #[test]

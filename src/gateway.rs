@@ -148,6 +148,13 @@ impl GatewayBuilder {
                     config.store.display_url()
                 ))
             })?;
+        let telemetry = match &config.telemetry {
+            Some(t) => Some(
+                crate::telemetry::Telemetry::start(t, control.handle().clone(), shared.registry())
+                    .map_err(StartError::Io)?,
+            ),
+            None => None,
+        };
         let listen = config.server.listen.clone();
         let admin_listen: SocketAddr = config.server.admin_listen.parse().map_err(|_| {
             StartError::Io(format!("bad admin address {}", config.server.admin_listen))
@@ -165,6 +172,7 @@ impl GatewayBuilder {
             probe_token: format!("{:032x}", rand::random::<u128>()),
             runs: AgentRuns::new(store.clone()),
             store,
+            telemetry,
         });
         {
             let _guard = control.enter();
@@ -449,6 +457,10 @@ impl Gateway {
 
     fn finish(&mut self) {
         let _ = self.stop_tx.send(true);
+        // The last spans are exported through the control runtime: before it stops.
+        if let (Some(t), Some(_)) = (&self.state.telemetry, &self.control) {
+            t.shutdown();
+        }
         if let Some(rt) = self.control.take() {
             rt.shutdown_timeout(Duration::from_secs(1));
         }

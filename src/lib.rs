@@ -24,6 +24,7 @@ pub mod sse;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod telemetry;
 
 pub use config::{Config, ConfigErrors};
 pub use gateway::{Gateway, GatewayBuilder, ShutdownTrigger, StartError};

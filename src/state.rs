@@ -239,6 +239,8 @@ pub struct EngineState {
     pub runs: AgentRuns,
     /// The key store and the memory that serves it (`[store]`).
     pub store: Arc<crate::store::StoreRuntime>,
+    /// Traces (`[telemetry]`), as started; `None`: off.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl EngineState {
@@ -267,6 +269,7 @@ impl EngineState {
             probe_token: String::new(),
             runs: AgentRuns::new(store.clone()),
             store,
+            telemetry: None,
         }))
     }
 
@@ -290,6 +293,10 @@ impl EngineState {
         let old = self.snapshot.load();
         if config.store != old.config.store {
             tracing::warn!("store settings take effect only after a restart");
+        }
+        let traced = self.telemetry.as_ref().map(|t| &t.config);
+        if config.telemetry.as_ref() != traced {
+            tracing::warn!("telemetry settings take effect only after a restart");
         }
         if config.server.listen != old.config.server.listen
             || config.server.admin_listen != old.config.server.admin_listen

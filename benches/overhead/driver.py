@@ -19,6 +19,8 @@ Subcommands (all print one JSON object on stdout):
   requests     N chat completions (the body file), one after the other, on one connection.
   body         writes the ~1 KiB chat body the throughput and latency runs POST.
   cpu          the CPU time (ns, all threads) of a process, from /proc/PID/task/*/schedstat.
+  otlp-sink    an OTLP/HTTP receiver that takes every POST (spans are not decoded) and answers
+               200, until killed: the collector of TELEMETRY=1 runs.
 """
 
 import argparse
@@ -346,6 +348,25 @@ def cmd_cpu(a):
     print(sum(cpu_ns(q) for p in a.pid for q in family(int(p))))
 
 
+def cmd_otlp_sink(a):
+    import http.server
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer((a.host, a.port), Sink).serve_forever()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -395,6 +416,11 @@ def main():
     p.add_argument("--bytes", type=int, default=1024)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_body)
+
+    p = sub.add_parser("otlp-sink")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.set_defaults(fn=cmd_otlp_sink)
 
     p = sub.add_parser("cpu")
     p.add_argument("--pid", action="append", default=[])

@@ -270,6 +270,7 @@ impl Call {
         };
         let ex = self.exchange(status, outcome, code);
         self.record_metrics(&ex);
+        self.trace_finish(&ex, error);
         let snap = self.snap.clone();
         snap.chain.on_log(&ex, &self.cx).await;
     }

@@ -14,6 +14,7 @@ impl Call {
     /// The head phase: request id, route, the internal run token, and the chain's header checks
     /// (authentication). `Some` is the reply to send without reading the body.
     pub async fn begin(&mut self, head: &Head<'_>) -> Option<Reply> {
+        self.trace_begin(head.headers);
         let cx = &mut self.cx;
         cx.request_id = request_id(head.headers);
         cx.method = head.method.clone();
@@ -51,7 +52,9 @@ impl Call {
             headers: head.headers,
         };
         let snap = self.snap.clone();
+        self.trace_chain(true);
         if let Verdict::Respond(r) = snap.chain.on_request_head(&rh, &mut self.cx).await {
+            self.trace_chain(false);
             return Some(r);
         }
         if self.cx.route == Route::Unknown {
@@ -129,7 +132,9 @@ impl Call {
             body: &mut body,
         };
         let snap = self.snap.clone();
-        if let Verdict::Respond(r) = snap.chain.on_request(&mut request, &mut self.cx).await {
+        let verdict = snap.chain.on_request(&mut request, &mut self.cx).await;
+        self.trace_chain(false);
+        if let Verdict::Respond(r) = verdict {
             return Step::Reply(r);
         }
         if let Some(reply) = self.local_route(head, async_input, &body).await {

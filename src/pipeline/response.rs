@@ -169,6 +169,7 @@ impl Call {
             return Ok(());
         }
         let raw = std::mem::take(buf).freeze();
+        self.trace_answer(&raw);
         let snap = self.snap.clone();
         if !snap.chain.needs().response_body && !self.agent_response {
             // No filter reads the body (and its Content-Length was kept): only its usage is
@@ -238,6 +239,7 @@ impl Call {
             // Parsed only if a filter (or the usage reader) asks for the JSON.
             let mut se = StreamEvent::lazy(ev.raw, ev.data);
             if api.stream_usage(&mut se, asked, &mut self.cx.usage) {
+                self.trace_event(&se);
                 events.push(se);
             }
         }

@@ -86,6 +86,7 @@ impl Call {
         }
         // Filters and the usage reader read response bodies; a compressed one could not be read.
         h.set("accept-encoding", HeaderValue::from_static("identity"));
+        self.trace_upstream(&mut h, headers);
         // Until the body is handed over, or now if there is none.
         self.request_sent();
         Ok(h)

@@ -73,6 +73,14 @@ impl Api for Completions {
         choices::stream_usage(ev, client_asked, usage)
     }
 
+    fn finish_reasons(&self, answer: &[u8], out: &mut super::FinishReasons) {
+        super::finish::choices_answer(answer, out);
+    }
+
+    fn stream_finish_reasons(&self, ev: &StreamEvent, out: &mut super::FinishReasons) {
+        super::finish::choices_event(ev, out);
+    }
+
     fn read_event<'e>(&self, ev: &'e StreamEvent, memo: &mut Memo) -> EventView<'e> {
         choices::read_event(Shape::Completions, ev, memo)
     }

@@ -73,6 +73,14 @@ impl Api for Messages {
         doc.insert("stop_reason".into(), json!("refusal"));
     }
 
+    fn finish_reasons(&self, answer: &[u8], out: &mut super::FinishReasons) {
+        super::finish::stop_answer(answer, out);
+    }
+
+    fn stream_finish_reasons(&self, ev: &StreamEvent, out: &mut super::FinishReasons) {
+        super::finish::stop_event(ev, out);
+    }
+
     fn read_event<'e>(&self, ev: &'e StreamEvent, memo: &mut Memo) -> EventView<'e> {
         let whole = EventView {
             scan_whole: true,

@@ -15,6 +15,7 @@ mod choices;
 pub mod completions;
 pub mod embeddings;
 pub mod estimate;
+mod finish;
 pub mod messages;
 pub mod passthrough;
 pub mod responses;
@@ -29,6 +30,7 @@ use crate::{JsonBody, Reply, StreamEvent, Usage};
 pub use chat::Chat;
 pub use completions::Completions;
 pub use embeddings::Embeddings;
+pub use finish::{FinishReasons, MAX_REASONS};
 pub use messages::{CountTokens, Messages};
 pub use passthrough::Passthrough;
 pub use responses::Responses;
@@ -252,6 +254,16 @@ pub trait Api: Send + Sync + 'static {
     /// The usage an answer reports.
     fn usage(&self, answer: &Value) -> Option<Usage> {
         usage_any(answer.get("usage")?)
+    }
+
+    /// Why the model stopped, read from a whole answer's bytes (traces only).
+    fn finish_reasons(&self, answer: &[u8], out: &mut FinishReasons) {
+        let _ = (answer, out);
+    }
+
+    /// Why the model stopped, from a stream event that says so (traces only).
+    fn stream_finish_reasons(&self, ev: &StreamEvent, out: &mut FinishReasons) {
+        let _ = (ev, out);
     }
 
     /// The top-level array of an answer whose elements a block ends separately (`choices`);
