@@ -23,8 +23,8 @@ pub mod routes;
 pub mod sse;
 pub mod state;
 pub mod store;
-pub mod upstream;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::{Config, ConfigErrors};
 pub use gateway::{Gateway, GatewayBuilder, ShutdownTrigger, StartError};

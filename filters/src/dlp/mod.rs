@@ -16,15 +16,18 @@
 //! How matches are found fast is explained in [`scanner`]; what replaces them in [`redact`].
 
 mod allow;
+mod classify;
 mod detectors;
 mod iban;
 mod json;
+mod literals;
 mod redact;
 mod scanner;
 mod secrets;
 mod stream;
 pub mod tokens;
 pub mod validate;
+mod vocabulary;
 
 use std::sync::Arc;
 
@@ -46,7 +49,8 @@ pub use scanner::{Match, Scanner, MAX_MATCH_BYTES};
 
 use detectors::{Pack, Trigger};
 use json::JsonScan;
-use scanner::{builtins, compile_dfa, first_bytes, last_line, literal_prefixes, Detector};
+use literals::{first_bytes, literal_prefixes};
+use scanner::{builtins, compile_dfa, last_line, Detector};
 use stream::StreamState;
 
 /// `[dlp]`.
