@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind as AcMatchKind};
+use aho_corasick::{packed, AhoCorasick, AhoCorasickKind, MatchKind as AcMatchKind};
 use regex_automata::dfa::{dense, Automaton};
 use regex_automata::util::{primitives::StateID, start};
 use regex_automata::Anchored;
@@ -112,19 +112,39 @@ pub(crate) fn literal_prefixes(
 /// its false candidates then cost far more than one extra pass (measured: two passes over 16
 /// literals each run several times faster than one pass over the same 32).
 pub(super) struct LiteralSet {
-    pub(super) groups: Vec<(AhoCorasick, Vec<Vec<usize>>)>,
+    groups: Vec<(Finder, Vec<Vec<usize>>)>,
     /// Every literal in one automaton without a prefilter, for short texts (most JSON
     /// strings): one table-driven pass costs less there than a call per group.
-    all: Option<(AhoCorasick, Vec<Vec<usize>>)>,
+    all: Option<(Finder, Vec<Vec<usize>>)>,
+}
+
+/// One group's searcher: Teddy itself (aho-corasick's packed searcher, which confirms its own
+/// candidates) where it can be built, else an automaton.
+enum Finder {
+    Packed(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl Finder {
+    #[inline]
+    fn find(&self, hay: &[u8], from: usize) -> Option<(usize, usize)> {
+        let m = match self {
+            Finder::Packed(s) => s.find_in(hay, aho_corasick::Span::from(from..hay.len()))?,
+            Finder::Automaton(ac) => {
+                ac.find(aho_corasick::Input::new(hay).span(from..hay.len()))?
+            }
+        };
+        Some((m.start(), m.pattern().as_usize()))
+    }
 }
 
 const GROUP: usize = 16;
 
 /// Texts shorter than this take the one-automaton pass ([`LiteralSet::all`]). Measured with
 /// callgrind over the default packs (instructions per `find_all` of prose and of technical
-/// text): the one automaton costs about 1.0 k + 23 per byte, the Teddy groups 1.7 k + 9 per
-/// byte, so they cross near 110 bytes (80 bytes: 2.1 k against 2.5 k; 160: 3.9 k against 3.2 k).
-const SHORT_TEXT: usize = 112;
+/// text): the one automaton costs about 1.0 k + 23 per byte, the Teddy groups 1.2 k + 9 per
+/// byte, so they cross near 64 bytes (40 bytes: 1.7 k against 1.9 k; 100: 2.8 k against 2.5 k).
+const SHORT_TEXT: usize = 64;
 
 impl LiteralSet {
     pub(super) fn build(pairs: &[(Vec<u8>, usize)], case_insensitive: bool) -> Option<LiteralSet> {
@@ -175,13 +195,31 @@ impl LiteralSet {
                 .build(chunk)
                 .ok()
         };
+        let group = |chunk: &[Vec<u8>]| {
+            let packed = (!case_insensitive)
+                .then(|| {
+                    packed::Config::new()
+                        .match_kind(packed::MatchKind::LeftmostLongest)
+                        .builder()
+                        .extend(chunk)
+                        .build()
+                })
+                .flatten();
+            match packed {
+                Some(s) => Some(Finder::Packed(s)),
+                None => automaton(chunk, true).map(Finder::Automaton),
+            }
+        };
         let mut groups = Vec::new();
         for chunk in long.chunks(GROUP).chain(short.chunks(GROUP)) {
-            groups.push((automaton(chunk, true)?, detectors_of(chunk)));
+            groups.push((group(chunk)?, detectors_of(chunk)));
         }
         // One group already is one pass: the single automaton would add nothing.
         let all = if groups.len() > 1 {
-            Some((automaton(&every, false)?, detectors_of(&every)))
+            Some((
+                Finder::Automaton(automaton(&every, false)?),
+                detectors_of(&every),
+            ))
         } else {
             None
         };
@@ -196,16 +234,17 @@ impl LiteralSet {
         // so one automaton over all of them reports exactly what the groups do together.
         let short = hay.len().saturating_sub(from) < SHORT_TEXT;
         let one = self.all.as_ref().filter(|_| short);
-        for (ac, detectors) in one
+        for (finder, detectors) in one
             .into_iter()
             .chain(self.groups.iter().filter(|_| !short || self.all.is_none()))
         {
             let mut pos = from;
             while pos < hay.len() {
-                let input = aho_corasick::Input::new(hay).span(pos..hay.len());
-                let Some(m) = ac.find(input) else { break };
-                f(m.start(), &detectors[m.pattern().as_usize()]);
-                pos = m.start() + 1;
+                let Some((start, pattern)) = finder.find(hay, pos) else {
+                    break;
+                };
+                f(start, &detectors[pattern]);
+                pos = start + 1;
             }
         }
     }
