@@ -63,13 +63,13 @@ mod bucket;
 mod local;
 mod redis_store;
 mod report;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use self::bucket::{BucketView, Decision, Entity, Kind, Level, Limits, Plan, PlanItem};
@@ -78,125 +78,14 @@ use self::redis_store::{BackendError, RedisConn, RedisStore};
 #[cfg(test)]
 use self::report::openai_duration;
 use self::report::{set_headers, Metrics};
+pub use self::settings::{Backend, OnBackendError, RateLimitSettings};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
-use crate::policy::{BuildError, ConfigError, Policy, RateLimitSpec};
+use crate::policy::{BuildError, Policy, RateLimitSpec};
 use crate::{
     Cx, Exchange, Filter, Identity, JsonBody, PreAuthenticated, Reply, Request, Route, Shared,
     Verdict,
 };
-
-/// `[rate_limit]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RateLimitSettings {
-    #[serde(default)]
-    pub backend: Backend,
-    pub redis_url: Option<String>,
-    #[serde(default)]
-    pub on_backend_error: OnBackendError,
-    /// Completion tokens reserved when a request gives no `max_tokens`.
-    #[serde(default = "default_max_tokens")]
-    pub default_max_tokens: u64,
-    /// Prefix of every Redis key.
-    #[serde(default = "default_prefix")]
-    pub redis_key_prefix: String,
-    /// How long a Redis call may take before it counts as a backend error.
-    #[serde(default = "default_redis_timeout")]
-    pub redis_timeout_ms: u64,
-    /// How long one attempt to connect to Redis may take. Requests never wait longer than
-    /// `redis_timeout_ms` for it; the attempt goes on in the background.
-    #[serde(default = "default_redis_connect_timeout")]
-    pub redis_connect_timeout_ms: u64,
-}
-
-fn default_max_tokens() -> u64 {
-    4096
-}
-fn default_prefix() -> String {
-    "sluice:rl".into()
-}
-fn default_redis_timeout() -> u64 {
-    250
-}
-fn default_redis_connect_timeout() -> u64 {
-    2000
-}
-
-impl Default for RateLimitSettings {
-    fn default() -> Self {
-        RateLimitSettings {
-            backend: Backend::Local,
-            redis_url: None,
-            on_backend_error: OnBackendError::Allow,
-            default_max_tokens: default_max_tokens(),
-            redis_key_prefix: default_prefix(),
-            redis_timeout_ms: default_redis_timeout(),
-            redis_connect_timeout_ms: default_redis_connect_timeout(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    #[default]
-    Local,
-    Redis,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnBackendError {
-    #[default]
-    Allow,
-    Deny,
-}
-
-impl RateLimitSettings {
-    /// Checks `[rate_limit]`; errors name their field (`rate_limit.redis_url`). Never contacts
-    /// Redis.
-    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
-        if self.backend == Backend::Redis {
-            match &self.redis_url {
-                None => errs.push(ConfigError::new(
-                    "rate_limit.redis_url",
-                    "required when backend = \"redis\"",
-                )),
-                // The URL may hold a password: never echo it. The redis crate's parse errors
-                // describe the problem without quoting the URL.
-                Some(u) => {
-                    if let Err(e) = redis::Client::open(u.as_str()) {
-                        errs.push(ConfigError::new(
-                            "rate_limit.redis_url",
-                            format!(
-                                "not a usable Redis URL ({e}); expected e.g. \
-                                 redis://127.0.0.1:6379 or redis://:password@host:6379/0"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        if self.redis_timeout_ms == 0 {
-            errs.push(ConfigError::new(
-                "rate_limit.redis_timeout_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.redis_connect_timeout_ms == 0 {
-            errs.push(ConfigError::new(
-                "rate_limit.redis_connect_timeout_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}']) {
-            errs.push(ConfigError::new(
-                "rate_limit.redis_key_prefix",
-                "must be non-empty and free of `{` and `}` (Sluice puts the org in the key's hash tag)",
-            ));
-        }
-    }
-}
 
 /// Builds the `rate_limit` filter for `[[filters]] type = "rate_limit"`.
 ///
