@@ -4,20 +4,30 @@
 pub mod fleet;
 pub mod scripted;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sluice::{Config, Gateway, GatewayBuilder};
 
 pub const DEMO_KEY: &str = "sk-sluice-DEMOkeyDEMOkeyDEMOkeyDEMOkeyDEMOkey12345";
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port (bound, read, released), never one this process handed out before:
+/// the kernel may offer a just-released port again, and two sections of one config must differ.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `[server]` on free ports, with a short grace period for tests.
@@ -51,10 +61,10 @@ pub fn start(rest: &str) -> Gateway {
 }
 
 pub fn start_with(builder: GatewayBuilder, rest: &str) -> Gateway {
-    let toml = format!("{}{}", server_section(), rest);
     let mut last = None;
     // A free port can be taken between probing and binding; try again on fresh ports.
     for _ in 0..3 {
+        let toml = format!("{}{}", server_section(), rest);
         match builder_clone(&builder).config(parse(&toml)).start() {
             Ok(g) => return g,
             Err(e) => last = Some(e.to_string()),

@@ -54,10 +54,19 @@ def sluice_bin() -> Path:
     return path
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one this session handed out before (the kernel may offer a
+    just-released port again)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def closed_port() -> int:
@@ -240,8 +249,6 @@ class Gateway:
         last_log = ""
         for _attempt in range(3):
             self.port, self.admin_port = free_port(), free_port()
-            while self.admin_port == self.port:
-                self.admin_port = free_port()
             self.config_path.write_text(self.render(self.cfg))
             env = dict(os.environ)
             env.setdefault("RUST_LOG", "info")
