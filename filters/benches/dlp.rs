@@ -255,6 +255,52 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // Whole answers: a chat completion of prose with line breaks (escaped in its JSON) and an
+    // embedding of 1,536 floats.
+    let chat = json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1764300000, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": prose_text(2048).replace(". ", ".\n")}}],
+        "usage": {"prompt_tokens": 512, "completion_tokens": 480, "total_tokens": 992}
+    });
+    let vector: Vec<f64> = (0..1536)
+        .map(|i| ((i * 7919) % 2001) as f64 / 1000.0 - 1.0)
+        .collect();
+    let embedding = json!({
+        "object": "list", "model": "text-embedding-3-small",
+        "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+        "usage": {"prompt_tokens": 8, "total_tokens": 8}
+    });
+    let mut g = c.benchmark_group("answer");
+    for (name, doc, api) in [
+        (
+            "chat_2k",
+            &chat,
+            &sluice_filters::api::CHAT as &'static dyn sluice_filters::api::Api,
+        ),
+        (
+            "embedding_1536",
+            &embedding,
+            &sluice_filters::api::EMBEDDINGS,
+        ),
+    ] {
+        let raw = Bytes::from(doc.to_string());
+        g.throughput(Throughput::Bytes(raw.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || JsonBody::parsed(raw.clone(), doc.clone()),
+                |mut body| {
+                    let mut cx = Cx::new("r".into(), Method::POST, "/v1/x".into());
+                    cx.api = api;
+                    f.on_response_body(&mut body, &mut cx);
+                    black_box(body.is_changed());
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+
     // A 4 KiB answer as 4-byte deltas, one SSE event each, one read per event.
     let answer = clean_text(4096);
     let events: Vec<StreamEvent> = answer

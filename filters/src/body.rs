@@ -6,12 +6,13 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// A request or response body: the bytes as received and, when they are JSON, the parsed
-/// document. Reading is free; [`JsonBody::json_mut`] marks the body changed so the engine
-/// re-encodes it.
+/// document (parsed once, perhaps only when first read). [`JsonBody::json_mut`] marks the body
+/// changed so the engine re-encodes it.
 #[derive(Debug, Clone, Default)]
 pub struct JsonBody {
     raw: Bytes,
-    json: Option<Value>,
+    /// The document: given, or parsed (duplicate keys refused) when first asked for.
+    json: OnceLock<Option<Value>>,
     dirty: bool,
 }
 
@@ -20,7 +21,7 @@ impl JsonBody {
     pub fn raw(raw: Bytes) -> JsonBody {
         JsonBody {
             raw,
-            json: None,
+            json: OnceLock::from(None),
             dirty: false,
         }
     }
@@ -29,7 +30,18 @@ impl JsonBody {
     pub fn parsed(raw: Bytes, json: Value) -> JsonBody {
         JsonBody {
             raw,
-            json: Some(json),
+            json: OnceLock::from(Some(json)),
+            dirty: false,
+        }
+    }
+
+    /// A body parsed only when [`JsonBody::json`] or [`JsonBody::json_mut`] first asks (as
+    /// [`crate::strict_json::parse`] does: a document with a duplicate key is no document): a
+    /// filter that can decide from the bytes spares building the document.
+    pub fn lazy(raw: Bytes) -> JsonBody {
+        JsonBody {
+            raw,
+            json: OnceLock::new(),
             dirty: false,
         }
     }
@@ -40,21 +52,23 @@ impl JsonBody {
     }
 
     pub fn json(&self) -> Option<&Value> {
-        self.json.as_ref()
+        self.json
+            .get_or_init(|| crate::strict_json::parse(&self.raw).ok())
+            .as_ref()
     }
 
     /// The JSON document for rewriting; the body will be re-encoded.
     pub fn json_mut(&mut self) -> Option<&mut Value> {
-        if self.json.is_some() {
+        if self.json().is_some() {
             self.dirty = true;
         }
-        self.json.as_mut()
+        self.json.get_mut().and_then(Option::as_mut)
     }
 
     /// Replaces a non-JSON body's bytes (e.g. redacted text).
     pub fn set_raw(&mut self, raw: Bytes) {
         self.raw = raw;
-        self.json = None;
+        self.json = OnceLock::from(None);
         self.dirty = true;
     }
 
@@ -64,8 +78,8 @@ impl JsonBody {
 
     /// The bytes to send on: the original ones, or the re-encoded document when changed.
     pub fn to_bytes(&self) -> Bytes {
-        match (&self.json, self.dirty) {
-            (Some(v), true) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+        match (self.json.get(), self.dirty) {
+            (Some(Some(v)), true) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
             _ => self.raw.clone(),
         }
     }

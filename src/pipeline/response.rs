@@ -171,32 +171,17 @@ impl Call {
         let raw = std::mem::take(buf).freeze();
         self.trace_answer(&raw);
         let snap = self.snap.clone();
+        if let Some(u) = answer_usage(&raw).and_then(|u| self.cx.api.usage(&u)) {
+            self.cx.usage = Some(u);
+        }
         if !snap.chain.needs().response_body && !self.agent_response {
-            // No filter reads the body (and its Content-Length was kept): only its usage is
-            // needed, read without building the whole document.
-            #[derive(serde::Deserialize)]
-            struct UsageOnly {
-                usage: Option<serde_json::Value>,
-            }
-            if let Some(u) = serde_json::from_slice::<UsageOnly>(&raw)
-                .ok()
-                .and_then(|d| d.usage)
-                .as_ref()
-                .and_then(sluice_filters::api::usage_any)
-            {
-                self.cx.usage = Some(u);
-            }
+            // No filter reads the body (and its Content-Length was kept).
             self.complete();
             *body = Some(raw);
             return Ok(());
         }
-        let mut jb = match serde_json::from_slice::<serde_json::Value>(&raw) {
-            Ok(v) => JsonBody::parsed(raw, v),
-            Err(_) => JsonBody::raw(raw),
-        };
-        if let Some(u) = jb.json().and_then(|v| self.cx.api.usage(v)) {
-            self.cx.usage = Some(u);
-        }
+        // Parsed only if a filter (or the agent) asks for the document.
+        let mut jb = JsonBody::lazy(raw);
         snap.chain.on_response_body(&mut jb, &mut self.cx);
         let out = if self.agent_response {
             crate::agents::run_object(&self.cx, jb.json())
@@ -268,4 +253,13 @@ impl Call {
             .with_label_values(&[model])
             .observe(self.cx.started.elapsed().as_secs_f64());
     }
+}
+
+/// An answer's top-level `usage` object, read without building the rest of the document.
+fn answer_usage(raw: &[u8]) -> Option<serde_json::Value> {
+    #[derive(serde::Deserialize)]
+    struct UsageOnly {
+        usage: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<UsageOnly>(raw).ok()?.usage
 }

@@ -238,7 +238,7 @@ impl Api for CountTokens {
         false
     }
 
-    fn usage(&self, _answer: &Value) -> Option<crate::Usage> {
+    fn usage(&self, _usage: &Value) -> Option<crate::Usage> {
         None
     }
 

@@ -251,9 +251,9 @@ pub trait Api: Send + Sync + 'static {
         true
     }
 
-    /// The usage an answer reports.
-    fn usage(&self, answer: &Value) -> Option<Usage> {
-        usage_any(answer.get("usage")?)
+    /// The usage an answer reports, from its top-level `usage` object.
+    fn usage(&self, usage: &Value) -> Option<Usage> {
+        usage_any(usage)
     }
 
     /// Why the model stopped, read from a whole answer's bytes (traces only).

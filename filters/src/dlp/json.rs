@@ -151,6 +151,71 @@ impl<'a> JsonScan<'a> {
     }
 }
 
+/// Whether scanning a body finds nothing — string by string as a JSON document
+/// ([`JsonScan::value`]), or whole as text ([`JsonScan::bytes`]) when it is not one — decided
+/// without building the document: one scan of its bytes whole, then one of each string that
+/// holds escapes, decoded. Most bodies are clean, and this costs a fraction of the exact scan.
+///
+/// Why that is enough. A string without escapes is in the bytes verbatim, between quotes, and
+/// an integer between JSON's punctuation. No detector reads a quote or that punctuation other
+/// than it reads the edge of a text (word boundaries, the look-behind of start states and
+/// validators, e-mail local parts, number runs: none takes them as part of a match), unless a
+/// rule anchors to lines — then this answers no. So a match in such a string is a match in the
+/// bytes; the bytes scanned whole can hold only more (across strings, in floats, in values that
+/// allow rules exempt: they are not applied here), which sends the body to the exact scan.
+/// A string with escapes differs from its bytes: it is decoded and judged the same way, as a
+/// nested document when it may be one.
+pub(crate) fn document_is_clean(sc: &Scanner, doc: &[u8]) -> bool {
+    let mut ms = Vec::new();
+    !sc.anchors_to_lines() && clean_at(sc, doc, 0, &mut ms)
+}
+
+fn clean_at(sc: &Scanner, doc: &[u8], depth: usize, ms: &mut Vec<Match>) -> bool {
+    if sc.any_match(doc, ms) {
+        return false;
+    }
+    if memchr::memchr(b'\\', doc).is_none() {
+        return true;
+    }
+    // Outside strings valid JSON has no `\`, and a `"` opens a string.
+    let mut i = 0;
+    while let Some(q) = memchr::memchr(b'"', &doc[i..]) {
+        let open = i + q;
+        let mut j = open + 1;
+        let mut escaped = false;
+        let close = loop {
+            match doc
+                .get(j..)
+                .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+            {
+                None => return false,
+                Some(k) if doc[j + k] == b'\\' => {
+                    escaped = true;
+                    j += k + 2;
+                }
+                Some(k) => break j + k,
+            }
+        };
+        if escaped && !clean_string(sc, &doc[open..=close], depth, ms) {
+            return false;
+        }
+        i = close + 1;
+    }
+    true
+}
+
+/// A quoted string with escapes: decoded, it must be clean as text, and as a document if it may
+/// be one (the exact scan parses those up to [`MAX_NESTED`] levels down).
+fn clean_string(sc: &Scanner, quoted: &[u8], depth: usize, ms: &mut Vec<Match>) -> bool {
+    let Ok(s) = serde_json::from_slice::<String>(quoted) else {
+        return false;
+    };
+    if depth < MAX_NESTED && matches!(s.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
+        return clean_at(sc, s.as_bytes(), depth + 1, ms);
+    }
+    !sc.any_match(s.as_bytes(), ms)
+}
+
 /// The document inside a string that holds a JSON object or array.
 fn nested_document(s: &str) -> Option<Value> {
     let t = s.trim_start();
@@ -161,3 +226,7 @@ fn nested_document(s: &str) -> Option<Value> {
         .ok()
         .filter(|v| v.is_object() || v.is_array())
 }
+
+#[cfg(test)]
+#[path = "json_tests.rs"]
+mod tests;

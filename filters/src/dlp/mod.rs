@@ -201,6 +201,10 @@ impl DlpFilter {
     /// Scans a non-streamed response body; `block` withholds the content from the match on
     /// and ends the answer (or the choice) the API's way.
     fn scan_response(&self, body: &mut JsonBody, cx: &mut Cx) {
+        if !body.is_changed() && json::document_is_clean(&self.scanner, body.bytes()) {
+            // Nothing to redact, and the document need not be built.
+            return;
+        }
         let actions = self.actions(Direction::Response);
         let mut js = JsonScan::new(&self.scanner, actions);
         match body.json() {
@@ -338,6 +342,9 @@ impl Filter for DlpFilter {
                 &format!("larger than dlp.max_scan_bytes = {}", self.max_scan_bytes),
             );
             return Reply::error(413, "request_too_large", msg).into();
+        }
+        if !req.body.is_changed() && json::document_is_clean(&self.scanner, req.body.bytes()) {
+            return Verdict::Continue;
         }
         let actions = self.actions(Direction::Request);
         // A blocked request is refused whole: scan all of it, to name every detector.

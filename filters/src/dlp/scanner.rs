@@ -69,6 +69,8 @@ pub(crate) struct Detector {
     pub(crate) rule_actions: [Option<Action>; 2],
     /// The shortest match it can make: a shorter text cannot hold one.
     pub(crate) min_len: usize,
+    /// Whether its pattern has line anchors (`(?m)^`, `$`).
+    line_anchored: bool,
 }
 
 /// Builds the anchored DFA of a pattern. Built-ins are ASCII-only (`unicode = false`); custom
@@ -118,10 +120,12 @@ impl Detector {
             BuiltinTrigger::Numeric(shape) => Trigger::Numeric(shape),
             BuiltinTrigger::Iban => Trigger::Iban,
         };
-        let min_len = syntax::parse(b.pattern)
-            .ok()
+        let hir = syntax::parse(b.pattern).ok();
+        let min_len = hir
+            .as_ref()
             .and_then(|h| h.properties().minimum_len())
             .unwrap_or(0);
+        let line_anchored = hir.is_none_or(|h| h.properties().look_set().contains_anchor());
         Detector {
             name: b.name.to_string(),
             starts: start_table(&dfa),
@@ -130,6 +134,7 @@ impl Detector {
             trigger,
             rule_actions: [None, None],
             min_len,
+            line_anchored,
         }
     }
 
@@ -147,7 +152,14 @@ impl Detector {
             trigger,
             rule_actions,
             min_len: 1,
+            line_anchored: false,
         }
+    }
+
+    /// Marks a custom rule whose pattern anchors to lines.
+    pub(crate) fn with_line_anchors(mut self, yes: bool) -> Detector {
+        self.line_anchored = yes;
+        self
     }
 
     /// The shortest match the rule can make (from its pattern or its keywords).
@@ -201,6 +213,8 @@ pub struct Scanner {
     allow: Vec<Allow>,
     /// The shortest match any detector can make.
     min_len: usize,
+    /// Whether some detector anchors to lines.
+    line_anchored: bool,
 }
 
 struct FindCx<'a> {
@@ -268,8 +282,10 @@ impl Scanner {
             clean_words: Vec::new(),
             min_len: 0,
             allow: Vec::new(),
+            line_anchored: false,
         };
         sc.min_len = sc.detectors.iter().map(|d| d.min_len).min().unwrap_or(0);
+        sc.line_anchored = sc.detectors.iter().any(|d| d.line_anchored);
         let mut ms = Vec::new();
         sc.clean_words = VOCABULARY
             .iter()
@@ -339,6 +355,35 @@ impl Scanner {
     /// position is the start of the earliest candidate that the next bytes could still change
     /// (`hay.len()` when there is none); matches at or after it are not reported.
     pub(crate) fn find(&self, hay: &[u8], from: usize, fin: bool, out: &mut Vec<Match>) -> usize {
+        let hold = self.find_unexempted(hay, from, fin, out);
+        if !self.allow.is_empty() {
+            // Decided from the match's own bytes: streamed and whole texts agree.
+            out.retain(|m| {
+                !self
+                    .allow
+                    .iter()
+                    .any(|a| a.exempts(m.detector, &hay[m.start..m.end]))
+            });
+        }
+        hold
+    }
+
+    /// Whether `text`, scanned whole, holds any match, allow rules not applied. `out` is
+    /// scratch space.
+    pub(crate) fn any_match(&self, text: &[u8], out: &mut Vec<Match>) -> bool {
+        out.clear();
+        self.find_unexempted(text, 0, true, out);
+        !out.is_empty()
+    }
+
+    /// Whether some detector anchors to lines (`(?m)^`): it reads a text's edges unlike any
+    /// other byte, so a text found inside a larger one may match differently.
+    pub(crate) fn anchors_to_lines(&self) -> bool {
+        self.line_anchored
+    }
+
+    /// [`Scanner::find`] before allow rules apply.
+    fn find_unexempted(&self, hay: &[u8], from: usize, fin: bool, out: &mut Vec<Match>) -> usize {
         let mut cx = FindCx {
             hay,
             fin,
@@ -371,15 +416,6 @@ impl Scanner {
             }
         }
         let hold = cx.hold;
-        if !self.allow.is_empty() {
-            // Decided from the match's own bytes: streamed and whole texts agree.
-            out.retain(|m| {
-                !self
-                    .allow
-                    .iter()
-                    .any(|a| a.exempts(m.detector, &hay[m.start..m.end]))
-            });
-        }
         if hold != usize::MAX {
             out.retain(|m| m.start < hold);
             hold

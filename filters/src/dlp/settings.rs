@@ -244,7 +244,9 @@ fn compile_rule(r: &RuleSettings) -> Result<Detector, (String, String)> {
                 .map(Trigger::Literals)
                 .unwrap_or_else(|| Trigger::Bytes(first_bytes(&dfa)));
             let min_len = props.minimum_len().unwrap_or(1);
-            Ok(Detector::custom(&r.name, dfa, trigger, rule_actions(r)).with_min_len(min_len))
+            Ok(Detector::custom(&r.name, dfa, trigger, rule_actions(r))
+                .with_min_len(min_len)
+                .with_line_anchors(props.look_set().contains_anchor_line()))
         }
         (None, Some(kws)) => {
             if kws.is_empty() {
