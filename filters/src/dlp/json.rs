@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::redact::whole;
 use super::scanner::{Match, Scanner};
 use super::Action;
+use crate::JsonBody;
 
 /// How many levels of JSON-inside-a-string are parsed.
 const MAX_NESTED: usize = 3;
@@ -153,65 +154,93 @@ impl<'a> JsonScan<'a> {
 
 /// Whether scanning a body finds nothing — string by string as a JSON document
 /// ([`JsonScan::value`]), or whole as text ([`JsonScan::bytes`]) when it is not one — decided
-/// without building the document: one scan of its bytes whole, then one of each string that
-/// holds escapes, decoded. Most bodies are clean, and this costs a fraction of the exact scan.
+/// mostly from its bytes: most bodies are clean, and a scan of the bytes costs a fraction of
+/// the scan of each string. A body without escapes is scanned whole, and its document is never
+/// built; in one with escapes the strings that hold them are scanned decoded, from the
+/// document, and the bytes between them whole.
 ///
 /// Why that is enough. A string without escapes is in the bytes verbatim, between quotes, and
 /// an integer between JSON's punctuation. No detector reads a quote or that punctuation other
 /// than it reads the edge of a text (word boundaries, the look-behind of start states and
 /// validators, e-mail local parts, number runs: none takes them as part of a match), unless a
 /// rule anchors to lines — then this answers no. So a match in such a string is a match in the
-/// bytes; the bytes scanned whole can hold only more (across strings, in floats, in values that
+/// bytes, in the stretch between two strings with escapes too (it holds that string and its
+/// quotes); the bytes scanned can hold only more (across strings, in floats, in values that
 /// allow rules exempt: they are not applied here), which sends the body to the exact scan.
-/// A string with escapes differs from its bytes: it is decoded and judged the same way, as a
-/// nested document when it may be one.
-pub(crate) fn document_is_clean(sc: &Scanner, doc: &[u8]) -> bool {
-    let mut ms = Vec::new();
-    !sc.anchors_to_lines() && clean_at(sc, doc, 0, &mut ms)
-}
-
-fn clean_at(sc: &Scanner, doc: &[u8], depth: usize, ms: &mut Vec<Match>) -> bool {
-    if sc.any_match(doc, ms) {
+pub(crate) fn document_is_clean(sc: &Scanner, body: &JsonBody) -> bool {
+    if body.is_changed() || sc.anchors_to_lines() {
         return false;
     }
-    if memchr::memchr(b'\\', doc).is_none() {
-        return true;
+    let (raw, mut ms) = (body.bytes(), Vec::new());
+    if memchr::memchr(b'\\', raw).is_none() {
+        return !sc.any_match(raw, &mut ms);
     }
-    // Outside strings valid JSON has no `\`, and a `"` opens a string.
-    let mut i = 0;
-    while let Some(q) = memchr::memchr(b'"', &doc[i..]) {
-        let open = i + q;
-        let mut j = open + 1;
-        let mut escaped = false;
-        let close = loop {
-            match doc
-                .get(j..)
-                .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
-            {
-                None => return false,
-                Some(k) if doc[j + k] == b'\\' => {
-                    escaped = true;
-                    j += k + 2;
-                }
-                Some(k) => break j + k,
-            }
-        };
-        if escaped && !clean_string(sc, &doc[open..=close], depth, ms) {
-            return false;
-        }
-        i = close + 1;
-    }
-    true
-}
-
-/// A quoted string with escapes: decoded, it must be clean as text, and as a document if it may
-/// be one (the exact scan parses those up to [`MAX_NESTED`] levels down).
-fn clean_string(sc: &Scanner, quoted: &[u8], depth: usize, ms: &mut Vec<Match>) -> bool {
-    let Ok(s) = serde_json::from_slice::<String>(quoted) else {
+    let Some(doc) = body.json() else {
         return false;
     };
-    if depth < MAX_NESTED && matches!(s.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
-        return clean_at(sc, s.as_bytes(), depth + 1, ms);
+    let Some((escaped, total)) = escaped_strings(sc, raw, &mut ms) else {
+        return false;
+    };
+    // The document's strings in the order of the bytes (keys before their values; a strict
+    // parse kept every key, in order: the counts agree), the ones with escapes scanned.
+    let mut k = 0;
+    let mut next = escaped.iter().peekable();
+    let clean = each_string(doc, &mut |s| {
+        let hit = next.next_if_eq(&&k).is_some();
+        k += 1;
+        !hit || clean_text(sc, s, &mut ms)
+    });
+    clean && k == total
+}
+
+/// Scans the bytes between the strings that hold escapes; returns those strings' ordinals among
+/// all strings of the document and how many strings it has, or `None` when a match was found
+/// (or the bytes are no JSON).
+fn escaped_strings(sc: &Scanner, raw: &[u8], ms: &mut Vec<Match>) -> Option<(Vec<usize>, usize)> {
+    // Outside strings valid JSON has no `\`, and a `"` opens a string.
+    let (mut i, mut stretch, mut ordinal) = (0, 0, 0);
+    let mut escaped = Vec::new();
+    while let Some(q) = memchr::memchr(b'"', &raw[i..]) {
+        let open = i + q;
+        let mut j = open + 1;
+        let mut has_escape = false;
+        let close = loop {
+            let k = memchr::memchr2(b'"', b'\\', raw.get(j..)?)?;
+            if raw[j + k] == b'"' {
+                break j + k;
+            }
+            has_escape = true;
+            j += k + 2;
+        };
+        if has_escape {
+            if sc.any_match(&raw[stretch..=open], ms) {
+                return None;
+            }
+            escaped.push(ordinal);
+            stretch = close;
+        }
+        ordinal += 1;
+        i = close + 1;
+    }
+    (!sc.any_match(&raw[stretch..], ms)).then_some((escaped, ordinal))
+}
+
+/// Calls `f` on every string of `v` (keys too) in document order, while it returns true.
+fn each_string(v: &Value, f: &mut impl FnMut(&str) -> bool) -> bool {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().all(|x| each_string(x, f)),
+        Value::Object(map) => map.iter().all(|(k, x)| f(k) && each_string(x, f)),
+        _ => true,
+    }
+}
+
+/// A decoded string is clean: as text, and as the document it may hold (the exact scan parses
+/// those); one with escapes of its own is left to the exact scan.
+fn clean_text(sc: &Scanner, s: &str, ms: &mut Vec<Match>) -> bool {
+    let nested = matches!(s.trim_start().as_bytes().first(), Some(b'{' | b'['));
+    if nested && memchr::memchr(b'\\', s.as_bytes()).is_some() {
+        return false;
     }
     !sc.any_match(s.as_bytes(), ms)
 }

@@ -201,7 +201,7 @@ impl DlpFilter {
     /// Scans a non-streamed response body; `block` withholds the content from the match on
     /// and ends the answer (or the choice) the API's way.
     fn scan_response(&self, body: &mut JsonBody, cx: &mut Cx) {
-        if !body.is_changed() && json::document_is_clean(&self.scanner, body.bytes()) {
+        if json::document_is_clean(&self.scanner, body) {
             // Nothing to redact, and the document need not be built.
             return;
         }
@@ -343,7 +343,7 @@ impl Filter for DlpFilter {
             );
             return Reply::error(413, "request_too_large", msg).into();
         }
-        if !req.body.is_changed() && json::document_is_clean(&self.scanner, req.body.bytes()) {
+        if json::document_is_clean(&self.scanner, req.body) {
             return Verdict::Continue;
         }
         let actions = self.actions(Direction::Request);
