@@ -9,14 +9,27 @@
 
 use super::validate::{yes, Check};
 
-/// CRC-32 (IEEE 802.3, as zlib computes it). Bitwise: it only ever runs on a candidate token.
+/// CRC-32 (IEEE 802.3, as zlib computes it), a byte at a time from a table built at compile
+/// time: on text dense with tokens the bitwise loop was 4 % of the scan.
 pub fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = (c >> 1) ^ (0xEDB8_8320 & (c & 1).wrapping_neg());
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
     let mut crc = !0u32;
     for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
+        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
     }
     !crc
 }
