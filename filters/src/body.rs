@@ -57,6 +57,11 @@ impl JsonBody {
             .as_ref()
     }
 
+    /// The document, only if it was already parsed (or given): never parses.
+    pub fn json_if_parsed(&self) -> Option<&Value> {
+        self.json.get().and_then(Option::as_ref)
+    }
+
     /// The JSON document for rewriting; the body will be re-encoded.
     pub fn json_mut(&mut self) -> Option<&mut Value> {
         if self.json().is_some() {

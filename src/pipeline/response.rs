@@ -171,18 +171,23 @@ impl Call {
         let raw = std::mem::take(buf).freeze();
         self.trace_answer(&raw);
         let snap = self.snap.clone();
-        if let Some(u) = answer_usage(&raw).and_then(|u| self.cx.api.usage(&u)) {
-            self.cx.usage = Some(u);
-        }
         if !snap.chain.needs().response_body && !self.agent_response {
             // No filter reads the body (and its Content-Length was kept).
+            self.read_usage(answer_usage(&raw));
             self.complete();
             *body = Some(raw);
             return Ok(());
         }
         // Parsed only if a filter (or the agent) asks for the document.
-        let mut jb = JsonBody::lazy(raw);
+        let mut jb = JsonBody::lazy(raw.clone());
         snap.chain.on_response_body(&mut jb, &mut self.cx);
+        // The usage, after the filters (none reads it): from the document if one of them had it
+        // parsed and left it as it was, else read alone from the bytes as received.
+        let usage = match jb.json_if_parsed() {
+            Some(doc) if !jb.is_changed() => doc.get("usage").cloned(),
+            _ => answer_usage(&raw),
+        };
+        self.read_usage(usage);
         let out = if self.agent_response {
             crate::agents::run_object(&self.cx, jb.json())
                 .to_string()
@@ -193,6 +198,12 @@ impl Call {
         self.complete();
         *body = Some(out);
         Ok(())
+    }
+
+    fn read_usage(&mut self, usage: Option<serde_json::Value>) {
+        if let Some(u) = usage.and_then(|u| self.cx.api.usage(&u)) {
+            self.cx.usage = Some(u);
+        }
     }
 
     fn frame_events(
