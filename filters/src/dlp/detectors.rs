@@ -7,7 +7,9 @@
 //!
 //! The names are stable: they appear in redaction markers, audit records and metrics.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+
+use regex_automata::dfa::dense;
 
 use super::secrets::PROVIDER_SECRETS;
 use super::tokens;
@@ -47,6 +49,10 @@ pub(crate) enum Trigger {
     Numeric(NumericShape),
     /// Two uppercase letters at a word start followed by a digit.
     Iban,
+    /// Every match holds `:` or `=` within a bounded distance of its start (`password = …`):
+    /// found from the operator, looking back. The DFA (anchored at the operator) is what every
+    /// match's text from its first operator on starts with: an operator it rejects starts none.
+    Assignment(Arc<dense::DFA<Vec<u32>>>),
     /// Any position whose byte is in the set (custom regexes without a usable literal prefix).
     Bytes(Box<[bool; 256]>),
 }
@@ -65,6 +71,8 @@ pub(crate) enum BuiltinTrigger {
     Email,
     Numeric(NumericShape),
     Iban,
+    /// The pattern every match's text from its first operator on starts with.
+    Assignment(&'static str),
 }
 
 /// What every match of a digit-led detector needs (see [`Trigger::Numeric`]), so that the
@@ -150,7 +158,7 @@ const FIRST_SECRETS: &[Builtin] = &[
     Builtin {
         name: "slack_webhook",
         pack: Pack::Secrets,
-        pattern: r"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_+-]{20,}",
+        pattern: r"\bhooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_+-]{20,}",
         trigger: BuiltinTrigger::Literals(&["hooks.slack.com/"]),
         validator: None,
     },

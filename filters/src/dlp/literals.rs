@@ -104,6 +104,83 @@ pub(crate) fn literal_prefixes(
     Some(kept)
 }
 
+/// Whether no match can start with `first` right after a word byte: the pattern begins with
+/// `\b` there, so every match starting with that byte starts a word.
+pub(crate) fn needs_word_start(dfa: &dense::DFA<Vec<u32>>, first: u8) -> bool {
+    let after_word = start::Config::new()
+        .anchored(Anchored::Yes)
+        .look_behind(Some(b'a'));
+    dfa.start_state(&after_word)
+        .is_ok_and(|sid| dfa.is_dead_state(dfa.next_state(sid, first)))
+}
+
+/// The bytes that can follow `prefix` in a match (from any start context), and whether a match
+/// can end right after it.
+pub(crate) fn next_bytes(dfa: &dense::DFA<Vec<u32>>, prefix: &[u8]) -> (Box<[bool; 256]>, bool) {
+    let mut set = Box::new([false; 256]);
+    let mut can_end = false;
+    for mut sid in start_states(dfa) {
+        for &b in prefix {
+            sid = dfa.next_state(sid, b);
+        }
+        if dfa.is_dead_state(sid) || dfa.is_quit_state(sid) {
+            continue;
+        }
+        // Matches are reported one byte late: a match ends after `prefix` when the state after
+        // the next byte (or after the end of the text) is a match state.
+        can_end |= dfa.is_match_state(dfa.next_eoi_state(sid));
+        for b in 0..=255u8 {
+            let next = dfa.next_state(sid, b);
+            can_end |= dfa.is_match_state(next);
+            if !dfa.is_dead_state(next) && !dfa.is_quit_state(next) {
+                set[usize::from(b)] = true;
+            }
+        }
+    }
+    (set, can_end)
+}
+
+/// For a pattern whose every match holds one of the operator bytes `ops` within a bounded
+/// distance of its start (`password = …`): the greatest distance from a match's start to its
+/// first operator, and the bytes that can come before that operator. `None` when a match can
+/// end before an operator or the distance exceeds 64 bytes.
+pub(crate) fn op_reach(
+    dfa: &dense::DFA<Vec<u32>>,
+    ops: &[u8],
+) -> Option<(usize, Box<[bool; 256]>)> {
+    let mut level = start_states(dfa);
+    let mut class = Box::new([false; 256]);
+    let mut reach = None;
+    for depth in 0..=64 {
+        let mut next = HashSet::new();
+        for &sid in &level {
+            if dfa.is_match_state(dfa.next_eoi_state(sid)) {
+                return None;
+            }
+            for b in 0..=255u8 {
+                let n = dfa.next_state(sid, b);
+                if dfa.is_dead_state(n) || dfa.is_quit_state(n) {
+                    continue;
+                }
+                if dfa.is_match_state(n) {
+                    return None;
+                }
+                if ops.contains(&b) {
+                    reach = Some(depth);
+                } else {
+                    class[usize::from(b)] = true;
+                    next.insert(n);
+                }
+            }
+        }
+        if next.is_empty() {
+            return reach.map(|r| (r, class));
+        }
+        level = next.into_iter().collect();
+    }
+    None
+}
+
 /// Aho-Corasick automata over trigger literals, and for each of their patterns the detectors
 /// to try where it matches (those whose literal starts with it).
 ///

@@ -29,6 +29,7 @@ mod stream;
 pub mod tokens;
 pub mod validate;
 mod vocabulary;
+mod words;
 
 use std::sync::Arc;
 

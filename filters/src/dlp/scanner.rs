@@ -33,12 +33,19 @@ use regex_automata::util::{primitives::StateID, start, syntax};
 use regex_automata::{Anchored, Input, MatchKind};
 
 use super::allow::Allow;
-use super::classify::classify64;
 use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS, NUMERIC_MAX_LEN};
-use super::literals::LiteralSet;
+use super::literals::{first_bytes, op_reach, LiteralSet};
 use super::validate::{Check, Validator};
 use super::vocabulary::VOCABULARY;
+use super::words::WordIndex;
 use super::Action;
+
+mod triggers;
+
+#[cfg(test)]
+mod oracle_tests;
+
+use triggers::Assignment;
 
 /// The longest match a detector may produce; a candidate still undecided after this many bytes
 /// is decided with the match ends seen so far. Bounds both the work per candidate and how much
@@ -119,6 +126,11 @@ impl Detector {
             BuiltinTrigger::Email => Trigger::Email,
             BuiltinTrigger::Numeric(shape) => Trigger::Numeric(shape),
             BuiltinTrigger::Iban => Trigger::Iban,
+            BuiltinTrigger::Assignment(after) => {
+                Trigger::Assignment(Arc::new(compile_dfa(after, false).unwrap_or_else(|e| {
+                    panic!("built-in DLP detector {}: operator pattern: {e}", b.name)
+                })))
+            }
         };
         let hir = syntax::parse(b.pattern).ok();
         let min_len = hir
@@ -151,6 +163,25 @@ impl Detector {
             validator: None,
             trigger,
             rule_actions,
+            min_len: 1,
+            line_anchored: false,
+        }
+    }
+
+    pub(crate) fn dfa(&self) -> &dense::DFA<Vec<u32>> {
+        &self.dfa
+    }
+
+    /// An [`Trigger::Assignment`]'s operator pattern, walked like a detector.
+    fn operator(dfa: Arc<dense::DFA<Vec<u32>>>) -> Detector {
+        let dfa = Arc::unwrap_or_clone(dfa);
+        Detector {
+            name: "operator".into(),
+            starts: start_table(&dfa),
+            dfa,
+            validator: None,
+            trigger: Trigger::Bytes(Box::new([false; 256])),
+            rule_actions: [None, None],
             min_len: 1,
             line_anchored: false,
         }
@@ -196,11 +227,16 @@ pub(crate) fn builtins() -> &'static [Arc<Detector>] {
 /// A set of compiled detectors and the trigger index over them.
 pub struct Scanner {
     detectors: Vec<Arc<Detector>>,
+    /// The word-anchored trigger literals (almost all).
+    words: Option<WordIndex>,
+    /// The other trigger literals: those that start with `:` or `=`, then the rest.
+    op_literals: Vec<(Vec<u8>, usize)>,
     literals: Option<LiteralSet>,
     keywords: Option<LiteralSet>,
     email: Option<usize>,
     numeric: Vec<(usize, NumericShape)>,
     iban: Option<usize>,
+    assignments: Vec<Assignment>,
     bytes: Vec<(usize, Box<[bool; 256]>)>,
     /// The trigger literals by first byte (keywords lowercased, with their case-insensitive
     /// flag), to find a literal cut off at the end of unfinished text.
@@ -242,6 +278,7 @@ impl Scanner {
         let mut email = None;
         let mut numeric = Vec::new();
         let mut iban = None;
+        let mut assignments = Vec::new();
         let mut bytes = Vec::new();
         let mut by_first: Vec<Vec<(Vec<u8>, bool)>> = vec![Vec::new(); 256];
         let mut max_literal = 0;
@@ -266,16 +303,24 @@ impl Scanner {
                 Trigger::Email => email = email.or(Some(i)),
                 Trigger::Numeric(shape) => numeric.push((i, *shape)),
                 Trigger::Iban => iban = iban.or(Some(i)),
+                Trigger::Assignment(after) => assignments.push(assignment(i, d, after)),
                 Trigger::Bytes(set) => bytes.push((i, set.clone())),
             }
         }
+        let (words, rest) = WordIndex::build(&lits, |i| detectors[i].dfa());
+        let (op_literals, rest): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(l, _)| matches!(l[0], b':' | b'='));
         let mut sc = Scanner {
-            literals: LiteralSet::build(&lits, false),
+            words,
+            op_literals,
+            literals: LiteralSet::build(&rest, false),
             keywords: LiteralSet::build(&kws, true),
             detectors,
             email,
             numeric,
             iban,
+            assignments,
             bytes,
             by_first,
             max_literal,
@@ -405,8 +450,8 @@ impl Scanner {
                 }
             });
         }
-        if self.email.is_some() || !self.numeric.is_empty() || self.iban.is_some() {
-            self.find_digits_and_at(from, &mut cx);
+        if self.has_block_triggers() {
+            self.find_in_blocks(from, &mut cx);
         }
         for (d, set) in &self.bytes {
             for p in from..hay.len() {
@@ -421,41 +466,6 @@ impl Scanner {
             hold
         } else {
             hay.len()
-        }
-    }
-
-    /// One pass for the PII triggers: 64-byte blocks are classified into bit masks (digits,
-    /// `@`), and only the starts of digit runs and the `@`s are visited.
-    fn find_digits_and_at(&self, from: usize, cx: &mut FindCx<'_>) {
-        let hay = cx.hay;
-        let mut base = from;
-        while base < hay.len() {
-            let (digits, ats) = classify64(hay, base);
-            let before = base > 0 && hay[base - 1].is_ascii_digit();
-            let starts = digits & !((digits << 1) | u64::from(before));
-            let mut events = starts | ats;
-            while events != 0 {
-                let k = events.trailing_zeros();
-                let j = base + k as usize;
-                events &= events - 1;
-                if hay[j] == b'@' {
-                    if let Some(e) = self.email {
-                        self.email_at(e, j, from, cx);
-                    }
-                } else {
-                    // The run's length from the mask; one that reaches the block's end is
-                    // measured on.
-                    let mut run = (!(digits >> k)).trailing_zeros() as usize;
-                    if k as usize + run == 64 {
-                        run += hay[base + 64..]
-                            .iter()
-                            .take_while(|b| b.is_ascii_digit())
-                            .count();
-                    }
-                    self.digit_run_at(j, run, from, cx);
-                }
-            }
-            base += 64;
         }
     }
 
@@ -573,7 +583,9 @@ impl Scanner {
             'pos: for k in lo..n {
                 let tail = &hay[k..];
                 for (lit, ci) in &self.by_first[usize::from(tail[0])] {
-                    let cut = lit.len() > tail.len()
+                    // A literal whole at the very end counts too: the word index needs the
+                    // three bytes from a word start to find it.
+                    let cut = lit.len() >= tail.len()
                         && if *ci {
                             lit[..tail.len()].eq_ignore_ascii_case(tail)
                         } else {
@@ -593,6 +605,9 @@ impl Scanner {
             }
             p = p.min(k);
         }
+        if !self.assignments.is_empty() {
+            p = p.min(self.assignment_tail(hay, from));
+        }
         if !self.numeric.is_empty() && n > from && matches!(hay[n - 1], b'+' | b'(') {
             p = p.min(n - 1);
         }
@@ -607,6 +622,20 @@ impl Scanner {
             }
         }
         p
+    }
+}
+
+/// A [`Trigger::Assignment`] detector's operator reach and byte classes, from its DFA (a
+/// built-in one without bounded reach is a bug in its pattern).
+fn assignment(detector: usize, d: &Detector, after: &Arc<dense::DFA<Vec<u32>>>) -> Assignment {
+    let (reach, class) = op_reach(&d.dfa, b":=")
+        .unwrap_or_else(|| panic!("DLP detector {}: no operator within reach", d.name));
+    Assignment {
+        detector,
+        reach,
+        class,
+        first: first_bytes(&d.dfa),
+        after: Detector::operator(after.clone()),
     }
 }
 

@@ -29,13 +29,13 @@ const fn secret(
 pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
     secret(
         "azure_storage_key",
-        r"AccountKey=[A-Za-z0-9+/]{86}==",
+        r"\bAccountKey=[A-Za-z0-9+/]{86}==",
         &["AccountKey="],
         Some(tokens::random),
     ),
     secret(
         "azure_sas_token",
-        r"sig=[A-Za-z0-9%+/]{43,60}(?:%3[Dd]|=)",
+        r"\bsig=[A-Za-z0-9%+/]{43,60}(?:%3[Dd]|=)",
         &["sig="],
         Some(tokens::azure_sas),
     ),
@@ -115,7 +115,7 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
     ),
     secret(
         "discord_webhook",
-        r"discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_-]{60,68}",
+        r"\bdiscord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_-]{60,68}",
         &["discord"],
         None,
     ),
@@ -159,7 +159,7 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
     ),
     secret(
         "age_secret_key",
-        r"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}",
+        r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}",
         &["AGE-SECRET-KEY-1"],
         None,
     ),
@@ -220,12 +220,9 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
         name: "generic_secret",
         pack: Pack::Secrets,
         pattern: r#"(?i:password|passwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token)[A-Za-z0-9_]{0,16}["']?[ \t]{0,3}(?::=|=>|[:=])[ \t]{0,3}["']?[^\s"'`,;]{8,128}"#,
-        // The usual spellings' first letters, case-sensitively (a case-insensitive automaton
-        // costs several times more per byte); the pattern decides the rest, in any case.
-        trigger: BuiltinTrigger::Literals(&[
-            "pass", "Pass", "PASS", "secret", "Secret", "SECRET", "api", "Api", "API", "access",
-            "Access", "ACCESS", "auth", "Auth", "AUTH",
-        ]),
+        // Found from its `=` or `:` (when eight value bytes follow), looking back over the
+        // key name (in any case).
+        trigger: BuiltinTrigger::Assignment(r#"(?::=|=>|[:=])[ \t]{0,3}["']?[^\s"'`,;]{8}"#),
         validator: Some(tokens::assignment),
     },
 ];
