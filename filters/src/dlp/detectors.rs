@@ -50,9 +50,15 @@ pub(crate) enum Trigger {
     /// Two uppercase letters at a word start followed by a digit.
     Iban,
     /// Every match holds `:` or `=` within a bounded distance of its start (`password = …`):
-    /// found from the operator, looking back. The DFA (anchored at the operator) is what every
-    /// match's text from its first operator on starts with: an operator it rejects starts none.
-    Assignment(Arc<dense::DFA<Vec<u32>>>),
+    /// found from the operator, looking back.
+    Assignment {
+        /// A reverse DFA of the text before the operator: where it matches, reading back from
+        /// the operator, a match may start.
+        before: Arc<dense::DFA<Vec<u32>>>,
+        /// What every match's text from its first operator on starts with: an operator it
+        /// rejects ends no match's first part.
+        after: Arc<dense::DFA<Vec<u32>>>,
+    },
     /// Any position whose byte is in the set (custom regexes without a usable literal prefix).
     Bytes(Box<[bool; 256]>),
 }
@@ -71,8 +77,12 @@ pub(crate) enum BuiltinTrigger {
     Email,
     Numeric(NumericShape),
     Iban,
-    /// The pattern every match's text from its first operator on starts with.
-    Assignment(&'static str),
+    /// The patterns of a match's text before its first operator (which holds none), and of
+    /// what every match's text from that operator on starts with.
+    Assignment {
+        before: &'static str,
+        after: &'static str,
+    },
 }
 
 /// What every match of a digit-led detector needs (see [`Trigger::Numeric`]), so that the

@@ -104,6 +104,27 @@ pub(crate) fn literal_prefixes(
     Some(kept)
 }
 
+/// The two-byte strings a match can start with (bit `b0 << 8 | b1`).
+pub(crate) fn first_pairs(dfa: &dense::DFA<Vec<u32>>) -> Box<[u64; 1024]> {
+    let mut set = Box::new([0u64; 1024]);
+    for sid in start_states(dfa) {
+        for b0 in 0..=255u8 {
+            let s1 = dfa.next_state(sid, b0);
+            if dfa.is_dead_state(s1) || dfa.is_quit_state(s1) {
+                continue;
+            }
+            for b1 in 0..=255u8 {
+                let s2 = dfa.next_state(s1, b1);
+                if !dfa.is_dead_state(s2) && !dfa.is_quit_state(s2) {
+                    let i = usize::from(b0) << 8 | usize::from(b1);
+                    set[i >> 6] |= 1 << (i & 63);
+                }
+            }
+        }
+    }
+    set
+}
+
 /// Whether no match can start with `first` right after a word byte: the pattern begins with
 /// `\b` there, so every match starting with that byte starts a word.
 pub(crate) fn needs_word_start(dfa: &dense::DFA<Vec<u32>>, first: u8) -> bool {

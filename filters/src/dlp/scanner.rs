@@ -29,12 +29,13 @@
 use std::sync::{Arc, OnceLock};
 
 use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::nfa::thompson;
 use regex_automata::util::{primitives::StateID, start, syntax};
 use regex_automata::{Anchored, Input, MatchKind};
 
 use super::allow::Allow;
 use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS, NUMERIC_MAX_LEN};
-use super::literals::{first_bytes, op_reach, LiteralSet};
+use super::literals::{first_pairs, op_reach, LiteralSet};
 use super::validate::{Check, Validator};
 use super::vocabulary::VOCABULARY;
 use super::words::WordIndex;
@@ -104,6 +105,20 @@ pub(crate) fn compile_dfa(pattern: &str, unicode: bool) -> Result<dense::DFA<Vec
         })
 }
 
+/// Builds the anchored reverse DFA of a built-in pattern (it matches reading right to left).
+fn compile_reverse_dfa(pattern: &str) -> Result<dense::DFA<Vec<u32>>, String> {
+    dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .match_kind(MatchKind::All),
+        )
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .thompson(thompson::Config::new().reverse(true))
+        .build(pattern)
+        .map_err(|e| last_line(&e.to_string()))
+}
+
 /// The last line of a multi-line regex error (`error: unclosed group`), without the prefix.
 pub(crate) fn last_line(msg: &str) -> String {
     let line = msg
@@ -126,10 +141,21 @@ impl Detector {
             BuiltinTrigger::Email => Trigger::Email,
             BuiltinTrigger::Numeric(shape) => Trigger::Numeric(shape),
             BuiltinTrigger::Iban => Trigger::Iban,
-            BuiltinTrigger::Assignment(after) => {
-                Trigger::Assignment(Arc::new(compile_dfa(after, false).unwrap_or_else(|e| {
-                    panic!("built-in DLP detector {}: operator pattern: {e}", b.name)
-                })))
+            BuiltinTrigger::Assignment { before, after } => {
+                let dfa = |p: &str, reverse: bool| {
+                    let built = if reverse {
+                        compile_reverse_dfa(p)
+                    } else {
+                        compile_dfa(p, false)
+                    };
+                    Arc::new(built.unwrap_or_else(|e| {
+                        panic!("built-in DLP detector {}: trigger pattern: {e}", b.name)
+                    }))
+                };
+                Trigger::Assignment {
+                    before: dfa(before, true),
+                    after: dfa(after, false),
+                }
             }
         };
         let hir = syntax::parse(b.pattern).ok();
@@ -172,7 +198,7 @@ impl Detector {
         &self.dfa
     }
 
-    /// An [`Trigger::Assignment`]'s operator pattern, walked like a detector.
+    /// One of an [`Trigger::Assignment`]'s trigger patterns, walked like a detector.
     fn operator(dfa: Arc<dense::DFA<Vec<u32>>>) -> Detector {
         let dfa = Arc::unwrap_or_clone(dfa);
         Detector {
@@ -303,7 +329,9 @@ impl Scanner {
                 Trigger::Email => email = email.or(Some(i)),
                 Trigger::Numeric(shape) => numeric.push((i, *shape)),
                 Trigger::Iban => iban = iban.or(Some(i)),
-                Trigger::Assignment(after) => assignments.push(assignment(i, d, after)),
+                Trigger::Assignment { before, after } => {
+                    assignments.push(assignment(i, d, before, after));
+                }
                 Trigger::Bytes(set) => bytes.push((i, set.clone())),
             }
         }
@@ -627,14 +655,20 @@ impl Scanner {
 
 /// A [`Trigger::Assignment`] detector's operator reach and byte classes, from its DFA (a
 /// built-in one without bounded reach is a bug in its pattern).
-fn assignment(detector: usize, d: &Detector, after: &Arc<dense::DFA<Vec<u32>>>) -> Assignment {
+fn assignment(
+    detector: usize,
+    d: &Detector,
+    before: &Arc<dense::DFA<Vec<u32>>>,
+    after: &Arc<dense::DFA<Vec<u32>>>,
+) -> Assignment {
     let (reach, class) = op_reach(&d.dfa, b":=")
         .unwrap_or_else(|| panic!("DLP detector {}: no operator within reach", d.name));
     Assignment {
         detector,
         reach,
         class,
-        first: first_bytes(&d.dfa),
+        first: first_pairs(&d.dfa),
+        before: Detector::operator(before.clone()),
         after: Detector::operator(after.clone()),
     }
 }

@@ -222,7 +222,10 @@ pub(crate) const PROVIDER_SECRETS: &[Builtin] = &[
         pattern: r#"(?i:password|passwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token)[A-Za-z0-9_]{0,16}["']?[ \t]{0,3}(?::=|=>|[:=])[ \t]{0,3}["']?[^\s"'`,;]{8,128}"#,
         // Found from its `=` or `:` (when eight value bytes follow), looking back over the
         // key name (in any case).
-        trigger: BuiltinTrigger::Assignment(r#"(?::=|=>|[:=])[ \t]{0,3}["']?[^\s"'`,;]{8}"#),
+        trigger: BuiltinTrigger::Assignment {
+            before: r#"(?i:password|passwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token)[A-Za-z0-9_]{0,16}["']?[ \t]{0,3}"#,
+            after: r#"(?::=|=>|[:=])[ \t]{0,3}["']?[^\s"'`,;]{8}"#,
+        },
         validator: Some(tokens::assignment),
     },
 ];
