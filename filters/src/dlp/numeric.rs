@@ -137,7 +137,7 @@ impl Scanner {
         if mask == 0 {
             return;
         }
-        mask = t.admitted(cx.hay, s, signed, cx.fin, mask);
+        mask = t.admitted(cx.hay, s, signed, run, cx.fin, mask);
         while mask != 0 {
             let k = mask.trailing_zeros() as usize;
             mask &= mask - 1;
@@ -151,10 +151,20 @@ impl Scanner {
 impl NumericTable {
     /// The detectors of `mask` whose digit count and `.` the run of number bytes (digits and
     /// ` -.()+`) from `s` has, counted up to the longest digit-led match; all of them when
-    /// that run reaches the end of unfinished text (then nothing can be ruled out yet).
-    fn admitted(&self, hay: &[u8], s: usize, signed: bool, fin: bool, mask: u64) -> u64 {
+    /// that run reaches the end of unfinished text (then nothing can be ruled out yet). The
+    /// first `run` digits (after the sign, when `signed`) are known and not read again.
+    fn admitted(
+        &self,
+        hay: &[u8],
+        s: usize,
+        signed: bool,
+        run: usize,
+        fin: bool,
+        mask: u64,
+    ) -> u64 {
         let cap = hay.len().min(s + NUMERIC_MAX_LEN);
-        let (mut digits, mut dot, mut i) = (0, false, s);
+        let known = (usize::from(signed) + run).min(cap - s);
+        let (mut digits, mut dot, mut i) = (known - usize::from(signed), false, s + known);
         while i < cap {
             match hay[i] {
                 b'0'..=b'9' => digits += 1,

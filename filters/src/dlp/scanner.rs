@@ -577,9 +577,9 @@ fn walk(det: &Detector, hay: &[u8], s: usize, fin: bool, ends: &mut Vec<usize>) 
         ends.push(at);
     };
     let limit = hay.len().min(s.saturating_add(MAX_MATCH_BYTES));
-    let mut i = s;
-    while i < limit {
-        sid = dfa.next_state(sid, hay[i]);
+    // Over a slice: no bounds check per byte.
+    for (i, &b) in (s..).zip(&hay[s..limit]) {
+        sid = dfa.next_state(sid, b);
         if dfa.is_special_state(sid) {
             if dfa.is_match_state(sid) {
                 found(i, ends);
@@ -587,9 +587,8 @@ fn walk(det: &Detector, hay: &[u8], s: usize, fin: bool, ends: &mut Vec<usize>) 
                 return true;
             }
         }
-        i += 1;
     }
-    if i < hay.len() {
+    if limit < hay.len() {
         // The length cap: decided with what was seen.
         return true;
     }

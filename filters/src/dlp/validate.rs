@@ -81,9 +81,8 @@ fn starts_in(d: &[u8], lo: u32, hi: u32, width: usize) -> bool {
 }
 
 /// Issuer identification numbers of the card networks: a Luhn-valid number with an unknown
-/// prefix (an order id, a timestamp) is not a card.
-fn known_issuer(d: &[u8]) -> bool {
-    let n = d.len();
+/// prefix (an order id, a timestamp) is not a card. From the first four of its `n` digits.
+fn known_issuer(d: &[u8; 4], n: usize) -> bool {
     match d[0] {
         b'4' => matches!(n, 13 | 16 | 19), // Visa
         b'5' => {
@@ -147,6 +146,15 @@ pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
     if !matches!(m.first(), Some(b'2'..=b'6')) {
         return Check::Reject;
     }
+    // The issuer, from the number of digits and the first four, before the digits are gathered.
+    let n = m.iter().filter(|b| b.is_ascii_digit()).count();
+    let mut head = [0u8; 4];
+    for (slot, &b) in head.iter_mut().zip(m.iter().filter(|b| b.is_ascii_digit())) {
+        *slot = b;
+    }
+    if !(13..=19).contains(&n) || !known_issuer(&head, n) {
+        return Check::Reject;
+    }
     // One pass: the digits, and the group lengths between separators, which must all be the
     // same byte.
     let mut buf = [0u8; 19];
@@ -169,7 +177,7 @@ pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
         }
     }
     let d = &buf[..n];
-    if !(13..=19).contains(&n) || !known_issuer(d) || d.iter().all(|&x| x == d[0]) {
+    if d.iter().all(|&x| x == d[0]) {
         return Check::Reject;
     }
     if sep.is_some() {
@@ -256,11 +264,13 @@ pub(crate) fn phone(h: &[u8], s: usize, e: usize) -> Check {
     {
         return Check::Poison;
     }
-    // One pass: the parentheses, the digits, and whether a `.` follows a run of 5 digits.
-    let (mut opens, mut closes, mut n, mut run) = (0, 0, 0, 0);
+    // One pass: the parentheses, the digits and their groups, and whether a `.` follows a
+    // run of 5 digits.
+    let (mut opens, mut closes, mut n, mut ng, mut run) = (0, 0, 0, 0, 0);
     let mut dot_after_long_run = false;
     for &b in m {
         if b.is_ascii_digit() {
+            ng += usize::from(run == 0);
             n += 1;
             run += 1;
             continue;
@@ -279,9 +289,12 @@ pub(crate) fn phone(h: &[u8], s: usize, e: usize) -> Check {
     if m[0] != b'+' {
         return yes(n == 10);
     }
-    let (gs, ng) = groups(m);
-    let gs = &gs[..ng];
-    if is_date(gs) || dot_after_long_run {
+    // A date's year has 4+ digits: the groups are read only after a `+` and 4 digits.
+    let date = m.len() > 5 && m[1..5].iter().all(u8::is_ascii_digit) && {
+        let (gs, ng) = groups(m);
+        is_date(&gs[..ng])
+    };
+    if date || dot_after_long_run {
         return Check::Poison;
     }
     // Country code 1 is the North American plan's alone: +1, then a 10-digit number.
@@ -346,18 +359,29 @@ pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
     if continues_number(h, s) || (s >= 2 && h[s - 1] == b'.' && h[s - 2].is_ascii_digit()) {
         return Check::Poison;
     }
-    let (gs, ng) = groups(m);
-    if ng != 4 {
+    // The four octets' values and lengths, in one pass (the pattern makes them 1–3 digits).
+    let (mut o, mut len, mut k) = ([0u32; 4], [0usize; 4], 0);
+    for &b in m {
+        if b == b'.' {
+            k += 1;
+        } else if let (true, Some(v), Some(l)) = (b.is_ascii_digit(), o.get_mut(k), len.get_mut(k))
+        {
+            *v = *v * 10 + u32::from(b - b'0');
+            *l += 1;
+        } else {
+            return Check::Reject;
+        }
+    }
+    if len.contains(&0) {
         return Check::Reject;
     }
-    let o = [value(gs[0]), value(gs[1]), value(gs[2]), value(gs[3])];
     let special = NOT_PERSONAL.iter().any(|&(a, (b0, b1), (c0, c1))| {
         o[0] == a && (b0..=b1).contains(&o[1]) && (c0..=c1).contains(&o[2])
     });
-    let one_digit = gs[..4].iter().filter(|g| g.len() == 1).count();
+    let one_digit = len.iter().filter(|&&l| l == 1).count();
     // Object identifiers: the first arc is 0, 1 or 2, the second small (`1.3.101.112`,
     // `2.5.29.35`).
-    let oid = o[0] <= 2 && gs[1].len() == 1;
+    let oid = o[0] <= 2 && len[1] == 1;
     let repeated = o.iter().all(|&x| x == o[0]);
     // Placeholders counting up or down: `1.2.3.4`, `10.20.30.40`, `101.102.103.104`.
     let d = i64::from(o[1]) - i64::from(o[0]);
