@@ -94,43 +94,83 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
     (b"YE", 30),
 ];
 
+/// [`IBAN_LENGTHS`] by country code (`(first letter - 'A') * 26 + second`; 0: no IBANs), so
+/// that a candidate's country costs one lookup.
+const LENGTH_BY_COUNTRY: [u8; 26 * 26] = {
+    let mut t = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < IBAN_LENGTHS.len() {
+        let (cc, len) = IBAN_LENGTHS[i];
+        t[(cc[0] - b'A') as usize * 26 + (cc[1] - b'A') as usize] = len as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The registered IBAN length of a country (0: none).
+fn country_length(a: u8, b: u8) -> usize {
+    if !(a.is_ascii_uppercase() && b.is_ascii_uppercase()) {
+        return 0;
+    }
+    let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
+    LENGTH_BY_COUNTRY.get(i).map_or(0, |&n| usize::from(n))
+}
+
+/// The mod-97 remainder of a decimal number fed digit by digit (a letter counts as two
+/// digits, `A` = 10 … `Z` = 35). The digits are gathered in a `u64` and reduced only when it
+/// could overflow: one division per 15 digits or so, not one per character.
+#[derive(Default)]
+struct Mod97(u64);
+
+impl Mod97 {
+    /// Appends a character; false if it is not an uppercase letter or digit.
+    #[inline]
+    fn push(&mut self, c: u8) -> bool {
+        self.0 = match c {
+            b'0'..=b'9' => self.0 * 10 + u64::from(c - b'0'),
+            b'A'..=b'Z' => self.0 * 100 + u64::from(c - b'A') + 10,
+            _ => return false,
+        };
+        if self.0 >= 1 << 56 {
+            self.0 %= 97;
+        }
+        true
+    }
+
+    fn rem(&self) -> u64 {
+        self.0 % 97
+    }
+}
+
 /// ISO 7064 mod 97-10 over an IBAN with its first four characters moved to the end.
 pub fn iban_checksum(compact: &[u8]) -> bool {
     if compact.len() < 5 {
         return false;
     }
-    let mut rem = 0u32;
-    for &c in compact[4..].iter().chain(&compact[..4]) {
-        let v = match c {
-            b'0'..=b'9' => u32::from(c - b'0'),
-            b'A'..=b'Z' => u32::from(c - b'A') + 10,
-            _ => return false,
-        };
-        rem = if v >= 10 {
-            (rem * 100 + v) % 97
-        } else {
-            (rem * 10 + v) % 97
-        };
-    }
-    rem == 1
+    let mut m = Mod97::default();
+    compact[4..].iter().chain(&compact[..4]).all(|&c| m.push(c)) && m.rem() == 1
 }
 
-/// IBANs: a registered country, that country's length, and the mod-97 check digits.
+/// IBANs: a registered country, that country's length, and the mod-97 check digits. One pass
+/// over the candidate: its spaces skipped, its first four characters kept for the end.
 pub(crate) fn iban(h: &[u8], s: usize, e: usize) -> Check {
-    let mut buf = [0u8; 34];
+    let mut head = [0u8; 4];
     let mut n = 0;
-    for &b in h[s..e].iter().filter(|&&b| b != b' ') {
-        match buf.get_mut(n) {
+    let mut m = Mod97::default();
+    for &b in &h[s..e] {
+        if b == b' ' {
+            continue;
+        }
+        match head.get_mut(n) {
             Some(slot) => *slot = b,
+            None if m.push(b) => {}
             None => return Check::Reject,
         }
         n += 1;
     }
-    let compact = &buf[..n];
-    let cc = [compact[0], compact[1]];
-    let ok = IBAN_LENGTHS
-        .iter()
-        .any(|(c, len)| **c == cc && *len == compact.len())
-        && iban_checksum(compact);
+    let ok = (5..=34).contains(&n)
+        && country_length(head[0], head[1]) == n
+        && head.iter().all(|&c| m.push(c))
+        && m.rem() == 1;
     yes(ok)
 }

@@ -34,18 +34,20 @@ use regex_automata::util::{primitives::StateID, start, syntax};
 use regex_automata::{Anchored, Input, MatchKind};
 
 use super::allow::Allow;
-use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS, NUMERIC_MAX_LEN};
+use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS};
 use super::literals::{first_pairs, op_reach, LiteralSet};
 use super::validate::{Check, Validator};
 use super::vocabulary::VOCABULARY;
 use super::words::WordIndex;
 use super::Action;
 
+mod numeric;
 mod triggers;
 
 #[cfg(test)]
 mod oracle_tests;
 
+use numeric::NumericTable;
 use triggers::Assignment;
 
 /// The longest match a detector may produce; a candidate still undecided after this many bytes
@@ -261,6 +263,8 @@ pub struct Scanner {
     keywords: Option<LiteralSet>,
     email: Option<usize>,
     numeric: Vec<(usize, NumericShape)>,
+    /// The digit-led detectors' shapes as bit masks over `numeric`.
+    numeric_table: NumericTable,
     iban: Option<usize>,
     assignments: Vec<Assignment>,
     bytes: Vec<(usize, Box<[bool; 256]>)>,
@@ -346,6 +350,7 @@ impl Scanner {
             keywords: LiteralSet::build(&kws, true),
             detectors,
             email,
+            numeric_table: NumericTable::new(&numeric),
             numeric,
             iban,
             assignments,
@@ -497,67 +502,6 @@ impl Scanner {
         }
     }
 
-    /// A run of `run` digits starts at `j`.
-    fn digit_run_at(&self, j: usize, run: usize, from: usize, cx: &mut FindCx<'_>) {
-        let hay = cx.hay;
-        match if j > 0 { Some(hay[j - 1]) } else { None } {
-            Some(p) if is_word(p) => {
-                if let Some(ib) = self.iban {
-                    let s = j.wrapping_sub(2);
-                    if j >= 2
-                        && s >= from
-                        && hay[s].is_ascii_uppercase()
-                        && p.is_ascii_uppercase()
-                        && (s == 0 || !is_word(hay[s - 1]))
-                    {
-                        self.try_at(ib, s, cx);
-                    }
-                }
-            }
-            prev => {
-                self.numeric_at(j, false, run, cx);
-                if matches!(prev, Some(b'+' | b'(')) && j > from {
-                    self.numeric_at(j - 1, true, run, cx);
-                }
-            }
-        }
-    }
-
-    /// Tries the digit-led detectors at `s` (`signed`: at the `+` or `(` before a digit run)
-    /// whose digits start with a run of `run`, skipping those whose [`NumericShape`] the bytes
-    /// from `s` cannot have. Bytes that reach the end of unfinished text are not judged: the
-    /// DFAs decide (and hold them back).
-    fn numeric_at(&self, s: usize, signed: bool, run: usize, cx: &mut FindCx<'_>) {
-        let hay = cx.hay;
-        let end = s + usize::from(signed) + run;
-        let first = u8::try_from(run).unwrap_or(u8::MAX);
-        let next = hay.get(end).copied();
-        let open_run = next.is_none() && !cx.fin;
-        let mut cluster: Option<(u8, bool, bool)> = None;
-        for &(d, shape) in &self.numeric {
-            let plausible_start = if signed {
-                shape.signed.is_some()
-            } else {
-                open_run
-                    || ((shape.first_run.0..=shape.first_run.1).contains(&first)
-                        && (shape.after_first.is_empty()
-                            || next.is_some_and(|b| shape.after_first.contains(&b))))
-            };
-            if !plausible_start {
-                continue;
-            }
-            let (digits, dot, open) =
-                *cluster.get_or_insert_with(|| number_cluster(hay, s, cx.fin));
-            let min = match (signed, shape.signed) {
-                (true, Some(m)) => m,
-                _ => shape.min_digits,
-            };
-            if open || (digits >= min && (dot || !shape.needs_dot)) {
-                self.try_at(d, s, cx);
-            }
-        }
-    }
-
     fn email_at(&self, e: usize, at: usize, from: usize, cx: &mut FindCx<'_>) {
         let hay = cx.hay;
         let mut s = at;
@@ -694,9 +638,9 @@ fn walk(det: &Detector, hay: &[u8], s: usize, fin: bool, ends: &mut Vec<usize>) 
         ends.push(at);
     };
     let limit = hay.len().min(s.saturating_add(MAX_MATCH_BYTES));
-    let mut i = s;
-    while i < limit {
-        sid = dfa.next_state(sid, hay[i]);
+    // Over a slice: no bounds check per byte.
+    for (i, &b) in (s..).zip(&hay[s..limit]) {
+        sid = dfa.next_state(sid, b);
         if dfa.is_special_state(sid) {
             if dfa.is_match_state(sid) {
                 found(i, ends);
@@ -704,9 +648,8 @@ fn walk(det: &Detector, hay: &[u8], s: usize, fin: bool, ends: &mut Vec<usize>) 
                 return true;
             }
         }
-        i += 1;
     }
-    if i < hay.len() {
+    if limit < hay.len() {
         // The length cap: decided with what was seen.
         return true;
     }
@@ -718,24 +661,6 @@ fn walk(det: &Detector, hay: &[u8], s: usize, fin: bool, ends: &mut Vec<usize>) 
         found(hay.len(), ends);
     }
     true
-}
-
-/// The digits, whether a `.` is among them, in the run of number bytes (digits and ` -.()+`)
-/// from `s`, up to the longest digit-led match; and whether that run reaches the end of
-/// unfinished text (then nothing can be ruled out yet).
-fn number_cluster(hay: &[u8], s: usize, fin: bool) -> (u8, bool, bool) {
-    let cap = hay.len().min(s + NUMERIC_MAX_LEN);
-    let (mut digits, mut dot, mut i) = (0u8, false, s);
-    while i < cap {
-        match hay[i] {
-            b'0'..=b'9' => digits += 1,
-            b'.' => dot = true,
-            b' ' | b'-' | b'(' | b')' | b'+' => {}
-            _ => break,
-        }
-        i += 1;
-    }
-    (digits, dot, i == hay.len() && !fin)
 }
 
 #[cfg(test)]

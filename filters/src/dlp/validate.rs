@@ -10,6 +10,8 @@
 //! the way no phone or card does can match, and the validator poisons a match that has one
 //! (see [`has_tail`]).
 
+use std::sync::LazyLock;
+
 pub(crate) use super::iban::iban;
 pub use super::iban::iban_checksum;
 
@@ -41,16 +43,18 @@ pub(crate) fn yes(ok: bool) -> Check {
 
 /// The Luhn checksum over a sequence of decimal digits.
 pub fn luhn(digits: &[u8]) -> bool {
+    // Every second digit from the right, doubled, with the digits of the product summed.
+    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
     let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(d - b'0');
-        if i % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
+    let mut double = false;
+    for &d in digits.iter().rev() {
+        let v = usize::from(d.wrapping_sub(b'0'));
+        sum += if double {
+            DOUBLED.get(v).copied().unwrap_or(0)
+        } else {
+            u32::from(d.wrapping_sub(b'0'))
+        };
+        double = !double;
     }
     sum.is_multiple_of(10)
 }
@@ -77,9 +81,8 @@ fn starts_in(d: &[u8], lo: u32, hi: u32, width: usize) -> bool {
 }
 
 /// Issuer identification numbers of the card networks: a Luhn-valid number with an unknown
-/// prefix (an order id, a timestamp) is not a card.
-fn known_issuer(d: &[u8]) -> bool {
-    let n = d.len();
+/// prefix (an order id, a timestamp) is not a card. From the first four of its `n` digits.
+fn known_issuer(d: &[u8; 4], n: usize) -> bool {
     match d[0] {
         b'4' => matches!(n, 13 | 16 | 19), // Visa
         b'5' => {
@@ -138,20 +141,33 @@ pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
             Check::Poison
         };
     }
-    let Some((buf, n)) = digits_of::<19>(m) else {
-        return Check::Reject;
-    };
-    let d = &buf[..n];
-    if !(13..=19).contains(&n) || d.iter().all(|&x| x == d[0]) {
+    // Every check from here on rejects, so their order does not matter: the cheapest first.
+    // No issuer's numbers start with 0, 1, 7, 8 or 9.
+    if !matches!(m.first(), Some(b'2'..=b'6')) {
         return Check::Reject;
     }
-    // Group lengths between separators, which must all be the same byte.
-    let mut sep = None;
+    // The issuer, from the number of digits and the first four, before the digits are gathered.
+    let n = m.iter().filter(|b| b.is_ascii_digit()).count();
+    let mut head = [0u8; 4];
+    for (slot, &b) in head.iter_mut().zip(m.iter().filter(|b| b.is_ascii_digit())) {
+        *slot = b;
+    }
+    if !(13..=19).contains(&n) || !known_issuer(&head, n) {
+        return Check::Reject;
+    }
+    // One pass: the digits, and the group lengths between separators, which must all be the
+    // same byte.
+    let mut buf = [0u8; 19];
     let mut groups = [0u8; 19];
-    let mut g = 0;
+    let (mut n, mut g, mut sep) = (0, 0, None);
     for &b in m {
         if b.is_ascii_digit() {
-            groups[g] += 1;
+            let (Some(slot), Some(len)) = (buf.get_mut(n), groups.get_mut(g)) else {
+                return Check::Reject;
+            };
+            *slot = b;
+            *len += 1;
+            n += 1;
         } else {
             if sep.is_some_and(|s| s != b) {
                 return Check::Reject;
@@ -159,6 +175,10 @@ pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
             sep = Some(b);
             g += 1;
         }
+    }
+    let d = &buf[..n];
+    if d.iter().all(|&x| x == d[0]) {
+        return Check::Reject;
     }
     if sep.is_some() {
         let groups = &groups[..=g];
@@ -171,7 +191,7 @@ pub(crate) fn card(h: &[u8], s: usize, e: usize) -> Check {
     } else if n > 16 {
         return Check::Reject;
     }
-    yes(known_issuer(d) && luhn(d))
+    yes(luhn(d))
 }
 
 /// US Social Security numbers: area 001–899 except 666, group 01–99, serial 0001–9999.
@@ -193,12 +213,17 @@ pub(crate) fn ssn(h: &[u8], s: usize, e: usize) -> Check {
 /// The digit groups of a match (runs of digits between other bytes), at most 8.
 fn groups(m: &[u8]) -> ([&[u8]; 8], usize) {
     let mut out: [&[u8]; 8] = [&[]; 8];
-    let mut n = 0;
-    for g in m.split(|b| !b.is_ascii_digit()).filter(|g| !g.is_empty()) {
-        if n == out.len() {
-            break;
+    let (mut n, mut i) = (0, 0);
+    while i < m.len() && n < out.len() {
+        if !m[i].is_ascii_digit() {
+            i += 1;
+            continue;
         }
-        out[n] = g;
+        let start = i;
+        while i < m.len() && m[i].is_ascii_digit() {
+            i += 1;
+        }
+        out[n] = &m[start..i];
         n += 1;
     }
     (out, n)
@@ -239,21 +264,37 @@ pub(crate) fn phone(h: &[u8], s: usize, e: usize) -> Check {
     {
         return Check::Poison;
     }
-    let opens = m.iter().filter(|&&b| b == b'(').count();
-    let closes = m.iter().filter(|&&b| b == b')').count();
+    // One pass: the parentheses, the digits and their groups, and whether a `.` follows a
+    // run of 5 digits.
+    let (mut opens, mut closes, mut n, mut ng, mut run) = (0, 0, 0, 0, 0);
+    let mut dot_after_long_run = false;
+    for &b in m {
+        if b.is_ascii_digit() {
+            ng += usize::from(run == 0);
+            n += 1;
+            run += 1;
+            continue;
+        }
+        match b {
+            b'(' => opens += 1,
+            b')' => closes += 1,
+            b'.' => dot_after_long_run |= run >= 5,
+            _ => {}
+        }
+        run = 0;
+    }
     if opens != closes || opens > 1 {
         return Check::Reject;
     }
-    let (gs, ng) = groups(m);
-    let gs = &gs[..ng];
-    let n: usize = gs.iter().map(|g| g.len()).sum();
     if m[0] != b'+' {
         return yes(n == 10);
     }
-    let dot_after_long_run = m
-        .windows(6)
-        .any(|w| w[5] == b'.' && w[..5].iter().all(u8::is_ascii_digit));
-    if is_date(gs) || dot_after_long_run {
+    // A date's year has 4+ digits: the groups are read only after a `+` and 4 digits.
+    let date = m.len() > 5 && m[1..5].iter().all(u8::is_ascii_digit) && {
+        let (gs, ng) = groups(m);
+        is_date(&gs[..ng])
+    };
+    if date || dot_after_long_run {
         return Check::Poison;
     }
     // Country code 1 is the North American plan's alone: +1, then a 10-digit number.
@@ -318,18 +359,29 @@ pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
     if continues_number(h, s) || (s >= 2 && h[s - 1] == b'.' && h[s - 2].is_ascii_digit()) {
         return Check::Poison;
     }
-    let (gs, ng) = groups(m);
-    if ng != 4 {
+    // The four octets' values and lengths, in one pass (the pattern makes them 1–3 digits).
+    let (mut o, mut len, mut k) = ([0u32; 4], [0usize; 4], 0);
+    for &b in m {
+        if b == b'.' {
+            k += 1;
+        } else if let (true, Some(v), Some(l)) = (b.is_ascii_digit(), o.get_mut(k), len.get_mut(k))
+        {
+            *v = *v * 10 + u32::from(b - b'0');
+            *l += 1;
+        } else {
+            return Check::Reject;
+        }
+    }
+    if len.contains(&0) {
         return Check::Reject;
     }
-    let o = [value(gs[0]), value(gs[1]), value(gs[2]), value(gs[3])];
     let special = NOT_PERSONAL.iter().any(|&(a, (b0, b1), (c0, c1))| {
         o[0] == a && (b0..=b1).contains(&o[1]) && (c0..=c1).contains(&o[2])
     });
-    let one_digit = gs[..4].iter().filter(|g| g.len() == 1).count();
+    let one_digit = len.iter().filter(|&&l| l == 1).count();
     // Object identifiers: the first arc is 0, 1 or 2, the second small (`1.3.101.112`,
     // `2.5.29.35`).
-    let oid = o[0] <= 2 && gs[1].len() == 1;
+    let oid = o[0] <= 2 && len[1] == 1;
     let repeated = o.iter().all(|&x| x == o[0]);
     // Placeholders counting up or down: `1.2.3.4`, `10.20.30.40`, `101.102.103.104`.
     let d = i64::from(o[1]) - i64::from(o[0]);
@@ -396,7 +448,30 @@ pub(crate) fn email(h: &[u8], s: usize, e: usize) -> Check {
         return Check::Reject;
     }
     let tld = domain.rsplit(|&b| b == b'.').next().unwrap_or_default();
-    yes(!NOT_TLDS.iter().any(|t| t.eq_ignore_ascii_case(tld)))
+    yes(!is_file_extension(tld))
+}
+
+/// Whether `tld` is one of [`NOT_TLDS`], ASCII case-insensitively: one binary search over
+/// their keys instead of comparing it with each.
+fn is_file_extension(tld: &[u8]) -> bool {
+    static KEYS: LazyLock<Vec<u64>> = LazyLock::new(|| {
+        let mut keys: Vec<u64> = NOT_TLDS.iter().filter_map(|t| short_key(t)).collect();
+        keys.sort_unstable();
+        keys
+    });
+    short_key(tld).is_some_and(|k| KEYS.binary_search(&k).is_ok())
+}
+
+/// A string of at most 7 bytes, lowercased, and its length packed into a `u64` (distinct
+/// strings, ignoring ASCII case, have distinct keys); `None` if it is longer.
+fn short_key(t: &[u8]) -> Option<u64> {
+    if t.len() > 7 {
+        return None;
+    }
+    let bytes = t
+        .iter()
+        .fold(0u64, |k, b| k << 8 | u64::from(b.to_ascii_lowercase()));
+    Some((t.len() as u64) << 56 | bytes)
 }
 
 #[cfg(test)]
@@ -408,6 +483,13 @@ mod tests {
         assert!(luhn(b"4111111111111111"));
         assert!(luhn(b"378282246310005"));
         assert!(!luhn(b"4111111111111112"));
+    }
+
+    #[test]
+    fn file_extensions_are_keyed() {
+        assert!(NOT_TLDS.iter().all(|t| short_key(t).is_some()));
+        assert!(is_file_extension(b"PNG") && is_file_extension(b"woff2"));
+        assert!(!is_file_extension(b"com") && !is_file_extension(b"woff22"));
     }
 
     #[test]
