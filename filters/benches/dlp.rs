@@ -1,6 +1,7 @@
 //! DLP scan throughput with the full default packs (`secrets` + `pii`).
 //!
-//! - `clean/*`: prose, and digit-heavy technical text, with no finding (the common case);
+//! - `clean/*`: prose, digit-heavy technical text, and source code (this crate's), with no
+//!   finding (the common case);
 //! - `dense/*`: text with a finding every ~80 bytes;
 //! - `prompt_4k/*`: a 4 KiB clean prompt (prose; technical) as text, and the technical one as
 //!   a chat request through the filter (`on_request`: JSON walk, scan, findings);
@@ -176,11 +177,39 @@ fn ready<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// Real source code: this crate's own non-DLP sources (Rust, comments, tests, string
+/// literals), repeated to `len` bytes.
+fn code_text(len: usize) -> String {
+    const FILES: &[&str] = &[
+        include_str!("../src/audit/filter.rs"),
+        include_str!("../src/audit/record.rs"),
+        include_str!("../src/audit/sink.rs"),
+        include_str!("../src/audit/verify.rs"),
+        include_str!("../src/audit/writer.rs"),
+        include_str!("../src/body.rs"),
+        include_str!("../src/context.rs"),
+        include_str!("../src/filter.rs"),
+        include_str!("../src/identity.rs"),
+        include_str!("../src/policy.rs"),
+        include_str!("../src/reply.rs"),
+        include_str!("../src/strict_json.rs"),
+    ];
+    let mut s = String::with_capacity(len + 64 * 1024);
+    while s.len() < len {
+        for f in FILES {
+            s.push_str(f);
+        }
+    }
+    s.truncate(s.floor_char_boundary(len));
+    s
+}
+
 fn bench(c: &mut Criterion) {
     let sc = Scanner::from_settings(&DlpSettings::default()).expect("default packs build");
     let prose = prose_text(1 << 20);
     let clean = clean_text(1 << 20);
     let dense = dense_text(1 << 20);
+    let code = code_text(1 << 20);
     assert!(
         sc.find_all(prose.as_bytes()).is_empty(),
         "the prose is clean"
@@ -189,6 +218,8 @@ fn bench(c: &mut Criterion) {
         sc.find_all(clean.as_bytes()).is_empty(),
         "the clean text is clean"
     );
+    let in_code = sc.find_all(code.as_bytes());
+    assert!(in_code.is_empty(), "the code is clean: {in_code:?}");
     let n_dense = sc.find_all(dense.as_bytes()).len();
     assert!(n_dense > 10_000, "the dense text is dense ({n_dense})");
 
@@ -199,6 +230,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("technical_1MiB", |b| {
         b.iter(|| sc.find_all(black_box(clean.as_bytes())))
+    });
+    g.bench_function("code_1MiB", |b| {
+        b.iter(|| sc.find_all(black_box(code.as_bytes())))
     });
     g.finish();
 

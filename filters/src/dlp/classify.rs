@@ -1,6 +1,6 @@
-//! Byte classes of 64-byte blocks, vectorised: the seeds of every built-in trigger — word
-//! bytes (word starts: token prefixes), digits (the digit-led PII detectors), `@` (e-mail
-//! addresses) and `:`/`=` (assignments, URLs with credentials).
+//! Byte classes of 64-byte blocks, vectorised: the seeds of the built-in triggers — word bytes
+//! (word starts: token prefixes), digits (the digit-led PII detectors) and `@` (e-mail
+//! addresses).
 
 /// Bit masks of the 64 bytes from `base` (bit k: `base + k`; bytes past the end are in none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -9,8 +9,6 @@ pub(super) struct Classes {
     pub word: u64,
     pub digit: u64,
     pub at: u64,
-    /// `:` and `=`.
-    pub op: u64,
 }
 
 #[inline]
@@ -38,7 +36,6 @@ fn scalar(block: &[u8]) -> Classes {
         c.word |= u64::from(b.is_ascii_alphanumeric() || b == b'_') << k;
         c.digit |= u64::from(b.is_ascii_digit()) << k;
         c.at |= u64::from(b == b'@') << k;
-        c.op |= u64::from(b == b':' || b == b'=') << k;
     }
     c
 }
@@ -82,15 +79,10 @@ mod x86 {
             let under = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'_' as i8));
             let word = _mm256_or_si256(_mm256_or_si256(digit, alpha), under);
             let at = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'@' as i8));
-            let op = _mm256_or_si256(
-                _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b':' as i8)),
-                _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'=' as i8)),
-            );
             let mask = |m| u64::from(_mm256_movemask_epi8(m) as u32) << (32 * k);
             c.word |= mask(word);
             c.digit |= mask(digit);
             c.at |= mask(at);
-            c.op |= mask(op);
         }
         c
     }
@@ -111,15 +103,10 @@ mod x86 {
             let under = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'_' as i8));
             let word = _mm_or_si128(_mm_or_si128(digit, alpha), under);
             let at = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'@' as i8));
-            let op = _mm_or_si128(
-                _mm_cmpeq_epi8(v, _mm_set1_epi8(b':' as i8)),
-                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'=' as i8)),
-            );
             let mask = |m| u64::from(_mm_movemask_epi8(m) as u16) << (16 * k);
             c.word |= mask(word);
             c.digit |= mask(digit);
             c.at |= mask(at);
-            c.op |= mask(op);
         }
         c
     }
@@ -131,7 +118,7 @@ mod tests {
 
     fn every_byte_blocks() -> Vec<Vec<u8>> {
         let mut all: Vec<u8> = (0..=255u8).collect();
-        all.extend_from_slice(b"0123456789@/:;?`=_[{azAZ");
+        all.extend_from_slice(b"0123456789@/:;?`_[{azAZ");
         let mixed: Vec<u8> = (0..64u8)
             .map(|i| i.wrapping_mul(37).wrapping_add(i))
             .collect();
@@ -163,7 +150,7 @@ mod tests {
     #[test]
     fn block_masks_match_scalar() {
         let text: Vec<u8> = (0..300u32)
-            .map(|i| b"ab 9@x0-1234567890 @@ zz...=:_Q"[(i * 7 % 31) as usize])
+            .map(|i| b"ab 9@x0-1234567890 @@ zz..._Q"[(i * 7 % 29) as usize])
             .collect();
         for base in 0..text.len() {
             let c = classify64(&text, base);
@@ -172,7 +159,6 @@ mod tests {
                 let is = |m: u64| m >> k & 1 == 1;
                 assert_eq!(is(c.digit), b.is_some_and(|b| b.is_ascii_digit()));
                 assert_eq!(is(c.at), b == Some(b'@'));
-                assert_eq!(is(c.op), b == Some(b':') || b == Some(b'='));
                 assert_eq!(
                     is(c.word),
                     b.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')

@@ -7,9 +7,7 @@
 //!
 //! The names are stable: they appear in redaction markers, audit records and metrics.
 
-use std::sync::{Arc, LazyLock};
-
-use regex_automata::dfa::dense;
+use std::sync::LazyLock;
 
 use super::secrets::PROVIDER_SECRETS;
 use super::tokens;
@@ -49,16 +47,6 @@ pub(crate) enum Trigger {
     Numeric(NumericShape),
     /// Two uppercase letters at a word start followed by a digit.
     Iban,
-    /// Every match holds `:` or `=` within a bounded distance of its start (`password = …`):
-    /// found from the operator, looking back.
-    Assignment {
-        /// A reverse DFA of the text before the operator: where it matches, reading back from
-        /// the operator, a match may start.
-        before: Arc<dense::DFA<Vec<u32>>>,
-        /// What every match's text from its first operator on starts with: an operator it
-        /// rejects ends no match's first part.
-        after: Arc<dense::DFA<Vec<u32>>>,
-    },
     /// Any position whose byte is in the set (custom regexes without a usable literal prefix).
     Bytes(Box<[bool; 256]>),
 }
@@ -77,12 +65,6 @@ pub(crate) enum BuiltinTrigger {
     Email,
     Numeric(NumericShape),
     Iban,
-    /// The patterns of a match's text before its first operator (which holds none), and of
-    /// what every match's text from that operator on starts with.
-    Assignment {
-        before: &'static str,
-        after: &'static str,
-    },
 }
 
 /// What every match of a digit-led detector needs (see [`Trigger::Numeric`]), so that the

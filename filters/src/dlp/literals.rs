@@ -104,27 +104,6 @@ pub(crate) fn literal_prefixes(
     Some(kept)
 }
 
-/// The two-byte strings a match can start with (bit `b0 << 8 | b1`).
-pub(crate) fn first_pairs(dfa: &dense::DFA<Vec<u32>>) -> Box<[u64; 1024]> {
-    let mut set = Box::new([0u64; 1024]);
-    for sid in start_states(dfa) {
-        for b0 in 0..=255u8 {
-            let s1 = dfa.next_state(sid, b0);
-            if dfa.is_dead_state(s1) || dfa.is_quit_state(s1) {
-                continue;
-            }
-            for b1 in 0..=255u8 {
-                let s2 = dfa.next_state(s1, b1);
-                if !dfa.is_dead_state(s2) && !dfa.is_quit_state(s2) {
-                    let i = usize::from(b0) << 8 | usize::from(b1);
-                    set[i >> 6] |= 1 << (i & 63);
-                }
-            }
-        }
-    }
-    set
-}
-
 /// Whether no match can start with `first` right after a word byte: the pattern begins with
 /// `\b` there, so every match starting with that byte starts a word.
 pub(crate) fn needs_word_start(dfa: &dense::DFA<Vec<u32>>, first: u8) -> bool {
@@ -159,47 +138,6 @@ pub(crate) fn next_bytes(dfa: &dense::DFA<Vec<u32>>, prefix: &[u8]) -> (Box<[boo
         }
     }
     (set, can_end)
-}
-
-/// For a pattern whose every match holds one of the operator bytes `ops` within a bounded
-/// distance of its start (`password = …`): the greatest distance from a match's start to its
-/// first operator, and the bytes that can come before that operator. `None` when a match can
-/// end before an operator or the distance exceeds 64 bytes.
-pub(crate) fn op_reach(
-    dfa: &dense::DFA<Vec<u32>>,
-    ops: &[u8],
-) -> Option<(usize, Box<[bool; 256]>)> {
-    let mut level = start_states(dfa);
-    let mut class = Box::new([false; 256]);
-    let mut reach = None;
-    for depth in 0..=64 {
-        let mut next = HashSet::new();
-        for &sid in &level {
-            if dfa.is_match_state(dfa.next_eoi_state(sid)) {
-                return None;
-            }
-            for b in 0..=255u8 {
-                let n = dfa.next_state(sid, b);
-                if dfa.is_dead_state(n) || dfa.is_quit_state(n) {
-                    continue;
-                }
-                if dfa.is_match_state(n) {
-                    return None;
-                }
-                if ops.contains(&b) {
-                    reach = Some(depth);
-                } else {
-                    class[usize::from(b)] = true;
-                    next.insert(n);
-                }
-            }
-        }
-        if next.is_empty() {
-            return reach.map(|r| (r, class));
-        }
-        level = next.into_iter().collect();
-    }
-    None
 }
 
 /// Aho-Corasick automata over trigger literals, and for each of their patterns the detectors
@@ -322,6 +260,12 @@ impl LiteralSet {
             None
         };
         Some(LiteralSet { groups, all })
+    }
+
+    /// How many passes a long text takes.
+    #[cfg(test)]
+    pub(super) fn passes(&self) -> usize {
+        self.groups.len()
     }
 
     /// Every position at or after `from` where some literal starts, with its detectors (not in

@@ -29,13 +29,12 @@
 use std::sync::{Arc, OnceLock};
 
 use regex_automata::dfa::{dense, Automaton, StartKind};
-use regex_automata::nfa::thompson;
 use regex_automata::util::{primitives::StateID, start, syntax};
 use regex_automata::{Anchored, Input, MatchKind};
 
 use super::allow::Allow;
 use super::detectors::{Builtin, BuiltinTrigger, NumericShape, Trigger, BUILTINS};
-use super::literals::{first_pairs, op_reach, LiteralSet};
+use super::literals::LiteralSet;
 use super::validate::{Check, Validator};
 use super::vocabulary::VOCABULARY;
 use super::words::WordIndex;
@@ -48,7 +47,6 @@ mod triggers;
 mod oracle_tests;
 
 use numeric::NumericTable;
-use triggers::Assignment;
 
 /// The longest match a detector may produce; a candidate still undecided after this many bytes
 /// is decided with the match ends seen so far. Bounds both the work per candidate and how much
@@ -107,20 +105,6 @@ pub(crate) fn compile_dfa(pattern: &str, unicode: bool) -> Result<dense::DFA<Vec
         })
 }
 
-/// Builds the anchored reverse DFA of a built-in pattern (it matches reading right to left).
-fn compile_reverse_dfa(pattern: &str) -> Result<dense::DFA<Vec<u32>>, String> {
-    dense::Builder::new()
-        .configure(
-            dense::Config::new()
-                .start_kind(StartKind::Anchored)
-                .match_kind(MatchKind::All),
-        )
-        .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .thompson(thompson::Config::new().reverse(true))
-        .build(pattern)
-        .map_err(|e| last_line(&e.to_string()))
-}
-
 /// The last line of a multi-line regex error (`error: unclosed group`), without the prefix.
 pub(crate) fn last_line(msg: &str) -> String {
     let line = msg
@@ -143,22 +127,6 @@ impl Detector {
             BuiltinTrigger::Email => Trigger::Email,
             BuiltinTrigger::Numeric(shape) => Trigger::Numeric(shape),
             BuiltinTrigger::Iban => Trigger::Iban,
-            BuiltinTrigger::Assignment { before, after } => {
-                let dfa = |p: &str, reverse: bool| {
-                    let built = if reverse {
-                        compile_reverse_dfa(p)
-                    } else {
-                        compile_dfa(p, false)
-                    };
-                    Arc::new(built.unwrap_or_else(|e| {
-                        panic!("built-in DLP detector {}: trigger pattern: {e}", b.name)
-                    }))
-                };
-                Trigger::Assignment {
-                    before: dfa(before, true),
-                    after: dfa(after, false),
-                }
-            }
         };
         let hir = syntax::parse(b.pattern).ok();
         let min_len = hir
@@ -198,21 +166,6 @@ impl Detector {
 
     pub(crate) fn dfa(&self) -> &dense::DFA<Vec<u32>> {
         &self.dfa
-    }
-
-    /// One of an [`Trigger::Assignment`]'s trigger patterns, walked like a detector.
-    fn operator(dfa: Arc<dense::DFA<Vec<u32>>>) -> Detector {
-        let dfa = Arc::unwrap_or_clone(dfa);
-        Detector {
-            name: "operator".into(),
-            starts: start_table(&dfa),
-            dfa,
-            validator: None,
-            trigger: Trigger::Bytes(Box::new([false; 256])),
-            rule_actions: [None, None],
-            min_len: 1,
-            line_anchored: false,
-        }
     }
 
     /// Marks a custom rule whose pattern anchors to lines.
@@ -257,8 +210,7 @@ pub struct Scanner {
     detectors: Vec<Arc<Detector>>,
     /// The word-anchored trigger literals (almost all).
     words: Option<WordIndex>,
-    /// The other trigger literals: those that start with `:` or `=`, then the rest.
-    op_literals: Vec<(Vec<u8>, usize)>,
+    /// The other trigger literals (Aho-Corasick).
     literals: Option<LiteralSet>,
     keywords: Option<LiteralSet>,
     email: Option<usize>,
@@ -266,7 +218,6 @@ pub struct Scanner {
     /// The digit-led detectors' shapes as bit masks over `numeric`.
     numeric_table: NumericTable,
     iban: Option<usize>,
-    assignments: Vec<Assignment>,
     bytes: Vec<(usize, Box<[bool; 256]>)>,
     /// The trigger literals by first byte (keywords lowercased, with their case-insensitive
     /// flag), to find a literal cut off at the end of unfinished text.
@@ -291,9 +242,21 @@ struct FindCx<'a> {
     ends: Vec<usize>,
 }
 
+/// `[A-Za-z0-9_]`, by table: candidates ask it of the byte before them, in branchy code.
+static WORD_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_';
+        b += 1;
+    }
+    t
+};
+
 #[inline]
 pub(crate) fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
+    WORD_BYTES[usize::from(b)]
 }
 
 #[inline]
@@ -308,7 +271,6 @@ impl Scanner {
         let mut email = None;
         let mut numeric = Vec::new();
         let mut iban = None;
-        let mut assignments = Vec::new();
         let mut bytes = Vec::new();
         let mut by_first: Vec<Vec<(Vec<u8>, bool)>> = vec![Vec::new(); 256];
         let mut max_literal = 0;
@@ -333,19 +295,12 @@ impl Scanner {
                 Trigger::Email => email = email.or(Some(i)),
                 Trigger::Numeric(shape) => numeric.push((i, *shape)),
                 Trigger::Iban => iban = iban.or(Some(i)),
-                Trigger::Assignment { before, after } => {
-                    assignments.push(assignment(i, d, before, after));
-                }
                 Trigger::Bytes(set) => bytes.push((i, set.clone())),
             }
         }
         let (words, rest) = WordIndex::build(&lits, |i| detectors[i].dfa());
-        let (op_literals, rest): (Vec<_>, Vec<_>) = rest
-            .into_iter()
-            .partition(|(l, _)| matches!(l[0], b':' | b'='));
         let mut sc = Scanner {
             words,
-            op_literals,
             literals: LiteralSet::build(&rest, false),
             keywords: LiteralSet::build(&kws, true),
             detectors,
@@ -353,7 +308,6 @@ impl Scanner {
             numeric_table: NumericTable::new(&numeric),
             numeric,
             iban,
-            assignments,
             bytes,
             by_first,
             max_literal,
@@ -577,9 +531,6 @@ impl Scanner {
             }
             p = p.min(k);
         }
-        if !self.assignments.is_empty() {
-            p = p.min(self.assignment_tail(hay, from));
-        }
         if !self.numeric.is_empty() && n > from && matches!(hay[n - 1], b'+' | b'(') {
             p = p.min(n - 1);
         }
@@ -594,26 +545,6 @@ impl Scanner {
             }
         }
         p
-    }
-}
-
-/// A [`Trigger::Assignment`] detector's operator reach and byte classes, from its DFA (a
-/// built-in one without bounded reach is a bug in its pattern).
-fn assignment(
-    detector: usize,
-    d: &Detector,
-    before: &Arc<dense::DFA<Vec<u32>>>,
-    after: &Arc<dense::DFA<Vec<u32>>>,
-) -> Assignment {
-    let (reach, class) = op_reach(&d.dfa, b":=")
-        .unwrap_or_else(|| panic!("DLP detector {}: no operator within reach", d.name));
-    Assignment {
-        detector,
-        reach,
-        class,
-        first: first_pairs(&d.dfa),
-        before: Detector::operator(before.clone()),
-        after: Detector::operator(after.clone()),
     }
 }
 
