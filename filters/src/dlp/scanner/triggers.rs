@@ -9,16 +9,18 @@ use super::{is_word, FindCx, Scanner};
 impl Scanner {
     /// Whether the block pass has anything to find.
     pub(super) fn has_block_triggers(&self) -> bool {
-        self.words.is_some()
-            || self.email.is_some()
-            || !self.numeric.is_empty()
-            || self.iban.is_some()
+        self.words.is_some() || self.has_pii_triggers()
+    }
+
+    /// Whether some detector is seeded by digits or `@`.
+    fn has_pii_triggers(&self) -> bool {
+        self.email.is_some() || !self.numeric.is_empty() || self.iban.is_some()
     }
 
     /// Visits the trigger positions at or after `from`, block by block.
     pub(super) fn find_in_blocks(&self, from: usize, cx: &mut FindCx<'_>) {
         let hay = cx.hay;
-        let pii = self.email.is_some() || !self.numeric.is_empty() || self.iban.is_some();
+        let pii = self.has_pii_triggers();
         let mut base = from;
         while base < hay.len() {
             let c = classify64(hay, base);
@@ -60,9 +62,9 @@ impl Scanner {
             while starts != 0 {
                 let k = starts.trailing_zeros() as usize % 64;
                 starts &= starts - 1;
-                let four = [block[k], block[k + 1], block[k + 2], block[k + 3]];
-                if words.may_hold_word(u32::from_le_bytes(four) << 8) {
-                    self.word_start_at(words, base + k, from, cx);
+                let four = u32::from_le_bytes([block[k], block[k + 1], block[k + 2], block[k + 3]]);
+                if words.may_hold_word(four << 8) {
+                    self.word_start_at(words, four & 0xFF_FFFF, base + k, from, cx);
                 }
             }
         } else {
@@ -71,20 +73,24 @@ impl Scanner {
                 starts &= starts - 1;
                 // With fewer than three bytes left no literal is whole: `partial_tail`
                 // holds them.
-                if key_at(hay, j).is_some_and(|key| words.may_hold(key)) {
-                    self.word_start_at(words, j, from, cx);
+                if let Some(key) = key_at(hay, j).filter(|&key| words.may_hold(key)) {
+                    self.word_start_at(words, key, j, from, cx);
                 }
             }
         }
     }
 
-    /// The literals whose word start may be at `j` (its key passed the filter).
+    /// The literals whose word start may be at `j` (its three bytes, `key`, passed the filter).
     #[inline(never)]
-    fn word_start_at(&self, words: &WordIndex, j: usize, from: usize, cx: &mut FindCx<'_>) {
+    fn word_start_at(
+        &self,
+        words: &WordIndex,
+        key: u32,
+        j: usize,
+        from: usize,
+        cx: &mut FindCx<'_>,
+    ) {
         let hay = cx.hay;
-        let Some(key) = key_at(hay, j) else {
-            return;
-        };
         for e in words.entries(key) {
             let Some(s) = j.checked_sub(e.offset).filter(|&s| s >= from) else {
                 continue;
