@@ -253,10 +253,11 @@ upstream = "slow"
     );
     assert!(!text.contains("[DONE]"));
 
-    let m = metrics(&gw);
-    assert!(
-        metric_sum(&m, "sluice_upstream_errors_total", &["upstream=\"dead\""]) >= 1.0,
-        "{m}"
+    let m = wait_metric_at_least(
+        &gw,
+        "sluice_upstream_errors_total",
+        &["upstream=\"dead\""],
+        1.0,
     );
     assert!(
         metric_sum(

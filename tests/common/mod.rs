@@ -211,16 +211,33 @@ pub fn metrics(gw: &Gateway) -> String {
 /// request is counted in its logging phase (and usage reconciled), just after its last byte
 /// went out, so a client can be a moment ahead.
 pub fn wait_metric(gw: &Gateway, name: &str, fragments: &[&str], want: f64) -> String {
+    wait_metric_until(gw, name, fragments, &format!("{want}"), |got| got == want)
+}
+
+/// Like [`wait_metric`], for a metric that must reach at least `want`.
+pub fn wait_metric_at_least(gw: &Gateway, name: &str, fragments: &[&str], want: f64) -> String {
+    wait_metric_until(gw, name, fragments, &format!(">= {want}"), |got| {
+        got >= want
+    })
+}
+
+fn wait_metric_until(
+    gw: &Gateway,
+    name: &str,
+    fragments: &[&str],
+    expected: &str,
+    ok: impl Fn(f64) -> bool,
+) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = metrics(gw);
         let got = metric_sum(&text, name, fragments);
-        if got == want {
+        if ok(got) {
             return text;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{name}{fragments:?} is {got}, expected {want}"
+            "{name}{fragments:?} is {got}, expected {expected}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
