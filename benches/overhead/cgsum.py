@@ -52,7 +52,9 @@ def summarise(a):
             r"<sluice::proxy::SluiceProxy as pingora_proxy::proxy_trait::ProxyHttp>::" + h + r"(::\{\{closure\}\})?$"
         )
         hooks += max([c for c, name in inc if pat.search(name)], default=0)
-    audit = max([c for c, name in inc if name.endswith("sluice_filters::audit::writer::Worker::run")], default=0)
+    # The writer thread's loop (`audit::writer::Worker::run`, since moved to `writer/worker.rs`).
+    worker = re.compile(r"sluice_filters::audit::writer(::worker)?::Worker::run$")
+    audit = max([c for c, name in inc if worker.search(name)], default=0)
     # The allocator's own functions: mimalloc's (`mi_*`, `_mi_*`; Sluice's global allocator) or,
     # in an older build, glibc's.
     alloc = sum(
