@@ -51,6 +51,8 @@ fn numeric_literals_are_not_phone_numbers_or_cards() {
         "src/main.rs:4155552671:12 at 415-555-2671:9, 14:32:05.123",
         // Versions, section numbers, OIDs.
         "v1.2.3.4 and 7.3.17.1, section 8.1.3.6, K.3.7.4.1, oid 1.3.101.112, 2.5.29.35",
+        // Releases with a suffix: a kernel's, a pre-release.
+        "OS: Ubuntu 22.04.3 LTS (5.15.146.1-microsoft-standard-WSL2), 81.2.69.142-rc1",
         // UUIDs, hashes, timestamps.
         "550e8400-e29b-41d4-a716-446655440000 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 1700000000123",
         // Ports and addresses nobody owns.
@@ -87,6 +89,12 @@ fn the_same_values_as_data_are_still_found() {
         "peer [REDACTED:ipv4]:8080 said",
     );
     redacts(&sc, "http://93.184.216.34/x", "http://[REDACTED:ipv4]/x");
+    // A range, a dash before a digit or after a space: still addresses.
+    redacts(
+        &sc,
+        "from 81.2.69.142-81.2.69.150 and 81.2.69.142 - done",
+        "from [REDACTED:ipv4]-[REDACTED:ipv4] and [REDACTED:ipv4] - done",
+    );
     redacts(
         &sc,
         "card 4111 1111 1111 1111 12/27",

@@ -343,13 +343,15 @@ const RESOLVERS: &[[u32; 4]] = &[
 ];
 
 /// IPv4 addresses that could be someone's: public unicast hosts. The pattern lets a fifth
-/// `.N` component (or another [`NUMBER_TAIL`]) follow, so that `1.2.3.4.5` (an OID, a
-/// four-part version) is seen whole and poisoned here rather than half-matched. Not personal:
-/// the special-purpose blocks ([`NOT_PERSONAL`]), multicast and reserved (224/3), network
-/// and broadcast addresses of a /24 (`.0`, `.255`), the public resolvers, four equal parts
-/// (`128.128.128.128`) or parts counting up or down (`20.30.40.50`, `101.102.103.104`), object identifiers (`1.3.101.112`, `2.5.29.35`: 0.04% of the address
-/// space), and dotted numbers with three or more one-digit parts (section numbers `8.1.3.6`,
-/// versions `7.3.17.1`; an address drawn at random has that shape once in 4,000).
+/// `.N` component or a `-` and a letter follow, so that
+/// `1.2.3.4.5` (an OID, a four-part version) and `5.15.153.1-microsoft` (a kernel release) are
+/// seen whole and poisoned here rather than half-matched. Not personal: the special-purpose
+/// blocks ([`NOT_PERSONAL`]), multicast and reserved (224/3), network and broadcast addresses
+/// of a /24 (`.0`, `.255`), the public resolvers, four equal parts (`128.128.128.128`) or parts
+/// counting up or down (`20.30.40.50`, `101.102.103.104`), object identifiers (`1.3.101.112`,
+/// `2.5.29.35`: 0.04% of the address space), and dotted numbers with three or more one-digit
+/// parts (section numbers `8.1.3.6`, versions `7.3.17.1`; an address drawn at random has that
+/// shape once in 4,000).
 pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
     let m = &h[s..e];
     if m.iter().filter(|&&b| b == b'.').count() != 3 {
@@ -357,6 +359,11 @@ pub(crate) fn ipv4(h: &[u8], s: usize, e: usize) -> Check {
     }
     // Inside a longer dotted number (`5.1.2.3.4`), a version (`v1.2.3.4`), a section (`§1.2.3.4`).
     if continues_number(h, s) || (s >= 2 && h[s - 1] == b'.' && h[s - 2].is_ascii_digit()) {
+        return Check::Poison;
+    }
+    // A release with a suffix, which the pattern takes in to judge it (the kernel's
+    // `5.15.153.1-microsoft-standard-WSL2`, `1.2.3.4-beta`).
+    if m.last().is_some_and(u8::is_ascii_alphabetic) {
         return Check::Poison;
     }
     // The four octets' values and lengths, in one pass (the pattern makes them 1–3 digits).
