@@ -2,7 +2,7 @@
 //! once ([`classify64`]), and only its word starts (token prefixes, via the [`WordIndex`]) and
 //! its digit-run starts and `@`s (personal data) are visited.
 
-use super::super::classify::classify64;
+use super::super::classify::{classify64, Classes};
 use super::super::words::{key_at, WordIndex};
 use super::{is_word, FindCx, Scanner};
 
@@ -34,13 +34,34 @@ impl Scanner {
                     self.word_starts(words, base, starts, from, cx);
                 }
             }
-            if pii {
-                let after_digit = u64::from(before.is_some_and(|b| b.is_ascii_digit()));
-                let starts = c.digit & !((c.digit << 1) | after_digit);
+            if pii && (c.digit | c.at) != 0 {
+                let starts = if c.digit != 0 {
+                    self.digit_runs(&c, before)
+                } else {
+                    0
+                };
                 self.digits_and_at(base, c.digit, starts | c.at, from, cx);
             }
             base += 64;
         }
+    }
+
+    /// The digit-run starts of a block worth a look (`before`: the byte before it). A run
+    /// after a letter or `_` (in hashes, UUIDs, names) can only be an IBAN's check digits, and
+    /// only after a word start and two letters; the first two of the block are left to
+    /// [`Scanner::digit_run_at`], which reads the bytes before them.
+    #[inline]
+    fn digit_runs(&self, c: &Classes, before: Option<u8>) -> u64 {
+        let after_digit = u64::from(before.is_some_and(|b| b.is_ascii_digit()));
+        let starts = c.digit & !((c.digit << 1) | after_digit);
+        let after_word = (c.word << 1) | u64::from(before.is_some_and(is_word));
+        let mut keep = !after_word | 0b11;
+        if self.iban.is_some() {
+            let letters = c.word & !c.digit;
+            let word_starts = c.word & !after_word;
+            keep |= (letters << 1) & (letters << 2) & (word_starts << 2);
+        }
+        starts & keep
     }
 
     /// The word starts of the block at `base` (bits of `starts`). The common case, a block
