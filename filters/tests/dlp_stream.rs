@@ -114,6 +114,22 @@ fn all_detectors_in_one_answer_every_two_way_split() {
 }
 
 #[test]
+fn an_address_judged_by_what_follows_it_is_judged_alike_at_every_split() {
+    // A dotted quad followed by `-` and a letter is a release; by `-` and a digit, a range.
+    let f = filter();
+    let full = "kernel 5.15.146.1-microsoft, peers 81.2.69.142-81.2.69.150 and 81.2.69.142-";
+    let (want, _) = non_streamed(&f, full);
+    assert_eq!(
+        want,
+        "kernel 5.15.146.1-microsoft, peers [REDACTED:ipv4]-[REDACTED:ipv4] and [REDACTED:ipv4]-"
+    );
+    for k in boundaries(full) {
+        let (a, b) = full.split_at(k);
+        check_pieces(&f, full, &[a, b]);
+    }
+}
+
+#[test]
 fn token_sized_deltas_and_single_characters() {
     let f = filter();
     let full = all_secrets_text();
