@@ -275,14 +275,12 @@ impl Call {
         snap.chain.on_log(&ex, &self.cx).await;
     }
 
+    /// `sluice_requests_total` moves last: a scrape that counts a request sees its duration,
+    /// tokens and stream end too.
     fn record_metrics(&mut self, ex: &Exchange) {
         let m = &self.state.metrics;
         let route = self.cx.route.label();
         let model = self.cx.model.as_deref().unwrap_or("");
-        let status_s = ex.status.to_string();
-        m.requests
-            .with_label_values(&[route, model, status_s.as_str(), ex.outcome.as_str()])
-            .inc();
         m.request_duration
             .with_label_values(&[route])
             .observe(ex.latency.as_secs_f64());
@@ -315,6 +313,10 @@ impl Call {
             m.active_streams.dec();
             self.stream_counted = false;
         }
+        let status = ex.status.to_string();
+        m.requests
+            .with_label_values(&[route, model, status.as_str(), ex.outcome.as_str()])
+            .inc();
     }
 }
 
