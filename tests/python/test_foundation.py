@@ -725,11 +725,15 @@ def test_metrics_after_traffic(start_gateway):
             metric_sum(t, "sluice_requests_total", route="chat_completions", model="mock-echo", status="200")
             >= ok_before + 2
             and metric_sum(t, "sluice_requests_total", route="chat_completions", status="502") >= 1
+            and metric_sum(t, "sluice_request_duration_seconds_count", route="chat_completions") >= 3
         )
         return t if done else None
 
+    def series(t):
+        return "\n".join(l for l in t.splitlines() if "_total{" in l or "_count{" in l)
+
     text = wait_until(settled)
-    assert text, f"request counters did not move:\n{gw.metrics()}"
+    assert text, f"request counters did not move:\n{series(gw.metrics())}"
     names = {n for n, _, _ in parse_metrics(text)}
     for family in [
         "sluice_requests_total",
@@ -744,7 +748,7 @@ def test_metrics_after_traffic(start_gateway):
     assert metric_sum(text, "sluice_requests_total", route="chat_completions", model="dead-model", status="502") == 1
     assert metric_sum(text, "sluice_upstream_errors_total", upstream="dead") == 1
     assert metric_sum(text, "sluice_time_to_first_token_seconds_count", model="mock-echo") == 1
-    assert metric_sum(text, "sluice_request_duration_seconds_count", route="chat_completions") == 3
+    assert metric_sum(text, "sluice_request_duration_seconds_count", route="chat_completions") == 3, series(text)
     assert metric_sum(text, "sluice_overhead_seconds_count") >= 3
     assert metric_sum(text, "sluice_active_streams") == 0
     # Labels are bounded: nothing the client typed (message text) appears.
