@@ -25,8 +25,11 @@ impl Scanner {
         while base < hay.len() {
             let c = classify64(hay, base);
             let before = base.checked_sub(1).map(|i| hay[i]);
+            // The bytes that follow a word byte; the others of `c.word` start words.
+            let after_word = (c.word << 1) | u64::from(before.is_some_and(is_word));
+            let word_starts = c.word & !after_word;
             if let Some(words) = &self.words {
-                let mut starts = c.word & !((c.word << 1) | u64::from(before.is_some_and(is_word)));
+                let mut starts = word_starts;
                 if !words.digit_led {
                     starts &= !c.digit;
                 }
@@ -35,30 +38,31 @@ impl Scanner {
                 }
             }
             if pii && (c.digit | c.at) != 0 {
-                let starts = if c.digit != 0 {
-                    self.digit_runs(&c, before)
-                } else {
-                    0
-                };
+                let starts = self.digit_runs(&c, before, after_word, word_starts);
                 self.digits_and_at(base, c.digit, starts | c.at, from, cx);
             }
             base += 64;
         }
     }
 
-    /// The digit-run starts of a block worth a look (`before`: the byte before it). A run
-    /// after a letter or `_` (in hashes, UUIDs, names) can only be an IBAN's check digits, and
-    /// only after a word start and two letters; the first two of the block are left to
-    /// [`Scanner::digit_run_at`], which reads the bytes before them.
+    /// The digit-run starts of a block worth a look (`before`: the byte before it;
+    /// `after_word`, `word_starts`: the block's bytes after a word byte, and its word starts).
+    /// A run after a letter or `_` (in hashes, UUIDs, names) can only be an IBAN's check
+    /// digits, and only after a word start and two letters; the first two of the block are
+    /// left to [`Scanner::digit_run_at`], which reads the bytes before them.
     #[inline]
-    fn digit_runs(&self, c: &Classes, before: Option<u8>) -> u64 {
+    fn digit_runs(
+        &self,
+        c: &Classes,
+        before: Option<u8>,
+        after_word: u64,
+        word_starts: u64,
+    ) -> u64 {
         let after_digit = u64::from(before.is_some_and(|b| b.is_ascii_digit()));
         let starts = c.digit & !((c.digit << 1) | after_digit);
-        let after_word = (c.word << 1) | u64::from(before.is_some_and(is_word));
         let mut keep = !after_word | 0b11;
         if self.iban.is_some() {
             let letters = c.word & !c.digit;
-            let word_starts = c.word & !after_word;
             keep |= (letters << 1) & (letters << 2) & (word_starts << 2);
         }
         starts & keep
