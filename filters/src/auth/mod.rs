@@ -250,10 +250,14 @@ impl AuthFilter {
     }
 
     fn resolve_store_keys(&self, table: &StoreKeyTable) -> HashMap<KeyDigest, KeyEntry> {
-        let config_ids: HashSet<&str> = self.keys.values().map(|e| &*e.identity.key_id).collect();
+        let config: HashMap<&str, bool> = self
+            .keys
+            .values()
+            .map(|e| (&*e.identity.key_id, e.disabled))
+            .collect();
         let mut out = HashMap::with_capacity(table.len());
         for k in table.iter() {
-            if config_ids.contains(&*k.id) || self.keys.contains_key(k.digest()) {
+            if config.contains_key(&*k.id) || self.keys.contains_key(k.digest()) {
                 tracing::warn!(key_id = %k.id, "a store key has the id or the hash of a [[keys]] entry: the config's entry wins");
                 continue;
             }
@@ -261,6 +265,7 @@ impl AuthFilter {
             let Some(u) = self.users.get(&k.user) else {
                 continue;
             };
+            let line = Lineage::of(k, table, &config);
             let grants = Grants {
                 permissions: u.permissions.clone(),
                 models: u.models.clone(),
@@ -273,10 +278,61 @@ impl AuthFilter {
                 org: u.org.clone(),
                 role: u.role.clone(),
                 grants: Arc::new(grants),
+                ancestors: line.ancestors.into(),
             };
-            out.insert(*k.digest(), entry(identity, k.disabled, k.expires));
+            let disabled = k.disabled || line.disabled;
+            out.insert(*k.digest(), entry(identity, disabled, line.expires));
         }
         out
+    }
+}
+
+/// The deepest chain of keys made from keys that is followed; deeper (or circular) chains,
+/// which the key API cannot make, authenticate nobody.
+const MAX_ANCESTRY: usize = 32;
+
+/// What a store key inherits from the keys it was made from (SPEC §12): it is refused while any
+/// of them is disabled, once any of them is revoked or gone, and from the earliest expiry.
+struct Lineage {
+    ancestors: Vec<Arc<str>>,
+    disabled: bool,
+    expires: Option<u64>,
+}
+
+impl Lineage {
+    /// `config`: the configured keys' ids and whether each is disabled.
+    fn of(k: &StoreKey, table: &StoreKeyTable, config: &HashMap<&str, bool>) -> Lineage {
+        let mut line = Lineage {
+            ancestors: Vec::new(),
+            disabled: false,
+            expires: k.expires,
+        };
+        let mut next = k.parent.clone();
+        while let Some(id) = next.take() {
+            if line.ancestors.len() >= MAX_ANCESTRY || *id == *k.id || line.ancestors.contains(&id)
+            {
+                line.disabled = true;
+                break;
+            }
+            if let Some(&disabled) = config.get(&*id) {
+                line.disabled |= disabled;
+                line.ancestors.push(id);
+                break;
+            }
+            // Not in the table: revoked (or its user's keys are gone), and this key with it.
+            let Some(parent) = table.get(&id) else {
+                line.disabled = true;
+                break;
+            };
+            line.disabled |= parent.disabled;
+            line.expires = match (line.expires, parent.expires) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            next = parent.parent.clone();
+            line.ancestors.push(id);
+        }
+        line
     }
 }
 
@@ -422,6 +478,7 @@ fn resolve_keys(
             org: Arc::from(user.org.as_str()),
             role: Arc::from(role.name.as_str()),
             grants: Arc::new(grants),
+            ancestors: Arc::from([]),
         };
         table.insert(digest, entry(identity, k.disabled, None));
     }
