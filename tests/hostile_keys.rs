@@ -246,3 +246,51 @@ fn a_keys_own_models_bind_agent_runs() {
     );
     assert_eq!(run(ALICE, "other-scan").status().as_u16(), 200);
 }
+
+/// Runs SQL statements on a SQLite store file (no gateway may have it open).
+fn sqlite_exec(db: &Path, statements: &[&str]) -> Vec<i64> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let url = format!("sqlite://{}", db.display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("open the store");
+        for s in statements {
+            sqlx::query(s).execute(&pool).await.expect(s);
+        }
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM sluice_migrations ORDER BY version")
+                .fetch_all(&pool)
+                .await
+                .expect("versions");
+        pool.close().await;
+        versions
+    })
+}
+
+#[test]
+fn a_store_from_before_key_ancestry_is_migrated_and_its_keys_keep_working() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, audit) = sqlite(dir.path());
+    let gw = start(&config(&store, &audit, None));
+    let (_, old) = mint(&gw, ALICE, json!({"name": "made before"}));
+    drop(gw);
+    // Back to the schema of version 2: no parent column, migration 3 never applied.
+    let db = dir.path().join("store/sluice.db");
+    let versions = sqlite_exec(
+        &db,
+        &[
+            "DROP INDEX api_keys_parent",
+            "ALTER TABLE api_keys DROP COLUMN parent",
+            "DELETE FROM sluice_migrations WHERE version = 3",
+        ],
+    );
+    assert_eq!(versions, [1, 2]);
+
+    let gw = start(&config(&store, &audit, None));
+    assert_eq!(chat_status(&gw, &old), 200);
+    let (_, child) = mint(&gw, &old, json!({"name": "made after"}));
+    assert_eq!(chat_status(&gw, &child), 200);
+    drop(gw);
+    assert_eq!(sqlite_exec(&db, &[]), [1, 2, 3]);
+}

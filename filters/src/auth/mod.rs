@@ -43,6 +43,7 @@
 //! any other `/v1/*` `passthrough` (and the model globs when the body names a model).
 
 mod key;
+mod lineage;
 mod rbac;
 mod runtime;
 
@@ -64,6 +65,7 @@ pub use key::{
     generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
 };
 use key::{parse_credentials, KeyDigest, Presented};
+use lineage::Lineage;
 pub(crate) use runtime::Derived;
 pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 
@@ -284,55 +286,6 @@ impl AuthFilter {
             out.insert(*k.digest(), entry(identity, disabled, line.expires));
         }
         out
-    }
-}
-
-/// The deepest chain of keys made from keys that is followed; deeper (or circular) chains,
-/// which the key API cannot make, authenticate nobody.
-const MAX_ANCESTRY: usize = 32;
-
-/// What a store key inherits from the keys it was made from (SPEC §12): it is refused while any
-/// of them is disabled, once any of them is revoked or gone, and from the earliest expiry.
-struct Lineage {
-    ancestors: Vec<Arc<str>>,
-    disabled: bool,
-    expires: Option<u64>,
-}
-
-impl Lineage {
-    /// `config`: the configured keys' ids and whether each is disabled.
-    fn of(k: &StoreKey, table: &StoreKeyTable, config: &HashMap<&str, bool>) -> Lineage {
-        let mut line = Lineage {
-            ancestors: Vec::new(),
-            disabled: false,
-            expires: k.expires,
-        };
-        let mut next = k.parent.clone();
-        while let Some(id) = next.take() {
-            if line.ancestors.len() >= MAX_ANCESTRY || *id == *k.id || line.ancestors.contains(&id)
-            {
-                line.disabled = true;
-                break;
-            }
-            if let Some(&disabled) = config.get(&*id) {
-                line.disabled |= disabled;
-                line.ancestors.push(id);
-                break;
-            }
-            // Not in the table: revoked (or its user's keys are gone), and this key with it.
-            let Some(parent) = table.get(&id) else {
-                line.disabled = true;
-                break;
-            };
-            line.disabled |= parent.disabled;
-            line.expires = match (line.expires, parent.expires) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            next = parent.parent.clone();
-            line.ancestors.push(id);
-        }
-        line
     }
 }
 
