@@ -6,12 +6,16 @@
 mod common;
 #[path = "support/keys.rs"]
 mod keys;
+#[path = "support/postgres.rs"]
+mod postgres;
+#[path = "../filters/tests/support/redis_server.rs"]
+mod redis_server;
 
 use std::path::Path;
 use std::time::Instant;
 
 use common::{admin_url, client, error_code, json_of, start, url};
-use keys::{chat_status, config, create, revoke, ALICE, ALICE_NARROW};
+use keys::{chat_status, config, create, eventually, revoke, ALICE, ALICE_NARROW};
 use serde_json::{json, Value};
 
 fn sqlite(dir: &Path) -> (String, String) {
@@ -50,13 +54,26 @@ fn listed_ids(gw: &sluice::Gateway, key: &str) -> Vec<String> {
 
 #[test]
 fn minting_keys_never_multiplies_a_limit() {
+    minting_keys_never_multiplies_a_limit_with("");
+}
+
+#[test]
+fn minting_keys_never_multiplies_a_limit_kept_in_redis() {
+    let redis = redis_server::RedisServer::start();
+    minting_keys_never_multiplies_a_limit_with(&format!(
+        "[rate_limit]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 5000\n",
+        redis.url()
+    ));
+}
+
+fn minting_keys_never_multiplies_a_limit_with(rate_limit_section: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let (store, audit) = sqlite(dir.path());
     // alice-narrow: 6 requests a minute (one every 10 s).
     let cfg = config(&store, &audit, None).replace(
         "rate_limit = { requests_per_minute = 100 }",
         "rate_limit = { requests_per_minute = 6 }",
-    );
+    ) + rate_limit_section;
     let gw = start(&cfg);
     let started = Instant::now();
     // Three children, each inheriting 6 a minute (the three POSTs are requests of the parent).
@@ -293,4 +310,44 @@ fn a_store_from_before_key_ancestry_is_migrated_and_its_keys_keep_working() {
     assert_eq!(chat_status(&gw, &child), 200);
     drop(gw);
     assert_eq!(sqlite_exec(&db, &[]), [1, 2, 3]);
+}
+
+#[test]
+fn on_postgresql_a_revocation_takes_the_keys_made_from_it_on_every_instance() {
+    let pg = postgres::PostgresServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let audit = |n: &str| dir.path().join(n).display().to_string();
+    let cfg = |a: &str| {
+        config(&pg.url(), &audit(a), None).replace(
+            "poll_interval_ms = 100",
+            "poll_interval_ms = 100\nmax_keys_per_user = 5",
+        )
+    };
+    let a = start(&cfg("a.jsonl"));
+    let b = start(&cfg("b.jsonl"));
+    let (parent_id, parent) = mint(&a, ALICE, json!({"name": "parent"}));
+    let (_, child) = mint(&a, &parent, json!({"name": "child"}));
+    let (_, grand) = mint(&a, &child, json!({"name": "grandchild"}));
+    eventually("the other instance accepts the grandchild", || {
+        chat_status(&b, &grand) == 200
+    });
+    // Two config keys and three store keys: the user is full, on either instance.
+    let (status, v) = create(&b, ALICE, json!({"name": "one too many"}));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("key_limit_reached")),
+        "{v}"
+    );
+
+    assert_eq!(revoke(&b, ALICE, &parent_id).status().as_u16(), 200);
+    for k in [&parent, &child, &grand] {
+        assert_eq!(chat_status(&b, k), 401, "at once where it was revoked");
+    }
+    eventually("the other instance refuses the whole line", || {
+        [&parent, &child, &grand]
+            .iter()
+            .all(|k| chat_status(&a, k) == 401)
+    });
+    // Their places are free again.
+    mint(&a, ALICE, json!({"name": "after"}));
 }
