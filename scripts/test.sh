@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: installs prerequisites, then the Rust unit and integration tests (real
 # gateways, a real mock upstream, real redis-server, PostgreSQL and SQLite stores), the OpenAI
-# and Anthropic Python SDK suites, the OpenAI Node SDK suite, the checks of deploy/ and a short
+# and Anthropic Python SDK suites, the OpenAI Node SDK suite, the Claude Code and Codex CLI
+# suite, the checks of deploy/ and a short
 # run of each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ RUST_TEST_THREADS=4 cargo test --locked --workspace --all-targets
 SLUICE_BIN="$PWD/target/debug/sluice" python3 -m pytest -q tests/python
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 SLUICE_BIN="$PWD/target/debug/sluice" node --test tests/node/
+# The quick start through the real Claude Code and Codex CLIs (offline, built-in mock).
+(cd tests/cli && npm ci --no-audit --no-fund --loglevel=error)
+SLUICE_BIN="$PWD/target/debug/sluice" node --test tests/cli/
 # deploy/: alert rules (promtool) and the systemd unit (systemd-analyze, where present).
 bash scripts/check-deploy.sh
 # A bounded run of every fuzz target (FUZZ_SECONDS each, default 30) on the committed corpus.

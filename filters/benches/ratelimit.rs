@@ -75,6 +75,7 @@ async fn checks(filter: &dyn Filter, iters: u64) -> Duration {
         org: Arc::from("acme"),
         role: Arc::from("r"),
         grants: Arc::new(Grants::default()),
+        ancestors: Arc::from([]),
     };
     let doc = json!({
         "model": "mock-echo",

@@ -81,6 +81,10 @@ pub struct Identity {
     pub org: Arc<str>,
     pub role: Arc<str>,
     pub grants: Arc<Grants>,
+    /// The keys this key was made from through the key API, its parent first (empty for a
+    /// key an administrator made). A request counts against each one's key-level limits (and
+    /// budgets) too.
+    pub ancestors: Arc<[Arc<str>]>,
 }
 
 /// Shell-style glob with `*` (any run, possibly empty) and `?` (one character).

@@ -563,12 +563,36 @@ async fn agents_are_checked_against_the_role_globs() {
         let e = refused(call(&*filter, ALICE_KEY, route, None, None).await);
         assert_eq!(e.code, "agent_not_allowed");
     }
-    // The agent's model is the administrator's business, not the caller's model globs.
+    // The agent's model is the administrator's business, not the role's model globs...
+    for key in [ALICE_KEY, WIDE_KEY] {
+        let v = call(
+            &*filter,
+            key,
+            Route::AgentRun,
+            Some("gpt-4o"),
+            Some("daily-scan"),
+        )
+        .await;
+        assert!(allowed(&v));
+    }
+    // ... but a key's own `models` narrows agent runs too (SPEC §12).
+    let e = refused(
+        call(
+            &*filter,
+            NARROW_KEY,
+            Route::AgentRun,
+            Some("gpt-4o"),
+            Some("daily-scan"),
+        )
+        .await,
+    );
+    assert_eq!((e.status, e.code.as_str()), (403, "model_not_allowed"));
+    assert!(e.message.contains("`gpt-4o`"), "{}", e.message);
     let v = call(
         &*filter,
         NARROW_KEY,
         Route::AgentRun,
-        Some("gpt-4o"),
+        Some("mock-echo"),
         Some("daily-scan"),
     )
     .await;

@@ -186,6 +186,7 @@ impl Env {
             org: Arc::from(org.as_str()),
             role: Arc::from("r"),
             grants: Arc::new(Grants::default()),
+            ancestors: Arc::from([]),
         }
     }
 

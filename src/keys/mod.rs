@@ -179,7 +179,7 @@ fn store_object(row: &KeyRow, last_used: Option<u64>) -> Value {
         "id": row.id, "object": "api_key", "name": row.name, "user": row.user,
         "models": row.models, "rate_limit": row.rate_limit, "disabled": row.disabled,
         "created": row.created, "expires": row.expires, "last_used": last_used,
-        "source": "store",
+        "source": "store", "parent": row.parent,
     })
 }
 
@@ -188,7 +188,7 @@ fn store_key_object(k: &sluice_filters::auth::StoreKey, last_used: Option<u64>) 
         "id": &*k.id, "object": "api_key", "name": k.name, "user": k.user,
         "models": k.models, "rate_limit": k.rate_limit, "disabled": k.disabled,
         "created": k.created, "expires": k.expires, "last_used": last_used,
-        "source": "store",
+        "source": "store", "parent": k.parent.as_deref(),
     })
 }
 
@@ -267,6 +267,7 @@ async fn audit(snap: &Snapshot, ev: &Event<'_>, key_id: &str, owner: &str, statu
         org: Arc::from(user.map(|u| u.org.as_str()).unwrap_or_default()),
         role: Arc::from(user.map(|u| u.role.as_str()).unwrap_or_default()),
         grants: Arc::default(),
+        ancestors: Arc::from([]),
     });
     let ex = Exchange {
         status,
@@ -290,15 +291,41 @@ async fn create(state: &EngineState, snap: &Snapshot, ev: &Event<'_>, mut row: K
             Some("id"),
         );
     }
-    match state.store.store().create_key(&row).await {
+    // The user's config keys count too; the store counts its own in the write transaction.
+    let max = snap.config.store.max_keys_per_user;
+    let in_config = snap
+        .config
+        .keys
+        .iter()
+        .filter(|k| k.user == row.user)
+        .count() as u64;
+    let limit = max.saturating_sub(in_config);
+    match state
+        .store
+        .store()
+        .create_key_within(&row, Some(limit))
+        .await
+    {
         Ok(version) => {
-            state.store.patch(version, Patch::Put(row.clone()));
+            state
+                .store
+                .patch(version, Patch::Put(Box::new(row.clone())));
             audit(snap, ev, &row.id, &row.user, 201).await;
             tracing::info!(key_id = %row.id, user = %row.user, "API key created");
             let mut obj = store_object(&row, None);
             obj["key"] = Value::String(key);
             Reply::json(201, &obj)
         }
+        Err(StoreError::TooMany(_)) => error(
+            409,
+            "key_limit_reached",
+            format!(
+                "The user `{}` already holds {max} API keys, the most this gateway allows \
+                 (store.max_keys_per_user): revoke one (DELETE /v1/keys/{{id}}) first.",
+                row.user
+            ),
+            None,
+        ),
         Err(StoreError::Conflict(_)) => error(
             409,
             "key_exists",
@@ -322,10 +349,20 @@ async fn revoke(
             "The key `{id}` is in the gateway's config file; remove or disable it there (then reload)."), None);
     }
     match state.store.store().revoke_key(id, user).await {
-        Ok(Some((version, owner))) => {
+        Ok(Some(crate::store::Revoked {
+            version,
+            owner,
+            descendants,
+        })) => {
             state.store.patch(version, Patch::Remove(id.to_string()));
             audit(snap, ev, id, &owner, 200).await;
             tracing::info!(key_id = %id, user = %owner, "API key revoked");
+            // The keys made from it go with it: one record each, like any revocation.
+            for child in &descendants {
+                state.store.patch(version, Patch::Remove(child.clone()));
+                audit(snap, ev, child, &owner, 200).await;
+                tracing::info!(key_id = %child, user = %owner, parent = %id, "API key revoked with the key it was made from");
+            }
             Reply::json(
                 200,
                 &json!({"id": id, "object": "api_key", "deleted": true}),

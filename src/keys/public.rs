@@ -162,6 +162,7 @@ async fn create_own(
         disabled: false,
         created: crate::store::now_secs(),
         expires,
+        parent: Some(caller.key_id.to_string()),
     };
     create(state, snap, ev, row).await
 }

@@ -20,6 +20,10 @@ pub struct StoreConfig {
     /// How long a change (or a bootstrap read) may wait for the database before it fails.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// The most keys one user may hold (config keys included); past it, making a key through
+    /// the API answers `409 key_limit_reached`.
+    #[serde(default = "default_max_keys")]
+    pub max_keys_per_user: u64,
 }
 
 fn default_url() -> String {
@@ -31,6 +35,9 @@ fn default_poll() -> u64 {
 fn default_timeout() -> u64 {
     2000
 }
+fn default_max_keys() -> u64 {
+    50
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -38,6 +45,7 @@ impl Default for StoreConfig {
             url: default_url(),
             poll_interval_ms: default_poll(),
             timeout_ms: default_timeout(),
+            max_keys_per_user: default_max_keys(),
         }
     }
 }
@@ -86,6 +94,12 @@ impl StoreConfig {
                 "must be between 100 and 60000",
             ));
         }
+        if !(1..=100_000).contains(&self.max_keys_per_user) {
+            errs.push(ConfigError::new(
+                "store.max_keys_per_user",
+                "must be between 1 and 100000",
+            ));
+        }
     }
 
     /// The URL without its password, for logs and errors.
@@ -116,6 +130,7 @@ impl fmt::Debug for StoreConfig {
             .field("url", &self.display_url())
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("timeout_ms", &self.timeout_ms)
+            .field("max_keys_per_user", &self.max_keys_per_user)
             .finish()
     }
 }

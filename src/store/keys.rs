@@ -7,6 +7,14 @@ use std::sync::Arc;
 use super::records::parse_json;
 use super::{now_secs, with_pool, KeyPatch, KeyRow, Store, StoreError, CHANNEL};
 
+/// A revocation: the change counter it made, the key's user and the keys revoked with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub version: u64,
+    pub owner: String,
+    pub descendants: Vec<String>,
+}
+
 /// A key row as the database returns it, columns in [`COLUMNS`] order.
 type RawKey = (
     String,
@@ -18,14 +26,16 @@ type RawKey = (
     bool,
     i64,
     Option<i64>,
+    Option<String>,
 );
 
-const COLUMNS: &str = "id, user_name, name, sha256, models, rate_limit, disabled, created, expires";
+const COLUMNS: &str =
+    "id, user_name, name, sha256, models, rate_limit, disabled, created, expires, parent";
 
 const BUMP: &str = "UPDATE store_version SET version = version + 1 WHERE id = 1 RETURNING version";
 
 fn to_row(raw: RawKey) -> Result<KeyRow, StoreError> {
-    let (id, user, name, sha256, models, rate_limit, disabled, created, expires) = raw;
+    let (id, user, name, sha256, models, rate_limit, disabled, created, expires, parent) = raw;
     let models = parse_json("models", &id, models).map_err(StoreError::Incompatible)?;
     let rate_limit = parse_json("rate_limit", &id, rate_limit).map_err(StoreError::Incompatible)?;
     Ok(KeyRow {
@@ -38,6 +48,7 @@ fn to_row(raw: RawKey) -> Result<KeyRow, StoreError> {
         disabled,
         created,
         expires,
+        parent,
     })
 }
 
@@ -96,13 +107,40 @@ impl Store {
 
     /// Stores a new key; returns the change counter it made.
     pub async fn create_key(&self, row: &KeyRow) -> Result<u64, StoreError> {
+        self.create_key_within(row, None).await
+    }
+
+    /// Stores a new key unless its user already holds `limit` live (not revoked, not expired)
+    /// store keys ([`StoreError::TooMany`]); counted in the same write transaction, so
+    /// concurrent requests cannot both take the last place.
+    pub async fn create_key_within(
+        &self,
+        row: &KeyRow,
+        limit: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let sql = self.sql(
             "INSERT INTO api_keys (id, user_name, name, sha256, models, rate_limit, disabled, \
-             created, expires, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             created, expires, updated, parent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         );
-        let result: Result<u64, sqlx::Error> = with_pool!(self, pool => async {
+        let count_sql = self.sql(
+            "SELECT COUNT(*) FROM api_keys WHERE user_name = $1 AND revoked IS NULL \
+             AND (expires IS NULL OR expires > $2)",
+        );
+        let result: Result<Option<u64>, sqlx::Error> = with_pool!(self, pool => async {
             let mut tx = begin_write!(self, pool)?;
             let v = bump!(self, tx);
+            if let Some(limit) = limit {
+                let held: i64 = sqlx::query_scalar(&count_sql)
+                    .bind(&row.user)
+                    .bind(now_secs())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if held.max(0) as u64 >= limit {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
             sqlx::query(&sql)
                 .bind(&row.id)
                 .bind(&row.user)
@@ -114,12 +152,16 @@ impl Store {
                 .bind(row.created)
                 .bind(row.expires)
                 .bind(now_secs())
+                .bind(&row.parent)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(v)
+            Ok(Some(v))
         }.await);
-        result.map_err(|e| self.fail(e))
+        match result.map_err(|e| self.fail(e))? {
+            Some(v) => Ok(v),
+            None => Err(StoreError::TooMany(limit.unwrap_or(0))),
+        }
     }
 
     /// Changes a live key (of `user` only, when given); `None` when there is no such key.
@@ -138,7 +180,8 @@ impl Store {
                expires = CASE WHEN $9 THEN $10 ELSE expires END, \
                updated = $11 \
              WHERE id = $12 AND revoked IS NULL AND ($13 IS NULL OR user_name = $13) \
-             RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires",
+             RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires, \
+             parent",
         );
         let models = patch
             .models
@@ -184,37 +227,51 @@ impl Store {
         }
     }
 
-    /// Revokes a live key (of `user` only, when given): from then on it authenticates
-    /// nobody. Returns the change counter and the key's user; `None` when there is no such key.
+    /// Revokes a live key (of `user` only, when given) and every key made from it, at any
+    /// depth: from then on they authenticate nobody. Returns the change counter, the key's user
+    /// and the ids of the descendants revoked with it; `None` when there is no such key.
     pub async fn revoke_key(
         &self,
         id: &str,
         user: Option<&str>,
-    ) -> Result<Option<(u64, String)>, StoreError> {
+    ) -> Result<Option<Revoked>, StoreError> {
         let sql = self.sql(
             "UPDATE api_keys SET revoked = $1, updated = $1 \
              WHERE id = $2 AND revoked IS NULL AND ($3 IS NULL OR user_name = $3) \
              RETURNING user_name",
         );
-        let result: Result<Option<(u64, String)>, sqlx::Error> = with_pool!(self, pool => async {
+        let children_sql = self.sql(
+            "UPDATE api_keys SET revoked = $1, updated = $1 \
+             WHERE parent = $2 AND revoked IS NULL RETURNING id",
+        );
+        let result: Result<Option<Revoked>, sqlx::Error> = with_pool!(self, pool => async {
             let mut tx = begin_write!(self, pool)?;
             let v = bump!(self, tx);
+            let now = now_secs();
             let owner: Option<String> = sqlx::query_scalar(&sql)
-                .bind(now_secs())
+                .bind(now)
                 .bind(id)
                 .bind(user)
                 .fetch_optional(&mut *tx)
                 .await?;
-            match owner {
-                Some(owner) => {
-                    tx.commit().await?;
-                    Ok(Some((v, owner)))
-                }
-                None => {
-                    tx.rollback().await?;
-                    Ok(None)
-                }
+            let Some(owner) = owner else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            // Breadth first down the tree; a key is revoked once, so this ends.
+            let mut descendants = Vec::new();
+            let mut next = vec![id.to_string()];
+            while let Some(parent) = next.pop() {
+                let children: Vec<String> = sqlx::query_scalar(&children_sql)
+                    .bind(now)
+                    .bind(&parent)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                next.extend(children.iter().cloned());
+                descendants.extend(children);
             }
+            tx.commit().await?;
+            Ok(Some(Revoked { version: v, owner, descendants }))
         }.await);
         result.map_err(|e| self.fail(e))
     }

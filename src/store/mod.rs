@@ -34,6 +34,7 @@ use sqlx::sqlite::{
 };
 
 pub use config::{StoreConfig, StoreUrl};
+pub use keys::Revoked;
 pub use records::{KeyPatch, KeyRow, RunRow};
 pub use sync::StoreRuntime;
 
@@ -50,6 +51,8 @@ pub enum StoreError {
     Conflict(&'static str),
     /// The schema is of a newer Sluice, or a row cannot be read.
     Incompatible(String),
+    /// The user already holds this many live keys (`store.max_keys_per_user`).
+    TooMany(u64),
 }
 
 impl std::fmt::Display for StoreError {
@@ -58,6 +61,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Unavailable(m) => write!(f, "the store is unavailable: {m}"),
             StoreError::Conflict(field) => write!(f, "a key with this {field} already exists"),
             StoreError::Incompatible(m) => write!(f, "{m}"),
+            StoreError::TooMany(n) => write!(f, "the user already holds {n} live keys"),
         }
     }
 }

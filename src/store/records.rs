@@ -19,6 +19,9 @@ pub struct KeyRow {
     /// Unix seconds.
     pub created: i64,
     pub expires: Option<i64>,
+    /// The key that made this one through the key API (a store or config key id): this key is
+    /// bound by its limits, expiry and revocation too.
+    pub parent: Option<String>,
 }
 
 impl KeyRow {
@@ -34,6 +37,7 @@ impl KeyRow {
                 disabled: self.disabled,
                 created: self.created.max(0) as u64,
                 expires: self.expires.map(|e| e.max(0) as u64),
+                parent: self.parent.clone(),
             },
             &self.sha256,
         )
@@ -64,6 +68,7 @@ impl fmt::Debug for KeyRow {
             .field("disabled", &self.disabled)
             .field("created", &self.created)
             .field("expires", &self.expires)
+            .field("parent", &self.parent)
             .finish_non_exhaustive()
     }
 }

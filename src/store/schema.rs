@@ -56,6 +56,16 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX agent_runs_expires ON agent_runs (expires)",
         ],
     },
+    Migration {
+        version: 3,
+        name: "key ancestry",
+        statements: &[
+            // The key that made this one (a store key's id or a config key's); NULL for keys
+            // made by an administrator or `sluice keys new --store`.
+            "ALTER TABLE api_keys ADD COLUMN parent TEXT",
+            "CREATE INDEX api_keys_parent ON api_keys (parent)",
+        ],
+    },
 ];
 
 /// The newest schema version this Sluice knows.
@@ -68,6 +78,7 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
     let create = "CREATE TABLE IF NOT EXISTS sluice_migrations \
                   (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)";
     let applied_sql = store.sql("SELECT COALESCE(MAX(version), 0) FROM sluice_migrations");
+    let applied_list = store.sql("SELECT version FROM sluice_migrations");
     let record =
         store.sql("INSERT INTO sluice_migrations (version, name, applied) VALUES ($1, $2, $3)");
     let postgres = store.is_postgres();
@@ -82,6 +93,10 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
         }
         sqlx::query(create).execute(&mut *tx).await?;
         let current: i64 = sqlx::query_scalar(&applied_sql).fetch_one(&mut *tx).await?;
+        // Each version is applied when it is missing, not only when it is above the newest
+        // applied one: branches number their migrations ahead of time, so a store may hold 6
+        // before it meets 3.
+        let done: Vec<i64> = sqlx::query_scalar(&applied_list).fetch_all(&mut *tx).await?;
         if current > latest() {
             return Err(sqlx::Error::Protocol(format!(
                 "the store's schema is version {current}, newer than this Sluice's {}: \
@@ -89,7 +104,7 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
                 latest()
             )));
         }
-        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
             for statement in m.statements {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }

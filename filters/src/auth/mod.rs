@@ -43,6 +43,7 @@
 //! any other `/v1/*` `passthrough` (and the model globs when the body names a model).
 
 mod key;
+mod lineage;
 mod rbac;
 mod runtime;
 
@@ -64,6 +65,7 @@ pub use key::{
     generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
 };
 use key::{parse_credentials, KeyDigest, Presented};
+use lineage::Lineage;
 pub(crate) use runtime::Derived;
 pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 
@@ -250,10 +252,14 @@ impl AuthFilter {
     }
 
     fn resolve_store_keys(&self, table: &StoreKeyTable) -> HashMap<KeyDigest, KeyEntry> {
-        let config_ids: HashSet<&str> = self.keys.values().map(|e| &*e.identity.key_id).collect();
+        let config: HashMap<&str, bool> = self
+            .keys
+            .values()
+            .map(|e| (&*e.identity.key_id, e.disabled))
+            .collect();
         let mut out = HashMap::with_capacity(table.len());
         for k in table.iter() {
-            if config_ids.contains(&*k.id) || self.keys.contains_key(k.digest()) {
+            if config.contains_key(&*k.id) || self.keys.contains_key(k.digest()) {
                 tracing::warn!(key_id = %k.id, "a store key has the id or the hash of a [[keys]] entry: the config's entry wins");
                 continue;
             }
@@ -261,6 +267,7 @@ impl AuthFilter {
             let Some(u) = self.users.get(&k.user) else {
                 continue;
             };
+            let line = Lineage::of(k, table, &config);
             let grants = Grants {
                 permissions: u.permissions.clone(),
                 models: u.models.clone(),
@@ -273,8 +280,10 @@ impl AuthFilter {
                 org: u.org.clone(),
                 role: u.role.clone(),
                 grants: Arc::new(grants),
+                ancestors: line.ancestors.into(),
             };
-            out.insert(*k.digest(), entry(identity, k.disabled, k.expires));
+            let disabled = k.disabled || line.disabled;
+            out.insert(*k.digest(), entry(identity, disabled, line.expires));
         }
         out
     }
@@ -422,6 +431,7 @@ fn resolve_keys(
             org: Arc::from(user.org.as_str()),
             role: Arc::from(role.name.as_str()),
             grants: Arc::new(grants),
+            ancestors: Arc::from([]),
         };
         table.insert(digest, entry(identity, k.disabled, None));
     }

@@ -33,10 +33,15 @@ pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
         }
         Route::ListModels | Route::GetModel => require(id, Permission::ModelsList, "list models"),
         // The agent's own model is the administrator's choice when they granted the agent, so
-        // only the agent globs apply, as SPEC §5 says.
+        // the role's model globs do not apply (SPEC §5); a key's own `models` narrows every
+        // route, agent runs included (SPEC §12).
         Route::AgentRun | Route::AgentRunStatus => {
             require(id, Permission::AgentsRun, "run agents")?;
-            require_agent(id, cx.agent_id.as_deref())
+            require_agent(id, cx.agent_id.as_deref())?;
+            match (cx.route, cx.model.as_deref()) {
+                (Route::AgentRun, Some(model)) => require_key_model(id, model),
+                _ => Ok(()),
+            }
         }
         Route::Embeddings => {
             require(id, Permission::Embeddings, "create embeddings")?;
@@ -92,6 +97,28 @@ fn require_model(id: &Identity, model: &str) -> Result<(), Reply> {
     ))
 }
 
+/// An agent's model against the key's own `models` only.
+fn require_key_model(id: &Identity, model: &str) -> Result<(), Reply> {
+    let allowed = id
+        .grants
+        .key_models
+        .as_ref()
+        .is_none_or(|k| k.iter().any(|g| crate::glob_match(g, model)));
+    if allowed {
+        return Ok(());
+    }
+    Err(Reply::error(
+        403,
+        "model_not_allowed",
+        format!(
+            "The API key `{}` may not run this agent: the agent uses the model `{}`, which the \
+             key's own `models` list does not include. Use a key that allows it.",
+            id.key_id,
+            bounded(model)
+        ),
+    ))
+}
+
 fn require_agent(id: &Identity, agent: Option<&str>) -> Result<(), Reply> {
     match agent {
         Some(agent) if id.grants.may_run_agent(agent) => Ok(()),
@@ -136,6 +163,7 @@ mod tests {
             org: "acme".into(),
             role: "analyst".into(),
             grants: Arc::new(grants),
+            ancestors: Arc::from([]),
         }
     }
 

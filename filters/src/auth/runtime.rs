@@ -39,6 +39,9 @@ pub struct StoreKey {
     pub created: u64,
     /// Unix seconds; from then on the key is refused.
     pub expires: Option<u64>,
+    /// The key (of the store or the config) that made this one: its limits, expiry and
+    /// revocation bind this key too.
+    pub parent: Option<Arc<str>>,
     digest: KeyDigest,
 }
 
@@ -52,6 +55,7 @@ pub struct StoreKeyFields {
     pub disabled: bool,
     pub created: u64,
     pub expires: Option<u64>,
+    pub parent: Option<String>,
 }
 
 impl StoreKey {
@@ -67,6 +71,7 @@ impl StoreKey {
             disabled: fields.disabled,
             created: fields.created,
             expires: fields.expires,
+            parent: fields.parent.map(Arc::from),
             digest,
         })
     }
@@ -309,6 +314,7 @@ mod tests {
             disabled: false,
             created: 1,
             expires: Some(100),
+            parent: None,
         };
         StoreKey::new(fields, &format!("{n:02x}").repeat(32)).expect("valid digest")
     }
@@ -342,6 +348,7 @@ mod tests {
                 disabled: false,
                 created: 0,
                 expires: None,
+                parent: None,
             },
             "abc"
         )

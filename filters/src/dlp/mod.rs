@@ -21,6 +21,7 @@ mod detectors;
 mod iban;
 mod json;
 mod literals;
+mod pack_actions;
 mod redact;
 mod scanner;
 mod secrets;
@@ -46,6 +47,7 @@ use crate::{
 
 pub use allow::AllowSettings;
 pub use detectors::builtin_names;
+pub use pack_actions::PackActions;
 pub use scanner::{Match, Scanner, MAX_MATCH_BYTES};
 pub use settings::{Action, Direction, DlpSettings, RuleSettings, UNSCANNABLE};
 
@@ -72,8 +74,8 @@ impl DlpFilter {
     /// Builds the filter from `[dlp]`; registers its metric in `shared` (once per process).
     pub fn new(settings: &DlpSettings, shared: &Shared) -> Result<DlpFilter, BuildError> {
         let scanner = Scanner::from_settings(settings)?;
-        let request_actions = scanner.actions(Direction::Request, settings.request_action);
-        let response_actions = scanner.actions(Direction::Response, settings.response_action);
+        let request_actions = settings.actions(&scanner, Direction::Request);
+        let response_actions = settings.actions(&scanner, Direction::Response);
         let findings = shared
             .metric("dlp_findings", || {
                 IntCounterVec::new(

@@ -8,6 +8,7 @@ use super::allow::{self, AllowSettings};
 use super::detectors::{self, builtin_names, Pack, Trigger};
 use super::json::JsonScan;
 use super::literals::{first_bytes, literal_prefixes};
+use super::pack_actions::{self, PackActions};
 use super::scanner::{builtins, compile_dfa, last_line, Detector, Scanner};
 use crate::policy::{BuildError, ConfigError};
 
@@ -30,6 +31,9 @@ pub struct DlpSettings {
     /// The largest body DLP scans; a larger one is refused rather than forwarded unscanned.
     #[serde(default = "default_max_scan_bytes")]
     pub max_scan_bytes: usize,
+    /// `[dlp.pack_actions.<pack>]`: a built-in pack's own actions.
+    #[serde(default)]
+    pub pack_actions: std::collections::BTreeMap<String, PackActions>,
 }
 
 fn default_packs() -> Vec<String> {
@@ -55,6 +59,7 @@ impl Default for DlpSettings {
             rules: Vec::new(),
             allow: Vec::new(),
             max_scan_bytes: default_max_scan_bytes(),
+            pack_actions: Default::default(),
         }
     }
 }
@@ -126,6 +131,18 @@ impl Direction {
 pub const UNSCANNABLE: &str = "unscannable_body";
 
 impl DlpSettings {
+    /// Each detector's action for `dir` under these settings: a custom rule's own, else its
+    /// pack's (`dlp.pack_actions`), else the direction's.
+    pub fn actions(&self, scanner: &Scanner, dir: Direction) -> Vec<Action> {
+        let default = match dir {
+            Direction::Request => self.request_action,
+            Direction::Response => self.response_action,
+        };
+        let mut actions = scanner.actions(dir, default);
+        pack_actions::apply(&self.pack_actions, scanner, dir, &mut actions);
+        actions
+    }
+
     pub fn validate(&self, errs: &mut Vec<ConfigError>) {
         self.compile_with_allow(errs);
     }
@@ -157,6 +174,7 @@ impl DlpSettings {
                 )),
             }
         }
+        pack_actions::validate(&self.pack_actions, &self.packs, errs);
         if self.max_scan_bytes == 0 {
             errs.push(ConfigError::new("dlp.max_scan_bytes", "must be at least 1"));
         }

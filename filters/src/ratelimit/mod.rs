@@ -328,15 +328,21 @@ fn reserves_nothing(route: Route) -> bool {
 }
 
 impl RateLimitFilter {
-    /// Every level of the caller that has a bucket this request touches, org → user → key.
+    /// Every level of the caller that has a bucket this request touches, org → user → key →
+    /// the keys it was made from (parent first), whose key-level buckets it is charged to
+    /// too, so that minting keys never multiplies a limit. Locks are taken in this order; an
+    /// ancestor always comes after its descendants, so two requests never wait on each other
+    /// in a cycle.
     fn plan(&self, id: &Identity, counts_request: bool, tokens: u64) -> Plan {
-        let mut items = Vec::with_capacity(3);
+        let mut items = Vec::with_capacity(3 + id.ancestors.len());
         let found = [
             self.orgs.get(&*id.org).cloned(),
             self.users.get(&*id.user).cloned(),
             self.key_entity(&id.key_id),
-        ];
-        for entity in found.into_iter().flatten() {
+        ]
+        .into_iter()
+        .chain(id.ancestors.iter().map(|a| self.key_entity(a)));
+        for entity in found.flatten() {
             let requests = u64::from(counts_request && entity.limits.requests.is_some());
             let tokens = if entity.limits.tokens.is_some() {
                 tokens
@@ -360,9 +366,12 @@ impl RateLimitFilter {
         };
         has(&self.orgs, &id.org)
             || has(&self.users, &id.user)
-            || self
-                .key_entity(&id.key_id)
-                .is_some_and(|e| e.limits.tokens.is_some())
+            || std::iter::once(&id.key_id)
+                .chain(id.ancestors.iter())
+                .any(|k| {
+                    self.key_entity(k)
+                        .is_some_and(|e| e.limits.tokens.is_some())
+                })
     }
 
     /// The key-level buckets of a configured key, else of a store key.
@@ -563,7 +572,11 @@ fn limited_message(
     tokens: u64,
     secs: u64,
 ) -> String {
-    let Some(b) = buckets.iter().find(|b| b.level == level && b.kind == kind) else {
+    // A key and the keys it was made from share the key level: name the emptiest bucket.
+    let same = buckets
+        .iter()
+        .filter(|b| b.level == level && b.kind == kind);
+    let Some(b) = same.min_by_key(|b| b.remaining) else {
         return format!(
             "Rate limit exceeded at the {} level. Retry after {secs} s.",
             level.label()

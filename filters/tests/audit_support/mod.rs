@@ -118,6 +118,7 @@ pub fn identify(cx: &mut Cx) {
         org: "acme".into(),
         role: "analyst".into(),
         grants: Arc::new(Grants::default()),
+        ancestors: Arc::from([]),
     });
 }
 
