@@ -99,16 +99,15 @@ pub async fn create_key(cx: &Ctx<'_>, s: &Session) -> Page {
     if !models.is_empty() {
         body["models"] = json!(models);
     }
-    match field("expires_in_days").filter(|d| !d.is_empty()) {
-        Some(d) => match d.parse::<u64>() {
+    if let Some(d) = field("expires_in_days").filter(|d| !d.is_empty()) {
+        match d.parse::<u64>() {
             Ok(days) => body["expires_in_days"] = json!(days),
             Err(_) => {
                 let n = Notice::Failed(400, "The expiry must be a number of days.".into());
                 audit::record(cx, Some(s), None, 400, Outcome::BadRequest).await;
                 return keys_page(cx, s, Some(n)).await;
             }
-        },
-        None => {}
+        }
     }
     let r = key_api(cx, s, Method::POST, None, body).await;
     let status = r.status.as_u16();

@@ -119,3 +119,71 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    async fn open(dir: &std::path::Path) -> Store {
+        let cfg = StoreConfig {
+            url: format!("sqlite://{}", dir.join("s.db").display()),
+            ..StoreConfig::default()
+        };
+        Store::open(&cfg).await.expect("store")
+    }
+
+    fn row(id: &str, user: &str) -> SessionRow {
+        SessionRow {
+            id_sha256: id.into(),
+            user: user.into(),
+            key_id: Some("k".into()),
+            auth: "key".into(),
+            csrf: "t".into(),
+            created: 1000,
+            last_seen: 1000,
+            expires: 2000,
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_are_made_read_touched_and_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        store.create_session(&row("a", "alice")).await.unwrap();
+        store.create_session(&row("b", "alice")).await.unwrap();
+        store.create_session(&row("c", "bob")).await.unwrap();
+        assert_eq!(store.session("a").await.unwrap(), Some(row("a", "alice")));
+        store.touch_session("a", 1500).await.unwrap();
+        assert_eq!(store.session("a").await.unwrap().unwrap().last_seen, 1500);
+        store.end_session("a").await.unwrap();
+        assert_eq!(store.session("a").await.unwrap(), None);
+        assert_eq!(store.end_sessions_of("alice").await.unwrap(), 1);
+        assert!(store.session("c").await.unwrap().is_some());
+    }
+
+    /// Migrations are applied by version, not above the highest: a store that lacks an earlier
+    /// version (branches merged in another order) gets it when it is opened again.
+    #[tokio::test]
+    async fn a_missing_earlier_migration_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        with_pool!(store, pool => async {
+            sqlx::query("DROP TABLE agent_runs").execute(pool).await.unwrap();
+            sqlx::query("DELETE FROM sluice_migrations WHERE version = 2").execute(pool).await.unwrap();
+        }.await);
+        store.close().await;
+        let store = open(dir.path()).await;
+        let versions: Vec<i64> = with_pool!(store, pool => sqlx::query_scalar(
+            "SELECT version FROM sluice_migrations ORDER BY version").fetch_all(pool).await)
+        .unwrap();
+        assert!(
+            versions.starts_with(&[1, 2]) && versions.contains(&5),
+            "{versions:?}"
+        );
+        let runs: i64 = with_pool!(store, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM agent_runs").fetch_one(pool).await)
+        .unwrap();
+        assert_eq!(runs, 0);
+    }
+}

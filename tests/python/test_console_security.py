@@ -6,6 +6,7 @@ script injection through a key name, and the audit records of all of it."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 from conftest import HTTP_TIMEOUT_S
-from console_support import ALICE, CONFIG, NARROW, ROOT, csrf_of, sign_in, wait_audit
+from console_support import ALICE, CONFIG, CSRF as CSRF_RE, NARROW, ROOT, csrf_of, sign_in, wait_audit
 
 T = HTTP_TIMEOUT_S
 
@@ -139,8 +140,6 @@ def test_the_store_keeps_a_hash_of_the_session_id_only(gw):
     with db(gw) as c:
         rows = c.execute("SELECT id_sha256, user_name, key_id, auth FROM console_sessions").fetchall()
     assert len(rows) == 1
-    import hashlib
-
     assert rows[0] == (hashlib.sha256(cookie.encode()).hexdigest(), "alice", "alice-key", "key")
 
 
@@ -224,3 +223,33 @@ def test_key_actions_are_audited_with_the_key_id(gw):
     assert gone and gone[0]["outcome"] == "ok"
     for rec in made + gone:
         assert "sk-sluice-" not in str(rec)
+
+
+def test_behind_tls_the_cookie_is_secure_and_the_origin_is_the_public_one(start_gateway):
+    cfg = dict(CONFIG, console={"public_url": "https://gw.example.test"})
+    gw = start_gateway(cfg)
+    r = requests.post(
+        f"{gw.public_url}/console/login",
+        data={"key": ALICE},
+        headers={"Origin": "https://gw.example.test"},
+        allow_redirects=False,
+        timeout=T,
+    )
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("__Host-sluice_session=")
+    attrs = [a.strip() for a in cookie.split(";")[1:]]
+    assert {"Secure", "HttpOnly", "SameSite=Lax", "Path=/"} <= set(attrs)
+    jar = {"Cookie": cookie.split(";")[0]}
+    page = requests.get(f"{gw.public_url}/console/api", headers=jar, timeout=T).text
+    token = CSRF_RE.search(page).group(1)
+    assert "https://gw.example.test/v1" in page
+    # The listener's own address is not the console's origin here.
+    for origin, want in [(gw.public_url, 403), ("https://gw.example.test", 200)]:
+        r = requests.post(
+            f"{gw.public_url}/console/api/keys",
+            data={"csrf": token, "name": "tls"},
+            headers={**jar, "Origin": origin},
+            timeout=T,
+        )
+        assert r.status_code == want, origin

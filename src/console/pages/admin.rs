@@ -109,7 +109,7 @@ fn upstream_table(v: &Value) -> Markup {
                         td { (text(&u["why"])) }
                         td.num { (text(&u["consecutive_failures"])) }
                         td.num { (text(&u["in_flight"])) }
-                        td { (u["models"].as_array().map(|m| m.iter().map(|x| text(x)).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                        td { (u["models"].as_array().map(|m| m.iter().map(&text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
                     }
                 }
             }
