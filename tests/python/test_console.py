@@ -6,6 +6,7 @@ README shows them)."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 from pathlib import Path
@@ -53,12 +54,16 @@ def gw(start_gateway):
 
 
 def shot(d, name: str) -> None:
-    """Saves the whole page (its full height) as docs/console/<name>.png."""
+    """Saves the whole page (its full height, at most 2400 px) as docs/console/<name>.png."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    height = d.execute_script("return document.documentElement.scrollHeight")
-    d.set_window_size(1280, max(600, min(int(height) + 20, 2400)))
-    d.save_screenshot(str(SHOTS / f"{name}.png"))
-    d.set_window_size(1280, 900)
+    height = int(d.execute_script("return document.documentElement.scrollHeight"))
+    d.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": max(600, min(height, 2400)), "deviceScaleFactor": 1, "mobile": False},
+    )
+    png = d.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})["data"]
+    d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    (SHOTS / f"{name}.png").write_bytes(base64.b64decode(png))
 
 
 def wait_for(d, pred, what: str):
