@@ -253,3 +253,23 @@ def test_behind_tls_the_cookie_is_secure_and_the_origin_is_the_public_one(start_
             timeout=T,
         )
         assert r.status_code == want, origin
+
+
+def test_models_page_snippets_fit_each_models_upstream(start_gateway):
+    from conftest import closed_port
+
+    cfg = dict(CONFIG)
+    cfg["upstreams"] = [
+        {"name": "mock", "builtin": "mock"},
+        {"name": "vendor", "url": f"http://127.0.0.1:{closed_port()}"},
+    ]
+    cfg["models"] = CONFIG["models"] + [{"name": "mock-vendor", "upstream": "vendor"}]
+    gw = start_gateway(cfg)
+    page = sign_in(gw, ALICE).get(f"{gw.public_url}/console/models", timeout=T).text
+    sections = {s.split("</code>", 1)[0]: s for s in page.split('<h2 id="model-')[1:]}
+    by_model = {k.split("<code>", 1)[1]: v for k, v in sections.items()}
+    assert set(by_model) == {"mock-echo", "mock-other", "mock-vendor"}
+    for model, html in by_model.items():
+        assert f"{gw.public_url}/v1/chat/completions" in html and "from openai import OpenAI" in html
+        assert "from anthropic import Anthropic" in html
+        assert ("api = &quot;anthropic&quot;" in html) == (model == "mock-vendor"), model

@@ -33,6 +33,9 @@ pub fn page(cx: &Ctx<'_>, s: &Session) -> Page {
                     (snippet(i, "curl", &curl(&base, m)))
                     (snippet(i, "OpenAI SDK (Python)", &openai(&base, m)))
                     (snippet(i, "Anthropic SDK (Python)", &anthropic(&base, m)))
+                    @if !speaks_anthropic(&cx.snap.config, m) {
+                        p.hint { "This model's upstream speaks OpenAI's API: the Anthropic SDK needs a model served by an upstream with api = \"anthropic\"." }
+                    }
                 }
             }
         },
@@ -54,6 +57,21 @@ fn snippet(i: usize, title: &str, text: &str) -> Markup {
             span id=(format!("{id}-status")) role="status" {}
         }
     }
+}
+
+/// Whether every upstream serving `model` takes Anthropic's Messages API (`api = "anthropic"`,
+/// or the built-in mock, which speaks both).
+fn speaks_anthropic(config: &crate::config::Config, model: &str) -> bool {
+    let Some(m) = config.models.iter().find(|m| m.name == model) else {
+        return false;
+    };
+    let mut names: Vec<&str> = m.upstream.iter().map(String::as_str).collect();
+    names.extend(m.targets.iter().flatten().map(|t| t.upstream.as_str()));
+    names.iter().all(|n| {
+        config.upstreams.iter().any(|u| {
+            u.name == *n && (u.api == crate::config::UpstreamApi::Anthropic || u.builtin.is_some())
+        })
+    })
 }
 
 fn curl(base: &str, model: &str) -> String {
