@@ -155,32 +155,29 @@ impl SluiceProxy {
         call.console = true;
         let timeout = Duration::from_millis(call.snap.config.server.body_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
-        let body = match read_body(session, crate::console::MAX_BODY, deadline).await {
-            Ok(b) => b,
+        let page = match read_body(session, crate::console::MAX_BODY, deadline).await {
+            Ok(body) => {
+                let req = session.req_header();
+                let client_ip = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let request = crate::console::ConsoleRequest {
+                    method: &req.method,
+                    path,
+                    query: req.uri.query(),
+                    headers: &req.headers,
+                    body,
+                    client_ip,
+                };
+                crate::console::handle(&self.state, &request).await
+            }
             Err(BodyFail::Reply(r)) => {
                 session.set_keepalive(None);
-                let h = ResponseHeader::build(r.status, Some(1))?;
-                session.write_response_header(Box::new(h), true).await?;
-                return Ok(true);
+                crate::console::unread_body(r.status.as_u16())
             }
             Err(BodyFail::Gone) => return Ok(true),
         };
-        let req = session.req_header();
-        let page = crate::console::handle(
-            &self.state,
-            &crate::console::ConsoleRequest {
-                method: &req.method,
-                path,
-                query: req.uri.query(),
-                headers: &req.headers,
-                body,
-                client_ip: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-            },
-        )
-        .await;
         let mut h = ResponseHeader::build(page.status, Some(8))?;
         for (n, v) in page.all_headers() {
             h.insert_header(n, v)?;

@@ -64,6 +64,21 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("x-frame-options", "DENY"),
 ];
 
+/// The answer to a console request whose body could not be read whole (413 over
+/// [`MAX_BODY`], 400 bad framing, 408 too slow): a short text, with the security headers.
+pub fn unread_body(status: u16) -> Page {
+    let text = match status {
+        413 => "The form is larger than the console accepts.\n",
+        408 => "The form did not arrive in time.\n",
+        _ => "The request's body could not be read.\n",
+    };
+    Page {
+        status,
+        headers: vec![("content-type", "text/plain; charset=utf-8".into())],
+        body: Bytes::from_static(text.as_bytes()),
+    }
+}
+
 /// Whether a (normalized) path is the console's.
 pub fn claims(path: &str) -> bool {
     path == "/console" || path.starts_with("/console/")
@@ -252,7 +267,11 @@ async fn route(cx: &Ctx<'_>, s: &Session) -> Page {
             pages::message(cx, Some(s), "Not found", "No console page here."),
         ),
     };
-    audit::record(cx, Some(s), None, page.status, Outcome::Ok).await;
+    let outcome = match http::StatusCode::from_u16(page.status) {
+        Ok(st) if st.is_client_error() || st.is_server_error() => Outcome::for_error(st, ""),
+        _ => Outcome::Ok,
+    };
+    audit::record(cx, Some(s), None, page.status, outcome).await;
     page
 }
 

@@ -273,3 +273,12 @@ def test_models_page_snippets_fit_each_models_upstream(start_gateway):
         assert f"{gw.public_url}/v1/chat/completions" in html and "from openai import OpenAI" in html
         assert "from anthropic import Anthropic" in html
         assert ("api = &quot;anthropic&quot;" in html) == (model == "mock-vendor"), model
+
+
+def test_a_form_over_the_bound_is_413_with_the_security_headers(gw):
+    r = requests.post(
+        f"{gw.public_url}/console/login", data={"key": "x" * 100_000}, allow_redirects=False, timeout=T
+    )
+    assert r.status_code == 413
+    assert r.headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
+    assert r.headers["x-content-type-options"] == "nosniff"
