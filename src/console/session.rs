@@ -174,6 +174,15 @@ pub fn check_csrf(cx: &Ctx<'_>, s: &Session) -> Result<(), &'static str> {
     }
 }
 
+/// Ends the session the request's cookie names, if any (a new sign-in replaces it).
+pub async fn end_presented(cx: &Ctx<'_>) {
+    if let Some(id) = cookie_value(cx.req.headers, cookie_name(cx)) {
+        if let Err(e) = cx.state.store.store().end_session(&id_sha256(id)).await {
+            tracing::warn!(error = %e, "console: a replaced session could not be removed");
+        }
+    }
+}
+
 /// Opens a session for `identity`, signed in with its key; returns the cookie's id.
 pub async fn open(
     cx: &Ctx<'_>,

@@ -50,6 +50,7 @@ pub async fn with_key(cx: &Ctx<'_>) -> Page {
         let why = "This key's user is not one the console knows.";
         return Page::html(401, pages::signin::page(cx, Some(why)));
     };
+    session::end_presented(cx).await;
     match session::open(cx, &identity, "key").await {
         Ok(id) => {
             audit::record_as(cx, Some(&identity), None, 303, Outcome::Ok).await;

@@ -282,3 +282,15 @@ def test_a_form_over_the_bound_is_413_with_the_security_headers(gw):
     assert r.status_code == 413
     assert r.headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_signing_in_again_replaces_the_session(gw):
+    s = sign_in(gw, ALICE)
+    old = s.cookies["sluice_session"]
+    r = s.post(f"{gw.public_url}/console/login", data={"key": ALICE}, allow_redirects=False, timeout=T)
+    assert r.status_code == 303 and s.cookies["sluice_session"] != old
+    stale = requests.get(
+        f"{gw.public_url}/console/api", cookies={"sluice_session": old}, allow_redirects=False, timeout=T
+    )
+    assert stale.status_code == 303
+    assert s.get(f"{gw.public_url}/console/api", allow_redirects=False, timeout=T).status_code == 200
