@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --no-redis
 cargo build --release --locked
-exec ./target/release/sluice run -c "${1:-conf/sluice.toml}"
+config="${1:-conf/sluice.toml}"
+listen=$(sed -n 's/^listen *= *"\(.*\)".*/\1/p' "$config" | head -n1)
+echo "run: the console is at http://${listen:-127.0.0.1:8080}/console/ (sign in with a key, e.g. the demo key of the README)"
+exec ./target/release/sluice run -c "$config"

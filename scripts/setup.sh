@@ -14,6 +14,9 @@ if [ "${1:-}" != "--no-redis" ]; then
 fi
 if [ "${1:-}" != "--no-redis" ]; then
   command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+  # The console's browser tests (tests/python/test_console.py): Debian's Chromium + its driver.
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
@@ -38,8 +41,8 @@ if [ "${1:-}" != "--no-redis" ] && ! compgen -G "/usr/lib/postgresql/*/bin/initd
   exit 1
 fi
 if [ "${1:-}" != "--no-python" ] && [ "${1:-}" != "--no-redis" ]; then
-  python3 -c "import openai, pytest, requests" 2>/dev/null || {
-    echo "setup: installing the Python test client (openai, pytest, requests)"
+  python3 -c "import openai, pytest, requests, anthropic, selenium" 2>/dev/null || {
+    echo "setup: installing the Python test clients (tests/python/requirements.txt)"
     python3 -m pip install -q -r tests/python/requirements.txt
   }
 fi

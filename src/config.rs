@@ -51,6 +51,9 @@ pub struct Config {
     /// OpenTelemetry traces (SPEC §7); absent: none.
     #[serde(default)]
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    /// The web console at `/console/` (SPEC §14).
+    #[serde(default)]
+    pub console: crate::console::ConsoleConfig,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -460,6 +463,7 @@ impl Config {
         if let Some(t) = &self.telemetry {
             t.validate(errs);
         }
+        self.console.validate(errs);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod agents;
 pub mod chain;
 pub mod config;
+pub mod console;
 pub mod edge;
 pub mod gateway;
 pub mod headers;

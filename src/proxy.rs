@@ -148,6 +148,53 @@ impl SluiceProxy {
     }
 }
 
+impl SluiceProxy {
+    /// A console request (`crate::console`): its body read (bounded), answered by the console;
+    /// the chain does not run (the console audits itself) and nothing goes upstream.
+    async fn console(&self, session: &mut Session, call: &mut Call, path: &str) -> Result<bool> {
+        call.console = true;
+        let timeout = Duration::from_millis(call.snap.config.server.body_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let page = match read_body(session, crate::console::MAX_BODY, deadline).await {
+            Ok(body) => {
+                let req = session.req_header();
+                let client_ip = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let request = crate::console::ConsoleRequest {
+                    method: &req.method,
+                    path,
+                    query: req.uri.query(),
+                    headers: &req.headers,
+                    body,
+                    client_ip,
+                };
+                crate::console::handle(&self.state, &request).await
+            }
+            Err(BodyFail::Reply(r)) => {
+                session.set_keepalive(None);
+                crate::console::unread_body(r.status.as_u16())
+            }
+            Err(BodyFail::Gone) => return Ok(true),
+        };
+        let mut h = ResponseHeader::build(page.status, Some(8))?;
+        for (n, v) in page.all_headers() {
+            h.insert_header(n, v)?;
+        }
+        h.insert_header("content-length", page.body.len().to_string())?;
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(page.body), true).await?;
+        Ok(true)
+    }
+}
+
+/// The normalized path of a console request (see `crate::console::claims`).
+fn console_path(raw: &str) -> Option<String> {
+    let path = crate::routes::normalize(raw).ok()?;
+    crate::console::claims(&path).then(|| path.into_owned())
+}
+
 #[async_trait]
 impl ProxyHttp for SluiceProxy {
     type CTX = Call;
@@ -167,6 +214,9 @@ impl ProxyHttp for SluiceProxy {
         // Idle keep-alive connections are closed after `server.keepalive_idle_seconds` (the edge
         // closes them too; this keeps Pingora's own keep-alive bound the same).
         session.set_keepalive(Some(call.snap.config.server.keepalive_idle_seconds));
+        if let Some(path) = console_path(session.req_header().uri.path()) {
+            return self.console(session, call, &path).await;
+        }
         match self.handle(session, call).await? {
             None => Ok(false),
             Some((reply, body_unread)) => {

@@ -195,6 +195,8 @@ pub struct Cx {
     pub choices: u64,
     /// Set by the auth filter.
     pub identity: Option<Identity>,
+    /// How the caller authenticated, when not with an API key (`"session"`: the console).
+    pub auth: Option<&'static str>,
     /// Set by the engine from the upstream's `usage` (non-streamed body or stream usage chunk).
     pub usage: Option<Usage>,
     /// Set by the DLP filter.
@@ -232,6 +234,7 @@ impl Cx {
             max_tokens: None,
             choices: 1,
             identity: None,
+            auth: None,
             usage: None,
             dlp: Vec::new(),
             response_headers: Vec::new(),

@@ -202,7 +202,7 @@ fn config_object(k: &sluice_filters::policy::KeyConfig, last_used: Option<u64>) 
 }
 
 /// Every key of `user` (every user's when `None`): the config's, then the store's.
-fn list(state: &EngineState, snap: &Snapshot, user: Option<&str>) -> Value {
+pub(crate) fn list(state: &EngineState, snap: &Snapshot, user: Option<&str>) -> Value {
     let used = |id: &str| state.store.keys().last_used(id);
     let mut data: Vec<Value> = snap
         .config
@@ -337,7 +337,7 @@ async fn create(state: &EngineState, snap: &Snapshot, ev: &Event<'_>, mut row: K
 }
 
 /// Revokes a store key of `user` (any user's when `None`).
-async fn revoke(
+pub(crate) async fn revoke(
     state: &EngineState,
     snap: &Snapshot,
     ev: &Event<'_>,

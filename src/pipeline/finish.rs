@@ -253,7 +253,7 @@ impl Call {
     /// reconciliation). `status`: what the client received (0: nothing); `error`: the proxy
     /// failed for this reason.
     pub async fn log(&mut self, status: u16, error: Option<FailKind>) {
-        if self.probe {
+        if self.probe || self.console {
             return;
         }
         self.end_attempt(error);

@@ -100,6 +100,8 @@ pub struct Call {
     pub(crate) completed: bool,
     /// The gateway's own start-up probe: answered 204, never logged or audited.
     pub probe: bool,
+    /// A console request (`crate::console`): answered and audited by the console itself.
+    pub console: bool,
     /// This request's spans, when traces are on (`crate::telemetry`).
     pub(crate) trace: Option<Box<crate::telemetry::CallTrace>>,
 }
@@ -129,6 +131,7 @@ impl Call {
             stream_counted: false,
             completed: false,
             probe: false,
+            console: false,
             trace: None,
         }
     }

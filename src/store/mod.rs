@@ -22,6 +22,7 @@ mod keys;
 mod records;
 mod runs;
 mod schema;
+mod sessions;
 pub mod sync;
 
 use std::borrow::Cow;
@@ -36,6 +37,7 @@ use sqlx::sqlite::{
 pub use config::{StoreConfig, StoreUrl};
 pub use keys::Revoked;
 pub use records::{KeyPatch, KeyRow, RunRow};
+pub use sessions::SessionRow;
 pub use sync::StoreRuntime;
 
 /// The PostgreSQL channel changes are announced on.

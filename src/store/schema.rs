@@ -66,6 +66,28 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX api_keys_parent ON api_keys (parent)",
         ],
     },
+    // Versions 3, 4 and 6 belong to other features (key ancestry, users, spend); the runner
+    // applies every known version not yet recorded, so the numbers may arrive in any order.
+    Migration {
+        version: 5,
+        name: "console sessions",
+        statements: &[
+            // `id_sha256`: the SHA-256 of the cookie's random id, so that a copy of the
+            // database holds no usable session.
+            "CREATE TABLE console_sessions (
+                id_sha256 TEXT PRIMARY KEY,
+                user_name TEXT NOT NULL,
+                key_id TEXT,
+                auth TEXT NOT NULL,
+                csrf TEXT NOT NULL,
+                created BIGINT NOT NULL,
+                last_seen BIGINT NOT NULL,
+                expires BIGINT NOT NULL
+            )",
+            "CREATE INDEX console_sessions_user ON console_sessions (user_name)",
+            "CREATE INDEX console_sessions_expires ON console_sessions (expires)",
+        ],
+    },
 ];
 
 /// The newest schema version this Sluice knows.
@@ -77,8 +99,7 @@ pub fn latest() -> i64 {
 pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
     let create = "CREATE TABLE IF NOT EXISTS sluice_migrations \
                   (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)";
-    let applied_sql = store.sql("SELECT COALESCE(MAX(version), 0) FROM sluice_migrations");
-    let applied_list = store.sql("SELECT version FROM sluice_migrations");
+    let applied_sql = store.sql("SELECT version FROM sluice_migrations");
     let record =
         store.sql("INSERT INTO sluice_migrations (version, name, applied) VALUES ($1, $2, $3)");
     let postgres = store.is_postgres();
@@ -92,11 +113,8 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_LOCK).execute(&mut *tx).await?;
         }
         sqlx::query(create).execute(&mut *tx).await?;
-        let current: i64 = sqlx::query_scalar(&applied_sql).fetch_one(&mut *tx).await?;
-        // Each version is applied when it is missing, not only when it is above the newest
-        // applied one: branches number their migrations ahead of time, so a store may hold 6
-        // before it meets 3.
-        let done: Vec<i64> = sqlx::query_scalar(&applied_list).fetch_all(&mut *tx).await?;
+        let applied: Vec<i64> = sqlx::query_scalar(&applied_sql).fetch_all(&mut *tx).await?;
+        let current = applied.iter().copied().max().unwrap_or(0);
         if current > latest() {
             return Err(sqlx::Error::Protocol(format!(
                 "the store's schema is version {current}, newer than this Sluice's {}: \
@@ -104,7 +122,9 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
                 latest()
             )));
         }
-        for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        // Every known migration not yet applied, in order: a store made by a build that had
+        // a later number but not an earlier one (parallel features merged apart) still gets it.
+        for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
             for statement in m.statements {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }

@@ -1,0 +1,56 @@
+//! The identity a key-signed-in session acts as: the identity of that key, resolved again on
+//! every request from the current config and the store's keys — the same grants the auth filter
+//! gives the key (its user's role, narrowed by the key's own `models`). A key that is gone,
+//! disabled or expired resolves to nothing, and the session ends with it.
+
+use std::sync::Arc;
+
+use sluice_filters::{Grants, Identity, Permission};
+
+use crate::state::{EngineState, Snapshot};
+
+/// The identity of the key `key_id`, if it authenticates today.
+pub fn identity_of_key(state: &EngineState, snap: &Snapshot, key_id: &str) -> Option<Identity> {
+    let config = &snap.config;
+    if let Some(k) = config.keys.iter().find(|k| k.id == key_id) {
+        if k.disabled {
+            return None;
+        }
+        return identity_of(snap, key_id, &k.user, k.models.clone());
+    }
+    let table = state.store.keys().table();
+    let k = table.get(key_id)?;
+    if k.disabled || k.is_expired_at(crate::store::now_secs().max(0) as u64) {
+        return None;
+    }
+    identity_of(snap, key_id, &k.user, k.models.clone())
+}
+
+/// The identity of a key of `user` with its own `models` (configured users only).
+fn identity_of(
+    snap: &Snapshot,
+    key_id: &str,
+    user: &str,
+    key_models: Option<Vec<String>>,
+) -> Option<Identity> {
+    let config = &snap.config;
+    let u = config.users.iter().find(|u| u.name == user)?;
+    let role = config.roles.iter().find(|r| r.name == u.role)?;
+    let grants = Grants {
+        permissions: role
+            .permissions
+            .iter()
+            .filter_map(|p| Permission::parse(p))
+            .collect(),
+        models: role.models.clone(),
+        key_models,
+        agents: role.agents.clone(),
+    };
+    Some(Identity {
+        key_id: Arc::from(key_id),
+        user: Arc::from(user),
+        org: Arc::from(u.org.as_str()),
+        role: Arc::from(role.name.as_str()),
+        grants: Arc::new(grants),
+    })
+}
