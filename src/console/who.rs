@@ -3,7 +3,10 @@
 //! gives the key (its user's role, narrowed by the key's own `models`). A key that is gone,
 //! disabled or expired resolves to nothing, and the session ends with it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use sluice_filters::auth::Lineage;
 
 use sluice_filters::{Grants, Identity, Permission};
 
@@ -20,10 +23,21 @@ pub fn identity_of_key(state: &EngineState, snap: &Snapshot, key_id: &str) -> Op
     }
     let table = state.store.keys().table();
     let k = table.get(key_id)?;
-    if k.disabled || k.is_expired_at(crate::store::now_secs().max(0) as u64) {
+    // The key's lineage, as the auth filter resolves it: refused while an ancestor is disabled,
+    // revoked or gone, and from the earliest expiry of the line.
+    let config_keys: HashMap<&str, bool> = config
+        .keys
+        .iter()
+        .map(|c| (c.id.as_str(), c.disabled))
+        .collect();
+    let line = Lineage::of(k, &table, &config_keys);
+    let now = crate::store::now_secs().max(0) as u64;
+    if k.disabled || line.disabled || line.expires.is_some_and(|e| e <= now) {
         return None;
     }
-    identity_of(snap, key_id, &k.user, k.models.clone())
+    let mut id = identity_of(snap, key_id, &k.user, k.models.clone())?;
+    id.ancestors = line.ancestors.into();
+    Some(id)
 }
 
 /// The identity of a key of `user` with its own `models` (configured users only).
@@ -52,5 +66,6 @@ fn identity_of(
         org: Arc::from(u.org.as_str()),
         role: Arc::from(role.name.as_str()),
         grants: Arc::new(grants),
+        ancestors: Arc::from([]),
     })
 }

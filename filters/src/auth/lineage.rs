@@ -14,18 +14,18 @@ use super::runtime::{StoreKey, StoreKeyTable};
 const MAX_ANCESTRY: usize = 32;
 
 /// A store key's ancestry, resolved against the table in force.
-pub(super) struct Lineage {
+pub struct Lineage {
     /// Parent first.
-    pub(super) ancestors: Vec<Arc<str>>,
+    pub ancestors: Vec<Arc<str>>,
     /// Some ancestor is disabled, revoked or gone (or the chain is circular or too deep).
-    pub(super) disabled: bool,
+    pub disabled: bool,
     /// The earliest expiry of the key and its ancestors.
-    pub(super) expires: Option<u64>,
+    pub expires: Option<u64>,
 }
 
 impl Lineage {
     /// `config`: the configured keys' ids and whether each is disabled.
-    pub(super) fn of(k: &StoreKey, table: &StoreKeyTable, config: &HashMap<&str, bool>) -> Lineage {
+    pub fn of(k: &StoreKey, table: &StoreKeyTable, config: &HashMap<&str, bool>) -> Lineage {
         let mut line = Lineage {
             ancestors: Vec::new(),
             disabled: false,

@@ -65,8 +65,8 @@ pub use key::{
     generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
 };
 use key::{parse_credentials, KeyDigest, Presented};
-use lineage::Lineage;
 pub(crate) use runtime::Derived;
+pub use lineage::Lineage;
 pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 
 /// The metric counting refused authentications, by `reason` (`missing` or `invalid`).
