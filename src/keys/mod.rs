@@ -58,7 +58,7 @@ fn not_found(id: &str) -> Reply {
 }
 
 fn unavailable(state: &EngineState, e: &StoreError) -> Reply {
-    state.store.change_failed();
+    state.store.change_failed(e);
     tracing::warn!(error = %e, "key change refused: the store is unavailable");
     Reply::error(503, "store_unavailable", format!(
         "The key store cannot take this change: {e}. Keys already issued keep working; retry shortly."))
@@ -290,6 +290,9 @@ async fn create(state: &EngineState, snap: &Snapshot, ev: &Event<'_>, mut row: K
             Some("id"),
         );
     }
+    if let Some(e) = state.store.known_outage() {
+        return unavailable(state, &e);
+    }
     match state.store.store().create_key(&row).await {
         Ok(version) => {
             state.store.patch(version, Patch::Put(row.clone()));
@@ -320,6 +323,9 @@ async fn revoke(
     if let Some((_, true)) = find(state, snap, id, user) {
         return error(409, "config_key", format!(
             "The key `{id}` is in the gateway's config file; remove or disable it there (then reload)."), None);
+    }
+    if let Some(e) = state.store.known_outage() {
+        return unavailable(state, &e);
     }
     match state.store.store().revoke_key(id, user).await {
         Ok(Some((version, owner))) => {

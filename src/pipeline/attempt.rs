@@ -59,6 +59,12 @@ impl Call {
         t.upstream_model.as_deref()
     }
 
+    /// Whether the route has a target this request has not tried.
+    fn untried_left(&self) -> bool {
+        self.route(&self.snap)
+            .is_some_and(|r| r.targets.len() > self.attempts.tried().len())
+    }
+
     fn pick_target(&self, fallback: bool) -> Option<Pick> {
         let route = self.route(&self.snap)?;
         crate::upstream::pick(
@@ -89,9 +95,16 @@ impl Call {
         if !self.attempts.in_progress() {
             return false;
         }
-        if stale && !started && kind == FailKind::UpstreamReset && !self.attempts.stale_retry_used {
-            // Not the upstream's failure, and not an attempt: the same target again on a new
-            // connection, as Pingora does for a reused connection by default.
+        if stale
+            && !started
+            && kind == FailKind::UpstreamReset
+            && !self.attempts.stale_retry_used
+            && !self.untried_left()
+        {
+            // The only target: the same again on a new connection, as Pingora does for a
+            // reused connection by default (not counted as an attempt). With another target
+            // left, it is a failed attempt like any other, and the retry goes elsewhere (the
+            // upstream that closed it may be gone).
             self.attempts.stale_retry_used = true;
             self.next_attempt_timing();
             return true;
@@ -141,7 +154,8 @@ impl Call {
         if self.attempts.count() > self.snap.config.routing.retries {
             return None;
         }
-        let next = self.pick_target(false)?;
+        // An ejected target is tried before the request fails (SPEC §11).
+        let next = self.pick_target(true)?;
         self.record_attempt(result, None);
         self.begin_attempt(next);
         self.next_attempt_timing();
@@ -201,7 +215,8 @@ impl Call {
         if self.attempts.count() > self.snap.config.routing.retries {
             return false;
         }
-        let Some(next) = self.pick_target(false) else {
+        // An ejected target is tried before the request fails (SPEC §11).
+        let Some(next) = self.pick_target(true) else {
             return false;
         };
         self.begin_attempt(next);

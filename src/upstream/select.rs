@@ -1,7 +1,8 @@
 //! Choosing a target for an attempt: the lowest priority that has a target in service, then by
 //! weight among those; a target whose ejection is over is in the draw for its one trial
-//! request. When no untried target is in service, the first attempt goes to the one due back
-//! soonest rather than failing untried (retries do not: they only go where it can help).
+//! request. When no untried target is in service, the attempt goes to the untried one due
+//! back soonest rather than failing untried: the first attempt and retries alike (an ejected
+//! target is tried before a request fails, SPEC §11).
 //!
 //! Why not `pingora-load-balancing`'s selection: its `Weighted` picks the first backend by
 //! weight but falls back *uniformly* once that one is refused (so excluding a tried or ejected
