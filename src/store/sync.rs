@@ -165,7 +165,9 @@ impl StoreRuntime {
     /// store coming back.
     pub fn known_outage(&self) -> Option<StoreError> {
         (!self.up.load(Ordering::SeqCst)).then(|| {
-            StoreError::Unavailable("unreachable since the last sync (retried every poll)".into())
+            StoreError::Unavailable(
+                "the database was unreachable at the last sync (retried every poll)".into(),
+            )
         })
     }
 
