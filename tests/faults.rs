@@ -146,7 +146,7 @@ sha256 = "{sha}"
 rate_limit = {{ requests_per_minute = 20 }}
 [rate_limit]
 backend = "redis"
-redis_url = "redis://127.0.0.1:{port}"
+redis_url = "{redis_url}"
 on_backend_error = "allow"
 [[filters]]
 type = "auth"
@@ -154,6 +154,7 @@ type = "auth"
 type = "rate_limit"
 "#,
         sha = sluice::filters::auth::key_sha256_hex(KEY),
+        redis_url = redis.url(),
     ));
     let call = || {
         client()

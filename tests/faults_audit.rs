@@ -47,6 +47,7 @@ impl Mounted {
                 .status()
                 .is_ok_and(|s| s.success());
         if !made {
+            eprintln!("SKIPPED: cannot make an ext4 image here (truncate, mkfs.ext4)");
             return None;
         }
         let image = image.display().to_string();

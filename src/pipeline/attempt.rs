@@ -59,12 +59,6 @@ impl Call {
         t.upstream_model.as_deref()
     }
 
-    /// Whether the route has a target this request has not tried.
-    fn untried_left(&self) -> bool {
-        self.route(&self.snap)
-            .is_some_and(|r| r.targets.len() > self.attempts.tried().len())
-    }
-
     fn pick_target(&self, fallback: bool) -> Option<Pick> {
         let route = self.route(&self.snap)?;
         crate::upstream::pick(
@@ -73,6 +67,12 @@ impl Call {
             Instant::now(),
             fallback,
         )
+    }
+
+    /// A retry's target (see [`crate::upstream::pick_retry`]).
+    fn pick_retry(&self) -> Option<Pick> {
+        let route = self.route(&self.snap)?;
+        crate::upstream::pick_retry(&route.targets, self.attempts.tried(), Instant::now())
     }
 
     fn begin_attempt(&mut self, p: Pick) {
@@ -95,21 +95,23 @@ impl Call {
         if !self.attempts.in_progress() {
             return false;
         }
-        if stale
-            && !started
-            && kind == FailKind::UpstreamReset
-            && !self.attempts.stale_retry_used
-            && !self.untried_left()
-        {
-            // The only target: the same again on a new connection, as Pingora does for a
-            // reused connection by default (not counted as an attempt). With another target
-            // left, it is a failed attempt like any other, and the retry goes elsewhere (the
-            // upstream that closed it may be gone).
+        use crate::metrics::upstream_error_kind as k;
+        if stale && !started && kind == FailKind::UpstreamReset && !self.attempts.stale_retry_used {
+            // A pooled connection the upstream had closed: tried again once, whatever the
+            // retry budget — on another target when there is one (the upstream that closed it
+            // may be gone; never back to it), else on the only one over a new connection (as
+            // Pingora does by default; then not counted as an attempt).
             self.attempts.stale_retry_used = true;
+            if let Some(next) = self.pick_retry() {
+                self.record_attempt(AttemptResult::Reset, Some(k::RESET));
+                self.begin_attempt(next);
+                self.next_attempt_timing();
+                self.rebody();
+                return true;
+            }
             self.next_attempt_timing();
             return true;
         }
-        use crate::metrics::upstream_error_kind as k;
         let (result, error_kind) = match kind {
             FailKind::UpstreamTimeout if started => (AttemptResult::MidStream, Some(k::TIMEOUT)),
             FailKind::UpstreamTimeout => (AttemptResult::Timeout, Some(k::TIMEOUT)),
@@ -155,7 +157,7 @@ impl Call {
             return None;
         }
         // An ejected target is tried before the request fails (SPEC §11).
-        let next = self.pick_target(true)?;
+        let next = self.pick_retry()?;
         self.record_attempt(result, None);
         self.begin_attempt(next);
         self.next_attempt_timing();
@@ -216,7 +218,7 @@ impl Call {
             return false;
         }
         // An ejected target is tried before the request fails (SPEC §11).
-        let Some(next) = self.pick_target(true) else {
+        let Some(next) = self.pick_retry() else {
             return false;
         };
         self.begin_attempt(next);
