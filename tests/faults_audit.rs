@@ -320,6 +320,7 @@ fn a_full_audit_disk_withholds_answers_fails_readiness_and_loses_nothing_to_kill
 
     // The operator grows the disk (the refusals' own records, queued meanwhile, need room
     // too): ready again by itself, answers again.
+    let grown_at = Instant::now();
     let grown = Command::new("mount")
         .args(["-o", "remount,size=16m"])
         .arg(&mnt)
@@ -327,6 +328,11 @@ fn a_full_audit_disk_withholds_answers_fails_readiness_and_loses_nothing_to_kill
         .is_ok_and(|s| s.success());
     assert!(grown, "remount the tmpfs larger");
     wait_for("/readyz 200 after the disk has room", || ready(&s) == 200);
+    // Reported, not asserted: how long readiness took to come back.
+    eprintln!(
+        "full disk: /readyz 200 {:?} after the disk grew",
+        grown_at.elapsed()
+    );
     let after = (0..5)
         .map(|i| (format!("after-{i}"), call(&s, &format!("after-{i}"))))
         .collect::<Vec<_>>();
@@ -423,7 +429,12 @@ fn a_stalled_audit_disk_withholds_answers_and_recovers() {
     assert!(!got.is_empty());
 
     disk.freeze(false);
+    let thawed_at = Instant::now();
     wait_for("/readyz 200 after the disk thaws", || ready(&s) == 200);
+    eprintln!(
+        "stall: /readyz 200 {:?} after the thaw",
+        thawed_at.elapsed()
+    );
     wait_for("answers again after the disk thaws", || {
         matches!(call(&s, "after"), Got::Whole(200, _))
     });
