@@ -87,6 +87,10 @@ async fn handle(
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !state.ready.load(Ordering::SeqCst) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            } else if state.snapshot.load().chain.ready().is_err() {
+                // Every request would be refused (the audit trail fails closed); the log and
+                // sluice_audit_write_errors_total say why.
+                text(StatusCode::SERVICE_UNAVAILABLE, "audit unavailable\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }

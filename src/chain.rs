@@ -134,10 +134,26 @@ impl Chain {
         }
     }
 
-    pub fn on_response_complete(&self, ex: &Exchange, cx: &Cx) {
+    /// Runs every filter's completion hook; `Err` (the first refusal's reason): the response
+    /// must not complete (its last byte is withheld).
+    pub fn on_response_complete(&self, ex: &Exchange, cx: &Cx) -> Result<(), String> {
+        let mut result = Ok(());
         for f in &self.filters {
-            f.on_response_complete(ex, cx);
+            if let Err(e) = f.on_response_complete(ex, cx) {
+                result = result.and(Err(e));
+            }
         }
+        result
+    }
+
+    /// Whether a completion hook may refuse (see [`Filter::gates_completion`]).
+    pub fn gates_completion(&self) -> bool {
+        self.filters.iter().any(|f| f.gates_completion())
+    }
+
+    /// `Err` (why) while a filter refuses every request anyway (see [`Filter::ready`]).
+    pub fn ready(&self) -> Result<(), String> {
+        self.filters.iter().try_for_each(|f| f.ready())
     }
 
     pub async fn on_log(&self, ex: &Exchange, cx: &Cx) {

@@ -138,7 +138,11 @@ impl SluiceProxy {
         for (n, v) in &reply.headers {
             h.insert_header(n.clone(), v.clone())?;
         }
-        call.replied(&reply);
+        if !call.replied(&reply) {
+            // A success whose record is not durable: the client gets none of it (SPEC §6).
+            session.set_keepalive(None);
+            return Error::e_explain(ErrorType::Custom("audit_unavailable"), "record not durable");
+        }
         if close {
             session.set_keepalive(None);
         }

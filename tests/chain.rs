@@ -85,10 +85,11 @@ impl Filter for RecorderFilter {
     fn name(&self) -> &str {
         "recorder"
     }
-    fn on_response_complete(&self, _ex: &Exchange, cx: &Cx) {
+    fn on_response_complete(&self, _ex: &Exchange, cx: &Cx) -> Result<(), String> {
         if let Ok(mut c) = self.0.completes.lock() {
             c.push(cx.request_id.clone());
         }
+        Ok(())
     }
     async fn on_log(&self, ex: &Exchange, cx: &Cx) {
         if let Ok(mut l) = self.0.logs.lock() {

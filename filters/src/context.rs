@@ -88,6 +88,8 @@ pub enum Outcome {
     UpstreamError,
     ClientClosed,
     InternalError,
+    /// Refused, or not completed, because the audit trail could not be written.
+    AuditUnavailable,
 }
 
 impl Outcome {
@@ -102,6 +104,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::ClientClosed => "client_closed",
             Outcome::InternalError => "internal_error",
+            Outcome::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -110,6 +113,7 @@ impl Outcome {
         match (status.as_u16(), code) {
             (_, "dlp_blocked") => Outcome::DlpBlocked,
             (_, "rate_limit_unavailable") => Outcome::RateLimited,
+            (_, "audit_unavailable") => Outcome::AuditUnavailable,
             (401, _) => Outcome::DeniedAuth,
             (403, _) => Outcome::DeniedPermission,
             // The client was too slow: its failure, not Sluice's.

@@ -112,8 +112,25 @@ pub trait Filter: Send + Sync + 'static {
     /// upstream's answer or a local reply). A filter that must make something durable before
     /// the client can hold a complete response (audit with `fsync = "always"`) does it here and
     /// may block (bounded); [`Filter::on_log`] still runs afterwards. Not called when the
-    /// request fails before its response completes.
-    fn on_response_complete(&self, _ex: &Exchange, _cx: &Cx) {}
+    /// request fails before its response completes. `Err` (why): what had to be made durable
+    /// is not; the engine then withholds the response's last byte (closes the connection, or
+    /// ends a stream with an error event), so that no client holds an answer it should not.
+    fn on_response_complete(&self, _ex: &Exchange, _cx: &Cx) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether [`Filter::on_response_complete`] may refuse: the engine then keeps the last
+    /// byte of a response back until the hook ran.
+    fn gates_completion(&self) -> bool {
+        false
+    }
+
+    /// `Err` (why) while this filter refuses every request anyway (the audit trail cannot be
+    /// written and fails closed): `/readyz` answers 503 so that a load balancer moves traffic
+    /// elsewhere.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Runs after the response was delivered or the request failed, for every outcome.
     async fn on_log(&self, _ex: &Exchange, _cx: &Cx) {}

@@ -85,9 +85,10 @@ async fn child_acks(log: &Path, fsync: Fsync) {
                     headers: &headers,
                 };
                 filter.on_request_head(&head, &mut c).await;
-                filter.on_response_complete(&ex, &c);
+                let durable = filter.on_response_complete(&ex, &c).is_ok();
                 c.response_completed = true;
-                {
+                if durable {
+                    // Only then does the engine let the client have the last byte.
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "acked {id}");
                     let _ = out.flush();

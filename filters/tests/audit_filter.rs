@@ -166,7 +166,7 @@ async fn always_mode_writes_once_and_durably_before_the_response_completes() {
         filter.on_request_head(&h, &mut c).await,
         Verdict::Continue
     ));
-    filter.on_response_complete(&ex, &c);
+    assert_eq!(filter.on_response_complete(&ex, &c), Ok(()));
     // Before on_log and without any flush, the record is already in the file.
     assert_eq!(records(&log).len(), 1);
     c.response_completed = true;
@@ -175,7 +175,7 @@ async fn always_mode_writes_once_and_durably_before_the_response_completes() {
     // Refused from the headers by an earlier filter: this filter's on_request_head never ran.
     let mut c = cx("r-refused-early");
     let ex = exchange(401, Outcome::DeniedAuth);
-    filter.on_response_complete(&ex, &c);
+    assert_eq!(filter.on_response_complete(&ex, &c), Ok(()));
     assert_eq!(records(&log).len(), 2);
     c.response_completed = true;
     filter.on_log(&ex, &c).await;

@@ -317,6 +317,9 @@ async fn update(
         disabled: req.disabled,
         expires: req.expires,
     };
+    if let Some(e) = state.store.known_outage() {
+        return unavailable(state, &e);
+    }
     match state.store.store().update_key(id, None, &patch).await {
         Ok(Some((version, row))) => {
             state

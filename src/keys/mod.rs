@@ -58,7 +58,7 @@ fn not_found(id: &str) -> Reply {
 }
 
 fn unavailable(state: &EngineState, e: &StoreError) -> Reply {
-    state.store.change_failed();
+    state.store.change_failed(e);
     tracing::warn!(error = %e, "key change refused: the store is unavailable");
     Reply::error(503, "store_unavailable", format!(
         "The key store cannot take this change: {e}. Keys already issued keep working; retry shortly."))
@@ -291,6 +291,9 @@ async fn create(state: &EngineState, snap: &Snapshot, ev: &Event<'_>, mut row: K
             Some("id"),
         );
     }
+    if let Some(e) = state.store.known_outage() {
+        return unavailable(state, &e);
+    }
     // The user's config keys count too; the store counts its own in the write transaction.
     let max = snap.config.store.max_keys_per_user;
     let in_config = snap
@@ -347,6 +350,9 @@ pub(crate) async fn revoke(
     if let Some((_, true)) = find(state, snap, id, user) {
         return error(409, "config_key", format!(
             "The key `{id}` is in the gateway's config file; remove or disable it there (then reload)."), None);
+    }
+    if let Some(e) = state.store.known_outage() {
+        return unavailable(state, &e);
     }
     match state.store.store().revoke_key(id, user).await {
         Ok(Some(crate::store::Revoked {

@@ -69,6 +69,12 @@ impl Call {
         )
     }
 
+    /// A retry's target (see [`crate::upstream::pick_retry`]).
+    fn pick_retry(&self) -> Option<Pick> {
+        let route = self.route(&self.snap)?;
+        crate::upstream::pick_retry(&route.targets, self.attempts.tried(), Instant::now())
+    }
+
     fn begin_attempt(&mut self, p: Pick) {
         let snap = self.snap.clone();
         let Some(t) = self.route(&snap).and_then(|r| r.targets.get(p.index)) else {
@@ -89,14 +95,23 @@ impl Call {
         if !self.attempts.in_progress() {
             return false;
         }
+        use crate::metrics::upstream_error_kind as k;
         if stale && !started && kind == FailKind::UpstreamReset && !self.attempts.stale_retry_used {
-            // Not the upstream's failure, and not an attempt: the same target again on a new
-            // connection, as Pingora does for a reused connection by default.
+            // A pooled connection the upstream had closed: tried again once, whatever the
+            // retry budget — on another target when there is one (the upstream that closed it
+            // may be gone; never back to it), else on the only one over a new connection (as
+            // Pingora does by default; then not counted as an attempt).
             self.attempts.stale_retry_used = true;
+            if let Some(next) = self.pick_retry() {
+                self.record_attempt(AttemptResult::Reset, Some(k::RESET));
+                self.begin_attempt(next);
+                self.next_attempt_timing();
+                self.rebody();
+                return true;
+            }
             self.next_attempt_timing();
             return true;
         }
-        use crate::metrics::upstream_error_kind as k;
         let (result, error_kind) = match kind {
             FailKind::UpstreamTimeout if started => (AttemptResult::MidStream, Some(k::TIMEOUT)),
             FailKind::UpstreamTimeout => (AttemptResult::Timeout, Some(k::TIMEOUT)),
@@ -141,7 +156,8 @@ impl Call {
         if self.attempts.count() > self.snap.config.routing.retries {
             return None;
         }
-        let next = self.pick_target(false)?;
+        // An ejected target is tried before the request fails (SPEC §11).
+        let next = self.pick_retry()?;
         self.record_attempt(result, None);
         self.begin_attempt(next);
         self.next_attempt_timing();
@@ -201,7 +217,8 @@ impl Call {
         if self.attempts.count() > self.snap.config.routing.retries {
             return false;
         }
-        let Some(next) = self.pick_target(false) else {
+        // An ejected target is tried before the request fails (SPEC §11).
+        let Some(next) = self.pick_retry() else {
             return false;
         };
         self.begin_attempt(next);

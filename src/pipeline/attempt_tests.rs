@@ -136,12 +136,12 @@ async fn nothing_is_retried_once_the_client_has_the_head_or_outside_retry_on() {
 }
 
 #[tokio::test]
-async fn a_closed_pooled_connection_goes_again_to_the_same_target_once() {
+async fn a_closed_pooled_connection_goes_once_to_another_target_never_back() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let st = state(dir.path(), "retries = 0").await;
     let mut call = forwarded(&st).await;
     assert!(call.attempt_failed(FailKind::UpstreamReset, false, true));
-    assert_eq!((upstream(&call), call.cx.attempts), ("a", 1));
+    assert_eq!((upstream(&call), call.cx.attempts), ("b", 2));
     assert!(!call.attempt_failed(FailKind::UpstreamReset, false, true));
     let a = &call.snap.upstreams[0].health;
     assert_eq!(a.view(std::time::Instant::now()).consecutive_failures, 1);

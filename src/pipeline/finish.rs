@@ -115,16 +115,24 @@ impl Call {
         }
     }
 
-    /// Just before the last bytes go out: the filters' durability hook.
-    pub(crate) fn complete(&mut self) {
+    /// Just before the last bytes go out: the filters' durability hook. `Err`: the answer must
+    /// not complete (its record is not durable); the failure is recorded as the audit's.
+    pub(crate) fn complete(&mut self) -> Result<(), super::Refused> {
         if self.completed {
-            return;
+            return Ok(());
         }
         self.completed = true;
         let outcome = status_outcome(self.upstream_status);
         let ex = self.exchange(self.upstream_status, outcome, None);
-        self.snap.chain.on_response_complete(&ex, &self.cx);
+        let done = self.snap.chain.on_response_complete(&ex, &self.cx);
         self.cx.response_completed = true;
+        done.map_err(|_| {
+            self.failure = Some((Outcome::AuditUnavailable, "audit_unavailable"));
+            super::Refused {
+                status: 503,
+                why: "the audit record of this answer is not durable",
+            }
+        })
     }
 
     /// Marks the upstream as contacted (a peer was chosen).
@@ -193,6 +201,9 @@ impl Call {
             if !matches!(self.mode, RespMode::Sse(_)) {
                 return FailAction::Nothing;
             }
+            if let Some(info) = self.audit_failure_info() {
+                return FailAction::StreamError(self.cx.api.stream_error_event(&info).to_bytes());
+            }
             let message = if timeout {
                 "The upstream stopped sending before the answer was complete (timeout)."
             } else {
@@ -208,6 +219,9 @@ impl Call {
             return FailAction::StreamError(self.cx.api.stream_error_event(&info).to_bytes());
         }
         let name = upstream.as_deref().unwrap_or("?");
+        if let Some(info) = self.audit_failure_info() {
+            return FailAction::Reply(Reply::error(503, info.code, info.message));
+        }
         let reply = match kind {
             FailKind::Refused => Reply::error(
                 502,

@@ -22,6 +22,7 @@
 
 mod attempt;
 mod finish;
+mod gate;
 mod request;
 mod response;
 mod upstream;
@@ -98,6 +99,9 @@ pub struct Call {
     pub(crate) first_sent: bool,
     pub(crate) stream_counted: bool,
     pub(crate) completed: bool,
+    /// A completion hook may refuse (audit under `fsync = "always"`): what is kept back of the
+    /// answer until it ran (`gate.rs`).
+    pub(crate) gate: Option<gate::Gate>,
     /// The gateway's own start-up probe: answered 204, never logged or audited.
     pub probe: bool,
     /// A console request (`crate::console`): answered and audited by the console itself.
@@ -130,6 +134,7 @@ impl Call {
             first_sent: false,
             stream_counted: false,
             completed: false,
+            gate: None,
             probe: false,
             console: false,
             trace: None,
@@ -152,15 +157,23 @@ impl Call {
     }
 
     /// Marks a local reply as sent: its outcome for the log, and the filters' durability hook.
-    pub fn replied(&mut self, reply: &Reply) {
+    /// `false`: a success whose record is not durable, which must not be sent (the adapter
+    /// closes the connection instead).
+    pub fn replied(&mut self, reply: &Reply) -> bool {
         self.local = Some(LocalDone {
             outcome: reply.outcome,
             code: reply.code,
         });
         let ex = self.exchange(reply.status.as_u16(), reply.outcome, reply.code);
-        self.snap.chain.on_response_complete(&ex, &self.cx);
+        let done = self.snap.chain.on_response_complete(&ex, &self.cx);
         self.cx.response_completed = true;
         self.completed = true;
+        if done.is_ok() || !reply.status.is_success() {
+            // A refusal goes out even so: it hands the client nothing the trail lacks.
+            return true;
+        }
+        self.failure = Some((Outcome::AuditUnavailable, "audit_unavailable"));
+        false
     }
 
     /// A reply's body in the route's API shape (errors are built in OpenAI's).

@@ -100,6 +100,7 @@ impl Call {
             self.stream_counted = true;
         }
         plan.json_content_type = self.agent_response && matches!(self.mode, RespMode::Hold(_));
+        self.gate_answer();
         let head = ResponseHead { status, headers };
         let snap = self.snap.clone();
         snap.chain.on_response_head(&head, &mut self.cx);
@@ -132,10 +133,7 @@ impl Call {
                 {
                     self.first_sent();
                 }
-                if end {
-                    self.complete();
-                }
-                Ok(())
+                self.gate_bytes(body, end)
             }
             RespMode::Hold(buf) => self.hold_body(buf, body, end),
             RespMode::Sse(framer) => self.frame_events(framer, body, end),
@@ -174,9 +172,8 @@ impl Call {
         if !snap.chain.needs().response_body && !self.agent_response {
             // No filter reads the body (and its Content-Length was kept).
             self.read_usage(answer_usage(&raw));
-            self.complete();
             *body = Some(raw);
-            return Ok(());
+            return self.gate_bytes(body, true);
         }
         // Parsed only if a filter (or the agent) asks for the document.
         let mut jb = JsonBody::lazy(raw.clone());
@@ -195,9 +192,8 @@ impl Call {
         } else {
             jb.to_bytes()
         };
-        self.complete();
         *body = Some(out);
-        Ok(())
+        self.gate_bytes(body, true)
     }
 
     fn read_usage(&mut self, usage: Option<serde_json::Value>) {
@@ -241,17 +237,11 @@ impl Call {
         }
         let snap = self.snap.clone();
         snap.chain.on_stream_events(&mut events, end, &mut self.cx);
-        let mut out = BytesMut::new();
-        for ev in &events {
-            out.extend_from_slice(&ev.to_bytes());
-        }
+        let out = self.gate_events(&events, end)?;
         if !out.is_empty() && !self.first_sent {
             self.first_sent();
         }
-        if end {
-            self.complete();
-        }
-        *body = Some(out.freeze());
+        *body = Some(out);
         Ok(())
     }
 

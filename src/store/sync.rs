@@ -150,9 +150,25 @@ impl StoreRuntime {
         &self.keys
     }
 
-    /// Counts a failed change (the caller answers 503).
-    pub fn change_failed(&self) {
+    /// Counts a failed change (the caller answers 503). A change that found the store
+    /// unreachable makes the outage known, so that the next ones are refused at once.
+    pub fn change_failed(&self, e: &StoreError) {
         self.metrics.errors.with_label_values(&["change"]).inc();
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.set_up(false, Some(e));
+        }
+    }
+
+    /// The outage the sync loop already knows of (SPEC §12: a change then answers 503 at once,
+    /// without waiting out `store.timeout_ms`); `None` while the store is believed up. The loop
+    /// reads the store every `poll_interval_ms`, so a change works again within one poll of the
+    /// store coming back.
+    pub fn known_outage(&self) -> Option<StoreError> {
+        (!self.up.load(Ordering::SeqCst)).then(|| {
+            StoreError::Unavailable(
+                "the database was unreachable at the last sync (retried every poll)".into(),
+            )
+        })
     }
 
     /// Counts a failed run read or write.

@@ -134,6 +134,19 @@ impl TargetHealth {
         }
     }
 
+    /// When the target is out only because it was ejected (its own failures), when that ends;
+    /// `None` when it is in, or held out by an upstream's `Retry-After` or a failing check.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        let s = self.lock();
+        if s.check.as_ref().is_some_and(|c| !c.ok) {
+            return None;
+        }
+        match s.out {
+            Some(o) if matches!(o.why, OutWhy::Ejected { .. }) => Some(o.until),
+            _ => None,
+        }
+    }
+
     /// Takes the one trial request of a target whose ejection is over; `false` if another
     /// request has it (or the target is not awaiting a trial).
     pub fn try_claim_trial(&self, now: Instant) -> bool {

@@ -39,7 +39,7 @@ use sluice_filters::Shared;
 pub use admin::view as admin_view;
 pub use attempt::{retry_after, AttemptResult, Attempts};
 pub use health::{Avail, HealthView, InFlight, TargetHealth, Verdict};
-pub use select::{pick, Pick};
+pub use select::{pick, pick_retry, Pick};
 
 use crate::state::UpstreamRt;
 use config::TargetConfig;

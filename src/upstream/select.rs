@@ -1,7 +1,9 @@
 //! Choosing a target for an attempt: the lowest priority that has a target in service, then by
 //! weight among those; a target whose ejection is over is in the draw for its one trial
 //! request. When no untried target is in service, the first attempt goes to the one due back
-//! soonest rather than failing untried (retries do not: they only go where it can help).
+//! soonest rather than failing untried; a retry goes to the ejected one due back soonest (an
+//! ejected target is tried before a request fails, SPEC §11), never to one an upstream's
+//! `Retry-After` or a failing health check holds out.
 //!
 //! Why not `pingora-load-balancing`'s selection: its `Weighted` picks the first backend by
 //! weight but falls back *uniformly* once that one is refused (so excluding a tried or ejected
@@ -99,6 +101,25 @@ pub fn pick(targets: &[Target], tried: &[usize], now: Instant, fallback: bool) -
     })
 }
 
+/// A retry's target: as [`pick`] without its fallback, else the untried target out by
+/// ejection that is due back soonest — an ejected target is tried before a request fails
+/// (SPEC §11) — but never one an upstream's `Retry-After` or a failing check holds out.
+pub fn pick_retry(targets: &[Target], tried: &[usize], now: Instant) -> Option<Pick> {
+    if let Some(p) = pick(targets, tried, now, false) {
+        return Some(p);
+    }
+    targets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !tried.contains(i))
+        .filter_map(|(i, t)| t.health.ejected_until().map(|until| (i, until)))
+        .min_by_key(|&(_, until)| until)
+        .map(|(index, _)| Pick {
+            index,
+            trial: false,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +176,36 @@ mod tests {
         let p = pick(&targets, &[0, 1], now, false);
         assert_eq!(p.map(|p| p.index), Some(2));
         assert_eq!(pick(&targets, &[0, 1, 2], now, true), None);
+    }
+
+    #[test]
+    fn a_retry_takes_an_ejected_target_but_not_one_held_out_by_retry_after() {
+        let hs = healths(3);
+        let targets = [
+            target(&hs, 0, 1, 1),
+            target(&hs, 1, 1, 1),
+            target(&hs, 2, 1, 1),
+        ];
+        let now = Instant::now();
+        eject(&hs[1], now, 30);
+        let r = RoutingConfig::default();
+        hs[2].record(
+            Verdict::Success,
+            false,
+            Some((429, Duration::from_secs(60))),
+            &r,
+            now,
+        );
+        // 0 just failed: the ejected 1, never 0 again, never the held-out 2.
+        assert_eq!(pick(&targets, &[0], now, false), None);
+        assert_eq!(
+            pick_retry(&targets, &[0], now),
+            Some(Pick {
+                index: 1,
+                trial: false
+            })
+        );
+        assert_eq!(pick_retry(&targets, &[0, 1], now), None);
     }
 
     #[test]

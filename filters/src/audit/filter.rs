@@ -1,6 +1,6 @@
 //! [`AuditFilter`]: builds each request's record and hands it to the writer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,10 @@ pub struct AuditFilter {
     pub(super) on_error: OnError,
     pub(super) write_timeout: Duration,
     pub(super) metrics: AuditMetrics,
+    /// Under `fsync = "always"`: the last record not made durable in time (0: none). Until the
+    /// writer has synced it, the trail counts as failing (a stalled disk is not reported as an
+    /// error by the writer: it never returns).
+    pub(super) missed: AtomicU64,
 }
 
 impl AuditFilter {
@@ -52,22 +56,55 @@ impl AuditFilter {
     }
 
     /// Queues a record and waits (up to `write_timeout_ms`, without starving the runtime)
-    /// until the writer says it is durable.
-    fn write_durably(&self, body: Vec<u8>, cx: &Cx) {
+    /// until the writer says it is durable. `Err`: it is not (why).
+    fn write_durably(&self, body: Vec<u8>, cx: &Cx) -> Result<(), String> {
         let started = Instant::now();
         run_blocking(
             || match self.writer.submit_blocking(body, self.write_timeout) {
                 Ok(seq) => {
                     let left = self.write_timeout.saturating_sub(started.elapsed());
-                    if let Err(e) = self.writer.wait_durable(seq, left) {
+                    self.writer.wait_durable(seq, left).map_err(|e| {
                         tracing::error!(target: "sluice::audit", request_id = %cx.request_id,
-                        "audit record not confirmed durable before the response completed: {e}");
+                            "audit record not durable in time; the response is not completed: {e}");
                         self.metrics.write_error(error_kind::DURABILITY_TIMEOUT);
-                    }
+                        self.missed.fetch_max(seq, Ordering::AcqRel);
+                        e.to_string()
+                    })
                 }
-                Err(e) => self.keep_elsewhere(e),
+                Err(e) => {
+                    let why = e.reason().to_string();
+                    self.keep_elsewhere(e);
+                    Err(why)
+                }
             },
-        );
+        )
+    }
+
+    /// Why the trail cannot take records now, if it cannot: the writer is failing, or a record
+    /// it took is still not durable after `write_timeout_ms` (a stalled disk).
+    fn trail_error(&self) -> Option<String> {
+        if !self.writer.is_healthy() {
+            return Some(
+                self.writer
+                    .error()
+                    .unwrap_or_else(|| "the audit log cannot be written".into()),
+            );
+        }
+        let missed = self.missed.load(Ordering::Acquire);
+        if missed == 0 {
+            return None;
+        }
+        if self.writer.is_durable(missed) {
+            // Caught up: forget it, unless a newer miss replaced it meanwhile.
+            let _ = self
+                .missed
+                .compare_exchange(missed, 0, Ordering::AcqRel, Ordering::Acquire);
+            return None;
+        }
+        Some(format!(
+            "audit records are not durable within write_timeout_ms ({} ms)",
+            self.write_timeout.as_millis()
+        ))
     }
 
     /// A record the writer would not take goes to the process log, so that it is never lost
@@ -97,7 +134,7 @@ impl Filter for AuditFilter {
             cx.extensions
                 .insert(Handled(Arc::new(AtomicBool::new(false))));
         }
-        if self.writer.is_healthy() {
+        if self.trail_error().is_none() {
             return Verdict::Continue;
         }
         self.metrics.write_error(error_kind::UNAVAILABLE);
@@ -117,21 +154,33 @@ impl Filter for AuditFilter {
 
     /// Under `fsync = "always"`: writes the record and waits (up to `write_timeout_ms`) until
     /// it is durable, before the client can hold a complete response. If it is not durable in
-    /// time the response still goes out (it is already formed); the miss is logged and counted
-    /// as `sluice_audit_write_errors_total{kind="durability_timeout"}`, and the writer still
-    /// holds the record.
-    fn on_response_complete(&self, ex: &Exchange, cx: &Cx) {
+    /// time, `Err`: the engine withholds the response's last byte. The miss is logged and
+    /// counted as `sluice_audit_write_errors_total{kind="durability_timeout"}`; the writer still
+    /// holds the record (it reaches the log once the disk takes it again).
+    fn on_response_complete(&self, ex: &Exchange, cx: &Cx) -> Result<(), String> {
         if self.fsync != Fsync::Always {
-            return;
+            return Ok(());
         }
         if let Some(h) = cx.extensions.get::<Handled>() {
             // The engine calls this hook once; a second call must not write a second record.
             if h.0.swap(true, Ordering::AcqRel) {
-                return;
+                return Ok(());
             }
         }
-        if let Some(body) = self.body(cx, ex) {
-            self.write_durably(body, cx);
+        match self.body(cx, ex) {
+            Some(body) => self.write_durably(body, cx),
+            None => Err("the audit record could not be serialized".into()),
+        }
+    }
+
+    fn gates_completion(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        match (self.on_error, self.trail_error()) {
+            (OnError::FailClosed, Some(why)) => Err(why),
+            _ => Ok(()),
         }
     }
 
@@ -160,7 +209,8 @@ impl Filter for AuditFilter {
             return;
         };
         if self.fsync == Fsync::Always {
-            self.write_durably(body, cx);
+            // An event (a key change) is already done; a miss is logged and counted.
+            let _ = self.write_durably(body, cx);
         } else if let Err(e) = self.writer.submit(body, self.write_timeout).await {
             self.keep_elsewhere(e);
         }

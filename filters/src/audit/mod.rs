@@ -339,6 +339,7 @@ pub fn build(
         on_error: settings.on_error,
         write_timeout: Duration::from_millis(settings.write_timeout_ms),
         metrics,
+        missed: std::sync::atomic::AtomicU64::new(0),
     }))
 }
 

@@ -331,6 +331,11 @@ impl AuditWriter {
         }
     }
 
+    /// Whether the record `seq` is durable (fsynced), without waiting.
+    pub fn is_durable(&self, seq: u64) -> bool {
+        self.core.lock().synced >= seq
+    }
+
     /// Blocks until the record `seq` is durable (fsynced), up to `timeout`.
     pub fn wait_durable(&self, seq: u64, timeout: Duration) -> Result<(), WaitError> {
         let deadline = Instant::now() + timeout;

@@ -47,7 +47,7 @@
 //! describe.
 //!
 //! When the store fails (Redis down or slow beyond `redis_timeout_ms`): `on_backend_error =
-//! "allow"` lets the request through uncounted and without rate-limit headers; `"deny"` answers
+//! "allow"` decides on this instance's own buckets at the same limits (`fallback.rs`); `"deny"` answers
 //! `503 rate_limit_unavailable` (type `server_error`, `Retry-After: 1`): the contract has no code
 //! for it, and 429 would blame the caller for the gateway's problem. Either way
 //! `sluice_rate_limit_backend_errors_total` counts it; warnings are logged at most every 10 s.
@@ -60,6 +60,7 @@
 //! `sluice_rate_limit_reconciled_tokens_total{direction}` (`charged`, `returned`).
 
 mod bucket;
+mod fallback;
 mod local;
 mod redis_store;
 mod report;
@@ -181,6 +182,9 @@ pub fn build(
         store,
         default_max_tokens: settings.default_max_tokens,
         on_backend_error: settings.on_backend_error,
+        fallback: (settings.backend == Backend::Redis
+            && settings.on_backend_error == OnBackendError::Allow)
+            .then(|| fallback::local_buckets(shared)),
         metrics,
     }))
 }
@@ -213,6 +217,8 @@ pub struct RateLimitFilter {
     store: Store,
     default_max_tokens: u64,
     on_backend_error: OnBackendError,
+    /// Redis with `on_backend_error = "allow"`: this instance's own buckets (`fallback.rs`).
+    fallback: Option<Arc<LocalStore>>,
     metrics: Arc<Metrics>,
 }
 
@@ -454,7 +460,7 @@ impl Filter for RateLimitFilter {
         }
 
         let started = Instant::now();
-        let decision = self.store.admit(&plan).await;
+        let decision = self.admit(&plan).await;
         self.metrics
             .check_seconds(self.store.label(), started.elapsed());
         match decision {
@@ -507,7 +513,7 @@ impl Filter for RateLimitFilter {
         if delta == 0 {
             return;
         }
-        match self.store.adjust_tokens(&res.plan, delta).await {
+        match self.adjust(&res.plan, delta).await {
             Ok(()) => {
                 if delta > 0 {
                     self.metrics.charged.inc_by(delta.unsigned_abs());

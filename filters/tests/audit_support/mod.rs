@@ -152,7 +152,7 @@ pub async fn drive(filter: &dyn Filter, cx: &mut Cx, ex: &Exchange, completes: b
     };
     let verdict = filter.on_request_head(&head, cx).await;
     if completes {
-        filter.on_response_complete(ex, cx);
+        let _ = filter.on_response_complete(ex, cx);
         cx.response_completed = true;
     }
     filter.on_log(ex, cx).await;
