@@ -1,0 +1,626 @@
+//! Trust holes a hostile tenant found (issue 23), on raw sockets against a real `sluice run`
+//! (its logs captured) and a recording upstream: secrets in client-chosen fields never reach
+//! the audit trail or the logs, the query string is scanned, hop headers stay on their hop,
+//! passthrough is authorized by its model, error and unparseable answers are scanned, and the
+//! admin listener's refusals leave a trace.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::free_port;
+use serde_json::{json, Value};
+
+const KEY: &str = "sk-sluice-TRUSTtrustTRUSTtrustTRUSTtrustTRUSTtrus";
+const NARROW: &str = "sk-sluice-NARROWnarrowNARROWnarrowNARROWnarrowNA";
+const NOCHAT: &str = "sk-sluice-NOCHATnochatNOCHATnochatNOCHATnochatNO";
+const ONE: &str = "sk-sluice-ONEoneONEoneONEoneONEoneONEoneONEoneONEo";
+const ADMIN_TOKEN: &str = "trust-admin-token-0123456789";
+/// Secrets a client puts in the fields it chooses.
+const AWS: &str = "AKIAIOSFODNN7EXAMPLE";
+const GHP: &str = "ghp_0123456789abcdefABCDEF0123456789abcd";
+const SLUICE_ID: &str = "sk-sluice-IDidIDidIDidIDidIDidIDidIDidIDidIDidIDi";
+const UPSTREAM_KEY: &str = "sk-upstream-own-credential";
+
+/// An upstream that records every request (head and body) and answers by the body's marker:
+/// `ECHO-ERROR` → a 400 echoing the AWS key; `TRUNCATED` → a JSON answer cut short holding an
+/// escaped AWS key; anything else → a small chat completion, with a `Server` header and an
+/// internal one.
+struct Recorder {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let s = s.clone();
+                std::thread::spawn(move || record(conn, &s));
+            }
+        });
+        Recorder { port, seen }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn clear(&self) {
+        if let Ok(mut s) = self.seen.lock() {
+            s.clear();
+        }
+    }
+}
+
+fn record(mut conn: TcpStream, seen: &Mutex<Vec<String>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(n) = conn.read(&mut chunk) else { return };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    if let Ok(mut s) = seen.lock() {
+        s.push(text.clone());
+    }
+    let (status, body) = if text.contains("ECHO-ERROR") {
+        let b = json!({"error": {"message": format!("bad prompt: {AWS}"), "type": "invalid_request_error"}});
+        ("400 Bad Request", b.to_string())
+    } else if text.contains("TRUNCATED") {
+        (
+            "200 OK",
+            r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"\u0041KIAIOSFODNN7EXAMPLE"#
+                .to_string(),
+        )
+    } else {
+        let b = json!({"id": "c", "object": "chat.completion", "created": 0, "model": "up",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+            "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}});
+        ("200 OK", b.to_string())
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nserver: secret-upstream/1.2\r\nx-internal-trace: node-7\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// A `sluice run` subprocess with its stderr (the logs) in a file.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+    audit: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha(k: &str) -> String {
+    sluice::filters::auth::key_sha256_hex(k)
+}
+
+/// A gateway in front of `upstream`; `server_extra` is added to `[server]`.
+fn start(upstream: u16, request_action: &str, server_extra: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (port, admin) = (free_port(), free_port());
+    let audit = dir.path().join("audit.jsonl");
+    let log = dir.path().join("sluice.log");
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+shutdown_grace_seconds = 1
+admin_token_env = "TRUST_ADMIN_TOKEN"
+{server_extra}
+[store]
+url = "sqlite://{db}"
+[[upstreams]]
+name = "tenant"
+url = "http://127.0.0.1:{upstream}/tenantA"
+api_key_env = "TRUST_UPSTREAM_KEY"
+[[models]]
+name = "m"
+upstream = "tenant"
+[[models]]
+name = "secret-model"
+upstream = "tenant"
+[[orgs]]
+name = "o"
+[[roles]]
+name = "r"
+permissions = ["chat", "models:list", "passthrough", "embeddings", "agents:run"]
+models = ["*"]
+agents = ["*"]
+[[roles]]
+name = "lister"
+permissions = ["models:list"]
+models = ["*"]
+[[users]]
+name = "u"
+org = "o"
+role = "r"
+[[users]]
+name = "l"
+org = "o"
+role = "lister"
+[[keys]]
+id = "trust-key"
+user = "u"
+sha256 = "{key}"
+[[keys]]
+id = "narrow-key"
+user = "u"
+sha256 = "{narrow}"
+models = ["m"]
+[[keys]]
+id = "nochat-key"
+user = "l"
+sha256 = "{nochat}"
+[[keys]]
+id = "one-key"
+user = "u"
+sha256 = "{one}"
+rate_limit = {{ requests_per_minute = 1, tokens_per_minute = 1000 }}
+[[agents]]
+id = "a"
+model = "m"
+instructions = "Say ok."
+[dlp]
+request_action = "{request_action}"
+[audit]
+path = "{audit}"
+fsync = "always"
+[[filters]]
+type = "auth"
+[[filters]]
+type = "rate_limit"
+[[filters]]
+type = "dlp"
+[[filters]]
+type = "audit"
+"#,
+        db = dir.path().join("keys.db").display(),
+        key = sha(KEY),
+        narrow = sha(NARROW),
+        nochat = sha(NOCHAT),
+        one = sha(ONE),
+        audit = audit.display(),
+    );
+    let conf = dir.path().join("sluice.toml");
+    std::fs::write(&conf, config).unwrap_or_else(|e| panic!("{e}"));
+    let err = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c"])
+        .arg(&conf)
+        .env("RUST_LOG", "debug")
+        .env("TRUST_UPSTREAM_KEY", UPSTREAM_KEY)
+        .env("TRUST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        log,
+        audit,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let probe = format!(
+            "GET /healthz HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            gw.admin
+        );
+        if raw(gw.admin, probe.as_bytes()).starts_with("HTTP/1.1 200") {
+            return gw;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "gateway not ready: {}",
+        std::fs::read_to_string(&gw.log).unwrap_or_default()
+    );
+}
+
+/// Sends bytes on a fresh connection and reads the answer until the server closes (bounded).
+fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn body_of(resp: &str) -> Value {
+    resp.split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn post(path: &str, key: &str, extra: &str, body: &str) -> Vec<u8> {
+    let auth = if key.is_empty() {
+        String::new()
+    } else {
+        format!("authorization: Bearer {key}\r\n")
+    };
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn chat(model: &str, text: &str) -> String {
+    json!({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": text}]})
+        .to_string()
+}
+
+fn audit_text(gw: &Gateway) -> String {
+    std::fs::read_to_string(&gw.audit).unwrap_or_default()
+}
+
+fn audit_records(gw: &Gateway) -> Vec<Value> {
+    audit_text(gw)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn wait_records(gw: &Gateway, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = audit_records(gw);
+        if r.len() >= n || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_text(gw: &Gateway) -> String {
+    std::fs::read_to_string(&gw.log).unwrap_or_default()
+}
+
+fn metric(gw: &Gateway, name: &str) -> f64 {
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        gw.admin
+    );
+    raw(gw.admin, req.as_bytes())
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Client-chosen headers holding secrets: a user agent and an `x-request-id`.
+fn hostile_headers() -> String {
+    format!("user-agent: probe/{GHP}\r\nx-request-id: {SLUICE_ID}\r\n")
+}
+
+#[test]
+fn secrets_in_client_chosen_fields_never_reach_the_audit_trail_or_the_logs() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let h = hostile_headers();
+    let q = format!("?note={AWS}");
+    let passthrough = format!("/v1/{AWS}/x{q}");
+    let cases: Vec<(&str, u16, Vec<u8>)> = vec![
+        ("401 path", 401, post(&passthrough, "", &h, "{}")),
+        ("401 chat", 401, post(&format!("/v1/chat/completions{q}"), "", &h, &chat("m", "hi"))),
+        ("401 agent", 401, post(&format!("/v1/agents/{GHP}/run"), "", &h, "{}")),
+        ("403 path", 403, post(&passthrough, NOCHAT, &h, "{}")),
+        ("403 agent", 403, post(&format!("/v1/agents/{GHP}/run"), NOCHAT, &h, "{}")),
+        ("400 invalid_json", 400, post(&passthrough, KEY, &h, "{oops")),
+        ("404 agent", 404, post(&format!("/v1/agents/{GHP}/run"), KEY, &h, "{}")),
+        ("404 model", 404, post("/v1/chat/completions", KEY, &h, &chat(AWS, "hi"))),
+        ("dlp path", 400, post(&passthrough, KEY, &h, "{}")),
+        ("dlp body", 400, post("/v1/chat/completions", KEY, &h, &chat("m", AWS))),
+        ("429 first", 200, post("/v1/chat/completions", ONE, "", &chat("m", "hi"))),
+        ("429", 429, post(&format!("/v1/{AWS}{q}"), ONE, &h, "{\"model\":\"m\"}")),
+    ];
+    for (name, want, req) in &cases {
+        let resp = raw(gw.addr, req);
+        assert_eq!(status(&resp), *want, "{name}: {resp}");
+        let rid = resp
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-request-id: ").map(str::to_string))
+            .unwrap_or_default();
+        assert!(!rid.is_empty() && !rid.contains("sk-sluice"), "{name}: {resp}");
+    }
+    let recs = wait_records(&gw, cases.len());
+    assert_eq!(recs.len(), cases.len(), "{recs:?}");
+    let audit = audit_text(&gw);
+    let log = log_text(&gw);
+    for secret in [AWS, GHP, SLUICE_ID, "IDidIDid"] {
+        assert!(!audit.contains(secret), "{secret} in the audit trail: {audit}");
+        assert!(!log.contains(secret), "{secret} in the logs: {log}");
+    }
+    // The fields are kept, redacted.
+    assert!(
+        recs.iter().any(|r| r["agent_id"]
+            .as_str()
+            .is_some_and(|a| a.contains("[REDACTED"))),
+        "{audit}"
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["model"].as_str().is_some_and(|a| a.contains("[REDACTED"))),
+        "the unknown model is recorded, redacted: {audit}"
+    );
+    assert!(up.requests().iter().all(|r| !r.contains(AWS)));
+}
+
+#[test]
+fn an_unknown_model_is_audited_with_the_name_it_gave() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let resp = raw(gw.addr, &post("/v1/chat/completions", KEY, "", &chat("no-such-model", "hi")));
+    assert_eq!(status(&resp), 404, "{resp}");
+    let recs = wait_records(&gw, 1);
+    assert_eq!(recs[0]["model"], "no-such-model", "{recs:?}");
+}
+
+#[test]
+fn the_query_string_is_scanned_like_the_body() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let resp = raw(gw.addr, &post(&format!("/v1/files?note={AWS}"), KEY, "", "{\"model\":\"m\"}"));
+    assert_eq!(status(&resp), 400, "{resp}");
+    assert!(resp.contains("dlp_blocked"), "{resp}");
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    drop(gw);
+    for action in ["redact", "mask"] {
+        up.clear();
+        let gw = start(up.port, action, "");
+        let path = format!("/v1/chat/completions?note={AWS}&x=1");
+        let resp = raw(gw.addr, &post(&path, KEY, "", &chat("m", "hi")));
+        assert_eq!(status(&resp), 200, "{resp}");
+        let seen = up.requests();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let line = seen[0].lines().next().unwrap_or_default();
+        assert!(!line.contains(AWS), "{action}: {line}");
+        assert!(line.contains("x=1"), "{action}: {line}");
+    }
+}
+
+#[test]
+fn semicolon_paths_and_odd_ceilings_are_refused() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let resp = raw(gw.addr, &post("/v1/chat/completions;x", KEY, "", &chat("m", "hi")));
+    assert_eq!(status(&resp), 400, "{resp}");
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    let odd: [(&str, Value); 5] = [
+        ("max_tokens", json!(100000.0)),
+        ("max_tokens", json!("100000")),
+        ("max_tokens", json!(-1)),
+        ("max_completion_tokens", json!(1.5)),
+        ("max_output_tokens", json!(null)),
+    ];
+    for (field, v) in odd {
+        let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        b[field] = v.clone();
+        let path = if field == "max_output_tokens" {
+            "/v1/responses"
+        } else {
+            "/v1/chat/completions"
+        };
+        if field == "max_output_tokens" {
+            b = json!({"model": "m", "input": "hi", field: v});
+        }
+        let resp = raw(gw.addr, &post(path, KEY, "", &b.to_string()));
+        assert_eq!(status(&resp), 400, "{field}={v}: {resp}");
+        assert_eq!(body_of(&resp)["error"]["param"], field, "{resp}");
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    // The largest ceiling is reserved: 100000 tokens do not fit a 1000 tokens/minute key.
+    let b = json!({"model": "m", "max_completion_tokens": 0, "max_tokens": 100000,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let resp = raw(gw.addr, &post("/v1/chat/completions", ONE, "", &b.to_string()));
+    assert_eq!(status(&resp), 429, "{resp}");
+}
+
+#[test]
+fn hop_headers_stay_on_their_hop() {
+    let up = Recorder::start();
+    let gw = start(
+        up.port,
+        "block",
+        "hide_response_headers = [\"x-internal-trace\"]",
+    );
+    let extra = "cookie: session=abc\r\nforwarded: for=6.6.6.6\r\nx-forwarded-for: 6.6.6.6\r\nx-forwarded-host: evil.example\r\nx-real-ip: 6.6.6.6\r\n";
+    let resp = raw(gw.addr, &post("/v1/chat/completions", KEY, extra, &chat("m", "hi")));
+    assert_eq!(status(&resp), 200, "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    assert!(!lower.contains("secret-upstream"), "{resp}");
+    assert!(!lower.contains("x-internal-trace"), "{resp}");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let head = seen[0].to_ascii_lowercase();
+    for h in ["cookie:", "forwarded:", "x-forwarded-for:", "x-forwarded-host:", "6.6.6.6"] {
+        assert!(!head.contains(h), "{h} went upstream: {head}");
+    }
+    drop(gw);
+    up.clear();
+    let gw = start(up.port, "block", "forward_client_ip = true");
+    let resp = raw(gw.addr, &post("/v1/chat/completions", KEY, extra, &chat("m", "hi")));
+    assert_eq!(status(&resp), 200, "{resp}");
+    let head = up.requests().concat().to_ascii_lowercase();
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+    assert!(!head.contains("6.6.6.6"), "{head}");
+}
+
+#[test]
+fn passthrough_is_authorized_by_the_model() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let multipart = "--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nsecret-model\r\n--b--\r\n";
+    let unreadable: Vec<(&str, String, String)> = vec![
+        ("multipart", "/v1/audio/transcriptions".into(), multipart.into()),
+        ("form", "/v1/x".into(), "model=secret-model".into()),
+        ("nested", "/v1/batches".into(), r#"{"requests":[{"params":{"model":"secret-model"}}]}"#.into()),
+        ("null", "/v1/x".into(), r#"{"model":null}"#.into()),
+        ("query", "/v1/x?model=secret-model".into(), String::new()),
+        ("bom", "/v1/x".into(), "\u{feff}{\"model\":\"secret-model\"}".into()),
+        ("array", "/v1/x".into(), r#"[{"model":"secret-model"}]"#.into()),
+    ];
+    for (name, path, body) in &unreadable {
+        let resp = raw(gw.addr, &post(path, NARROW, "", body));
+        assert_eq!(status(&resp), 403, "{name}: {resp}");
+        assert_eq!(body_of(&resp)["error"]["code"], "model_not_allowed", "{name}: {resp}");
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    // Named and allowed: forwarded; a caller allowed every model of the upstream: forwarded.
+    let resp = raw(gw.addr, &post("/v1/x", NARROW, "", r#"{"model":"m"}"#));
+    assert_eq!(status(&resp), 200, "{resp}");
+    let resp = raw(gw.addr, &post("/v1/x", NARROW, "", r#"{"model":"secret-model"}"#));
+    assert_eq!(status(&resp), 403, "{resp}");
+    for (name, path, body) in &unreadable {
+        let resp = raw(gw.addr, &post(path, KEY, "", body));
+        assert_eq!(status(&resp), 200, "{name}: {resp}");
+    }
+}
+
+#[test]
+fn error_bodies_and_unparseable_answers_are_scanned() {
+    let up = Recorder::start();
+    let gw = start(up.port, "monitor", "");
+    let resp = raw(gw.addr, &post("/v1/chat/completions", KEY, "", &chat("m", "ECHO-ERROR")));
+    assert_eq!(status(&resp), 400, "{resp}");
+    assert!(!resp.contains(AWS), "{resp}");
+    for path in ["/v1/chat/completions", "/v1/responses"] {
+        let body = if path == "/v1/responses" {
+            json!({"model": "m", "input": "TRUNCATED"}).to_string()
+        } else {
+            chat("m", "TRUNCATED")
+        };
+        let resp = raw(gw.addr, &post(path, KEY, "", &body));
+        assert!(!resp.contains("KIAIOSFODNN7EXAMPLE"), "{path}: {resp}");
+        assert!(status(&resp) >= 500, "{path}: {resp}");
+    }
+}
+
+#[test]
+fn the_admin_listeners_refusals_are_audited_and_counted() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let before = metric(&gw, "sluice_auth_failures_total");
+    for token in ["wrong-1", "wrong-2", ""] {
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("authorization: Bearer {token}\r\n")
+        };
+        let req = format!(
+            "GET /admin/v1/keys HTTP/1.1\r\nhost: {}\r\n{auth}connection: close\r\n\r\n",
+            gw.admin
+        );
+        assert_eq!(status(&raw(gw.admin, req.as_bytes())), 401);
+    }
+    let foreign = format!(
+        "GET /admin/v1/keys HTTP/1.1\r\nhost: evil.example\r\nauthorization: Bearer {ADMIN_TOKEN}\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(status(&raw(gw.admin, foreign.as_bytes())), 403);
+    let recs = wait_records(&gw, 4);
+    let denied_auth = recs
+        .iter()
+        .filter(|r| r["outcome"] == "denied_auth" && r["path"] == "/admin/v1/keys")
+        .count();
+    assert_eq!(denied_auth, 3, "{recs:?}");
+    assert!(
+        recs.iter().any(|r| r["outcome"] == "denied_permission"
+            && r["path"] == "/admin/v1/keys"
+            && r["client_ip"] == "127.0.0.1"),
+        "{recs:?}"
+    );
+    assert!(!audit_text(&gw).contains("wrong-1"));
+    assert_eq!(metric(&gw, "sluice_auth_failures_total") - before, 3.0);
+}
+
+#[test]
+fn the_root_answers_without_a_key_and_v1_still_needs_one() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let resp = raw(gw.addr, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(body_of(&resp), json!({"service": "sluice"}));
+    let resp = raw(gw.addr, b"HEAD / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    assert_eq!(status(&resp), 200, "{resp}");
+    let resp = raw(gw.addr, b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    assert_eq!(status(&resp), 401, "{resp}");
+    let recs = wait_records(&gw, 1);
+    assert_eq!(recs.len(), 1, "only /v1/models is audited: {recs:?}");
+    assert!(metric(&gw, "sluice_requests_total{route=\"root\"") >= 2.0);
+    // An Anthropic client is told about x-api-key.
+    let req = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: sk-sluice-nope\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+    let resp = raw(gw.addr, req);
+    assert_eq!(status(&resp), 401, "{resp}");
+    let msg = body_of(&resp)["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("x-api-key"), "{msg}");
+    assert!(!msg.contains("Bearer"), "{msg}");
+}
+
+#[test]
+fn framing_errors_get_a_400() {
+    let up = Recorder::start();
+    let gw = start(up.port, "block", "");
+    let body = chat("m", "hi");
+    let cases = [
+        ("bare LF in a chunk extension", format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ntransfer-encoding: chunked\r\n\r\n{:x};ext\nswallowed\r\n{body}\r\n0\r\n\r\n", body.len())),
+        ("a bad chunk size", format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")),
+    ];
+    for (name, req) in cases {
+        let resp = raw(gw.addr, req.as_bytes());
+        assert_eq!(status(&resp), 400, "{name}: {resp}");
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+}
