@@ -22,8 +22,10 @@
 
 mod attempt;
 mod finish;
+mod passthrough;
 mod request;
 mod response;
+mod scrub;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -100,6 +102,8 @@ pub struct Call {
     pub(crate) completed: bool,
     /// The gateway's own start-up probe: answered 204, never logged or audited.
     pub probe: bool,
+    /// The client-chosen fields were redacted for the record (`scrub.rs`).
+    pub(crate) scrubbed: bool,
     /// This request's spans, when traces are on (`crate::telemetry`).
     pub(crate) trace: Option<Box<crate::telemetry::CallTrace>>,
 }
@@ -129,6 +133,7 @@ impl Call {
             stream_counted: false,
             completed: false,
             probe: false,
+            scrubbed: false,
             trace: None,
         }
     }
@@ -154,6 +159,12 @@ impl Call {
             outcome: reply.outcome,
             code: reply.code,
         });
+        if self.cx.route == sluice_filters::Route::Root {
+            // Not an API call: no chain, no record (SPEC §3).
+            self.completed = true;
+            return;
+        }
+        self.scrub_record();
         let ex = self.exchange(reply.status.as_u16(), reply.outcome, reply.code);
         self.snap.chain.on_response_complete(&ex, &self.cx);
         self.cx.response_completed = true;
