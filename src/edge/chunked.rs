@@ -62,6 +62,7 @@ impl Default for ChunkedCheck {
 
 impl ChunkedCheck {
     /// Feeds the next bytes of the body; `Err` at the first byte the framing does not allow.
+    #[cfg(test)]
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
         self.feed_until_bad(bytes).map_err(|_| BAD_FRAMING)
     }

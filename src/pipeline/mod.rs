@@ -181,4 +181,6 @@ impl Call {
 }
 
 #[cfg(test)]
+mod evasion_tests;
+#[cfg(test)]
 mod tests;
