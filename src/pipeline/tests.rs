@@ -201,7 +201,7 @@ async fn an_anthropic_upstream_gets_its_key_as_x_api_key_and_a_version() {
         "Bearer sk-sluice-PIPEpipePIPEpipePIPEpipePIPEpipePIPEpipe",
     )]);
     let body = json!({"model": "claude-x", "max_tokens": 5, "messages": []});
-    let (mut call, reply) = request(&st, "/v1/messages", &h, body).await;
+    let (mut call, reply) = request(&st, "/v1/messages?beta=true", &h, body).await;
     assert!(reply.is_none());
     let uri: Uri = "/v1/messages?beta=true"
         .parse()
