@@ -25,7 +25,7 @@ impl Call {
             .map(|s| s.chars().take(256).collect());
         cx.client_ip = head.client_ip;
         cx.query = head.query.map(str::to_string);
-        self.scrub_head(head.headers);
+        self.scrub_head();
         let cx = &mut self.cx;
         let path = match routes::normalize(head.path) {
             Ok(p) => p,

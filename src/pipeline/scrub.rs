@@ -16,15 +16,11 @@ use super::Call;
 
 impl Call {
     /// The head's client-chosen headers (see the module docs).
-    pub(crate) fn scrub_head(&mut self, headers: &HeaderMap) {
+    pub(crate) fn scrub_head(&mut self) {
         let sc = self.snap.scrubber.clone();
         if sc.finds(&self.cx.request_id) {
             // A fresh one: the client's is dropped, not redacted, so ids stay unique.
-            let mut clean = HeaderMap::new();
-            if let Some(ua) = headers.get(http::header::USER_AGENT) {
-                clean.insert(http::header::USER_AGENT, ua.clone());
-            }
-            self.cx.request_id = request_id(&clean);
+            self.cx.request_id = request_id(&HeaderMap::new());
         }
         if let Some(ua) = self.cx.user_agent.as_deref().and_then(|u| sc.redact(u)) {
             self.cx.user_agent = Some(ua);

@@ -423,11 +423,14 @@ impl Filter for DlpFilter {
         // The engine refuses (502) a compressed body it was asked to scan before this runs;
         // an embedder's engine might not, so the state is kept to fail closed here too.
         let unreadable_encoding = content_encoding(resp.headers);
+        // One JSON document (`application/json`, `…+json`), not JSON lines and the like.
         let declared_json = resp
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.contains("json"));
+            .and_then(|c| c.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
         if unreadable_encoding.is_some() || declared_json {
             cx.extensions.insert(ResponseState {
                 unreadable_encoding,
