@@ -65,20 +65,21 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/admin/reload" || path.starts_with("/admin/v1/") || path == "/admin/v1" {
-        if let Err(refused) = same_origin(req.headers(), own) {
-            return Ok(reply_response(refused, None));
+        let snap = state.snapshot.load();
+        let refused = match same_origin(req.headers(), own) {
+            Err(r) => Some(r),
+            Ok(()) => match crate::keys::admin::check_token(&snap.config, req.headers()) {
+                crate::keys::admin::TokenCheck::Refused(r) => Some(r),
+                _ => None,
+            },
+        };
+        if let Some(r) = refused {
+            crate::admin_audit::refused(&state, req.method(), &path, req.headers(), peer, &r).await;
+            return Ok(reply_response(r, None));
         }
     }
     if path.starts_with("/admin/v1/keys") {
         return Ok(admin_keys(req, &state, peer).await);
-    }
-    if path == "/admin/reload" && req.method() == hyper::Method::POST {
-        let snap = state.snapshot.load();
-        if let crate::keys::admin::TokenCheck::Refused(r) =
-            crate::keys::admin::check_token(&snap.config, req.headers())
-        {
-            return Ok(reply_response(r, None));
-        }
     }
     let resp = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),

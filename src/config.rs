@@ -92,6 +92,13 @@ pub struct ServerConfig {
     /// The environment variable holding the admin token: it enables `/admin/v1/keys` and is
     /// then required by every state-changing admin route (`POST /admin/reload` included).
     pub admin_token_env: Option<String>,
+    /// Send the client's address upstream as `X-Forwarded-For` (the client's own
+    /// `Forwarded`/`X-Forwarded-*` headers never go upstream).
+    #[serde(default)]
+    pub forward_client_ip: bool,
+    /// Upstream response headers never passed to the client (`Server` never is).
+    #[serde(default)]
+    pub hide_response_headers: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -330,6 +337,14 @@ impl Config {
                 "server.max_sse_event_bytes",
                 "must be at least 1024",
             ));
+        }
+        for (i, h) in s.hide_response_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errs.push(ConfigError::new(
+                    format!("server.hide_response_headers[{i}]"),
+                    "must be an HTTP header name",
+                ));
+            }
         }
 
         let mut names = HashSet::new();

@@ -8,6 +8,7 @@
 //! [`GatewayBuilder::filter_type`], and [`GatewayBuilder::start`] it (see `examples/`).
 
 pub mod admin;
+mod admin_audit;
 pub mod agents;
 pub mod chain;
 pub mod config;

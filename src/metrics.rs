@@ -220,7 +220,8 @@ fn route_models(config: &Config, route: Route) -> Vec<&str> {
         | Route::AgentRunStatus
         | Route::Keys
         | Route::Key
-        | Route::Unknown => Vec::new(),
+        | Route::Unknown
+        | Route::Root => Vec::new(),
         Route::AgentRun => {
             let mut models: Vec<&str> = config.agents.iter().map(|a| a.model.as_str()).collect();
             models.sort_unstable();
@@ -298,6 +299,7 @@ mod tests {
             Route::Completions => 9,
             Route::Messages => 10,
             Route::CountTokens => 11,
+            Route::Root => 14,
             Route::Keys => 12,
             Route::Key => 13,
         }

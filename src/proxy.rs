@@ -414,6 +414,12 @@ impl ProxyHttp for SluiceProxy {
         }
     }
 
+    fn request_summary(&self, session: &Session, call: &Call) -> String {
+        let req = session.req_header();
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        call.log_summary(req.method.as_str(), pq)
+    }
+
     fn suppress_error_log(&self, _session: &Session, _call: &Call, e: &Error) -> bool {
         // A client's mistake or departure is not Sluice's failure: a WARN, never an ERROR.
         let client = matches!(

@@ -59,6 +59,9 @@ impl<'p> RouteMatch<'p> {
 
 /// The route of a normalized path.
 pub fn match_route<'p>(method: &Method, path: &'p str) -> RouteMatch<'p> {
+    if path == "/" && (method == Method::GET || method == Method::HEAD) {
+        return RouteMatch::new(Route::Root, &api::PASSTHROUGH);
+    }
     let Some(rest) = strip_prefix_ci(path, "/v1/") else {
         return RouteMatch::new(Route::Unknown, &api::PASSTHROUGH);
     };
@@ -118,6 +121,15 @@ fn strip_prefix_ci<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
 /// the root, or that holds an escaped slash or backslash, a raw backslash or a control byte —
 /// spellings a hop behind Sluice could read differently.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, Reply> {
+    if path.contains(';') {
+        // No route takes `;` parameters, and servlet-style upstreams strip them: forwarded,
+        // `/v1/chat/completions;x` would be passthrough here and chat there.
+        return Err(Reply::error(
+            400,
+            "invalid_path",
+            "The request path is not accepted: it carries `;` parameters, which no route uses.",
+        ));
+    }
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }

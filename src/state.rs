@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub routes: Vec<crate::upstream::ModelTargets>,
     /// Where a request that names no model goes: the first upstream.
     pub default_route: crate::upstream::ModelTargets,
+    /// Redacts findings in the fields a client chose before anything records them.
+    pub scrubber: Arc<sluice_filters::dlp::FieldScrubber>,
 }
 
 impl Snapshot {
@@ -208,7 +210,9 @@ impl Snapshot {
         match chain {
             Some(chain) if errs.is_empty() => {
                 board.install(&upstreams);
+                let scrubber = Arc::new(sluice_filters::dlp::FieldScrubber::new(&config.dlp));
                 Ok(Snapshot {
+                    scrubber,
                     config,
                     chain,
                     upstreams,

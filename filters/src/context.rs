@@ -33,12 +33,15 @@ pub enum Route {
     Passthrough,
     /// Outside `/v1/`: answered 404 by the engine.
     Unknown,
+    /// `GET /`, `HEAD /`: the engine's own answer to clients checking they reach a server
+    /// (no chain, no audit record).
+    Root,
 }
 
 impl Route {
     /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
     /// added to the enum must be added here too (its label is then on the first scrape).
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 15] = [
         Route::ChatCompletions,
         Route::ListModels,
         Route::GetModel,
@@ -53,6 +56,7 @@ impl Route {
         Route::CountTokens,
         Route::Keys,
         Route::Key,
+        Route::Root,
     ];
 
     /// A bounded label for metrics.
@@ -72,6 +76,7 @@ impl Route {
             Route::Key => "key",
             Route::Passthrough => "passthrough",
             Route::Unknown => "unknown",
+            Route::Root => "root",
         }
     }
 }
@@ -174,6 +179,8 @@ pub struct Cx {
     pub method: http::Method,
     /// The path without the query string.
     pub path: String,
+    /// The query string (without `?`), as it goes upstream: the `dlp` filter may rewrite it.
+    pub query: Option<String>,
     pub route: Route,
     /// The API of the route: how its bodies, answers, streams and errors are shaped. Filters
     /// ask it instead of reading provider JSON themselves.
@@ -182,6 +189,9 @@ pub struct Cx {
     pub user_agent: Option<String>,
     /// The model the client asked for (the configured name, before any upstream rename).
     pub model: Option<String>,
+    /// A model the client named that is not configured (for the audit record only: it is
+    /// client text, never a metric label).
+    pub unknown_model: Option<String>,
     /// The upstream of the current attempt: once the request is answered, the one that
     /// answered (or the last one tried).
     pub upstream: Option<String>,
@@ -225,10 +235,12 @@ impl Cx {
             started_at: SystemTime::now(),
             method,
             path,
+            query: None,
             route: Route::Unknown,
             api: &api::PASSTHROUGH,
             client_ip: None,
             user_agent: None,
+            unknown_model: None,
             model: None,
             upstream: None,
             attempts: 0,

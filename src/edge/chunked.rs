@@ -62,7 +62,14 @@ impl Default for ChunkedCheck {
 
 impl ChunkedCheck {
     /// Feeds the next bytes of the body; `Err` at the first byte the framing does not allow.
+    #[cfg(test)]
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        self.feed_until_bad(bytes).map_err(|_| BAD_FRAMING)
+    }
+
+    /// Like [`ChunkedCheck::feed`]; `Err(i)`: `bytes[i]` is the first byte the framing does not
+    /// allow (the bytes before it are valid).
+    pub fn feed_until_bad(&mut self, bytes: &[u8]) -> Result<(), usize> {
         let mut i = 0;
         while i < bytes.len() {
             if let State::Data(n) = self.state {
@@ -75,7 +82,7 @@ impl ChunkedCheck {
                 };
                 continue;
             }
-            self.state = step(self.state, bytes[i]).ok_or(BAD_FRAMING)?;
+            self.state = step(self.state, bytes[i]).ok_or(i)?;
             i += 1;
         }
         Ok(())

@@ -123,6 +123,10 @@ pub struct Guarded {
     head: Vec<u8>,
     /// The framing check of a chunked body, once its head said so.
     chunked: Option<chunked::ChunkedCheck>,
+    /// The framing broke after the bytes already handed to Pingora: its next read fails.
+    /// Handing over the valid bytes first (the head among them) lets Pingora parse the head,
+    /// so the request is answered `400` rather than dropped (SPEC §3).
+    bad_framing: bool,
 }
 
 /// Longer heads are refused by Pingora; what is kept of one to read its framing.
@@ -148,6 +152,7 @@ impl Guarded {
             line_start: false,
             head: Vec::new(),
             chunked: None,
+            bad_framing: false,
         };
         g.rearm(limits);
         g
@@ -188,7 +193,7 @@ impl Guarded {
 
     /// Bytes of the request, as Pingora read them: the head's end arms the body's framing
     /// check, which then sees every byte of a chunked body.
-    fn observe(&mut self, new: &[u8]) -> std::io::Result<()> {
+    fn observe(&mut self, new: &[u8]) -> Result<(), usize> {
         let mut body = new;
         if self.phase != Phase::Open {
             if self.phase == Phase::Idle {
@@ -221,9 +226,8 @@ impl Guarded {
             body = &new[end..];
         }
         if let Some(check) = self.chunked.as_mut() {
-            check
-                .feed(body)
-                .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidData, why))?;
+            let skipped = new.len() - body.len();
+            check.feed_until_bad(body).map_err(|i| skipped + i)?;
             if check.done() {
                 self.chunked = None;
             }
@@ -239,6 +243,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.bad_framing {
+            return Poll::Ready(Err(bad_framing()));
+        }
         if this.phase == Phase::Open && this.chunked.is_none() {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
@@ -254,7 +261,16 @@ impl AsyncRead for Guarded {
                 if filled == before {
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(this.observe(&buf.filled()[before..filled]))
+                Poll::Ready(match this.observe(&buf.filled()[before..filled]) {
+                    Ok(()) => Ok(()),
+                    // Nothing valid to hand over (an empty read would be the end of stream).
+                    Err(0) => Err(bad_framing()),
+                    Err(valid) => {
+                        buf.set_filled(before + valid);
+                        this.bad_framing = true;
+                        Ok(())
+                    }
+                })
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending if this.phase == Phase::Open => Poll::Pending,
@@ -273,6 +289,11 @@ impl AsyncRead for Guarded {
             }
         }
     }
+}
+
+/// A chunked body's framing broke: the edge fails the read (see `proxy::body_error`).
+fn bad_framing() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, chunked::BAD_FRAMING)
 }
 
 fn head_timed_out() -> std::io::Error {

@@ -122,6 +122,7 @@ impl Call {
             return Ok(());
         }
         self.completed = true;
+        self.scrub_record();
         let outcome = status_outcome(self.upstream_status);
         let ex = self.exchange(self.upstream_status, outcome, None);
         let done = self.snap.chain.on_response_complete(&ex, &self.cx);
@@ -284,6 +285,11 @@ impl Call {
         };
         let ex = self.exchange(status, outcome, code);
         self.record_metrics(&ex);
+        if self.cx.route == sluice_filters::Route::Root {
+            self.trace_finish(&ex, error);
+            return;
+        }
+        self.scrub_record();
         self.trace_finish(&ex, error);
         let snap = self.snap.clone();
         snap.chain.on_log(&ex, &self.cx).await;

@@ -23,8 +23,10 @@
 mod attempt;
 mod finish;
 mod gate;
+mod passthrough;
 mod request;
 mod response;
+mod scrub;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -106,6 +108,8 @@ pub struct Call {
     pub probe: bool,
     /// A console request (`crate::console`): answered and audited by the console itself.
     pub console: bool,
+    /// The client-chosen fields were redacted for the record (`scrub.rs`).
+    pub(crate) scrubbed: bool,
     /// This request's spans, when traces are on (`crate::telemetry`).
     pub(crate) trace: Option<Box<crate::telemetry::CallTrace>>,
 }
@@ -137,6 +141,7 @@ impl Call {
             gate: None,
             probe: false,
             console: false,
+            scrubbed: false,
             trace: None,
         }
     }
@@ -164,6 +169,12 @@ impl Call {
             outcome: reply.outcome,
             code: reply.code,
         });
+        if self.cx.route == sluice_filters::Route::Root {
+            // Not an API call: no chain, no record (SPEC §3).
+            self.completed = true;
+            return true;
+        }
+        self.scrub_record();
         let ex = self.exchange(reply.status.as_u16(), reply.outcome, reply.code);
         let done = self.snap.chain.on_response_complete(&ex, &self.cx);
         self.cx.response_completed = true;
@@ -185,5 +196,7 @@ impl Call {
     }
 }
 
+#[cfg(test)]
+mod evasion_tests;
 #[cfg(test)]
 mod tests;

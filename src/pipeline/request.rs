@@ -24,6 +24,9 @@ impl Call {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect());
         cx.client_ip = head.client_ip;
+        cx.query = head.query.map(str::to_string);
+        self.scrub_head();
+        let cx = &mut self.cx;
         let path = match routes::normalize(head.path) {
             Ok(p) => p,
             Err(reply) => {
@@ -42,6 +45,9 @@ impl Call {
             cx.agent_id = self.ids.0.clone();
         }
         cx.path = path.into_owned();
+        if cx.route == Route::Root {
+            return Some(Reply::json(200, &json!({"service": "sluice"})));
+        }
         if let Some(reply) = self.internal_run(head) {
             return Some(reply);
         }
@@ -123,6 +129,9 @@ impl Call {
             if let Some(r) = self.read_facts(api, &body) {
                 return Step::Reply(r);
             }
+            if let Some(r) = self.unnamed_model_refusal() {
+                return Step::Reply(r);
+            }
         }
         let normalized = (!self.path_is_raw).then(|| self.cx.path.clone());
         let mut request = Request {
@@ -179,7 +188,11 @@ impl Call {
                     self.cx.model = Some(m.clone());
                     self.route_to(Some(i));
                 }
-                None => return Some(model_not_found(m)),
+                None => {
+                    // Recorded (redacted when it holds a finding), never a metric label.
+                    self.cx.unknown_model = Some(m.chars().take(256).collect());
+                    return Some(model_not_found(m));
+                }
             },
             None if snap.upstreams.is_empty() => {
                 return Some(Reply::error(
@@ -311,6 +324,7 @@ fn reaches_model(route: Route) -> bool {
             | Route::Keys
             | Route::Key
             | Route::Unknown
+            | Route::Root
     )
 }
 

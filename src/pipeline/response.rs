@@ -53,6 +53,7 @@ impl Call {
             remove: crate::headers::hop_by_hop_present(headers),
             json_content_type: false,
         };
+        self.hide_upstream_headers(headers, &mut plan.remove);
         let header = |n: http::header::HeaderName| {
             headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("")
         };
@@ -63,8 +64,15 @@ impl Call {
         let encoded = !enc.is_empty() && !enc.eq_ignore_ascii_case("identity");
         let needs = self.snap.chain.needs();
         let server = &self.snap.config.server;
-        self.mode = if !status.is_success() || self.cx.route == Route::Unknown {
+        self.mode = if self.cx.route == Route::Unknown {
             RespMode::Pass
+        } else if !status.is_success() {
+            // Error bodies are scanned like answers (an upstream may echo the prompt).
+            if needs.response_body && !self.agent_response && !is_sse {
+                RespMode::Hold(BytesMut::new())
+            } else {
+                RespMode::Pass
+            }
         } else if is_sse {
             RespMode::Sse(SseFramer::new(server.max_sse_event_bytes))
         } else if self.agent_response || needs.response_body || is_json {
@@ -106,6 +114,20 @@ impl Call {
         snap.chain.on_response_head(&head, &mut self.cx);
         self.t.span_hooks += t0.elapsed();
         Ok(plan)
+    }
+
+    /// The upstream's `Server` and `server.hide_response_headers` never reach the client.
+    fn hide_upstream_headers(&self, headers: &HeaderMap, remove: &mut Vec<HeaderName>) {
+        if headers.contains_key(http::header::SERVER) {
+            remove.push(http::header::SERVER);
+        }
+        for name in &self.snap.config.server.hide_response_headers {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                if headers.contains_key(&n) && !remove.contains(&n) {
+                    remove.push(n);
+                }
+            }
+        }
     }
 
     /// The request id every response carries as `x-request-id`.

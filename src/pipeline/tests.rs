@@ -82,10 +82,14 @@ async fn request(
     body: Value,
 ) -> (Call, Option<sluice_filters::Reply>) {
     let mut call = Call::new(st);
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
     let head = Head {
         method: &Method::POST,
         path,
-        query: None,
+        query,
         headers: h,
         client_ip: None,
         listen: None::<SocketAddr>,
@@ -124,7 +128,7 @@ async fn a_chat_request_is_routed_rewritten_and_stripped_of_client_credentials()
     ]);
     let body =
         json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let (mut call, reply) = request(&st, "/v1/Chat/Completions/", &h, body).await;
+    let (mut call, reply) = request(&st, "/v1/Chat/Completions/?api_key=sk-1&x=2", &h, body).await;
     assert!(reply.is_none(), "forwarded");
     assert_eq!(call.cx.route, Route::ChatCompletions);
     assert_eq!(call.upstream_rt().map(|u| u.name.as_str()), Some("openai"));
@@ -197,7 +201,7 @@ async fn an_anthropic_upstream_gets_its_key_as_x_api_key_and_a_version() {
         "Bearer sk-sluice-PIPEpipePIPEpipePIPEpipePIPEpipePIPEpipe",
     )]);
     let body = json!({"model": "claude-x", "max_tokens": 5, "messages": []});
-    let (mut call, reply) = request(&st, "/v1/messages", &h, body).await;
+    let (mut call, reply) = request(&st, "/v1/messages?beta=true", &h, body).await;
     assert!(reply.is_none());
     let uri: Uri = "/v1/messages?beta=true"
         .parse()

@@ -6,13 +6,27 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use super::Call;
 use crate::headers::{strip_credential_params, strip_present, CREDENTIAL_HEADERS};
 
-/// Never forwarded: the client's credentials and the engine's own run token.
-const STRIPPED: [&str; 4] = [
+/// Never forwarded: the client's credentials, the engine's own run token, and the headers of
+/// the client's own hop (its cookies, and what it claims about proxies before Sluice; every
+/// `x-forwarded-*` too, see [`client_hop_headers`]).
+const STRIPPED: [&str; 7] = [
     CREDENTIAL_HEADERS[0],
     CREDENTIAL_HEADERS[1],
     CREDENTIAL_HEADERS[2],
     crate::agents::INTERNAL_RUN_HEADER,
+    "cookie",
+    "forwarded",
+    "x-real-ip",
 ];
+
+/// The client's `x-forwarded-*` headers (a client can claim any address or host in them).
+fn client_hop_headers(headers: &HeaderMap, out: &mut Vec<HeaderName>) {
+    for n in headers.keys() {
+        if n.as_str().starts_with("x-forwarded-") && !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+}
 
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
@@ -45,6 +59,13 @@ impl Call {
             insert: Vec::with_capacity(6),
             ..UpstreamHead::default()
         };
+        client_hop_headers(headers, &mut h.remove);
+        if self.snap.config.server.forward_client_ip {
+            if let Some(ip) = self.cx.client_ip {
+                let v = HeaderValue::from_str(&ip.to_string()).map_err(|e| e.to_string())?;
+                h.set("x-forwarded-for", v);
+            }
+        }
         if let Some((name, value)) = &u.credential {
             h.insert.push((name, value.clone()));
         }
@@ -54,10 +75,9 @@ impl Call {
         h.set("host", u.host_value.clone());
         let id = HeaderValue::from_str(&self.cx.request_id).map_err(|e| e.to_string())?;
         h.set("x-request-id", id);
-        let query = uri.query();
-        let stripped = query.map(strip_credential_params);
-        let query_changed =
-            matches!((&stripped, query), (Some(s), Some(q)) if s.as_deref() != Some(q));
+        // The query as the `dlp` filter left it (it may have redacted it), less credentials.
+        let stripped = self.cx.query.as_deref().map(strip_credential_params);
+        let query_changed = stripped.clone().flatten().as_deref() != uri.query();
         let rewrite = !u.base_path.is_empty()
             || self.upstream_path.is_some()
             || uri.scheme().is_some()

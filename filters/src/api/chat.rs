@@ -29,7 +29,7 @@ impl Api for Chat {
             model,
             stream: read_stream(body)?,
             client_wants_stream_usage: choices::client_wants_stream_usage(body),
-            max_tokens: read_ceiling(body, &["max_completion_tokens", "max_tokens"]),
+            max_tokens: read_ceiling(body, &["max_completion_tokens", "max_tokens"])?,
             choices: read_choices(body),
         })
     }

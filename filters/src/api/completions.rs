@@ -31,7 +31,7 @@ impl Api for Completions {
             model,
             stream: read_stream(body)?,
             client_wants_stream_usage: choices::client_wants_stream_usage(body),
-            max_tokens: read_ceiling(body, &["max_tokens"]),
+            max_tokens: read_ceiling(body, &["max_tokens"])?,
             choices: read_choices(body).max(best_of.clamp(1, 128)),
         })
     }

@@ -432,11 +432,29 @@ pub(crate) fn read_stream(body: &Value) -> Result<bool, Reply> {
     }
 }
 
-/// The first of `fields` that holds a non-negative integer.
-pub(crate) fn read_ceiling(body: &Value, fields: &[&str]) -> Option<u64> {
-    fields
-        .iter()
-        .find_map(|f| body.get(*f).and_then(Value::as_u64))
+/// The largest of the ceilings `fields` the body gives (`null` counts as absent, as in
+/// OpenAI's API). A ceiling that is not a non-negative integer (`100000.0`, `"100000"`, `-1`)
+/// is refused naming it as `param`: read as absent it would reserve the default while the
+/// upstream might honour it.
+pub(crate) fn read_ceiling(body: &Value, fields: &[&str]) -> Result<Option<u64>, Reply> {
+    let mut largest: Option<u64> = None;
+    for f in fields {
+        match body.get(*f) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) => largest = Some(largest.map_or(n, |l| l.max(n))),
+                None => {
+                    return Err(Reply::error(
+                        400,
+                        "invalid_value",
+                        format!("`{f}` must be a non-negative integer."),
+                    )
+                    .with_param(f))
+                }
+            },
+        }
+    }
+    Ok(largest)
 }
 
 /// `n` (at least 1; OpenAI accepts at most 128).
@@ -530,9 +548,17 @@ mod tests {
         assert_eq!(read_stream(&b).ok(), Some(true));
         assert!(read_stream(&json!({"stream": "yes"})).is_err());
         assert_eq!(
-            read_ceiling(&b, &["max_completion_tokens", "max_tokens"]),
-            Some(5)
+            read_ceiling(&b, &["max_completion_tokens", "max_tokens"]).ok(),
+            Some(Some(5))
         );
+        let both = json!({"max_completion_tokens": 0, "max_tokens": 100000, "x": null});
+        let fields = ["max_completion_tokens", "max_tokens", "x"];
+        assert_eq!(read_ceiling(&both, &fields).ok(), Some(Some(100000)));
+        for odd in [json!(1.0), json!("5"), json!(-1), json!(true), json!([5])] {
+            let r = read_ceiling(&json!({"max_tokens": odd}), &["max_tokens"]);
+            let param = r.err().and_then(|r| r.error_info).and_then(|e| e.param);
+            assert_eq!(param.as_deref(), Some("max_tokens"), "{odd}");
+        }
         assert_eq!(read_choices(&b), 128);
     }
 }

@@ -28,7 +28,7 @@ impl Api for Passthrough {
             max_tokens: read_ceiling(
                 body,
                 &["max_tokens", "max_completion_tokens", "max_output_tokens"],
-            ),
+            )?,
             choices: read_choices(body),
         })
     }

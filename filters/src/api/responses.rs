@@ -46,7 +46,7 @@ impl Api for Responses {
             model: read_model(body, true)?,
             stream: read_stream(body)?,
             client_wants_stream_usage: true,
-            max_tokens: read_ceiling(body, &["max_output_tokens"]),
+            max_tokens: read_ceiling(body, &["max_output_tokens"])?,
             choices: 1,
         })
     }

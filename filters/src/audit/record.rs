@@ -110,7 +110,11 @@ impl AuditRecord {
             client_ip: cx.client_ip.map(|ip| ip.to_string()),
             method: bounded(cx.method.as_str()),
             path: bounded(&cx.path),
-            model: cx.model.as_deref().map(bounded),
+            model: cx
+                .model
+                .as_deref()
+                .or(cx.unknown_model.as_deref())
+                .map(bounded),
             agent_id: cx.agent_id.as_deref().map(bounded),
             stream: cx.stream,
             status: (ex.status != 0).then_some(ex.status),

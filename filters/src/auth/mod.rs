@@ -82,6 +82,44 @@ const INVALID_MESSAGE: &str = "Incorrect API key provided. Check that the \
      `Authorization: Bearer <key>` header carries the whole key you were given; if it does, \
      the key is no longer valid: ask your administrator for a new one.";
 
+const MISSING_MESSAGE_X_API_KEY: &str = "You didn't provide an API key. Send it in the \
+     `x-api-key` header (an Anthropic SDK does this with its `api_key` setting); your \
+     administrator creates keys with `sluice keys new`.";
+
+const INVALID_MESSAGE_X_API_KEY: &str = "Incorrect API key provided. Check that the \
+     `x-api-key` header carries the whole key you were given; if it does, the key is no longer \
+     valid: ask your administrator for a new one.";
+
+/// A refusal told in the terms of the client's API (SPEC §3): a client of Anthropic's routes,
+/// or one that sent `x-api-key`, is told about `x-api-key`, not `Authorization: Bearer`.
+fn in_clients_terms(reply: Reply, head: &RequestHead<'_>, route: Route) -> Reply {
+    let bearer = head.headers.contains_key(http::header::AUTHORIZATION);
+    let anthropic = matches!(route, Route::Messages | Route::CountTokens)
+        || head.headers.contains_key("x-api-key");
+    if bearer || !anthropic || reply.status != 401 {
+        return reply;
+    }
+    match reply.code {
+        Some("missing_api_key") => Reply::error(401, "missing_api_key", MISSING_MESSAGE_X_API_KEY),
+        Some(code) => Reply::error(401, code, INVALID_MESSAGE_X_API_KEY),
+        None => reply,
+    }
+}
+
+/// `sluice_auth_failures_total{reason}` (`missing` or `invalid`), registered once per process:
+/// the auth filter and the admin listener count into the same series.
+pub fn failures_metric(shared: &Shared) -> prometheus::Result<Arc<IntCounterVec>> {
+    shared.metric(FAILURES_METRIC, || {
+        IntCounterVec::new(
+            Opts::new(
+                FAILURES_METRIC,
+                "Requests refused for a missing or invalid API key or admin token, by reason.",
+            ),
+            &["reason"],
+        )
+    })
+}
+
 /// The `auth` filter. Build it with [`build`] (or [`AuthFilter::from_policy`]).
 pub struct AuthFilter {
     keys: HashMap<KeyDigest, KeyEntry>,
@@ -153,17 +191,9 @@ impl AuthFilter {
             return Err(BuildError(errs));
         }
         // Registered once per process and found again after a reload, so the counts survive it.
-        let failures = shared
-            .metric(FAILURES_METRIC, || {
-                IntCounterVec::new(
-                    Opts::new(
-                        FAILURES_METRIC,
-                        "Requests refused by the auth filter, by reason (missing or invalid API key).",
-                    ),
-                    &["reason"],
-                )
-            })
-            .map_err(|e| BuildError::one(path, format!("cannot register {FAILURES_METRIC}: {e}")))?;
+        let failures = failures_metric(shared).map_err(|e| {
+            BuildError::one(path, format!("cannot register {FAILURES_METRIC}: {e}"))
+        })?;
         let runtime = RuntimeKeys::in_shared(shared);
         if keys.is_empty() && runtime.table().is_empty() {
             tracing::warn!(
@@ -498,7 +528,7 @@ impl Filter for AuthFilter {
             Err(reply) => {
                 // Nothing a filter before us put there may survive a refused authentication.
                 cx.identity = None;
-                Verdict::Respond(reply)
+                Verdict::Respond(in_clients_terms(reply, head, cx.route))
             }
         }
     }

@@ -53,7 +53,7 @@ pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
             cx.model.as_deref().map_or(Ok(()), |m| require_model(id, m))
         }
         // Answered 404 by the engine; there is nothing to authorise.
-        Route::Unknown => Ok(()),
+        Route::Unknown | Route::Root => Ok(()),
     }
 }
 

@@ -24,6 +24,7 @@ mod literals;
 mod pack_actions;
 mod redact;
 mod scanner;
+mod scrub;
 mod secrets;
 mod settings;
 mod stream;
@@ -49,6 +50,7 @@ pub use allow::AllowSettings;
 pub use detectors::builtin_names;
 pub use pack_actions::PackActions;
 pub use scanner::{Match, Scanner, MAX_MATCH_BYTES};
+pub use scrub::FieldScrubber;
 pub use settings::{Action, Direction, DlpSettings, RuleSettings, UNSCANNABLE};
 
 use json::JsonScan;
@@ -68,6 +70,9 @@ pub struct DlpFilter {
 struct ResponseState {
     /// The response's content encoding, when it is one DLP cannot read.
     unreadable_encoding: Option<String>,
+    /// The upstream said the answer is JSON: one that does not parse cannot be scanned as the
+    /// decoded strings it would hold (`\u0041KIA…`), so it is not forwarded (SPEC §9).
+    declared_json: bool,
 }
 
 impl DlpFilter {
@@ -190,6 +195,35 @@ impl DlpFilter {
         None
     }
 
+    /// Scans the query string like a body (SPEC §3), each parameter's name and value decoded
+    /// (`%41KIA…` and `+` hide nothing): a `block` finding refuses the request; `redact` and
+    /// `mask` replace [`Cx::query`] (what the engine forwards) with the rewritten parameters.
+    fn scan_query(&self, cx: &mut Cx) -> Option<Verdict> {
+        let query = cx.query.as_deref()?;
+        let actions = self.actions(Direction::Request);
+        let mut js = JsonScan::new(&self.scanner, actions).scan_past_blocks();
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        let mut changed = false;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let (nk, nv) = (js.text(&k), js.text(&v));
+            changed |= nk.is_some() || nv.is_some();
+            out.append_pair(nk.as_deref().unwrap_or(&k), nv.as_deref().unwrap_or(&v));
+        }
+        let found = std::mem::take(&mut js.found);
+        let blocked = std::mem::take(&mut js.blocked);
+        if found.is_empty() {
+            return None;
+        }
+        self.record(cx, Direction::Request, &found);
+        if !blocked.is_empty() {
+            return Some(self.blocked_reply(&blocked).into());
+        }
+        if changed {
+            cx.query = Some(out.finish());
+        }
+        None
+    }
+
     /// A body that replaces a response DLP could not scan, in the route's API shape.
     fn unscannable_error(message: &str) -> ErrorInfo {
         ErrorInfo {
@@ -203,9 +237,18 @@ impl DlpFilter {
 
     /// Scans a non-streamed response body; `block` withholds the content from the match on
     /// and ends the answer (or the choice) the API's way.
-    fn scan_response(&self, body: &mut JsonBody, cx: &mut Cx) {
+    fn scan_response(&self, body: &mut JsonBody, declared_json: bool, cx: &mut Cx) {
         if json::document_is_clean(&self.scanner, body) {
             // Nothing to redact, and the document need not be built.
+            return;
+        }
+        if declared_json && body.json().is_none() {
+            let msg = self.unscannable(
+                cx,
+                Direction::Response,
+                "it is declared JSON but does not parse",
+            );
+            body.set_raw(cx.api.error_body(&Self::unscannable_error(&msg)));
             return;
         }
         let actions = self.actions(Direction::Response);
@@ -327,6 +370,9 @@ impl Filter for DlpFilter {
         if let Some(v) = self.scan_path(req.path, cx) {
             return v;
         }
+        if let Some(v) = self.scan_query(cx) {
+            return v;
+        }
         if req.body.json().is_none() && req.body.bytes().is_empty() {
             return Verdict::Continue;
         }
@@ -375,14 +421,22 @@ impl Filter for DlpFilter {
     }
 
     fn on_response_head(&self, resp: &ResponseHead<'_>, cx: &mut Cx) {
-        if !resp.status.is_success() {
-            return;
-        }
+        // Error bodies are scanned like answers (an upstream may echo the prompt in one).
         // The engine refuses (502) a compressed body it was asked to scan before this runs;
         // an embedder's engine might not, so the state is kept to fail closed here too.
-        if let Some(enc) = content_encoding(resp.headers) {
+        let unreadable_encoding = content_encoding(resp.headers);
+        // One JSON document (`application/json`, `…+json`), not JSON lines and the like.
+        let declared_json = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+        if unreadable_encoding.is_some() || declared_json {
             cx.extensions.insert(ResponseState {
-                unreadable_encoding: Some(enc),
+                unreadable_encoding,
+                declared_json,
             });
         }
     }
@@ -406,7 +460,11 @@ impl Filter for DlpFilter {
             return;
         }
         if cx.api.scans_answer() {
-            self.scan_response(body, cx);
+            let declared_json = cx
+                .extensions
+                .get::<ResponseState>()
+                .is_some_and(|s| s.declared_json);
+            self.scan_response(body, declared_json, cx);
         }
     }
 

@@ -330,6 +330,7 @@ fn reserves_nothing(route: Route) -> bool {
             | Route::Keys
             | Route::Key
             | Route::Unknown
+            | Route::Root
     )
 }
 
