@@ -51,6 +51,9 @@ pub struct Config {
     /// OpenTelemetry traces (SPEC §7); absent: none.
     #[serde(default)]
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    /// MCP servers governed at `/mcp/{server}` (SPEC §16).
+    #[serde(default)]
+    pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -460,6 +463,7 @@ impl Config {
         if let Some(t) = &self.telemetry {
             t.validate(errs);
         }
+        crate::mcp::validate(&self.mcp_servers, errs);
     }
 }
 

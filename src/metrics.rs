@@ -300,6 +300,7 @@ mod tests {
             Route::CountTokens => 11,
             Route::Keys => 12,
             Route::Key => 13,
+            Route::Mcp => 14,
         }
     }
 

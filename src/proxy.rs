@@ -167,6 +167,9 @@ impl ProxyHttp for SluiceProxy {
         // Idle keep-alive connections are closed after `server.keepalive_idle_seconds` (the edge
         // closes them too; this keeps Pingora's own keep-alive bound the same).
         session.set_keepalive(Some(call.snap.config.server.keepalive_idle_seconds));
+        if crate::mcp::serve(&self.state, session, call).await? {
+            return Ok(true);
+        }
         match self.handle(session, call).await? {
             None => Ok(false),
             Some((reply, body_unread)) => {
@@ -429,7 +432,7 @@ fn classify(e: &Error) -> FailKind {
 }
 
 /// Why a request body was not read whole.
-enum BodyFail {
+pub(crate) enum BodyFail {
     /// A reply to send (413; 400 for bad framing; 408 for a body too slow).
     Reply(Reply),
     /// The client went away: nothing can be sent.
@@ -439,7 +442,7 @@ enum BodyFail {
 /// Reads the whole request body, refusing more than `limit` bytes (413, nothing forwarded),
 /// within `deadline`. A body that breaks HTTP's framing, stops arriving or is cut off is the
 /// client's failure, never Sluice's.
-async fn read_body(
+pub(crate) async fn read_body(
     session: &mut Session,
     limit: usize,
     deadline: tokio::time::Instant,

@@ -59,6 +59,11 @@ impl<'p> RouteMatch<'p> {
 
 /// The route of a normalized path.
 pub fn match_route<'p>(method: &Method, path: &'p str) -> RouteMatch<'p> {
+    if let Some(server) = crate::mcp::server_of(path) {
+        let mut m = RouteMatch::new(Route::Mcp, &sluice_filters::mcp::MCP);
+        m.id = Some(server);
+        return m;
+    }
     let Some(rest) = strip_prefix_ci(path, "/v1/") else {
         return RouteMatch::new(Route::Unknown, &api::PASSTHROUGH);
     };

@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub routes: Vec<crate::upstream::ModelTargets>,
     /// Where a request that names no model goes: the first upstream.
     pub default_route: crate::upstream::ModelTargets,
+    /// The `[[mcp_servers]]`, resolved (SPEC §16).
+    pub mcp: crate::mcp::McpServers,
 }
 
 impl Snapshot {
@@ -198,6 +200,7 @@ impl Snapshot {
             routes.push(route);
         }
         let default_route = crate::upstream::ModelTargets::first_upstream(&upstreams);
+        let mcp = crate::mcp::McpServers::build(&config.mcp_servers, &mut errs);
         let chain = match Chain::build(&config, types, shared) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -215,6 +218,7 @@ impl Snapshot {
                     models,
                     routes,
                     default_route,
+                    mcp,
                 })
             }
             _ => Err(ConfigErrors(errs)),

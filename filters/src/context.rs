@@ -33,12 +33,14 @@ pub enum Route {
     Passthrough,
     /// Outside `/v1/`: answered 404 by the engine.
     Unknown,
+    /// `/mcp/{server}`: MCP's Streamable HTTP transport to a configured MCP server.
+    Mcp,
 }
 
 impl Route {
     /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
     /// added to the enum must be added here too (its label is then on the first scrape).
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 15] = [
         Route::ChatCompletions,
         Route::ListModels,
         Route::GetModel,
@@ -53,6 +55,7 @@ impl Route {
         Route::CountTokens,
         Route::Keys,
         Route::Key,
+        Route::Mcp,
     ];
 
     /// A bounded label for metrics.
@@ -72,6 +75,7 @@ impl Route {
             Route::Key => "key",
             Route::Passthrough => "passthrough",
             Route::Unknown => "unknown",
+            Route::Mcp => "mcp",
         }
     }
 }

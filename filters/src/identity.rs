@@ -12,16 +12,19 @@ pub enum Permission {
     Passthrough,
     /// Making, listing and revoking one's own API keys (`/v1/keys`).
     KeysManage,
+    /// Calling tools through `/mcp/{server}` (SPEC §16), within the role's `mcp` globs.
+    Mcp,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::Chat,
         Permission::ModelsList,
         Permission::AgentsRun,
         Permission::Embeddings,
         Permission::Passthrough,
         Permission::KeysManage,
+        Permission::Mcp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Permission {
             Permission::Embeddings => "embeddings",
             Permission::Passthrough => "passthrough",
             Permission::KeysManage => "keys:manage",
+            Permission::Mcp => "mcp",
         }
     }
 
