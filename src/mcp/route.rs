@@ -302,7 +302,6 @@ async fn relay(
             return respond(session, call, reply, false).await;
         }
     };
-    let status = ex.head.status.as_u16();
     let sse = ex
         .head
         .headers
@@ -328,17 +327,8 @@ async fn relay(
             m.listed(&cx.rt.name, std::mem::take(&mut gov.listed));
         }
     }
-    let outcome = match outcome {
-        Outcome::Ok if gov.blocked => Outcome::DlpBlocked,
-        Outcome::Ok if status >= 500 => Outcome::UpstreamError,
-        Outcome::Ok if status >= 400 => Outcome::BadRequest,
-        o => o,
-    };
     if rpc_method == Some("tools/call") {
         cx.count(tool.as_deref(), outcome);
-    }
-    if let Some(l) = call.local.as_mut() {
-        l.outcome = outcome;
     }
     Ok(())
 }
@@ -415,11 +405,12 @@ async fn relay_whole(
     }
     let h = relay_head(call, &ex, Some(body.len()))?;
     let status = h.status.as_u16();
-    finish(call, status);
+    let outcome = relayed_outcome(status, gov.blocked);
+    finish(call, status, outcome);
     session.write_response_header(h, false).await?;
     session.write_response_body(Some(body), true).await?;
     ex.release(&cx.snap.mcp).await;
-    Ok(Outcome::Ok)
+    Ok(outcome)
 }
 
 /// An SSE answer: events passed on as each completes, each governed.
@@ -476,11 +467,12 @@ async fn relay_sse(
         }
         if end {
             call.t.upstream_end = Some(Instant::now());
-            finish(call, status);
+            let outcome = relayed_outcome(status, gov.blocked);
+            finish(call, status, outcome);
             session
                 .write_response_body(Some(out.freeze()), true)
                 .await?;
-            return Ok(Outcome::Ok);
+            return Ok(outcome);
         }
         if !out.is_empty() {
             session
@@ -499,7 +491,7 @@ async fn end_stream_with_error(
 ) -> Result<Outcome> {
     call.t.upstream_end = Some(Instant::now());
     call.failure = Some((Outcome::UpstreamError, "upstream_unavailable"));
-    finish(call, status);
+    finish(call, status, Outcome::UpstreamError);
     let ev = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "sluice", "data": message}});
     let bytes = Bytes::from(format!("data: {ev}\n\n"));
     session.write_response_body(Some(bytes), true).await?;
@@ -521,19 +513,21 @@ async fn rpc_answer(
     respond(session, call, reply, false).await
 }
 
-/// Marks the answer as complete (its outcome for the log, the filters' durability hook).
-fn finish(call: &mut Call, status: u16) {
-    if call.local.is_none() {
-        call.local = Some(LocalDone {
-            outcome: Outcome::Ok,
-            code: None,
-        });
+/// The outcome of an answer relayed from the server.
+fn relayed_outcome(status: u16, blocked: bool) -> Outcome {
+    match status {
+        _ if blocked => Outcome::DlpBlocked,
+        500.. => Outcome::UpstreamError,
+        400.. => Outcome::BadRequest,
+        _ => Outcome::Ok,
     }
-    let (outcome, code) = match (&call.failure, &call.local) {
-        (Some((o, c)), _) => (*o, Some(*c)),
-        (None, Some(l)) => (l.outcome, l.code),
-        (None, None) => (Outcome::Ok, None),
-    };
+}
+
+/// Marks the answer as complete, before its last bytes go out: its outcome for the log, and
+/// the filters' durability hook (the audit record is made durable there).
+fn finish(call: &mut Call, status: u16, outcome: Outcome) {
+    let code = call.failure.map(|(_, c)| c);
+    call.local = Some(LocalDone { outcome, code });
     let ex = call.exchange(status, outcome, code);
     let snap = call.snap.clone();
     snap.chain.on_response_complete(&ex, &call.cx);

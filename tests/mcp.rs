@@ -1,0 +1,673 @@
+//! `/mcp/{server}` through real gateways against a scripted MCP server on a real socket: tool
+//! RBAC (`tools/list` filtered, denied calls never forwarded), DLP on arguments and results in
+//! both framings (an SSE result split at every offset), credentials, sessions across two
+//! instances, rate limits, audit records, metrics, a dead server, the 401 challenge and the
+//! RFC 9728 document. The official SDKs drive the same route in tests/python/test_mcp.py and
+//! tests/node/mcp.test.mjs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client, free_port, metrics, start, url};
+use serde_json::{json, Value};
+
+const ALICE: &str = "sk-sluice-MCPaliceMCPaliceMCPaliceMCPalice123456";
+const NARROW: &str = "sk-sluice-MCPnarrowMCPnarrowMCPnarrowMCPnarrow12";
+const NOMCP: &str = "sk-sluice-MCPnomcpMCPnomcpMCPnomcpMCPnomcpMCP1234";
+const SERVER_TOKEN: &str = "mcp-server-token-for-tests";
+
+/// What the scripted server received: headers (lower-case names) and the JSON-RPC body.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// A scripted MCP server speaking Streamable HTTP: `initialize` opens a session, `tools/list`
+/// lists three tools, `tools/call` answers per tool (JSON, or SSE for `sse_result`, written
+/// in two pieces cut at `arguments.cut`).
+fn mcp_server() -> (u16, Log) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log: Log = Arc::default();
+    let l = log.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let l = l.clone();
+            std::thread::spawn(move || serve(s, l));
+        }
+    });
+    (port, log)
+}
+
+fn serve(mut stream: TcpStream, log: Log) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let method = line.split(' ').next().unwrap_or("").to_string();
+    let (mut headers, mut length) = (Vec::new(), 0usize);
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap_or(0) == 0 {
+            return;
+        }
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':').unwrap_or((l, ""));
+        let (n, v) = (n.to_ascii_lowercase(), v.trim().to_string());
+        if n == "content-length" {
+            length = v.parse().unwrap_or(0);
+        }
+        headers.push((n, v));
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    log.lock().unwrap().push(Seen {
+        method: method.clone(),
+        headers,
+        body: body.clone(),
+    });
+    let (ctype, extra, payload, cut) = answer(&method, &body);
+    let head =
+        format!("HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\n{extra}connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let bytes = payload.as_bytes();
+    let cut = cut.min(bytes.len());
+    stream.write_all(&bytes[..cut]).unwrap();
+    stream.flush().unwrap();
+    if cut > 0 && cut < bytes.len() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stream.write_all(&bytes[cut..]).unwrap();
+}
+
+/// The answer to one request: content type, extra headers, payload, where to cut it.
+fn answer(method: &str, body: &Value) -> (&'static str, String, String, usize) {
+    let id = body["id"].clone();
+    let session = "mcp-session-id: sess-42\r\nmcp-protocol-version: 2025-06-18\r\n".to_string();
+    if method == "GET" {
+        let ev = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "mail bob@example.com"}});
+        return (
+            "text/event-stream",
+            session,
+            format!("id: 1\ndata: {ev}\n\n"),
+            0,
+        );
+    }
+    if method == "DELETE" {
+        return ("application/json", session, String::new(), 0);
+    }
+    let result = match body["method"].as_str().unwrap_or("") {
+        "initialize" => {
+            json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "scripted", "version": "1"}})
+        }
+        "tools/list" => json!({"tools": [
+            {"name": "echo", "inputSchema": {"type": "object"}},
+            {"name": "leak", "inputSchema": {"type": "object"}},
+            {"name": "admin_delete", "inputSchema": {"type": "object"}},
+        ]}),
+        "tools/call" => {
+            let args = &body["params"]["arguments"];
+            match body["params"]["name"].as_str().unwrap_or("") {
+                "leak" => {
+                    let row = match args["what"].as_str() {
+                        Some("codename") => "row: project BLUEBIRD",
+                        _ => "row: mail erin@example.com",
+                    };
+                    json!({"content": [{"type": "text", "text": row}],
+                                 "structuredContent": {"owner": "carol@example.com"}})
+                }
+                "sse_result" => {
+                    let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1, "message": "working"}});
+                    let done = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "found dave@example.com in the ledger"}]}});
+                    let sse = format!("event: message\nid: 7\ndata: {progress}\n\nevent: message\nid: 8\ndata: {done}\n\n");
+                    let cut = args["cut"].as_u64().unwrap_or(0) as usize;
+                    return ("text/event-stream", session, sse, cut);
+                }
+                _ => json!({"content": [{"type": "text", "text": args.to_string()}]}),
+            }
+        }
+        _ => return ("application/json", session, String::new(), 0),
+    };
+    let out = json!({"jsonrpc": "2.0", "id": id, "result": result});
+    ("application/json", session, out.to_string(), 0)
+}
+
+fn sha(key: &str) -> String {
+    sluice::filters::auth::key_sha256_hex(key)
+}
+
+fn config(mcp_port: u16, audit: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[[mcp_servers]]
+name = "tools"
+url = "http://127.0.0.1:{mcp_port}/mcp"
+api_key_env = "SLUICE_TEST_MCP_TOKEN"
+price_per_call_usd = 0.01
+
+[[mcp_servers]]
+name = "dead"
+url = "http://127.0.0.1:{dead}/mcp"
+
+[[orgs]]
+name = "acme"
+[[roles]]
+name = "agent"
+permissions = ["mcp"]
+mcp = ["tools:echo", "tools:leak", "tools:sse_result", "dead:*"]
+[[roles]]
+name = "chatter"
+permissions = ["chat"]
+[[users]]
+name = "alice"
+org = "acme"
+role = "agent"
+{extra}
+[[users]]
+name = "bob"
+org = "acme"
+role = "chatter"
+[[keys]]
+id = "alice-key"
+user = "alice"
+sha256 = "{alice}"
+[[keys]]
+id = "narrow-key"
+user = "alice"
+sha256 = "{narrow}"
+mcp = ["tools:echo"]
+[[keys]]
+id = "bob-key"
+user = "bob"
+sha256 = "{nomcp}"
+
+[dlp]
+packs = ["secrets", "pii"]
+request_action = "block"
+response_action = "redact"
+[[dlp.rules]]
+name = "employee_id"
+regex = 'EMP-[0-9]{{6}}'
+action = "redact"
+[[dlp.rules]]
+name = "codename"
+keywords = ["BLUEBIRD"]
+action = "block"
+
+[audit]
+path = "{audit}"
+fsync = "always"
+
+[[filters]]
+type = "auth"
+[[filters]]
+type = "rate_limit"
+[[filters]]
+type = "dlp"
+[[filters]]
+type = "audit"
+"#,
+        dead = free_port(),
+        alice = sha(ALICE),
+        narrow = sha(NARROW),
+        nomcp = sha(NOMCP),
+        audit = audit.display(),
+    )
+}
+
+fn gateway(mcp_port: u16, audit: &Path, extra: &str) -> sluice::Gateway {
+    std::env::set_var("SLUICE_TEST_MCP_TOKEN", SERVER_TOKEN);
+    start(&config(mcp_port, audit, extra))
+}
+
+fn rpc(id: u64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+fn call(name: &str, args: Value) -> Value {
+    rpc(9, "tools/call", json!({"name": name, "arguments": args}))
+}
+
+/// POSTs one message as an MCP client does; returns status, headers and body text.
+fn post(
+    gw: &sluice::Gateway,
+    key: &str,
+    server: &str,
+    msg: &Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = client()
+        .post(url(gw, &format!("/mcp/{server}")))
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", "sess-42")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("cookie", "client=secret")
+        .json(msg)
+        .send()
+        .unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, headers, r.text().unwrap())
+}
+
+fn records(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs: Vec<Value> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if recs.len() >= n || Instant::now() > deadline {
+            return recs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn calls_seen(log: &Log) -> Vec<Seen> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.body["method"] == "tools/call")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn tools_are_listed_and_called_per_role_and_key() {
+    let (port, log) = mcp_server();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let gw = gateway(port, &audit, "");
+
+    let (s, h, body) = post(
+        &gw,
+        ALICE,
+        "tools",
+        &rpc(
+            1,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        ),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(h["mcp-session-id"], "sess-42");
+    assert_eq!(h["mcp-protocol-version"], "2025-06-18");
+
+    let (_, _, body) = post(&gw, ALICE, "tools", &rpc(2, "tools/list", json!({})));
+    let names: Vec<String> = serde_json::from_str::<Value>(&body).unwrap()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["echo", "leak"], "admin_delete is not the role's");
+    let (_, _, body) = post(&gw, NARROW, "tools", &rpc(3, "tools/list", json!({})));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1, "{v}");
+
+    let (s, _, body) = post(&gw, ALICE, "tools", &call("echo", json!({"text": "hello"})));
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], r#"{"text":"hello"}"#);
+
+    for (key, tool) in [(ALICE, "admin_delete"), (NARROW, "leak")] {
+        let (s, _, body) = post(&gw, key, "tools", &call(tool, json!({})));
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["error"]["code"], -32001, "{v}");
+        assert_eq!(v["error"]["data"]["type"], "permission_denied");
+    }
+    let forwarded: Vec<String> = calls_seen(&log)
+        .iter()
+        .map(|s| s.body["params"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(forwarded, ["echo"], "denied calls never reach the server");
+
+    // The server's own credential, never the client's; MCP headers through unchanged.
+    for seen in log.lock().unwrap().iter() {
+        assert_eq!(
+            seen.header("authorization"),
+            Some(&*format!("Bearer {SERVER_TOKEN}"))
+        );
+        assert_eq!(seen.header("mcp-session-id"), Some("sess-42"));
+        assert_eq!(seen.header("mcp-protocol-version"), Some("2025-06-18"));
+        assert_eq!(seen.header("cookie"), None);
+    }
+
+    let recs = records(&audit, 6);
+    assert_eq!(recs.len(), 6, "one record per JSON-RPC request: {recs:?}");
+    let methods: Vec<&str> = recs
+        .iter()
+        .map(|r| r["mcp_method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "initialize",
+            "tools/list",
+            "tools/list",
+            "tools/call",
+            "tools/call",
+            "tools/call"
+        ]
+    );
+    assert_eq!(recs[3]["tool"], "echo");
+    assert_eq!(recs[3]["outcome"], "ok");
+    assert_eq!(recs[3]["path"], "/mcp/tools");
+    assert_eq!(recs[4]["tool"], "admin_delete");
+    assert_eq!(recs[4]["outcome"], "denied_permission");
+    assert!(
+        !std::fs::read_to_string(&audit).unwrap().contains("hello"),
+        "no arguments in the trail"
+    );
+
+    let m = metrics(&gw);
+    assert!(
+        m.contains(r#"sluice_mcp_calls_total{outcome="ok",server="tools",tool="echo"} 1"#),
+        "{m}"
+    );
+    // Listed by the server, so its own label; the narrow key's `leak` was denied.
+    assert!(m.contains(r#"sluice_mcp_calls_total{outcome="denied_permission",server="tools",tool="admin_delete"} 1"#), "{m}");
+    assert!(
+        m.contains(
+            r#"sluice_mcp_calls_total{outcome="denied_permission",server="tools",tool="leak"} 1"#
+        ),
+        "{m}"
+    );
+    let (_, _, _) = post(&gw, ALICE, "tools", &call("invented_name", json!({})));
+    let m = metrics(&gw);
+    assert!(
+        m.contains(r#"tool="other""#),
+        "unlisted tools are `other`: {m}"
+    );
+    assert!(!m.contains("invented_name"));
+}
+
+#[test]
+fn dlp_governs_arguments_and_results() {
+    let (port, log) = mcp_server();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let gw = gateway(port, &audit, "");
+
+    // Block in the arguments: a JSON-RPC error, nothing forwarded.
+    let (s, _, body) = post(
+        &gw,
+        ALICE,
+        "tools",
+        &call("echo", json!({"text": "key AKIAIOSFODNN7EXAMPLE"})),
+    );
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["data"]["type"], "dlp_blocked", "{v}");
+    assert!(!body.contains("AKIA"));
+    assert!(calls_seen(&log).is_empty());
+
+    // Redact in the arguments: the server sees the redacted text.
+    let (_, _, body) = post(
+        &gw,
+        ALICE,
+        "tools",
+        &call("echo", json!({"text": "employee EMP-123456"})),
+    );
+    assert!(body.contains("[REDACTED:employee_id]"), "{body}");
+    let seen = calls_seen(&log);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].body["params"]["arguments"]["text"],
+        "employee [REDACTED:employee_id]"
+    );
+
+    // Redact in a result: text content and structuredContent.
+    let (_, _, body) = post(&gw, ALICE, "tools", &call("leak", json!({"what": "email"})));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["result"]["content"][0]["text"], "row: mail [REDACTED:email]",
+        "{v}"
+    );
+    assert_eq!(
+        v["result"]["structuredContent"]["owner"],
+        "[REDACTED:email]"
+    );
+
+    // Block in a result: an error result instead.
+    let (_, _, body) = post(
+        &gw,
+        ALICE,
+        "tools",
+        &call("leak", json!({"what": "codename"})),
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(!body.contains("BLUEBIRD"));
+
+    let recs = records(&audit, 4);
+    let outcomes: Vec<&str> = recs
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["dlp_blocked", "ok", "ok", "dlp_blocked"]);
+    assert_eq!(recs[0]["dlp"][0]["detector"], "aws_access_key");
+    assert_eq!(recs[0]["dlp"][0]["direction"], "request");
+    assert_eq!(recs[2]["dlp"][0]["direction"], "response");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    for secret in ["AKIA", "EMP-123456", "erin@", "carol@", "BLUEBIRD"] {
+        assert!(!text.contains(secret), "{secret} in the audit trail");
+    }
+}
+
+#[test]
+fn an_sse_result_split_at_every_offset_is_redacted_the_same() {
+    let (port, _log) = mcp_server();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(port, &dir.path().join("audit.jsonl"), "");
+    let (s, h, whole) = post(&gw, ALICE, "tools", &call("sse_result", json!({"cut": 0})));
+    assert_eq!(s, 200);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert!(whole.contains("[REDACTED:email]"), "{whole}");
+    assert!(!whole.contains("dave@"));
+    assert!(
+        whole.contains("id: 7\n") && whole.contains("id: 8\n"),
+        "event ids kept: {whole}"
+    );
+    assert!(whole.contains(r#""method":"notifications/progress""#));
+    let len = {
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1, "message": "working"}});
+        let done = json!({"jsonrpc": "2.0", "id": 9, "result": {"content": [{"type": "text", "text": "found dave@example.com in the ledger"}]}});
+        format!(
+            "event: message\nid: 7\ndata: {progress}\n\nevent: message\nid: 8\ndata: {done}\n\n"
+        )
+        .len()
+    };
+    for cut in 1..len {
+        let (s, _, body) = post(
+            &gw,
+            ALICE,
+            "tools",
+            &call("sse_result", json!({"cut": cut})),
+        );
+        assert_eq!(s, 200);
+        assert_eq!(body, whole, "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_session_spans_two_instances_and_the_server_stream_is_governed() {
+    let (port, log) = mcp_server();
+    let dir = tempfile::tempdir().unwrap();
+    let a = gateway(port, &dir.path().join("a.jsonl"), "");
+    let b = gateway(port, &dir.path().join("b.jsonl"), "");
+    let (_, h, _) = post(&a, ALICE, "tools", &rpc(1, "initialize", json!({})));
+    let sid = h["mcp-session-id"].to_str().unwrap().to_string();
+    let r = client()
+        .post(url(&b, "/mcp/tools"))
+        .bearer_auth(ALICE)
+        .header("mcp-session-id", &sid)
+        .json(&call("echo", json!({"text": "on b"})))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().unwrap().contains("on b"));
+    let seen = calls_seen(&log);
+    assert_eq!(seen[0].header("mcp-session-id"), Some(sid.as_str()));
+
+    // GET: the server's own stream, scanned like answers.
+    let r = client()
+        .get(url(&b, "/mcp/tools"))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("[REDACTED:email]") && !text.contains("bob@"),
+        "{text}"
+    );
+    // DELETE ends the session at the server.
+    let r = client()
+        .delete(url(&a, "/mcp/tools"))
+        .bearer_auth(ALICE)
+        .header("mcp-session-id", &sid)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let last = log.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.header("mcp-session-id")),
+        ("DELETE", Some(sid.as_str()))
+    );
+}
+
+#[test]
+fn refusals_at_the_http_level() {
+    let (port, log) = mcp_server();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let gw = gateway(port, &audit, "rate_limit = { requests_per_minute = 2 }");
+
+    let r = client()
+        .post(url(&gw, "/mcp/tools"))
+        .json(&rpc(1, "initialize", json!({})))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let meta_url = format!(
+        "http://{}/.well-known/oauth-protected-resource/mcp/tools",
+        gw.listen_addr()
+    );
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{meta_url}\"")
+    );
+    let doc: Value = client().get(&meta_url).send().unwrap().json().unwrap();
+    assert_eq!(
+        doc["resource"],
+        format!("http://{}/mcp/tools", gw.listen_addr())
+    );
+    assert_eq!(doc["bearer_methods_supported"][0], "header");
+
+    assert_eq!(
+        common::error_code(
+            client()
+                .post(url(&gw, "/mcp/tools"))
+                .bearer_auth(NOMCP)
+                .json(&rpc(1, "tools/list", json!({})))
+                .send()
+                .unwrap(),
+            403
+        ),
+        "permission_denied"
+    );
+    assert_eq!(
+        common::error_code(
+            client()
+                .post(url(&gw, "/mcp/nowhere"))
+                .bearer_auth(ALICE)
+                .json(&rpc(1, "tools/list", json!({})))
+                .send()
+                .unwrap(),
+            404
+        ),
+        "not_found"
+    );
+
+    // Only tools/call counts against the limit.
+    for i in 0..3 {
+        assert_eq!(
+            post(&gw, ALICE, "tools", &rpc(i, "tools/list", json!({}))).0,
+            200
+        );
+    }
+    assert_eq!(post(&gw, ALICE, "tools", &call("echo", json!({}))).0, 200);
+    assert_eq!(post(&gw, ALICE, "tools", &call("echo", json!({}))).0, 200);
+    let r = client()
+        .post(url(&gw, "/mcp/tools"))
+        .bearer_auth(ALICE)
+        .json(&call("echo", json!({})))
+        .send()
+        .unwrap();
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(common::error_code(r, 429), "rate_limit_exceeded");
+    assert_eq!(calls_seen(&log).len(), 2);
+
+    // A dead server: 502 upstream_unavailable, audited upstream_error.
+    let r = client()
+        .post(url(&gw, "/mcp/dead"))
+        .bearer_auth(NARROW)
+        .json(&rpc(1, "initialize", json!({})))
+        .send()
+        .unwrap();
+    assert_eq!(common::error_code(r, 502), "upstream_unavailable");
+    let recs = records(&audit, 11);
+    let dead: Vec<&Value> = recs.iter().filter(|r| r["path"] == "/mcp/dead").collect();
+    assert_eq!(dead.len(), 1, "{recs:?}");
+    assert_eq!(dead[0]["outcome"], "upstream_error");
+    assert_eq!(dead[0]["status"], 502);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["outcome"] == "rate_limited")
+            .count(),
+        1
+    );
+}
