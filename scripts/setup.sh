@@ -38,7 +38,7 @@ if [ "${1:-}" != "--no-redis" ] && ! compgen -G "/usr/lib/postgresql/*/bin/initd
   exit 1
 fi
 if [ "${1:-}" != "--no-python" ] && [ "${1:-}" != "--no-redis" ]; then
-  python3 -c "import openai, pytest, requests" 2>/dev/null || {
+  python3 -c "import openai, pytest, requests, mcp, uvicorn" 2>/dev/null || {
     echo "setup: installing the Python test client (openai, pytest, requests)"
     python3 -m pip install -q -r tests/python/requirements.txt
   }
