@@ -463,7 +463,7 @@ impl Config {
         if let Some(t) = &self.telemetry {
             t.validate(errs);
         }
-        crate::mcp::validate(&self.mcp_servers, errs);
+        crate::mcp::validate(self, errs);
     }
 }
 

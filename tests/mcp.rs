@@ -671,3 +671,50 @@ fn refusals_at_the_http_level() {
         1
     );
 }
+
+#[test]
+fn config_errors_name_their_field() {
+    let bad = format!(
+        "{}{}",
+        common::server_section(),
+        r#"
+[[mcp_servers]]
+name = "tools"
+url = "ftp://nowhere"
+price_per_call_usd = -1
+[[mcp_servers]]
+name = "tools"
+url = "http://127.0.0.1:9/mcp"
+[[roles]]
+name = "r"
+permissions = ["mcp"]
+mcp = ["tools:*", "jira:*", "no-colon", "*:ok"]
+"#
+    );
+    let errs = match sluice::Config::parse(&bad) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    for want in [
+        "mcp_servers[0].url",
+        "mcp_servers[0].price_per_call_usd",
+        "mcp_servers[1].name: duplicate MCP server `tools`",
+        "roles[0].mcp[1]: `jira:*` names no server",
+        "roles[0].mcp[2]",
+    ] {
+        assert!(errs.contains(want), "{want} missing in:\n{errs}");
+    }
+    assert!(
+        !errs.contains("roles[0].mcp[0]") && !errs.contains("roles[0].mcp[3]"),
+        "{errs}"
+    );
+    let unknown = format!(
+        "{}[[mcp_servers]]\nname = \"x\"\nurl = \"http://127.0.0.1:9/\"\ntoken = \"t\"\n",
+        common::server_section()
+    );
+    let errs = sluice::Config::parse(&unknown)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(errs.contains("mcp_servers[0].token: unknown key"), "{errs}");
+}

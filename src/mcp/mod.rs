@@ -62,8 +62,41 @@ fn default_read_timeout_ms() -> u64 {
 }
 
 /// Checks `[[mcp_servers]]` (names, URLs, env names, prices) without touching the network
-/// beyond resolving each URL's host, as `[[upstreams]]` do.
-pub fn validate(servers: &[McpServerConfig], errs: &mut Vec<ConfigError>) {
+/// beyond resolving each URL's host, as `[[upstreams]]` do, and the `mcp` globs of roles and
+/// keys (each `server:tool`, naming a configured server unless the server part is a glob).
+pub fn validate(config: &crate::config::Config, errs: &mut Vec<ConfigError>) {
+    validate_servers(&config.mcp_servers, errs);
+    let names: Vec<&str> = config.mcp_servers.iter().map(|s| s.name.as_str()).collect();
+    for (i, r) in config.roles.iter().enumerate() {
+        validate_globs(&r.mcp, &format!("roles[{i}].mcp"), &names, errs);
+    }
+    for (i, k) in config.keys.iter().enumerate() {
+        if let Some(globs) = &k.mcp {
+            validate_globs(globs, &format!("keys[{i}].mcp"), &names, errs);
+        }
+    }
+}
+
+fn validate_globs(globs: &[String], path: &str, servers: &[&str], errs: &mut Vec<ConfigError>) {
+    for (j, g) in globs.iter().enumerate() {
+        let Some((server, tool)) = g.split_once(':') else {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("`{g}` must be `server:tool` (globs allowed, e.g. `github:search_*`)"),
+            ));
+            continue;
+        };
+        let literal = !server.contains(['*', '?']);
+        if server.is_empty() || tool.is_empty() || (literal && !servers.contains(&server)) {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("`{g}` names no server of [[mcp_servers]]"),
+            ));
+        }
+    }
+}
+
+fn validate_servers(servers: &[McpServerConfig], errs: &mut Vec<ConfigError>) {
     let mut seen = std::collections::HashSet::new();
     for (i, s) in servers.iter().enumerate() {
         let p = format!("mcp_servers[{i}]");
