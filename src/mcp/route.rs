@@ -472,6 +472,7 @@ async fn relay_sse(
             session
                 .write_response_body(Some(out.freeze()), true)
                 .await?;
+            ex.release(&cx.snap.mcp).await;
             return Ok(outcome);
         }
         if !out.is_empty() {
