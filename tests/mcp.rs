@@ -434,3 +434,39 @@ mcp = ["tools:*", "jira:*", "no-colon", "*:ok"]
         .unwrap_or_default();
     assert!(errs.contains("mcp_servers[0].token: unknown key"), "{errs}");
 }
+
+#[test]
+fn a_server_stream_ends_when_its_client_goes_away() {
+    let (port, log) = mcp_server();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let gw = gateway(port, &audit, "");
+    let mut stream = std::net::TcpStream::connect(gw.listen_addr()).unwrap();
+    let req = format!(
+        "GET /mcp/tools HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {ALICE}\r\naccept: text/event-stream\r\nmcp-session-id: sess-hold\r\n\r\n",
+        gw.listen_addr()
+    );
+    std::io::Write::write_all(&mut stream, req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("[REDACTED:email]") {
+        let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !log.lock().unwrap().iter().any(|s| s.method == "GET closed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's stream outlived its client"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let recs = records(&audit, 1);
+    assert_eq!(recs[0]["outcome"], "client_closed", "{recs:?}");
+}

@@ -427,8 +427,26 @@ async fn relay_sse(
     session.write_response_header(h, false).await?;
     let mut framer = crate::sse::SseFramer::new(cx.snap.config.server.max_sse_event_bytes);
     let mut events = Vec::new();
+    // A client that goes away ends the exchange at once, not when the server next speaks (a
+    // `GET` stream may stay silent for minutes).
+    let mut watch_client = true;
     loop {
-        let chunk = ex.next().await;
+        let chunk = if watch_client {
+            tokio::select! {
+                c = ex.next() => c,
+                r = session.as_downstream_mut().read_body_or_idle(true) => {
+                    if r.is_err() {
+                        call.t.upstream_end = Some(Instant::now());
+                        call.failure = Some((Outcome::ClientClosed, "client_closed"));
+                        return Ok(Outcome::ClientClosed);
+                    }
+                    watch_client = false;
+                    continue;
+                }
+            }
+        } else {
+            ex.next().await
+        };
         let end = !matches!(chunk, Ok(Some(_)));
         match &chunk {
             Ok(Some(b)) => {

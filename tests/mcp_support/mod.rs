@@ -78,6 +78,10 @@ pub fn serve(mut stream: TcpStream, log: Log) {
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).unwrap();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let hold = method == "GET"
+        && headers
+            .iter()
+            .any(|(n, v)| n == "mcp-session-id" && v == "sess-hold");
     log.lock().unwrap().push(Seen {
         method: method.clone(),
         headers,
@@ -95,6 +99,17 @@ pub fn serve(mut stream: TcpStream, log: Log) {
         std::thread::sleep(Duration::from_millis(5));
     }
     stream.write_all(&bytes[cut..]).unwrap();
+    if hold {
+        // A silent server stream: records when the gateway closes it.
+        stream.flush().unwrap();
+        let mut buf = [0u8; 64];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        log.lock().unwrap().push(Seen {
+            method: "GET closed".into(),
+            headers: Vec::new(),
+            body: Value::Null,
+        });
+    }
 }
 
 /// The answer to one request: content type, extra headers, payload, where to cut it.
