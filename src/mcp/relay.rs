@@ -36,6 +36,9 @@ pub struct Governor<'a> {
     pub listed: Vec<String>,
     /// A result was replaced because DLP blocked it.
     pub blocked: bool,
+    /// A JSON-RPC response passed: the client has its answer (a client that leaves after it
+    /// has not cut the exchange short).
+    pub answered: bool,
 }
 
 impl Governor<'_> {
@@ -47,6 +50,7 @@ impl Governor<'_> {
             Err(_) => return self.scan(msg, cx, true),
         };
         let mut changed = false;
+        self.answered |= kind == Kind::Response;
         if kind == Kind::Response && self.method == Some("tools/list") {
             if let Some(result) = msg.get_mut("result") {
                 let access = self.access;

@@ -316,6 +316,7 @@ async fn relay(
         access,
         listed: Vec::new(),
         blocked: false,
+        answered: false,
     };
     let outcome = if sse {
         relay_sse(cx, session, call, ex, &mut gov).await?
@@ -437,6 +438,12 @@ async fn relay_sse(
                 r = session.as_downstream_mut().read_body_or_idle(true) => {
                     if r.is_err() {
                         call.t.upstream_end = Some(Instant::now());
+                        if gov.answered {
+                            // SDKs close the stream once they hold the response they waited for.
+                            let outcome = relayed_outcome(status, gov.blocked);
+                            finish(call, status, outcome);
+                            return Ok(outcome);
+                        }
                         call.failure = Some((Outcome::ClientClosed, "client_closed"));
                         return Ok(Outcome::ClientClosed);
                     }
