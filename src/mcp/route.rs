@@ -35,6 +35,13 @@ pub async fn serve(
     session: &mut Session,
     call: &mut Call,
 ) -> Result<bool> {
+    let ours = match crate::routes::normalize(session.req_header().uri.path()) {
+        Ok(p) => metadata::is_metadata_path(&p).is_some() || super::server_of(&p).is_some(),
+        Err(_) => false,
+    };
+    if !ours {
+        return Ok(false);
+    }
     let uri = session.req_header().uri.clone();
     let raw_path = uri.path();
     let Ok(path) = crate::routes::normalize(raw_path) else {
