@@ -43,7 +43,7 @@ if [ "${1:-}" != "--no-redis" ] && ! compgen -G "/usr/lib/postgresql/*/bin/initd
   exit 1
 fi
 if [ "${1:-}" != "--no-python" ] && [ "${1:-}" != "--no-redis" ]; then
-  python3 -c "import openai, pytest, requests, anthropic, selenium" 2>/dev/null || {
+  python3 -c "import openai, pytest, requests, anthropic, selenium, mcp, uvicorn" 2>/dev/null || {
     echo "setup: installing the Python test clients (tests/python/requirements.txt)"
     python3 -m pip install -q -r tests/python/requirements.txt
   }

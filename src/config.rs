@@ -54,6 +54,9 @@ pub struct Config {
     /// The web console at `/console/` (SPEC §14).
     #[serde(default)]
     pub console: crate::console::ConsoleConfig,
+    /// MCP servers governed at `/mcp/{server}` (SPEC §16).
+    #[serde(default)]
+    pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -479,6 +482,7 @@ impl Config {
             t.validate(errs);
         }
         self.console.validate(errs);
+        crate::mcp::validate(self, errs);
     }
 }
 

@@ -17,6 +17,7 @@ pub mod edge;
 pub mod gateway;
 pub mod headers;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;

@@ -302,6 +302,7 @@ mod tests {
             Route::Root => 14,
             Route::Keys => 12,
             Route::Key => 13,
+            Route::Mcp => 14,
         }
     }
 

@@ -221,6 +221,9 @@ impl ProxyHttp for SluiceProxy {
         if let Some(path) = console_path(session.req_header().uri.path()) {
             return self.console(session, call, &path).await;
         }
+        if crate::mcp::serve(&self.state, session, call).await? {
+            return Ok(true);
+        }
         match self.handle(session, call).await? {
             None => Ok(false),
             Some((reply, body_unread)) => {
@@ -489,7 +492,7 @@ fn classify(e: &Error) -> FailKind {
 }
 
 /// Why a request body was not read whole.
-enum BodyFail {
+pub(crate) enum BodyFail {
     /// A reply to send (413; 400 for bad framing; 408 for a body too slow).
     Reply(Reply),
     /// The client went away: nothing can be sent.
@@ -499,7 +502,7 @@ enum BodyFail {
 /// Reads the whole request body, refusing more than `limit` bytes (413, nothing forwarded),
 /// within `deadline`. A body that breaks HTTP's framing, stops arriving or is cut off is the
 /// client's failure, never Sluice's.
-async fn read_body(
+pub(crate) async fn read_body(
     session: &mut Session,
     limit: usize,
     deadline: tokio::time::Instant,

@@ -62,6 +62,11 @@ pub fn match_route<'p>(method: &Method, path: &'p str) -> RouteMatch<'p> {
     if path == "/" && (method == Method::GET || method == Method::HEAD) {
         return RouteMatch::new(Route::Root, &api::PASSTHROUGH);
     }
+    if let Some(server) = crate::mcp::server_of(path) {
+        let mut m = RouteMatch::new(Route::Mcp, &sluice_filters::mcp::MCP);
+        m.id = Some(server);
+        return m;
+    }
     let Some(rest) = strip_prefix_ci(path, "/v1/") else {
         return RouteMatch::new(Route::Unknown, &api::PASSTHROUGH);
     };

@@ -65,6 +65,8 @@ pub struct Snapshot {
     pub default_route: crate::upstream::ModelTargets,
     /// Redacts findings in the fields a client chose before anything records them.
     pub scrubber: Arc<sluice_filters::dlp::FieldScrubber>,
+    /// The `[[mcp_servers]]`, resolved (SPEC §16).
+    pub mcp: crate::mcp::McpServers,
 }
 
 impl Snapshot {
@@ -200,6 +202,7 @@ impl Snapshot {
             routes.push(route);
         }
         let default_route = crate::upstream::ModelTargets::first_upstream(&upstreams);
+        let mcp = crate::mcp::McpServers::build(&config.mcp_servers, &mut errs);
         let chain = match Chain::build(&config, types, shared) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -219,6 +222,7 @@ impl Snapshot {
                     models,
                     routes,
                     default_route,
+                    mcp,
                 })
             }
             _ => Err(ConfigErrors(errs)),

@@ -36,12 +36,14 @@ pub enum Route {
     /// `GET /`, `HEAD /`: the engine's own answer to clients checking they reach a server
     /// (no chain, no audit record).
     Root,
+    /// `/mcp/{server}`: MCP's Streamable HTTP transport to a configured MCP server.
+    Mcp,
 }
 
 impl Route {
     /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
     /// added to the enum must be added here too (its label is then on the first scrape).
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 16] = [
         Route::ChatCompletions,
         Route::ListModels,
         Route::GetModel,
@@ -57,6 +59,7 @@ impl Route {
         Route::Keys,
         Route::Key,
         Route::Root,
+        Route::Mcp,
     ];
 
     /// A bounded label for metrics.
@@ -77,6 +80,7 @@ impl Route {
             Route::Passthrough => "passthrough",
             Route::Unknown => "unknown",
             Route::Root => "root",
+            Route::Mcp => "mcp",
         }
     }
 }

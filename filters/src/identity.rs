@@ -14,10 +14,12 @@ pub enum Permission {
     KeysManage,
     /// The console's admin pages (SPEC §14).
     ConsoleAdmin,
+    /// Calling tools through `/mcp/{server}` (SPEC §16), within the role's `mcp` globs.
+    Mcp,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 8] = [
         Permission::Chat,
         Permission::ModelsList,
         Permission::AgentsRun,
@@ -25,6 +27,7 @@ impl Permission {
         Permission::Passthrough,
         Permission::KeysManage,
         Permission::ConsoleAdmin,
+        Permission::Mcp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Permission {
             Permission::Passthrough => "passthrough",
             Permission::KeysManage => "keys:manage",
             Permission::ConsoleAdmin => "console:admin",
+            Permission::Mcp => "mcp",
         }
     }
 

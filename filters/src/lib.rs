@@ -17,6 +17,7 @@ mod context;
 pub mod dlp;
 mod filter;
 mod identity;
+pub mod mcp;
 pub mod policy;
 pub mod ratelimit;
 mod reply;

@@ -104,6 +104,9 @@ pub struct RoleConfig {
     pub models: Vec<String>,
     #[serde(default)]
     pub agents: Vec<String>,
+    /// `server:tool` globs of the MCP tools the role may call (SPEC §16).
+    #[serde(default)]
+    pub mcp: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +127,9 @@ pub struct KeyConfig {
     pub rate_limit: Option<RateLimitSpec>,
     #[serde(default)]
     pub disabled: bool,
+    /// Optional: narrows the role's `mcp` globs, never widens them.
+    #[serde(default)]
+    pub mcp: Option<Vec<String>>,
 }
 
 /// The policy sections of one config, as filter factories see them.

@@ -118,6 +118,7 @@ impl Config {
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
             rate_limit: None,
             disabled,
+            mcp: None,
         });
     }
 

@@ -51,6 +51,12 @@ pub struct AuditRecord {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
+    /// The JSON-RPC method of an MCP request (`/mcp/{server}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
+    /// The tool of an MCP `tools/call`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
     pub stream: bool,
     /// The status the client received; absent when it received none (it went away first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +105,7 @@ impl AuditRecord {
     /// key's configured id, DLP findings hold detector names and counts).
     pub fn from_request(cx: &Cx, ex: &Exchange) -> AuditRecord {
         let identity = cx.identity.as_ref();
+        let mcp = cx.extensions.get::<crate::mcp::McpCall>();
         AuditRecord {
             ts: format_ts(cx.started_at),
             request_id: bounded(&cx.request_id),
@@ -116,6 +123,8 @@ impl AuditRecord {
                 .or(cx.unknown_model.as_deref())
                 .map(bounded),
             agent_id: cx.agent_id.as_deref().map(bounded),
+            mcp_method: mcp.and_then(|m| m.method.as_deref()).map(bounded),
+            tool: mcp.and_then(|m| m.tool.as_deref()).map(bounded),
             stream: cx.stream,
             status: (ex.status != 0).then_some(ex.status),
             outcome: ex.outcome.as_str().to_string(),

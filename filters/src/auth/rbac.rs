@@ -52,6 +52,8 @@ pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
             require(id, Permission::Passthrough, "call this endpoint")?;
             cx.model.as_deref().map_or(Ok(()), |m| require_model(id, m))
         }
+        // Per tool, by the engine's MCP route (the role's `mcp` globs).
+        Route::Mcp => require(id, Permission::Mcp, "call MCP tools"),
         // Answered 404 by the engine; there is nothing to authorise.
         Route::Unknown | Route::Root => Ok(()),
     }

@@ -1,0 +1,291 @@
+//! `/mcp/{server}`: MCP's Streamable HTTP transport to the `[[mcp_servers]]`, governed like
+//! model calls (SPEC §16).
+//!
+//! Sluice keeps no MCP session state: `Mcp-Session-Id` and `MCP-Protocol-Version` travel
+//! unchanged between client and server, so consecutive requests of one session may land on
+//! any instance. Each `POST` carries one JSON-RPC message; the answer keeps its framing (JSON
+//! stays JSON, SSE stays SSE) while each message in it is governed:
+//!
+//! - `tools/list` results list only the tools the caller may call (role `mcp` globs over
+//!   `server:tool`, narrowed by the key's own);
+//! - a `tools/call` of any other tool is answered with a JSON-RPC error (`-32001`,
+//!   `data.type` `permission_denied`) and never forwarded;
+//! - a `tools/call` runs the chain's request phase (rate limits, DLP on its `arguments`), and
+//!   its result the chain's answer phase (DLP on `content[]`, `structuredContent`, resource
+//!   contents), per SSE event once it is whole;
+//! - the server's own credential (`api_key_env`) is sent, the client's never.
+//!
+//! The JSON-RPC reading lives in `sluice_filters::mcp`; this module is the transport.
+
+mod metadata;
+mod metrics;
+mod relay;
+mod route;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde::Deserialize;
+use sluice_filters::ConfigError;
+
+pub use metadata::{is_metadata_path, METADATA_PREFIX};
+pub use metrics::McpMetrics;
+pub use route::serve;
+
+/// One `[[mcp_servers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct McpServerConfig {
+    /// The `{server}` of `/mcp/{server}` and of the role globs `server:tool`.
+    pub name: String,
+    /// The server's Streamable HTTP endpoint (http:// or https://).
+    pub url: String,
+    /// Sent as `Authorization: Bearer …`; the client's credential never is.
+    pub api_key_env: Option<String>,
+    /// Kept for budgets (the spend feature): what one `tools/call` costs.
+    pub price_per_call_usd: Option<f64>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Also the longest silence of a server stream (`GET`) before Sluice ends it.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_read_timeout_ms() -> u64 {
+    300_000
+}
+
+/// Checks `[[mcp_servers]]` (names, URLs, env names, prices) without touching the network
+/// beyond resolving each URL's host, as `[[upstreams]]` do, and the `mcp` globs of roles and
+/// keys (each `server:tool`, naming a configured server unless the server part is a glob).
+pub fn validate(config: &crate::config::Config, errs: &mut Vec<ConfigError>) {
+    validate_servers(&config.mcp_servers, errs);
+    let names: Vec<&str> = config.mcp_servers.iter().map(|s| s.name.as_str()).collect();
+    for (i, r) in config.roles.iter().enumerate() {
+        validate_globs(&r.mcp, &format!("roles[{i}].mcp"), &names, errs);
+    }
+    for (i, k) in config.keys.iter().enumerate() {
+        if let Some(globs) = &k.mcp {
+            validate_globs(globs, &format!("keys[{i}].mcp"), &names, errs);
+        }
+    }
+}
+
+fn validate_globs(globs: &[String], path: &str, servers: &[&str], errs: &mut Vec<ConfigError>) {
+    for (j, g) in globs.iter().enumerate() {
+        let Some((server, tool)) = g.split_once(':') else {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("`{g}` must be `server:tool` (globs allowed, e.g. `github:search_*`)"),
+            ));
+            continue;
+        };
+        let literal = !server.contains(['*', '?']);
+        if server.is_empty() || tool.is_empty() || (literal && !servers.contains(&server)) {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("`{g}` names no server of [[mcp_servers]]"),
+            ));
+        }
+    }
+}
+
+fn validate_servers(servers: &[McpServerConfig], errs: &mut Vec<ConfigError>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in servers.iter().enumerate() {
+        let p = format!("mcp_servers[{i}]");
+        if !seen.insert(s.name.as_str()) {
+            errs.push(ConfigError::new(
+                format!("{p}.name"),
+                format!("duplicate MCP server `{}`", s.name),
+            ));
+        }
+        let name_ok = !s.name.is_empty()
+            && s.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            errs.push(ConfigError::new(
+                format!("{p}.name"),
+                "use letters, digits, `-`, `_` and `.` only (it is a path segment)",
+            ));
+        }
+        if let Err(m) = crate::config::parse_url(&s.url) {
+            errs.push(ConfigError::new(format!("{p}.url"), m));
+        }
+        if let Some(env) = &s.api_key_env {
+            if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                errs.push(ConfigError::new(
+                    format!("{p}.api_key_env"),
+                    "must be an environment variable name",
+                ));
+            }
+        }
+        if s.price_per_call_usd
+            .is_some_and(|v| !v.is_finite() || v < 0.0)
+        {
+            errs.push(ConfigError::new(
+                format!("{p}.price_per_call_usd"),
+                "must be a non-negative number",
+            ));
+        }
+        for (field, v) in [
+            ("connect_timeout_ms", s.connect_timeout_ms),
+            ("read_timeout_ms", s.read_timeout_ms),
+        ] {
+            if v == 0 {
+                errs.push(ConfigError::new(
+                    format!("{p}.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+    }
+}
+
+/// An MCP server ready for the request path.
+pub struct ServerRt {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// SNI and certificate name.
+    pub host: String,
+    pub host_value: HeaderValue,
+    /// The endpoint's path (`/mcp`), never empty.
+    pub path: String,
+    /// `Bearer …` from `api_key_env`, marked sensitive.
+    pub credential: Option<HeaderValue>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// The MCP servers of one config generation, and the connection pool to them.
+pub struct McpServers {
+    servers: HashMap<String, ServerRt>,
+    connector: pingora_core::connectors::http::Connector,
+}
+
+impl Default for McpServers {
+    fn default() -> Self {
+        McpServers {
+            servers: HashMap::new(),
+            connector: pingora_core::connectors::http::Connector::new(None),
+        }
+    }
+}
+
+impl McpServers {
+    /// Resolves each server once (DNS never runs on the request path) and reads its
+    /// credential; every problem is reported with its field path.
+    pub fn build(servers: &[McpServerConfig], errs: &mut Vec<ConfigError>) -> McpServers {
+        let mut out = McpServers::default();
+        for (i, s) in servers.iter().enumerate() {
+            let p = format!("mcp_servers[{i}]");
+            let target = match crate::config::parse_url(&s.url) {
+                Ok(t) => t,
+                Err(m) => {
+                    errs.push(ConfigError::new(format!("{p}.url"), m));
+                    continue;
+                }
+            };
+            let Some(addr) = target.addr else { continue };
+            let credential = match &s.api_key_env {
+                Some(env) => match std::env::var(env) {
+                    Ok(key) if !key.is_empty() => {
+                        match HeaderValue::from_str(&format!("Bearer {key}")) {
+                            Ok(mut v) => {
+                                v.set_sensitive(true);
+                                Some(v)
+                            }
+                            Err(_) => {
+                                errs.push(ConfigError::new(
+                                    format!("{p}.api_key_env"),
+                                    format!("${env} holds characters a header cannot carry"),
+                                ));
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        errs.push(ConfigError::new(
+                            format!("{p}.api_key_env"),
+                            format!("environment variable {env} is not set"),
+                        ));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let default_port = if target.tls { 443 } else { 80 };
+            let host_header = if addr.port() == default_port {
+                target.host.clone()
+            } else if target.host.contains(':') {
+                format!("[{}]:{}", target.host, addr.port())
+            } else {
+                format!("{}:{}", target.host, addr.port())
+            };
+            let Ok(host_value) = HeaderValue::from_str(&host_header) else {
+                errs.push(ConfigError::new(
+                    format!("{p}.url"),
+                    "the host is not a valid header",
+                ));
+                continue;
+            };
+            let path = if target.base_path.is_empty() {
+                "/".to_string()
+            } else {
+                target.base_path
+            };
+            out.servers.insert(
+                s.name.clone(),
+                ServerRt {
+                    name: s.name.clone(),
+                    addr,
+                    tls: target.tls,
+                    host: target.host,
+                    host_value,
+                    path,
+                    credential,
+                    connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+                    read_timeout: Duration::from_millis(s.read_timeout_ms),
+                },
+            );
+        }
+        out
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ServerRt> {
+        self.servers.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.servers.keys().map(String::as_str)
+    }
+}
+
+/// The server named by a normalized `/mcp/{server}` path (a trailing slash allowed).
+pub fn server_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/mcp/")?;
+    let name = rest.strip_suffix('/').unwrap_or(rest);
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_from_paths() {
+        assert_eq!(server_of("/mcp/github"), Some("github"));
+        assert_eq!(server_of("/mcp/github/"), Some("github"));
+        assert_eq!(server_of("/mcp/"), None);
+        assert_eq!(server_of("/mcp/a/b"), None);
+        assert_eq!(server_of("/v1/mcp/a"), None);
+    }
+}
