@@ -51,6 +51,10 @@ pub struct Config {
     /// OpenTelemetry traces (SPEC §7); absent: none.
     #[serde(default)]
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    /// The organisation's OpenID Connect provider (SPEC §13); absent: users come from the
+    /// config only.
+    #[serde(default)]
+    pub identity: Option<crate::identity::IdentityConfig>,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -459,6 +463,9 @@ impl Config {
         self.store.validate(errs);
         if let Some(t) = &self.telemetry {
             t.validate(errs);
+        }
+        if let Some(i) = &self.identity {
+            i.validate(&self.orgs, &self.roles, errs);
         }
     }
 }

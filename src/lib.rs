@@ -14,6 +14,7 @@ pub mod config;
 pub mod edge;
 pub mod gateway;
 pub mod headers;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod mock;

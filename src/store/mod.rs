@@ -23,6 +23,7 @@ mod records;
 mod runs;
 mod schema;
 pub mod sync;
+mod users;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -36,6 +37,7 @@ use sqlx::sqlite::{
 pub use config::{StoreConfig, StoreUrl};
 pub use records::{KeyPatch, KeyRow, RunRow};
 pub use sync::StoreRuntime;
+pub use users::Sighting;
 
 /// The PostgreSQL channel changes are announced on.
 pub(crate) const CHANNEL: &str = "sluice_keys";
