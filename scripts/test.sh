@@ -6,10 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The OpenID provider the identity tests (Rust and Python) run: oidc-provider, tests/oidc/.
+(cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --locked --bins --examples
 RUST_TEST_THREADS=4 cargo test --locked --workspace --all-targets
-# The OpenID provider the identity tests run (oidc-provider, tests/oidc/provider.mjs).
-(cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 SLUICE_BIN="$PWD/target/debug/sluice" python3 -m pytest -q tests/python
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 SLUICE_BIN="$PWD/target/debug/sluice" node --test tests/node/
