@@ -188,13 +188,13 @@ async fn admin_keys(
     };
     let users = parts.uri.path().starts_with("/admin/v1/users");
     let request = crate::keys::admin::AdminRequest {
-            method: &parts.method,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
-            body: &body,
-            client_ip: Some(peer),
-            request_id: &request_id,
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        body: &body,
+        client_ip: Some(peer),
+        request_id: &request_id,
     };
     let reply = if users {
         crate::identity::admin::handle(state, request).await

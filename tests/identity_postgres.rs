@@ -64,7 +64,12 @@ fn chat(gw: &sluice::Gateway, bearer: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn admin(gw: &sluice::Gateway, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+fn admin(
+    gw: &sluice::Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = client()
         .request(method, admin_url(gw, path))
         .bearer_auth(ADMIN_TOKEN);
@@ -100,9 +105,10 @@ fn disabling_a_provider_user_reaches_every_instance_sharing_postgres() {
     let token = idp.client_token("svc-eng");
     assert_eq!(chat(&a, &token), 200);
     let user = "/admin/v1/users/svc-eng%40example.com";
-    until("the other instance's directory holds the provider user", || {
-        admin(&b, reqwest::Method::GET, user, None).1["source"] == "oidc"
-    });
+    until(
+        "the other instance's directory holds the provider user",
+        || admin(&b, reqwest::Method::GET, user, None).1["source"] == "oidc",
+    );
     let (_, seen) = admin(&b, reqwest::Method::GET, user, None);
     assert_eq!(seen["org"], "acme");
     assert_eq!(seen["role"], "developer");
@@ -117,20 +123,36 @@ fn disabling_a_provider_user_reaches_every_instance_sharing_postgres() {
     assert_eq!(r.status().as_u16(), 201);
     let made: Value = r.json().expect("key JSON");
     let key = made["key"].as_str().expect("key").to_string();
-    assert!(made["expires"].as_i64().is_some(), "a provider user's key always expires: {made}");
-    until("the other instance accepts the new key", || chat(&b, &key) == 200);
+    assert!(
+        made["expires"].as_i64().is_some(),
+        "a provider user's key always expires: {made}"
+    );
+    until("the other instance accepts the new key", || {
+        chat(&b, &key) == 200
+    });
     assert_eq!(chat(&b, &token), 200);
 
-    let (status, body) = admin(&a, reqwest::Method::PUT, user, Some(json!({"disabled": true})));
+    let (status, body) = admin(
+        &a,
+        reqwest::Method::PUT,
+        user,
+        Some(json!({"disabled": true})),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(chat(&a, &token), 401, "at once where it was disabled");
     assert_eq!(chat(&a, &key), 401);
-    let took = until("the other instance refuses the user's token and key", || {
-        chat(&b, &token) == 401 && chat(&b, &key) == 401
-    });
+    let took = until(
+        "the other instance refuses the user's token and key",
+        || chat(&b, &token) == 401 && chat(&b, &key) == 401,
+    );
     eprintln!("disabling reached the other instance after {took:?}");
 
-    let (status, _) = admin(&b, reqwest::Method::PUT, user, Some(json!({"disabled": false})));
+    let (status, _) = admin(
+        &b,
+        reqwest::Method::PUT,
+        user,
+        Some(json!({"disabled": false})),
+    );
     assert_eq!(status, 200);
     until("enabled again on the first instance", || {
         chat(&a, &token) == 200 && chat(&a, &key) == 200

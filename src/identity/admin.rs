@@ -50,8 +50,9 @@ pub async fn handle(state: &EngineState, req: AdminRequest<'_>) -> Reply {
             None => not_found(&name),
         },
         (&Method::PUT, _, Some(name)) => update(state, &snap, &req, &name).await,
-        (_, "" | "/", _) => error(405, "method_not_allowed", "This route takes GET.")
-            .with_header("allow", "GET"),
+        (_, "" | "/", _) => {
+            error(405, "method_not_allowed", "This route takes GET.").with_header("allow", "GET")
+        }
         (_, _, Some(_)) => error(405, "method_not_allowed", "This route takes GET, PUT.")
             .with_header("allow", "GET, PUT"),
         _ => error(404, "not_found", "No such admin route."),
@@ -60,7 +61,11 @@ pub async fn handle(state: &EngineState, req: AdminRequest<'_>) -> Reply {
 
 fn not_found(name: &str) -> Reply {
     let name: String = name.chars().take(128).collect();
-    error(404, "not_found", format!("No user `{name}` in the config or the store's directory."))
+    error(
+        404,
+        "not_found",
+        format!("No user `{name}` in the config or the store's directory."),
+    )
 }
 
 /// `%40` and friends in a path segment (user names are often e-mail addresses).
@@ -69,7 +74,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(b)) => {
                 out.push(b);
@@ -140,7 +147,12 @@ async fn update(state: &EngineState, snap: &Snapshot, req: &AdminRequest<'_>, na
         return not_found(name);
     }
     let source = if config_user { "config" } else { "oidc" };
-    match state.store.store().set_user_disabled(name, source, body.disabled).await {
+    match state
+        .store
+        .store()
+        .set_user_disabled(name, source, body.disabled)
+        .await
+    {
         Ok(user) => {
             state.store.put_user(user);
             audit(snap, req, name).await;
@@ -152,8 +164,11 @@ async fn update(state: &EngineState, snap: &Snapshot, req: &AdminRequest<'_>, na
         }
         Err(e) => {
             state.store.change_failed();
-            Reply::error(503, "store_unavailable", format!(
-                "The store cannot take this change: {e}. Retry shortly."))
+            Reply::error(
+                503,
+                "store_unavailable",
+                format!("The store cannot take this change: {e}. Retry shortly."),
+            )
             .with_header("retry-after", "1")
         }
     }
@@ -161,7 +176,11 @@ async fn update(state: &EngineState, snap: &Snapshot, req: &AdminRequest<'_>, na
 
 /// The change as an audit record: the changed user, outcome `ok`.
 async fn audit(snap: &Snapshot, req: &AdminRequest<'_>, name: &str) {
-    let mut cx = Cx::new(req.request_id.to_string(), req.method.clone(), req.path.to_string());
+    let mut cx = Cx::new(
+        req.request_id.to_string(),
+        req.method.clone(),
+        req.path.to_string(),
+    );
     cx.client_ip = req.client_ip;
     cx.user_agent = req
         .headers

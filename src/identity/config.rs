@@ -78,12 +78,21 @@ impl IdentityConfig {
         }
         for (i, a) in self.audiences.iter().enumerate() {
             if a.is_empty() {
-                errs.push(ConfigError::new(format!("identity.audiences[{i}]"), "must not be empty"));
+                errs.push(ConfigError::new(
+                    format!("identity.audiences[{i}]"),
+                    "must not be empty",
+                ));
             }
         }
-        for (field, v) in [("username_claim", &self.username_claim), ("groups_claim", &self.groups_claim)] {
+        for (field, v) in [
+            ("username_claim", &self.username_claim),
+            ("groups_claim", &self.groups_claim),
+        ] {
             if v.is_empty() {
-                errs.push(ConfigError::new(format!("identity.{field}"), "must name a claim"));
+                errs.push(ConfigError::new(
+                    format!("identity.{field}"),
+                    "must name a claim",
+                ));
             }
         }
         if !(1..=MAX_KEY_DAYS).contains(&self.key_max_days) {
@@ -101,7 +110,10 @@ impl IdentityConfig {
         }
         for (i, r) in self.roles.iter().enumerate() {
             if r.group.is_empty() {
-                errs.push(ConfigError::new(format!("identity.roles[{i}].group"), "must not be empty"));
+                errs.push(ConfigError::new(
+                    format!("identity.roles[{i}].group"),
+                    "must not be empty",
+                ));
             }
             if !orgs.iter().any(|o| o.name == r.org) {
                 errs.push(ConfigError::new(

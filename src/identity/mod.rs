@@ -61,7 +61,9 @@ pub fn service(shared: &Shared) -> Option<Arc<IdentityService>> {
 
 fn slot(shared: &Shared) -> Arc<ServiceSlot> {
     shared
-        .get_or_try_init(SERVICE_KEY, || Ok::<_, std::convert::Infallible>(ServiceSlot::default()))
+        .get_or_try_init(SERVICE_KEY, || {
+            Ok::<_, std::convert::Infallible>(ServiceSlot::default())
+        })
         .unwrap_or_else(|never| match never {})
 }
 
@@ -103,11 +105,18 @@ impl IdentityService {
         let claim = &self.config.username_claim;
         let name = claims
             .string(claim)
-            .filter(|n| !n.is_empty() && n.len() <= MAX_USERNAME && !n.chars().any(char::is_control))
-            .ok_or_else(|| TokenRefusal::Invalid(TokenError::MissingClaim(claim.clone()).message()))?;
+            .filter(|n| {
+                !n.is_empty() && n.len() <= MAX_USERNAME && !n.chars().any(char::is_control)
+            })
+            .ok_or_else(|| {
+                TokenRefusal::Invalid(TokenError::MissingClaim(claim.clone()).message())
+            })?;
         let groups = claims.strings(&self.config.groups_claim);
         let rule = self.config.roles.iter().find(|r| {
-            r.group == "*" || groups.iter().any(|g| sluice_filters::glob_match(&r.group, g))
+            r.group == "*"
+                || groups
+                    .iter()
+                    .any(|g| sluice_filters::glob_match(&r.group, g))
         });
         let Some(rule) = rule else {
             return Err(TokenRefusal::NoRole(format!(
@@ -248,7 +257,9 @@ pub fn start(
     let provider = Arc::new(Provider::new(cfg, control.handle().clone())?);
     match control.block_on(provider.load()) {
         Ok(n) => tracing::info!(issuer = %cfg.issuer, keys = n, "identity: provider keys loaded"),
-        Err(e) => tracing::warn!(error = %e, "identity: the provider cannot be reached yet; tokens are refused until it can"),
+        Err(e) => {
+            tracing::warn!(error = %e, "identity: the provider cannot be reached yet; tokens are refused until it can")
+        }
     }
     let service = Arc::new(IdentityService {
         provider: provider.clone(),

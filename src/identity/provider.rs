@@ -126,15 +126,22 @@ impl Provider {
         if !resp.status().is_success() {
             return Err(format!("the {what} {url} answered {}", resp.status()));
         }
-        if resp.content_length().is_some_and(|n| n > MAX_DOCUMENT as u64) {
-            return Err(format!("the {what} {url} is larger than {MAX_DOCUMENT} bytes"));
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_DOCUMENT as u64)
+        {
+            return Err(format!(
+                "the {what} {url} is larger than {MAX_DOCUMENT} bytes"
+            ));
         }
         let body = resp
             .bytes()
             .await
             .map_err(|e| format!("reading the {what} {url}: {e}"))?;
         if body.len() > MAX_DOCUMENT {
-            return Err(format!("the {what} {url} is larger than {MAX_DOCUMENT} bytes"));
+            return Err(format!(
+                "the {what} {url} is larger than {MAX_DOCUMENT} bytes"
+            ));
         }
         Ok(body.to_vec())
     }
@@ -191,7 +198,10 @@ impl Provider {
         }
         let now = Instant::now();
         if current.is_none() {
-            if state.failed_first.is_some_and(|t| now - t < RETRY_FIRST_LOAD) {
+            if state
+                .failed_first
+                .is_some_and(|t| now - t < RETRY_FIRST_LOAD)
+            {
                 return None;
             }
             if let Err(e) = self.load().await {
@@ -229,7 +239,11 @@ impl Provider {
         }
     }
 
-    async fn verify(self: &Arc<Self>, token: &str, rules: &TokenRules) -> Result<Claims, TokenError> {
+    async fn verify(
+        self: &Arc<Self>,
+        token: &str,
+        rules: &TokenRules,
+    ) -> Result<Claims, TokenError> {
         let kid = jwt::token_kid(token)?;
         let Some(keys) = self.keys_for(kid.as_deref()).await else {
             return Err(TokenError::UnknownKey);

@@ -6,7 +6,14 @@ use sluice_filters::auth::StoreUser;
 
 use super::{now_secs, with_pool, Store, StoreError, CHANNEL};
 
-type RawUser = (String, String, Option<String>, Option<String>, bool, Option<i64>);
+type RawUser = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+    Option<i64>,
+);
 
 const BUMP: &str = "UPDATE store_version SET version = version + 1 WHERE id = 1 RETURNING version";
 
@@ -38,9 +45,8 @@ impl Store {
     /// Every user of the directory.
     pub async fn load_users(&self) -> Result<Vec<StoreUser>, StoreError> {
         let sql = "SELECT name, source, org, role, disabled, last_seen FROM users";
-        let raw: Vec<RawUser> =
-            with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)
-                .map_err(|e| self.fail(e))?;
+        let raw: Vec<RawUser> = with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)
+            .map_err(|e| self.fail(e))?;
         Ok(raw.into_iter().map(to_user).collect())
     }
 
@@ -92,9 +98,8 @@ impl Store {
              VALUES ($1, $2, $3, $4, $4) \
              ON CONFLICT (name) DO UPDATE SET disabled = excluded.disabled, updated = excluded.updated",
         );
-        let read = self.sql(
-            "SELECT name, source, org, role, disabled, last_seen FROM users WHERE name = $1",
-        );
+        let read = self
+            .sql("SELECT name, source, org, role, disabled, last_seen FROM users WHERE name = $1");
         let bump = self.sql(BUMP);
         let pg = self.is_postgres();
         let result: Result<RawUser, sqlx::Error> = with_pool!(self, pool => async {

@@ -67,7 +67,10 @@ impl OidcProvider {
             .expect("token request");
         assert!(r.status().is_success(), "token: {}", r.status());
         let v: serde_json::Value = r.json().expect("token JSON");
-        v["access_token"].as_str().expect("access_token").to_string()
+        v["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 }
 

@@ -88,7 +88,9 @@ impl TokenError {
                 "its `alg` does not match the type of the provider key it names".into()
             }
             TokenError::Signature => "its signature does not verify".into(),
-            TokenError::Issuer => "its issuer (`iss`) is not this gateway's identity provider".into(),
+            TokenError::Issuer => {
+                "its issuer (`iss`) is not this gateway's identity provider".into()
+            }
             TokenError::Audience => {
                 "its audience (`aud`) is not one this gateway accepts (identity.audiences)".into()
             }

@@ -84,13 +84,28 @@ fn issuer_audience_and_times_are_checked_with_sixty_seconds_of_skew() {
         c[k] = v;
         verify(&sign(&s, &c), &keys, &rules())
     };
-    assert_eq!(with("iss", json!("https://evil.example.com")).unwrap_err(), TokenError::Issuer);
-    assert_eq!(with("iss", json!(format!("{ISS}/"))).unwrap_err(), TokenError::Issuer);
-    assert_eq!(with("aud", json!("nope")).unwrap_err(), TokenError::Audience);
+    assert_eq!(
+        with("iss", json!("https://evil.example.com")).unwrap_err(),
+        TokenError::Issuer
+    );
+    assert_eq!(
+        with("iss", json!(format!("{ISS}/"))).unwrap_err(),
+        TokenError::Issuer
+    );
+    assert_eq!(
+        with("aud", json!("nope")).unwrap_err(),
+        TokenError::Audience
+    );
     assert!(with("aud", json!(["nope", "other"])).is_ok());
-    assert_eq!(with("exp", json!(now() - 120)).unwrap_err(), TokenError::Expired);
+    assert_eq!(
+        with("exp", json!(now() - 120)).unwrap_err(),
+        TokenError::Expired
+    );
     assert!(with("exp", json!(now() - 30)).is_ok(), "within the skew");
-    assert_eq!(with("nbf", json!(now() + 120)).unwrap_err(), TokenError::NotYetValid);
+    assert_eq!(
+        with("nbf", json!(now() + 120)).unwrap_err(),
+        TokenError::NotYetValid
+    );
     assert!(with("nbf", json!(now() + 30)).is_ok(), "within the skew");
     let mut no_exp = claims();
     no_exp.as_object_mut().map(|o| o.remove("exp"));
@@ -132,15 +147,33 @@ fn signature_kid_and_key_type_are_checked() {
     c["groups"] = json!(["admins"]);
     let payload = B64.encode(c.to_string());
     parts[1] = &payload;
-    assert_eq!(verify(&parts.join("."), &keys, &rules()).unwrap_err(), TokenError::Signature);
+    assert_eq!(
+        verify(&parts.join("."), &keys, &rules()).unwrap_err(),
+        TokenError::Signature
+    );
     // Unknown kid; a known kid with another key's signature.
-    assert_eq!(verify(&sign(&other, &claims()), &keys, &rules()).unwrap_err(), TokenError::UnknownKey);
-    let imposter = Signer { kid: "k1".into(), ..signer("x") };
-    assert_eq!(verify(&sign(&imposter, &claims()), &keys, &rules()).unwrap_err(), TokenError::Signature);
+    assert_eq!(
+        verify(&sign(&other, &claims()), &keys, &rules()).unwrap_err(),
+        TokenError::UnknownKey
+    );
+    let imposter = Signer {
+        kid: "k1".into(),
+        ..signer("x")
+    };
+    assert_eq!(
+        verify(&sign(&imposter, &claims()), &keys, &rules()).unwrap_err(),
+        TokenError::Signature
+    );
     // An RSA alg naming an Ed25519 key.
     let rs = forged(json!({"alg": "RS256", "kid": "k1"}), &claims(), b"sig");
-    assert_eq!(verify(&rs, &keys, &rules()).unwrap_err(), TokenError::KeyMismatch);
-    assert_eq!(verify("not.a-token", &keys, &rules()).unwrap_err(), TokenError::Malformed);
+    assert_eq!(
+        verify(&rs, &keys, &rules()).unwrap_err(),
+        TokenError::KeyMismatch
+    );
+    assert_eq!(
+        verify("not.a-token", &keys, &rules()).unwrap_err(),
+        TokenError::Malformed
+    );
 }
 
 #[test]

@@ -358,7 +358,10 @@ impl AuthFilter {
             Reply::error(401, "invalid_api_key", &message)
         };
         let Some(authority) = self.authority.get() else {
-            tracing::debug!(request_id, "refused: a JWT, but no [identity] is configured");
+            tracing::debug!(
+                request_id,
+                "refused: a JWT, but no [identity] is configured"
+            );
             return Err(refuse(self, INVALID_MESSAGE.to_string()));
         };
         let user = match authority.authenticate(token).await {
