@@ -303,6 +303,8 @@ def test_users_are_recorded_their_keys_work_and_disabling_stops_keys_and_tokens(
     r = admin("PUT", gw, "/admin/v1/users/svc-eng%40example.com", json={"disabled": False})
     assert r.status_code == 200, r.text
     assert chat(gw, token) == "hi there" and chat(gw, made["key"]) == "hi there"
+    by_key = [r for r in audit_records(gw) if r.get("key_id") == made["id"]]
+    assert by_key and all(r["auth"] == "key" and r["user"] == "svc-eng@example.com" for r in by_key), by_key
     changes = [r for r in audit_records(gw) if r["path"].startswith("/admin/v1/users/")]
     assert len(changes) == 2 and all(c["outcome"] == "ok" for c in changes), changes
     assert admin("PUT", gw, "/admin/v1/users/nobody", json={"disabled": True}).status_code == 404
