@@ -246,7 +246,7 @@ impl Provider {
     ) -> Result<Claims, TokenError> {
         let kid = jwt::token_kid(token)?;
         let Some(keys) = self.keys_for(kid.as_deref()).await else {
-            return Err(TokenError::UnknownKey);
+            return Err(TokenError::KeysUnavailable);
         };
         jwt::verify(token, &keys, rules)
     }

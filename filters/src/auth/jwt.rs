@@ -62,6 +62,8 @@ pub enum TokenError {
     UnknownKey,
     /// The key named is not of the `alg`'s kind.
     KeyMismatch,
+    /// The provider's keys could not be loaded yet (it is unreachable).
+    KeysUnavailable,
     Signature,
     Issuer,
     Audience,
@@ -87,6 +89,10 @@ impl TokenError {
             TokenError::KeyMismatch => {
                 "its `alg` does not match the type of the provider key it names".into()
             }
+            TokenError::KeysUnavailable => {
+                "the identity provider's signing keys cannot be loaded right now (retry shortly)"
+                    .into()
+            }
             TokenError::Signature => "its signature does not verify".into(),
             TokenError::Issuer => {
                 "its issuer (`iss`) is not this gateway's identity provider".into()
@@ -108,6 +114,7 @@ impl TokenError {
             TokenError::Algorithm(_) => "alg",
             TokenError::UnknownKey => "kid",
             TokenError::KeyMismatch => "key_type",
+            TokenError::KeysUnavailable => "jwks",
             TokenError::Signature => "signature",
             TokenError::Issuer => "iss",
             TokenError::Audience => "aud",
