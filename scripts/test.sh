@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The OpenID provider the identity tests (Rust and Python) run: oidc-provider, tests/oidc/.
+(cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --locked --bins --examples
 RUST_TEST_THREADS=4 cargo test --locked --workspace --all-targets
 SLUICE_BIN="$PWD/target/debug/sluice" python3 -m pytest -q tests/python

@@ -78,7 +78,7 @@ async fn handle(
             return Ok(reply_response(r, None));
         }
     }
-    if path.starts_with("/admin/v1/keys") {
+    if path.starts_with("/admin/v1/keys") || path.starts_with("/admin/v1/users") {
         return Ok(admin_keys(req, &state, peer).await);
     }
     let resp = match (req.method().as_str(), req.uri().path()) {
@@ -167,7 +167,8 @@ fn same_origin(headers: &hyper::HeaderMap, own: SocketAddr) -> Result<(), sluice
     Ok(())
 }
 
-/// `/admin/v1/keys…`: reads the body (bounded) and hands it to the key API.
+/// `/admin/v1/keys…` and `/admin/v1/users…`: reads the body (bounded) and hands it to the key
+/// API or the users directory.
 async fn admin_keys(
     req: Request<Incoming>,
     state: &EngineState,
@@ -190,19 +191,21 @@ async fn admin_keys(
             return reply_response(r, Some(&request_id));
         }
     };
-    let reply = crate::keys::admin::handle(
-        state,
-        crate::keys::admin::AdminRequest {
-            method: &parts.method,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
-            body: &body,
-            client_ip: Some(peer),
-            request_id: &request_id,
-        },
-    )
-    .await;
+    let users = parts.uri.path().starts_with("/admin/v1/users");
+    let request = crate::keys::admin::AdminRequest {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        body: &body,
+        client_ip: Some(peer),
+        request_id: &request_id,
+    };
+    let reply = if users {
+        crate::identity::admin::handle(state, request).await
+    } else {
+        crate::keys::admin::handle(state, request).await
+    };
     reply_response(reply, Some(&request_id))
 }
 

@@ -57,6 +57,10 @@ pub struct Config {
     /// MCP servers governed at `/mcp/{server}` (SPEC §16).
     #[serde(default)]
     pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
+    /// The organisation's OpenID Connect provider (SPEC §13); absent: users come from the
+    /// config only.
+    #[serde(default)]
+    pub identity: Option<crate::identity::IdentityConfig>,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -483,6 +487,9 @@ impl Config {
         }
         self.console.validate(errs);
         crate::mcp::validate(self, errs);
+        if let Some(i) = &self.identity {
+            i.validate(&self.orgs, &self.roles, errs);
+        }
     }
 }
 

@@ -178,6 +178,16 @@ impl GatewayBuilder {
             let _guard = control.enter();
             state.store.spawn(stop_rx.clone());
         }
+        if let Some(cfg) = &config.identity {
+            crate::identity::start(
+                cfg,
+                &state.shared,
+                state.store.clone(),
+                &control,
+                stop_rx.clone(),
+            )
+            .map_err(|e| StartError::Io(format!("identity: {e}")))?;
+        }
 
         let admin_addr = control
             .block_on(crate::admin::spawn(

@@ -16,6 +16,7 @@ pub mod console;
 pub mod edge;
 pub mod gateway;
 pub mod headers;
+pub mod identity;
 pub mod keys;
 pub mod mcp;
 pub mod metrics;

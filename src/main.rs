@@ -33,6 +33,10 @@ enum Command {
     Check {
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
+        /// Also fetch what the config names on the network: `[identity]`'s discovery document
+        /// and JWKS.
+        #[arg(long)]
+        online: bool,
     },
     /// API keys.
     Keys {
@@ -108,7 +112,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(default_path(config)),
-        Command::Check { config } => check(default_path(config)),
+        Command::Check { config, online } => check(default_path(config), online),
         Command::Keys {
             command:
                 KeysCommand::New {
@@ -182,8 +186,24 @@ fn run(path: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check(path: PathBuf) -> ExitCode {
+fn check(path: PathBuf, online: bool) -> ExitCode {
     match GatewayBuilder::new().config_file(&path).check() {
+        Ok(c) if online && c.identity.is_some() => {
+            let Some(identity) = &c.identity else {
+                return ExitCode::from(2);
+            };
+            match sluice::identity::check_online(identity) {
+                Ok(line) => {
+                    println!("{}: ok ({line})", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("identity.issuer: {e}");
+                    eprintln!("{}: 1 error(s)", path.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Ok(c) => {
             println!(
                 "{}: ok ({} upstreams, {} models, {} users, {} keys, {} agents, filters: [{}])",

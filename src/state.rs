@@ -302,6 +302,9 @@ impl EngineState {
         if config.store != old.config.store {
             tracing::warn!("store settings take effect only after a restart");
         }
+        if config.identity != old.config.identity {
+            tracing::warn!("[identity] settings take effect only after a restart");
+        }
         let traced = self.telemetry.as_ref().map(|t| &t.config);
         if config.telemetry.as_ref() != traced {
             tracing::warn!("telemetry settings take effect only after a restart");

@@ -142,6 +142,7 @@ fn a_chat_completion_is_one_server_span_with_genai_attributes_and_two_children()
     );
     assert_eq!(int_attr(s, "http.response.status_code"), Some(200));
     assert_eq!(str_attr(s, "sluice.outcome"), Some("ok"));
+    assert_eq!(str_attr(s, "sluice.auth"), Some("key"));
     assert_eq!(str_attr(s, "sluice.upstream"), Some("mock"));
     assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
     let service = req

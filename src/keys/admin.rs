@@ -222,12 +222,14 @@ async fn create_for(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if !snap.config.users.iter().any(|u| u.name == req.user) {
+    // Provider users of the store's directory (SPEC §13) may hold keys too.
+    let in_directory = state.store.users().table().get(&req.user).is_some();
+    if !snap.config.users.iter().any(|u| u.name == req.user) && !in_directory {
         return error(
             400,
             "unknown_user",
             format!(
-                "No user `{}` in the config's [[users]].",
+                "No user `{}` in the config's [[users]] or the users directory.",
                 req.user.chars().take(128).collect::<String>()
             ),
             Some("user"),
@@ -261,6 +263,14 @@ async fn create_for(
         }
         (Some(e), Ok(None)) => Some(e),
         (None, Ok(d)) => d,
+    };
+    let expires = match (
+        expires,
+        crate::identity::key_expiry_cap(&snap.config, &req.user),
+    ) {
+        (Some(e), Some(cap)) => Some(e.min(cap)),
+        (None, cap) => cap,
+        (e, None) => e,
     };
     let row = KeyRow {
         id: req.id.unwrap_or_else(new_id),

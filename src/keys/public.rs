@@ -152,6 +152,15 @@ async fn create_own(
             )
         }
     };
+    // A provider user's keys expire within identity.key_max_days (SPEC §13).
+    let expires = match (
+        expires,
+        crate::identity::key_expiry_cap(&snap.config, &caller.user),
+    ) {
+        (Some(e), Some(cap)) => Some(e.min(cap)),
+        (None, cap) => cap,
+        (e, None) => e,
+    };
     let row = KeyRow {
         id: new_id(),
         user: caller.user.to_string(),

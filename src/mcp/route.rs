@@ -23,9 +23,8 @@ use crate::proxy::{read_body, BodyFail};
 use crate::state::{EngineState, Snapshot};
 
 /// The `[identity]` issuer named as authorization server in the metadata documents.
-// SEAM(identity): at merge, return `snap.config.identity.as_ref().map(|i| i.issuer.as_str())`.
-fn identity_issuer(_snap: &Snapshot) -> Option<&str> {
-    None
+fn identity_issuer(snap: &Snapshot) -> Option<&str> {
+    snap.config.identity.as_ref().map(|i| i.issuer.as_str())
 }
 
 /// Handles the request when it is an MCP one (`/mcp/{server}` or its metadata document);

@@ -24,6 +24,7 @@ mod runs;
 mod schema;
 mod sessions;
 pub mod sync;
+mod users;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -39,6 +40,7 @@ pub use keys::Revoked;
 pub use records::{KeyPatch, KeyRow, RunRow};
 pub use sessions::SessionRow;
 pub use sync::StoreRuntime;
+pub use users::Sighting;
 
 /// The PostgreSQL channel changes are announced on.
 pub(crate) const CHANNEL: &str = "sluice_keys";

@@ -85,6 +85,8 @@ impl StoreMetrics {
 pub struct StoreRuntime {
     store: Store,
     keys: Arc<RuntimeKeys>,
+    /// The users directory (SPEC §13), reloaded with the keys.
+    users: Arc<sluice_filters::auth::RuntimeUsers>,
     state: Mutex<SyncState>,
     wake: Notify,
     up: AtomicBool,
@@ -107,6 +109,7 @@ impl StoreRuntime {
         let rt = Arc::new(StoreRuntime {
             store,
             keys: RuntimeKeys::in_shared(shared),
+            users: sluice_filters::auth::RuntimeUsers::in_shared(shared),
             state: Mutex::new(SyncState::default()),
             wake: Notify::new(),
             up: AtomicBool::new(true),
@@ -150,6 +153,22 @@ impl StoreRuntime {
         &self.keys
     }
 
+    /// The users directory as this instance knows it.
+    pub fn users(&self) -> &Arc<sluice_filters::auth::RuntimeUsers> {
+        &self.users
+    }
+
+    /// Puts a directory change this instance committed in force at once (keys re-resolved
+    /// too), and wakes the loop so that the next reload reads it back.
+    pub fn put_user(&self, user: sluice_filters::auth::StoreUser) {
+        let _state = self.lock();
+        self.users.publish(self.users.table().with(user));
+        let current = self.keys.table();
+        self.keys.publish(current.with_all(current.version()));
+        drop(_state);
+        self.wake.notify_one();
+    }
+
     /// Counts a failed change (the caller answers 503). A change that found the store
     /// unreachable makes the outage known, so that the next ones are refused at once.
     pub fn change_failed(&self, e: &StoreError) {
@@ -183,6 +202,10 @@ impl StoreRuntime {
     /// Reads every key and puts the table in force (with this instance's newer patches).
     async fn reload(&self) -> Result<(), StoreError> {
         let (version, rows) = self.store.load_keys().await?;
+        // Users first: the key table published next resolves provider users' keys with them.
+        let users = self.store.load_users().await?;
+        self.users
+            .publish(sluice_filters::auth::StoreUserTable::new(users));
         self.install(version, rows);
         Ok(())
     }

@@ -316,6 +316,12 @@ impl Call {
         }
         if let Some(id) = &cx.identity {
             a.push(KeyValue::new("sluice.org", id.org.to_string()));
+            // How the caller authenticated (SPEC §13): key, jwt or session.
+            let method = cx.extensions.get::<sluice_filters::auth::AuthMethod>();
+            a.push(KeyValue::new(
+                "sluice.auth",
+                method.map_or("key", |m| m.as_str()),
+            ));
         }
         a
     }

@@ -40,7 +40,7 @@ pub struct AuditRecord {
     pub org: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    /// How the caller authenticated (`session`: the console); absent for API keys.
+    /// How the caller authenticated: `key`, `jwt` or `session` (SPEC §13).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,7 +113,14 @@ impl AuditRecord {
             user: identity.map(|i| i.user.to_string()),
             org: identity.map(|i| i.org.to_string()),
             role: identity.map(|i| i.role.to_string()),
-            auth: cx.auth.map(str::to_string),
+            // The console marks its own records (`session`); the auth filter says how an API
+            // caller authenticated (`key` or `jwt`).
+            auth: cx.auth.map(str::to_string).or_else(|| {
+                identity.map(|_| {
+                    let method = cx.extensions.get::<crate::auth::AuthMethod>();
+                    method.map_or("key", |m| m.as_str()).to_string()
+                })
+            }),
             client_ip: cx.client_ip.map(|ip| ip.to_string()),
             method: bounded(cx.method.as_str()),
             path: bounded(&cx.path),

@@ -27,7 +27,8 @@ pub const MAX_KEY_LEN: usize = 256;
 
 /// The longest `Authorization` value worth parsing: the scheme, some whitespace and a key of
 /// [`MAX_KEY_LEN`].
-const MAX_AUTHORIZATION_LEN: usize = MAX_KEY_LEN + 32;
+/// (Or a provider token of at most [`super::jwt::MAX_TOKEN_LEN`].)
+const MAX_AUTHORIZATION_LEN: usize = super::jwt::MAX_TOKEN_LEN + 32;
 
 /// A fresh API key: [`KEY_PREFIX`] followed by [`KEY_RANDOM_CHARS`] base62 characters drawn
 /// uniformly from the operating system's CSPRNG.
@@ -212,7 +213,7 @@ fn checked_key(key: &[u8]) -> Presented<'_> {
     if key.is_empty() {
         return Presented::Missing;
     }
-    if key.len() > MAX_KEY_LEN {
+    if key.len() > MAX_KEY_LEN && !super::jwt::looks_like_jwt(key) {
         return Presented::Malformed("oversized key");
     }
     // Visible ASCII only: no key we issue or accept contains spaces, control characters or

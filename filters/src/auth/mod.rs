@@ -42,10 +42,12 @@
 //! list `models:list`, agents `agents:run` and the agent globs, `/v1/embeddings` `embeddings`,
 //! any other `/v1/*` `passthrough` (and the model globs when the body names a model).
 
+pub mod jwt;
 mod key;
 mod lineage;
 mod rbac;
 mod runtime;
+mod users;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -68,6 +70,10 @@ use key::{parse_credentials, KeyDigest, Presented};
 pub(crate) use runtime::Derived;
 pub use lineage::Lineage;
 pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
+pub use users::{
+    AuthMethod, AuthoritySlot, RuntimeUsers, StoreUser, StoreUserTable, TokenAuthority,
+    TokenRefusal, TokenUser,
+};
 
 /// The metric counting refused authentications, by `reason` (`missing` or `invalid`).
 pub const FAILURES_METRIC: &str = "sluice_auth_failures_total";
@@ -128,6 +134,12 @@ pub struct AuthFilter {
     /// The store's keys ([`RuntimeKeys`]) and this filter's view of them.
     runtime: Arc<RuntimeKeys>,
     store_keys: Derived<HashMap<KeyDigest, KeyEntry>>,
+    /// The configured roles, for users the store knows (provider users and their keys).
+    roles: HashMap<String, RoleGrants>,
+    /// The store's users directory (provider users, `disabled` flags).
+    store_users: Arc<RuntimeUsers>,
+    /// Verifies provider tokens (installed by the engine with `[identity]`).
+    authority: Arc<AuthoritySlot>,
     missing: IntCounter,
     invalid: IntCounter,
 }
@@ -143,6 +155,23 @@ struct KeyEntry {
     /// The second of the last use handed to [`RuntimeKeys::touch`], so that a busy key costs
     /// one touch per second.
     last_touch: AtomicU64,
+}
+
+/// A configured role, ready to make identities of.
+struct RoleGrants {
+    role: Arc<str>,
+    permissions: Vec<Permission>,
+    models: Vec<String>,
+    agents: Vec<String>,
+    /// The grants of a provider token (no key narrows them).
+    token: Arc<Grants>,
+}
+
+/// What a request's credential resolved to.
+enum Resolved<'h> {
+    Identity(Identity),
+    /// A provider token, still to be verified (asynchronously).
+    Token(&'h str),
 }
 
 /// A configured user, with what its keys' identities are made of.
@@ -186,7 +215,7 @@ impl AuthFilter {
                  configured in [[keys]], [[users]] and [[roles]])",
             ));
         }
-        let (keys, users) = resolve_keys(policy, &mut errs);
+        let (keys, users, roles) = resolve_keys(policy, &mut errs);
         if !errs.is_empty() {
             return Err(BuildError(errs));
         }
@@ -206,6 +235,9 @@ impl AuthFilter {
             users,
             runtime,
             store_keys: Derived::default(),
+            roles,
+            store_users: RuntimeUsers::in_shared(shared),
+            authority: AuthoritySlot::in_shared(shared),
             missing: failures.with_label_values(&["missing"]),
             invalid: failures.with_label_values(&["invalid"]),
         })
@@ -217,12 +249,12 @@ impl AuthFilter {
     }
 
     /// The identity a request's headers authenticate as, or the reply refusing it.
-    fn authenticate(
+    fn authenticate<'h>(
         &self,
-        head: &RequestHead<'_>,
+        head: &'h RequestHead<'_>,
         route: Route,
         request_id: &str,
-    ) -> Result<Identity, Reply> {
+    ) -> Result<Resolved<'h>, Reply> {
         // Anthropic's SDKs and Claude Code send their key as `x-api-key`.
         let anthropic = matches!(route, Route::Messages | Route::CountTokens)
             || head.headers.contains_key(key::ANTHROPIC_VERSION);
@@ -239,13 +271,22 @@ impl AuthFilter {
                 return Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE));
             }
         };
+        if jwt::looks_like_jwt(key) {
+            if let Ok(token) = std::str::from_utf8(key) {
+                return Ok(Resolved::Token(token));
+            }
+        }
+        if key.len() > MAX_KEY_LEN {
+            self.invalid.inc();
+            return Err(Reply::error(401, "invalid_api_key", INVALID_MESSAGE));
+        }
         let digest = KeyDigest::of(key);
         if let Some(entry) = self.keys.get(&digest) {
-            return self.admit(entry, request_id);
+            return self.admit(entry, request_id).map(Resolved::Identity);
         }
         let store = self.store_entries();
         match store.1.get(&digest) {
-            Some(entry) => self.admit(entry, request_id),
+            Some(entry) => self.admit(entry, request_id).map(Resolved::Identity),
             None => {
                 self.invalid.inc();
                 tracing::debug!(request_id, "refused: unknown API key");
@@ -259,6 +300,8 @@ impl AuthFilter {
         let now = unix_now();
         let refused = if entry.disabled {
             Some("disabled")
+        } else if self.store_users.is_disabled(&entry.identity.user) {
+            Some("disabled user's")
         } else if entry.expires.is_some_and(|e| now >= e) {
             Some("expired")
         } else {
@@ -293,11 +336,15 @@ impl AuthFilter {
                 tracing::warn!(key_id = %k.id, "a store key has the id or the hash of a [[keys]] entry: the config's entry wins");
                 continue;
             }
-            // A key whose user left the config authenticates nobody.
+            // A key whose user is neither in the config nor a provider user of the store's
+            // directory authenticates nobody.
+            let line = Lineage::of(k, table, &config);
             let Some(u) = self.users.get(&k.user) else {
+                if let Some(e) = self.directory_key_entry(k, line) {
+                    out.insert(*k.digest(), e);
+                }
                 continue;
             };
-            let line = Lineage::of(k, table, &config);
             let grants = Grants {
                 permissions: u.permissions.clone(),
                 models: u.models.clone(),
@@ -319,6 +366,81 @@ impl AuthFilter {
     }
 }
 
+impl AuthFilter {
+    /// A store key of a provider user (no `[[users]]` entry): its identity from the org and
+    /// role the directory recorded at the user's last sign-in or token.
+    fn directory_key_entry(&self, k: &StoreKey, line: Lineage) -> Option<KeyEntry> {
+        let users = self.store_users.table();
+        let u = users.get(&k.user)?;
+        let (org, role) = (u.org.as_deref()?, u.role.as_deref()?);
+        let r = self.roles.get(role)?;
+        let grants = Grants {
+            permissions: r.permissions.clone(),
+            models: r.models.clone(),
+            key_models: k.models.clone(),
+            agents: r.agents.clone(),
+        };
+        let identity = Identity {
+            key_id: k.id.clone(),
+            user: Arc::from(k.user.as_str()),
+            org: Arc::from(org),
+            role: r.role.clone(),
+            grants: Arc::new(grants),
+            ancestors: line.ancestors.into(),
+        };
+        Some(entry(identity, k.disabled || line.disabled, line.expires))
+    }
+
+    /// Verifies a provider token through the engine's [`TokenAuthority`].
+    async fn authenticate_token(&self, token: &str, request_id: &str) -> Result<Identity, Reply> {
+        let refuse = |this: &Self, message: String| {
+            this.invalid.inc();
+            Reply::error(401, "invalid_api_key", &message)
+        };
+        let Some(authority) = self.authority.get() else {
+            tracing::debug!(
+                request_id,
+                "refused: a JWT, but no [identity] is configured"
+            );
+            return Err(refuse(self, INVALID_MESSAGE.to_string()));
+        };
+        let user = match authority.authenticate(token).await {
+            Ok(u) => u,
+            Err(TokenRefusal::Invalid(message)) => {
+                tracing::debug!(request_id, "refused: provider token");
+                return Err(refuse(self, message));
+            }
+            Err(TokenRefusal::NoRole(message)) => {
+                return Err(Reply::error(403, "permission_denied", &message));
+            }
+        };
+        if self.store_users.is_disabled(&user.name) {
+            tracing::debug!(request_id, "refused: provider token of a disabled user");
+            return Err(refuse(
+                self,
+                "The access token was refused: its user is disabled in this gateway's \
+                 directory; ask your administrator."
+                    .to_string(),
+            ));
+        }
+        let Some(r) = self.roles.get(&*user.role) else {
+            return Err(Reply::error(
+                403,
+                "permission_denied",
+                "Your identity provider's groups map to a role this gateway no longer has.",
+            ));
+        };
+        Ok(Identity {
+            key_id: Arc::from(format!("jwt:{}", user.name)),
+            user: user.name,
+            org: user.org,
+            role: r.role.clone(),
+            grants: r.token.clone(),
+            ancestors: Arc::from([]),
+        })
+    }
+}
+
 fn entry(identity: Identity, disabled: bool, expires: Option<u64>) -> KeyEntry {
     KeyEntry {
         identity,
@@ -337,10 +459,15 @@ fn unix_now() -> u64 {
 
 /// Builds the digest → identity table (and the users the store's keys resolve against),
 /// pushing every broken reference to `errs`.
+#[allow(clippy::type_complexity)]
 fn resolve_keys(
     policy: &Policy<'_>,
     errs: &mut Vec<ConfigError>,
-) -> (HashMap<KeyDigest, KeyEntry>, HashMap<String, ResolvedUser>) {
+) -> (
+    HashMap<KeyDigest, KeyEntry>,
+    HashMap<String, ResolvedUser>,
+    HashMap<String, RoleGrants>,
+) {
     let mut roles: HashMap<&str, (Vec<Permission>, &crate::policy::RoleConfig)> = HashMap::new();
     for (i, r) in policy.roles.iter().enumerate() {
         if roles.contains_key(r.name.as_str()) {
@@ -482,7 +609,26 @@ fn resolve_keys(
             ))
         })
         .collect();
-    (table, resolved)
+    let role_grants = roles
+        .iter()
+        .map(|(name, (permissions, r))| {
+            let token = Grants {
+                permissions: permissions.clone(),
+                models: r.models.clone(),
+                key_models: None,
+                agents: r.agents.clone(),
+            };
+            let g = RoleGrants {
+                role: Arc::from(*name),
+                permissions: permissions.clone(),
+                models: r.models.clone(),
+                agents: r.agents.clone(),
+                token: Arc::new(token),
+            };
+            (name.to_string(), g)
+        })
+        .collect();
+    (table, resolved, role_grants)
 }
 
 /// Shows key ids only: never a key, never a digest.
@@ -520,9 +666,18 @@ impl Filter for AuthFilter {
         if cx.identity.is_some() && cx.extensions.get::<crate::PreAuthenticated>().is_some() {
             return Verdict::Continue;
         }
-        match self.authenticate(head, cx.route, &cx.request_id) {
-            Ok(identity) => {
+        let resolved = match self.authenticate(head, cx.route, &cx.request_id) {
+            Ok(Resolved::Token(token)) => self
+                .authenticate_token(token, &cx.request_id)
+                .await
+                .map(|i| (i, AuthMethod::Jwt)),
+            Ok(Resolved::Identity(i)) => Ok((i, AuthMethod::Key)),
+            Err(reply) => Err(reply),
+        };
+        match resolved {
+            Ok((identity, method)) => {
                 cx.identity = Some(identity);
+                cx.extensions.insert(method);
                 Verdict::Continue
             }
             Err(reply) => {

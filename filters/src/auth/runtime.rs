@@ -162,6 +162,16 @@ impl StoreKeyTable {
         }
     }
 
+    /// A copy of this table at `version` (republishing it makes every derived view rebuild,
+    /// e.g. after the users directory changed).
+    pub fn with_all(&self, version: u64) -> StoreKeyTable {
+        StoreKeyTable {
+            version,
+            serial: 0,
+            by_id: self.by_id.clone(),
+        }
+    }
+
     pub(crate) fn serial(&self) -> u64 {
         self.serial
     }
