@@ -84,6 +84,8 @@ pub enum Outcome {
     DeniedPermission,
     RateLimited,
     DlpBlocked,
+    /// Refused by a budget (SPEC §15).
+    BudgetExceeded,
     BadRequest,
     UpstreamError,
     ClientClosed,
@@ -98,6 +100,7 @@ impl Outcome {
             Outcome::DeniedPermission => "denied_permission",
             Outcome::RateLimited => "rate_limited",
             Outcome::DlpBlocked => "dlp_blocked",
+            Outcome::BudgetExceeded => "budget_exceeded",
             Outcome::BadRequest => "bad_request",
             Outcome::UpstreamError => "upstream_error",
             Outcome::ClientClosed => "client_closed",
@@ -109,6 +112,7 @@ impl Outcome {
     pub fn for_error(status: StatusCode, code: &str) -> Outcome {
         match (status.as_u16(), code) {
             (_, "dlp_blocked") => Outcome::DlpBlocked,
+            (_, "budget_exceeded") => Outcome::BudgetExceeded,
             (_, "rate_limit_unavailable") => Outcome::RateLimited,
             (401, _) => Outcome::DeniedAuth,
             (403, _) => Outcome::DeniedPermission,

@@ -118,6 +118,7 @@ impl Config {
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
             rate_limit: None,
             disabled,
+            budget: None,
         });
     }
 
@@ -132,6 +133,7 @@ impl Config {
             audit: &self.audit,
             models: &self.models,
             agents: &self.agents,
+            prices: sluice_filters::spend::no_prices(),
         }
     }
 

@@ -82,6 +82,7 @@ pub use self::settings::{Backend, OnBackendError, RateLimitSettings};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
 use crate::policy::{BuildError, Policy, RateLimitSpec};
+use crate::spend::SpendGate;
 use crate::{
     Cx, Exchange, Filter, Identity, JsonBody, PreAuthenticated, Reply, Request, Route, Shared,
     Verdict,
@@ -164,6 +165,7 @@ pub fn build(
         BuildError::one(path, format!("cannot register the rate_limit metrics: {e}"))
     })?;
 
+    let spend = SpendGate::build(policy, shared)?;
     let user_org = user_org
         .into_iter()
         .map(|(u, o)| (u.to_string(), o.to_string()))
@@ -182,6 +184,7 @@ pub fn build(
         default_max_tokens: settings.default_max_tokens,
         on_backend_error: settings.on_backend_error,
         metrics,
+        spend,
     }))
 }
 
@@ -214,6 +217,8 @@ pub struct RateLimitFilter {
     default_max_tokens: u64,
     on_backend_error: OnBackendError,
     metrics: Arc<Metrics>,
+    /// Budgets (SPEC §15): reserved and reconciled like the token buckets.
+    spend: SpendGate,
 }
 
 /// The key-level buckets of the keys made at runtime ([`RuntimeKeys`]), derived from the table
@@ -415,6 +420,11 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
+        if !reserves_nothing(cx.route) {
+            if let Some(refused) = self.spend.on_request(req.body, cx, self.default_max_tokens) {
+                return Verdict::Respond(refused);
+            }
+        }
         let Some(id) = cx.identity.as_ref() else {
             // No auth filter before us: nobody to limit.
             return Verdict::Continue;
@@ -478,6 +488,7 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_log(&self, ex: &Exchange, cx: &Cx) {
+        self.spend.on_log(ex, cx);
         let Some(res) = cx.extensions.get::<Reservation>() else {
             return;
         };
