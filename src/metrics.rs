@@ -220,6 +220,7 @@ fn route_models(config: &Config, route: Route) -> Vec<&str> {
         | Route::AgentRunStatus
         | Route::Keys
         | Route::Key
+        | Route::Usage
         | Route::Unknown => Vec::new(),
         Route::AgentRun => {
             let mut models: Vec<&str> = config.agents.iter().map(|a| a.model.as_str()).collect();
@@ -300,6 +301,7 @@ mod tests {
             Route::CountTokens => 11,
             Route::Keys => 12,
             Route::Key => 13,
+            Route::Usage => 14,
         }
     }
 

@@ -29,6 +29,8 @@ pub enum Route {
     Keys,
     /// `/v1/keys/{id}`: one of them (get, revoke).
     Key,
+    /// `GET /v1/usage`: the caller's own spend (SPEC §15).
+    Usage,
     /// Any other `/v1/*` path, forwarded as is.
     Passthrough,
     /// Outside `/v1/`: answered 404 by the engine.
@@ -38,7 +40,7 @@ pub enum Route {
 impl Route {
     /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
     /// added to the enum must be added here too (its label is then on the first scrape).
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 15] = [
         Route::ChatCompletions,
         Route::ListModels,
         Route::GetModel,
@@ -53,6 +55,7 @@ impl Route {
         Route::CountTokens,
         Route::Keys,
         Route::Key,
+        Route::Usage,
     ];
 
     /// A bounded label for metrics.
@@ -70,6 +73,7 @@ impl Route {
             Route::Embeddings => "embeddings",
             Route::Keys => "keys",
             Route::Key => "key",
+            Route::Usage => "usage",
             Route::Passthrough => "passthrough",
             Route::Unknown => "unknown",
         }

@@ -22,6 +22,7 @@ mod keys;
 mod records;
 mod runs;
 mod schema;
+pub mod spend;
 pub mod sync;
 
 use std::borrow::Cow;

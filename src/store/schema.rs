@@ -56,6 +56,26 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX agent_runs_expires ON agent_runs (expires)",
         ],
     },
+    // 3, 4 and 5 belong to other features; the runner applies whichever are missing.
+    Migration {
+        version: 6,
+        name: "spend per day",
+        statements: &[
+            "CREATE TABLE spend_daily (
+                day TEXT NOT NULL,
+                org TEXT NOT NULL,
+                user_name TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                model TEXT NOT NULL,
+                requests BIGINT NOT NULL,
+                prompt_tokens BIGINT NOT NULL,
+                completion_tokens BIGINT NOT NULL,
+                cost_micros BIGINT NOT NULL,
+                PRIMARY KEY (day, org, user_name, key_id, model)
+            )",
+            "CREATE INDEX spend_daily_user ON spend_daily (user_name, day)",
+        ],
+    },
 ];
 
 /// The newest schema version this Sluice knows.
@@ -67,7 +87,7 @@ pub fn latest() -> i64 {
 pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
     let create = "CREATE TABLE IF NOT EXISTS sluice_migrations \
                   (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)";
-    let applied_sql = store.sql("SELECT COALESCE(MAX(version), 0) FROM sluice_migrations");
+    let applied_sql = store.sql("SELECT version FROM sluice_migrations");
     let record =
         store.sql("INSERT INTO sluice_migrations (version, name, applied) VALUES ($1, $2, $3)");
     let postgres = store.is_postgres();
@@ -81,7 +101,8 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_LOCK).execute(&mut *tx).await?;
         }
         sqlx::query(create).execute(&mut *tx).await?;
-        let current: i64 = sqlx::query_scalar(&applied_sql).fetch_one(&mut *tx).await?;
+        let applied: Vec<i64> = sqlx::query_scalar(&applied_sql).fetch_all(&mut *tx).await?;
+        let current = applied.iter().copied().max().unwrap_or(0);
         if current > latest() {
             return Err(sqlx::Error::Protocol(format!(
                 "the store's schema is version {current}, newer than this Sluice's {}: \
@@ -89,7 +110,9 @@ pub(super) async fn migrate(store: &Store) -> Result<(), StoreError> {
                 latest()
             )));
         }
-        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        // Every missing version, not only those above the highest applied: migrations are
+        // numbered per feature, and a store may have met a later number first.
+        for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
             for statement in m.statements {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }

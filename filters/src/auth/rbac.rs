@@ -49,6 +49,8 @@ pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
         }
         // Answered 404 by the engine; there is nothing to authorise.
         Route::Unknown => Ok(()),
+        // Any authenticated caller may read its own user's usage (SPEC §15).
+        Route::Usage => Ok(()),
     }
 }
 

@@ -328,6 +328,7 @@ fn reserves_nothing(route: Route) -> bool {
             | Route::AgentRunStatus
             | Route::Keys
             | Route::Key
+            | Route::Usage
             | Route::Unknown
     )
 }
