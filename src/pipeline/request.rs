@@ -241,8 +241,13 @@ impl Call {
                 .await,
             ),
             Route::Usage => Some(
-                crate::spend::usage::own_usage(&self.state, &self.snap.config, &self.cx, head.query)
-                    .await,
+                crate::spend::usage::own_usage(
+                    &self.state,
+                    &self.snap.config,
+                    &self.cx,
+                    head.query,
+                )
+                .await,
             ),
             Route::AgentRun => match async_input {
                 Some(input) => Some(self.start_async_run(head, input).await),

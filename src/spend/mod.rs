@@ -84,7 +84,11 @@ impl SpendSync {
     }
 
     /// Writes and reads every [`SYNC_EVERY`] until `stop` changes, then writes a last time.
-    pub fn spawn(self: &Arc<Self>, mut stop: watch::Receiver<bool>, failed: impl Fn() + Send + 'static) {
+    pub fn spawn(
+        self: &Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        failed: impl Fn() + Send + 'static,
+    ) {
         let sync = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_EVERY);

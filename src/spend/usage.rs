@@ -78,9 +78,21 @@ fn date_str(d: Date) -> String {
 fn tightest(state: &EngineState, config: &Config, id: &Identity) -> Option<(BudgetSpec, Standing)> {
     let ledger = super::ledger(&state.shared);
     let today = OffsetDateTime::now_utc().date();
-    let org = config.orgs.iter().find(|o| *o.name == *id.org).and_then(|o| o.budget);
-    let user = config.users.iter().find(|u| *u.name == *id.user).and_then(|u| u.budget);
-    let key = config.keys.iter().find(|k| *k.id == *id.key_id).and_then(|k| k.budget);
+    let org = config
+        .orgs
+        .iter()
+        .find(|o| *o.name == *id.org)
+        .and_then(|o| o.budget);
+    let user = config
+        .users
+        .iter()
+        .find(|u| *u.name == *id.user)
+        .and_then(|u| u.budget);
+    let key = config
+        .keys
+        .iter()
+        .find(|k| *k.id == *id.key_id)
+        .and_then(|k| k.budget);
     [
         (Level::Org, &id.org, org),
         (Level::User, &id.user, user),
@@ -100,7 +112,8 @@ fn tightest(state: &EngineState, config: &Config, id: &Identity) -> Option<(Budg
 
 fn budget_json(b: &BudgetSpec, s: &Standing) -> Value {
     let resets = b.period.resets_at(OffsetDateTime::now_utc()).and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339).ok()
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
     });
     json!({
         "usd": b.usd,
@@ -118,7 +131,12 @@ fn sums_json(obj: &mut serde_json::Map<String, Value>, s: &RowSums) {
 }
 
 /// `GET /v1/usage?from=&to=`: the caller's user's requests, tokens and spend per day and model.
-pub async fn own_usage(state: &EngineState, config: &Config, cx: &Cx, query: Option<&str>) -> Reply {
+pub async fn own_usage(
+    state: &EngineState,
+    config: &Config,
+    cx: &Cx,
+    query: Option<&str>,
+) -> Reply {
     let Some(id) = cx.identity.as_ref() else {
         return Reply::error(
             403,
@@ -141,7 +159,10 @@ pub async fn own_usage(state: &EngineState, config: &Config, cx: &Cx, query: Opt
     };
     let mut by_day_model: BTreeMap<(String, String), RowSums> = BTreeMap::new();
     for r in rows {
-        by_day_model.entry((r.date, r.model)).or_default().add(&r.sums);
+        by_day_model
+            .entry((r.date, r.model))
+            .or_default()
+            .add(&r.sums);
     }
     let data: Vec<Value> = by_day_model
         .into_iter()
@@ -173,7 +194,12 @@ pub async fn admin_usage(state: &EngineState, query: Option<&str>) -> Reply {
         None => GroupBy::User,
         Some(s) => match GroupBy::parse(s) {
             Some(g) => g,
-            None => return bad("group_by", "`group_by` must be one of org, user, key, model."),
+            None => {
+                return bad(
+                    "group_by",
+                    "`group_by` must be one of org, user, key, model.",
+                )
+            }
         },
     };
     let (from, to) = match range(query) {
@@ -213,7 +239,10 @@ mod tests {
         assert_eq!(from.day(), 1);
         assert_eq!(to, OffsetDateTime::now_utc().date());
         let (from, to) = range(Some("from=2026-01-05&to=2026-02-01")).unwrap();
-        assert_eq!((date_str(from), date_str(to)), ("2026-01-05".into(), "2026-02-01".into()));
+        assert_eq!(
+            (date_str(from), date_str(to)),
+            ("2026-01-05".into(), "2026-02-01".into())
+        );
         assert!(range(Some("from=2026-02-02&to=2026-02-01")).is_err());
         assert!(range(Some("from=2026-13-01")).is_err());
         assert!(range(Some("from=2024-01-01&to=2026-01-01")).is_err());

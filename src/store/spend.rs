@@ -74,12 +74,7 @@ fn sums((requests, prompt_tokens, completion_tokens, cost_micros): Sums) -> RowS
 }
 
 fn day(d: Date) -> String {
-    format!(
-        "{:04}-{:02}-{:02}",
-        d.year(),
-        u8::from(d.month()),
-        d.day()
-    )
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 fn parse_day(s: &str) -> Option<Date> {

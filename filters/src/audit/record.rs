@@ -127,14 +127,11 @@ impl AuditRecord {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
             }),
-            cost_usd: cx
-                .extensions
-                .get::<crate::spend::Cost>()
-                .and_then(|c| {
-                    serde_json::Number::from_f64(crate::spend::usd_f64(
-                        i64::try_from(c.micros).unwrap_or(i64::MAX),
-                    ))
-                }),
+            cost_usd: cx.extensions.get::<crate::spend::Cost>().and_then(|c| {
+                serde_json::Number::from_f64(crate::spend::usd_f64(
+                    i64::try_from(c.micros).unwrap_or(i64::MAX),
+                ))
+            }),
             dlp: cx
                 .dlp
                 .iter()

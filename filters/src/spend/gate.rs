@@ -138,7 +138,12 @@ impl SpendGate {
 
     /// Reserves the request's worst case against every budget of the caller; the refusal when
     /// one cannot hold it. Sets `x-sluice-budget-remaining-usd` when a budget applies.
-    pub fn on_request(&self, body: &JsonBody, cx: &mut Cx, default_max_tokens: u64) -> Option<Reply> {
+    pub fn on_request(
+        &self,
+        body: &JsonBody,
+        cx: &mut Cx,
+        default_max_tokens: u64,
+    ) -> Option<Reply> {
         if !self.has_budgets() {
             return None;
         }
@@ -199,7 +204,8 @@ impl SpendGate {
             cost_micros: charged,
         };
         let accounts = reservation.map_or(&[][..], |r| &r.accounts[..]);
-        self.ledger.settle(accounts, reserved, row.map(|r| (r, sums)));
+        self.ledger
+            .settle(accounts, reserved, row.map(|r| (r, sums)));
     }
 
     /// Where the caller's tightest budget stands (for `GET /v1/usage`).
@@ -227,7 +233,10 @@ fn set_remaining(cx: &mut Cx, micros: i64) {
 /// `429 budget_exceeded`, naming the level and the reset, with `Retry-After` until it.
 fn refusal(c: &Charge, s: &Standing, cost: i64, now: OffsetDateTime) -> Reply {
     let resets = c.budget.period.resets_at(now);
-    let when = match resets.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()) {
+    let when = match resets.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    }) {
         Some(t) => format!("The budget resets at {t}."),
         None => "This budget is for all time and does not reset: ask an administrator to raise it."
             .to_string(),

@@ -26,7 +26,7 @@ mod price;
 pub use budget::{BudgetSpec, Period};
 pub use gate::{no_prices, SpendGate, SpendMetrics};
 pub use ledger::{
-    history_start, Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing,
-    StoredSpend, HISTORY_DAYS,
+    history_start, Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing, StoredSpend,
+    HISTORY_DAYS,
 };
 pub use price::{micros, usd_f64, usd_string, Cost, Price, PriceSpec};

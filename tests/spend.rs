@@ -1,0 +1,580 @@
+//! Spend (SPEC §15) on a real gateway: prices turn every route's usage into a cost (audit
+//! `cost_usd`, metrics, the usage APIs), budgets refuse with each API's shape, concurrent
+//! requests cannot overspend, and spend survives a SIGKILL of `sluice run`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{admin_url, client, free_port, metric_sum, metrics, start, url};
+use serde_json::{json, Value};
+use sluice::filters::auth::key_sha256_hex as sha;
+
+const ALICE: &str = "sk-sluice-ALICEspendALICEspendALICEspendALICEsp01";
+const BOB: &str = "sk-sluice-BOBspendBOBspendBOBspendBOBspendBOBspe01";
+const CALIB: &str = "sk-sluice-CALIBspendCALIBspendCALIBspendCALIBsp01";
+
+/// `$1` per token in and out: a request's cost in dollars is its token count.
+fn config(store: &str, audit: &str, alice_budget: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "mock"
+builtin = "mock"
+[[upstreams]]
+name = "mock-anthropic"
+builtin = "mock"
+api = "anthropic"
+
+[[models]]
+name = "mock-echo"
+upstream = "mock"
+upstream_model = "echo"
+price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000, cached_input_per_mtok = 500000 }}
+[[models]]
+name = "mock-free"
+upstream = "mock"
+upstream_model = "echo"
+[[models]]
+name = "claude-test"
+upstream = "mock-anthropic"
+upstream_model = "echo"
+price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000 }}
+
+[[orgs]]
+name = "acme"
+[[roles]]
+name = "dev"
+permissions = ["chat", "models:list", "embeddings", "keys:manage"]
+models = ["*"]
+[[users]]
+name = "alice"
+org = "acme"
+role = "dev"
+budget = {alice_budget}
+[[users]]
+name = "bob"
+org = "acme"
+role = "dev"
+[[users]]
+name = "calib"
+org = "acme"
+role = "dev"
+budget = {{ usd = 1000000, period = "total" }}
+
+[[keys]]
+id = "alice-key"
+user = "alice"
+sha256 = "{}"
+[[keys]]
+id = "bob-key"
+user = "bob"
+sha256 = "{}"
+[[keys]]
+id = "calib-key"
+user = "calib"
+sha256 = "{}"
+
+[store]
+url = "{store}"
+poll_interval_ms = 100
+[audit]
+path = "{audit}"
+[[filters]]
+type = "auth"
+[[filters]]
+type = "rate_limit"
+[[filters]]
+type = "audit"
+"#,
+        sha(ALICE),
+        sha(BOB),
+        sha(CALIB)
+    )
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tmp"),
+        }
+    }
+    fn store(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("sluice.db").display())
+    }
+    fn audit(&self) -> String {
+        self.dir.path().join("audit.jsonl").display().to_string()
+    }
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.audit())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+    /// The audit records of `request_id`, once written.
+    fn record(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self
+                .records()
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record for {request_id}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn words(n: usize) -> String {
+    vec!["spend"; n].join(" ")
+}
+
+fn chat(
+    base: &str,
+    key: &str,
+    model: &str,
+    text: &str,
+    max_tokens: u64,
+    id: &str,
+) -> reqwest::blocking::Response {
+    client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("x-request-id", id)
+        .header("x-mock-latency-ms", "300")
+        .json(&json!({"model": model, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}]}))
+        .send()
+        .expect("request")
+}
+
+fn header(r: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn usage(base: &str, key: &str) -> Value {
+    let r = client()
+        .get(format!("{base}/v1/usage"))
+        .bearer_auth(key)
+        .send()
+        .expect("usage");
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().expect("usage JSON")
+}
+
+fn spent(u: &Value) -> f64 {
+    u["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|r| r["cost_usd"].as_f64()).sum())
+        .unwrap_or(0.0)
+}
+
+const BIG: &str = "{ usd = 1000000, period = \"monthly\" }";
+
+#[test]
+fn every_route_shape_is_priced_audited_counted_and_reported() {
+    let env = Env::new();
+    let gw = start(&config(&env.store(), &env.audit(), BIG));
+    let base = format!("http://{}", gw.listen_addr());
+
+    // Non-streamed chat: 3 prompt words, 3 echoed back → $6.
+    let r = chat(
+        &base,
+        ALICE,
+        "mock-echo",
+        "one two three",
+        50,
+        "priced-chat",
+    );
+    assert_eq!(r.status().as_u16(), 200);
+    let remaining: f64 = header(&r, "x-sluice-budget-remaining-usd")
+        .expect("a budget applies: remaining header")
+        .parse()
+        .expect("a decimal");
+    assert!(
+        remaining < 1_000_000.0 && remaining > 999_000.0,
+        "{remaining}"
+    );
+    let body: Value = r.json().expect("json");
+    let tokens = body["usage"]["total_tokens"].as_f64().expect("usage");
+    assert_eq!(env.record("priced-chat")["cost_usd"].as_f64(), Some(tokens));
+
+    // Streamed chat: the usage of the stream's last chunk is priced too.
+    let r = client()
+        .post(url(&gw, "/v1/chat/completions"))
+        .bearer_auth(ALICE)
+        .header("x-request-id", "priced-stream")
+        .json(&json!({"model": "mock-echo", "stream": true,
+            "messages": [{"role": "user", "content": "four words right here"}]}))
+        .send()
+        .expect("stream");
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = r.text();
+    let rec = env.record("priced-stream");
+    let u = &rec["usage"];
+    let total =
+        u["prompt_tokens"].as_f64().unwrap_or(0.0) + u["completion_tokens"].as_f64().unwrap_or(0.0);
+    assert!(total > 0.0, "{rec}");
+    assert_eq!(rec["cost_usd"].as_f64(), Some(total), "{rec}");
+
+    // Streamed Responses API and Anthropic Messages (their own usage shapes).
+    let r = client()
+        .post(url(&gw, "/v1/responses"))
+        .bearer_auth(ALICE)
+        .header("x-request-id", "priced-responses")
+        .json(&json!({"model": "mock-echo", "stream": true, "input": "five words in the input"}))
+        .send()
+        .expect("responses");
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = r.text();
+    let rec = env.record("priced-responses");
+    assert!(rec["cost_usd"].as_f64().unwrap_or(0.0) >= 10.0, "{rec}");
+    let r = client()
+        .post(url(&gw, "/v1/messages"))
+        .header("x-api-key", ALICE)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-request-id", "priced-messages")
+        .json(
+            &json!({"model": "claude-test", "max_tokens": 64, "stream": true,
+            "messages": [{"role": "user", "content": "six words for the anthropic route"}]}),
+        )
+        .send()
+        .expect("messages");
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = r.text();
+    let rec = env.record("priced-messages");
+    assert!(rec["cost_usd"].as_f64().unwrap_or(0.0) >= 12.0, "{rec}");
+
+    // An unpriced model costs 0 and is counted.
+    let r = chat(&base, ALICE, "mock-free", "free words", 10, "unpriced");
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = r.text();
+    assert_eq!(env.record("unpriced")["cost_usd"].as_f64(), Some(0.0));
+    let m = metrics(&gw);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "sluice_unpriced_requests_total",
+            &["model=\"mock-free\""]
+        ),
+        1.0
+    );
+    let priced: f64 = [
+        "priced-chat",
+        "priced-stream",
+        "priced-responses",
+        "priced-messages",
+    ]
+    .iter()
+    .map(|id| env.record(id)["cost_usd"].as_f64().unwrap_or(0.0))
+    .sum();
+    let by_metric = metric_sum(&m, "sluice_spend_usd_total", &["org=\"acme\""]);
+    assert!((by_metric - priced).abs() < 1e-6, "{by_metric} vs {priced}");
+    for level in ["org", "user", "key"] {
+        assert!(
+            m.contains(&format!(
+                "sluice_budget_exceeded_total{{level=\"{level}\"}} 0"
+            )),
+            "pre-created at zero: {level}"
+        );
+    }
+
+    // The usage API: the caller's own rows, per day and model, and its budget.
+    let u = usage(&base, ALICE);
+    assert_eq!(u["object"], "usage");
+    assert_eq!(u["user"], "alice");
+    assert!((spent(&u) - priced).abs() < 1e-6, "{u}");
+    let requests: i64 = u["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|r| r["requests"].as_i64()).sum())
+        .unwrap_or(0);
+    assert_eq!(requests, 5, "{u}");
+    assert_eq!(u["budget"]["period"], "monthly");
+    assert_eq!(u["budget"]["usd"].as_f64(), Some(1_000_000.0));
+    assert!(
+        (u["budget"]["spent_usd"].as_f64().unwrap_or(0.0) - priced).abs() < 1e-6,
+        "{u}"
+    );
+    assert!(
+        u["budget"]["resets_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("Z") || t.contains("+00:00")),
+        "{u}"
+    );
+    // Bob has spent nothing and has no budget.
+    let u = usage(&base, BOB);
+    assert_eq!(u["data"], json!([]));
+    assert_eq!(u["budget"], Value::Null);
+    let r = client()
+        .get(url(&gw, "/v1/usage?from=2026-13-01"))
+        .bearer_auth(BOB)
+        .send()
+        .expect("bad");
+    assert_eq!(r.status().as_u16(), 400);
+
+    // The admin view, grouped.
+    let r = client()
+        .get(admin_url(&gw, "/admin/v1/usage?group_by=model"))
+        .send()
+        .expect("admin usage");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["object"], "list");
+    let models: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["model"].as_str())
+        .collect();
+    assert_eq!(models, ["claude-test", "mock-echo", "mock-free"], "{v}");
+    let r = client()
+        .get(admin_url(&gw, "/admin/v1/usage?group_by=user"))
+        .send()
+        .expect("admin usage");
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["data"][0]["user"], "alice", "{v}");
+    assert!(
+        (v["data"][0]["cost_usd"].as_f64().unwrap_or(0.0) - priced).abs() < 1e-6,
+        "{v}"
+    );
+    let r = client()
+        .get(admin_url(&gw, "/admin/v1/usage?group_by=team"))
+        .send()
+        .expect("admin usage");
+    assert_eq!(r.status().as_u16(), 400);
+}
+
+/// The reservation of `text`/`max_tokens` as the gateway computes it: read from the remaining
+/// budget of a caller with nothing else in flight.
+fn reservation(base: &str, text: &str, max_tokens: u64) -> f64 {
+    let r = chat(base, CALIB, "mock-echo", text, max_tokens, "calibration");
+    assert_eq!(r.status().as_u16(), 200);
+    let remaining: f64 = header(&r, "x-sluice-budget-remaining-usd")
+        .expect("remaining")
+        .parse()
+        .expect("decimal");
+    let _ = r.text();
+    1_000_000.0 - remaining
+}
+
+#[test]
+fn fifty_concurrent_requests_never_overspend_a_budget_that_fits_ten() {
+    let env = Env::new();
+    // 20 prompt words echoed back: each request really costs $40.
+    let text = words(20);
+    let gw = start(&config(
+        &env.store(),
+        &env.audit(),
+        "{ usd = 400, period = \"daily\" }",
+    ));
+    let base = format!("http://{}", gw.listen_addr());
+    let reserved = reservation(&base, &text, 20);
+    assert!(
+        reserved >= 40.0,
+        "the worst case covers the real cost: {reserved}"
+    );
+
+    let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (base, text) = (&base, &text);
+                s.spawn(move || {
+                    let r = chat(base, ALICE, "mock-echo", text, 20, &format!("c-{i}"));
+                    let status = r.status().as_u16();
+                    let retry = header(&r, "retry-after");
+                    (status, retry, r.json().unwrap_or(Value::Null))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert_eq!(ok + refused.len(), 50, "only 200 and 429: {answers:?}");
+    assert!(ok >= 1 && !refused.is_empty(), "{ok} admitted");
+    // Reported, not asserted: how the 50 went.
+    eprintln!(
+        "reservation ${reserved} per request; {ok} admitted, {} refused",
+        refused.len()
+    );
+    for (_, retry, body) in &refused {
+        assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+        assert_eq!(body["error"]["code"], "budget_exceeded");
+        let msg = body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("user `alice`") && msg.contains("resets at"),
+            "{msg}"
+        );
+        let secs: u64 = retry
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .expect("Retry-After");
+        assert!((1..=86_400).contains(&secs), "{secs}");
+    }
+    // Every admitted request held a worst-case reservation at least its real cost: together
+    // they can never have spent more than the budget.
+    let u = usage(&base, ALICE);
+    let total = spent(&u);
+    assert_eq!(total, 40.0 * ok as f64, "{u}");
+    assert!(total <= 400.0, "spent ${total} of a $400 budget");
+    // Audit and metrics agree on the refusals.
+    for i in 0..50 {
+        let rec = env.record(&format!("c-{i}"));
+        let want = if answers[i].0 == 200 {
+            "ok"
+        } else {
+            "budget_exceeded"
+        };
+        assert_eq!(rec["outcome"], want, "{rec}");
+    }
+    let m = metrics(&gw);
+    assert_eq!(
+        metric_sum(&m, "sluice_budget_exceeded_total", &["level=\"user\""]),
+        refused.len() as f64
+    );
+    // Once the budget cannot hold another worst case, the next request is refused, in
+    // Anthropic's shape on its route.
+    if total + reserved > 400.0 {
+        let r = client()
+            .post(url(&gw, "/v1/messages"))
+            .header("x-api-key", ALICE)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": "claude-test", "max_tokens": 400,
+                "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .expect("messages");
+        assert_eq!(r.status().as_u16(), 429);
+        assert!(header(&r, "retry-after").is_some());
+        let v: Value = r.json().expect("json");
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+        assert_eq!(v["error"]["code"], "budget_exceeded", "{v}");
+    }
+}
+
+#[test]
+fn a_total_budget_refuses_without_retry_after() {
+    let env = Env::new();
+    let gw = start(&config(
+        &env.store(),
+        &env.audit(),
+        "{ usd = 0, period = \"total\" }",
+    ));
+    let base = format!("http://{}", gw.listen_addr());
+    let r = chat(&base, ALICE, "mock-echo", "hi", 5, "zero");
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(header(&r, "retry-after"), None);
+    assert_eq!(
+        header(&r, "x-sluice-budget-remaining-usd").as_deref(),
+        Some("0.000000")
+    );
+    let v: Value = r.json().expect("json");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not reset"),
+        "{v}"
+    );
+    // An unpriced model costs nothing, so it still fits.
+    let r = chat(&base, ALICE, "mock-free", "hi", 5, "zero-free");
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_sluice(env: &Env, budget: &str) -> Proc {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = env.dir.path().join("sluice.toml");
+    let text = format!(
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_grace_seconds = 5\n{}",
+        config(&env.store(), &env.audit(), budget)
+    );
+    std::fs::write(&path, text).expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client()
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .is_ok_and(|r| r.status().as_u16() == 200)
+    {
+        assert!(Instant::now() < deadline, "sluice did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Proc {
+        child,
+        base: format!("http://{listen}"),
+    }
+}
+
+#[test]
+fn spend_survives_a_sigkill_after_one_second() {
+    let env = Env::new();
+    // $200 a day, $40 a request: spend until the budget refuses.
+    let budget = "{ usd = 200, period = \"daily\" }";
+    let mut p = spawn_sluice(&env, budget);
+    let text = words(20);
+    let mut ok = 0;
+    for i in 0..10 {
+        let r = chat(&p.base, ALICE, "mock-echo", &text, 20, &format!("k-{i}"));
+        let status = r.status().as_u16();
+        let _ = r.text();
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200);
+        ok += 1;
+    }
+    assert!((1..10).contains(&ok), "{ok} requests before the refusal");
+    // The contract: written behind by at most one second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+
+    let p = spawn_sluice(&env, budget);
+    let u = usage(&p.base, ALICE);
+    let want = 40.0 * f64::from(ok);
+    assert_eq!(spent(&u), want, "{u}");
+    assert_eq!(u["budget"]["spent_usd"].as_f64(), Some(want), "{u}");
+    let r = chat(&p.base, ALICE, "mock-echo", &text, 20, "after-kill");
+    assert_eq!(
+        r.status().as_u16(),
+        429,
+        "the spent budget holds after the crash"
+    );
+}
