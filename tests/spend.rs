@@ -3,186 +3,15 @@
 //! requests cannot overspend, and spend survives a SIGKILL of `sluice run`.
 
 mod common;
+#[path = "support/spend.rs"]
+mod spend;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{admin_url, client, free_port, metric_sum, metrics, start, url};
 use serde_json::{json, Value};
-use sluice::filters::auth::key_sha256_hex as sha;
-
-const ALICE: &str = "sk-sluice-ALICEspendALICEspendALICEspendALICEsp01";
-const BOB: &str = "sk-sluice-BOBspendBOBspendBOBspendBOBspendBOBspe01";
-const CALIB: &str = "sk-sluice-CALIBspendCALIBspendCALIBspendCALIBsp01";
-
-/// `$1` per token in and out: a request's cost in dollars is its token count.
-fn config(store: &str, audit: &str, alice_budget: &str) -> String {
-    format!(
-        r#"
-[[upstreams]]
-name = "mock"
-builtin = "mock"
-[[upstreams]]
-name = "mock-anthropic"
-builtin = "mock"
-api = "anthropic"
-
-[[models]]
-name = "mock-echo"
-upstream = "mock"
-upstream_model = "echo"
-price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000, cached_input_per_mtok = 500000 }}
-[[models]]
-name = "mock-free"
-upstream = "mock"
-upstream_model = "echo"
-[[models]]
-name = "claude-test"
-upstream = "mock-anthropic"
-upstream_model = "echo"
-price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000 }}
-
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "dev"
-permissions = ["chat", "models:list", "embeddings", "keys:manage"]
-models = ["*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "dev"
-budget = {alice_budget}
-[[users]]
-name = "bob"
-org = "acme"
-role = "dev"
-[[users]]
-name = "calib"
-org = "acme"
-role = "dev"
-budget = {{ usd = 1000000, period = "total" }}
-
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{}"
-[[keys]]
-id = "bob-key"
-user = "bob"
-sha256 = "{}"
-[[keys]]
-id = "calib-key"
-user = "calib"
-sha256 = "{}"
-
-[store]
-url = "{store}"
-poll_interval_ms = 100
-[audit]
-path = "{audit}"
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "audit"
-"#,
-        sha(ALICE),
-        sha(BOB),
-        sha(CALIB)
-    )
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tmp"),
-        }
-    }
-    fn store(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("sluice.db").display())
-    }
-    fn audit(&self) -> String {
-        self.dir.path().join("audit.jsonl").display().to_string()
-    }
-    fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.audit())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-    /// The audit records of `request_id`, once written.
-    fn record(&self, request_id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(r) = self
-                .records()
-                .into_iter()
-                .find(|r| r["request_id"] == request_id)
-            {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no audit record for {request_id}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn words(n: usize) -> String {
-    vec!["spend"; n].join(" ")
-}
-
-fn chat(
-    base: &str,
-    key: &str,
-    model: &str,
-    text: &str,
-    max_tokens: u64,
-    id: &str,
-) -> reqwest::blocking::Response {
-    client()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(key)
-        .header("x-request-id", id)
-        .header("x-mock-latency-ms", "300")
-        .json(&json!({"model": model, "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": text}]}))
-        .send()
-        .expect("request")
-}
-
-fn header(r: &reqwest::blocking::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-fn usage(base: &str, key: &str) -> Value {
-    let r = client()
-        .get(format!("{base}/v1/usage"))
-        .bearer_auth(key)
-        .send()
-        .expect("usage");
-    assert_eq!(r.status().as_u16(), 200);
-    r.json().expect("usage JSON")
-}
-
-fn spent(u: &Value) -> f64 {
-    u["data"]
-        .as_array()
-        .map(|d| d.iter().filter_map(|r| r["cost_usd"].as_f64()).sum())
-        .unwrap_or(0.0)
-}
+use spend::{chat, config, header, reservation, spent, usage, words, Env, ALICE, BOB};
 
 const BIG: &str = "{ usd = 1000000, period = \"monthly\" }";
 
@@ -359,19 +188,6 @@ fn every_route_shape_is_priced_audited_counted_and_reported() {
     assert_eq!(r.status().as_u16(), 400);
 }
 
-/// The reservation of `text`/`max_tokens` as the gateway computes it: read from the remaining
-/// budget of a caller with nothing else in flight.
-fn reservation(base: &str, text: &str, max_tokens: u64) -> f64 {
-    let r = chat(base, CALIB, "mock-echo", text, max_tokens, "calibration");
-    assert_eq!(r.status().as_u16(), 200);
-    let remaining: f64 = header(&r, "x-sluice-budget-remaining-usd")
-        .expect("remaining")
-        .parse()
-        .expect("decimal");
-    let _ = r.text();
-    1_000_000.0 - remaining
-}
-
 #[test]
 fn fifty_concurrent_requests_never_overspend_a_budget_that_fits_ten() {
     let env = Env::new();
@@ -436,9 +252,9 @@ fn fifty_concurrent_requests_never_overspend_a_budget_that_fits_ten() {
     assert_eq!(total, 40.0 * ok as f64, "{u}");
     assert!(total <= 400.0, "spent ${total} of a $400 budget");
     // Audit and metrics agree on the refusals.
-    for i in 0..50 {
+    for (i, answer) in answers.iter().enumerate() {
         let rec = env.record(&format!("c-{i}"));
-        let want = if answers[i].0 == 200 {
+        let want = if answer.0 == 200 {
             "ok"
         } else {
             "budget_exceeded"

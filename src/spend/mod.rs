@@ -2,6 +2,7 @@
 //! from it ([`SpendSync`]), and the usage APIs ([`usage`]). Costs and budgets themselves are
 //! policy, in `sluice_filters::spend`.
 
+pub mod shared;
 pub mod usage;
 
 use std::sync::Arc;

@@ -74,6 +74,17 @@ const MIGRATIONS: &[Migration] = &[
                 PRIMARY KEY (day, org, user_name, key_id, model)
             )",
             "CREATE INDEX spend_daily_user ON spend_daily (user_name, day)",
+            "CREATE INDEX spend_daily_org ON spend_daily (org, day)",
+            "CREATE INDEX spend_daily_key ON spend_daily (key_id, day)",
+            // Budget reservations in flight, shared by instances on PostgreSQL.
+            "CREATE TABLE spend_reservations (
+                id TEXT NOT NULL,
+                account TEXT NOT NULL,
+                micros BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                PRIMARY KEY (id, account)
+            )",
+            "CREATE INDEX spend_reservations_account ON spend_reservations (account, expires)",
         ],
     },
 ];

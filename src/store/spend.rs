@@ -82,6 +82,27 @@ fn parse_day(s: &str) -> Option<Date> {
     Date::parse(s, &fmt).ok()
 }
 
+/// Adds one row in a PostgreSQL transaction (the shared budgets settle with it).
+pub(crate) async fn upsert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    k: &RowKey,
+    v: &RowSums,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(UPSERT)
+        .bind(day(k.date))
+        .bind(&*k.org)
+        .bind(&*k.user)
+        .bind(&*k.key)
+        .bind(&*k.model)
+        .bind(v.requests)
+        .bind(v.prompt_tokens)
+        .bind(v.completion_tokens)
+        .bind(v.cost_micros)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Adds every row in one transaction.
     pub async fn add_spend(&self, rows: &[(RowKey, RowSums)]) -> Result<(), StoreError> {

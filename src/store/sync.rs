@@ -107,6 +107,10 @@ impl StoreRuntime {
         let metrics = StoreMetrics::register(shared)
             .map_err(|e| StoreError::Incompatible(format!("store metrics: {e}")))?;
         let spend = crate::spend::SpendSync::start(store.clone(), shared).await?;
+        if let Some(pg) = crate::spend::shared::PgBudgets::new(&store) {
+            // Several instances share budgets: reservations go to the database (SPEC §15).
+            sluice_filters::spend::BackendSlot::in_shared(shared).set(std::sync::Arc::new(pg));
+        }
         let rt = Arc::new(StoreRuntime {
             spend,
             store,

@@ -422,7 +422,11 @@ impl Filter for RateLimitFilter {
 
     async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
         if !reserves_nothing(cx.route) {
-            if let Some(refused) = self.spend.on_request(req.body, cx, self.default_max_tokens) {
+            let refused = self
+                .spend
+                .on_request(req.body, cx, self.default_max_tokens)
+                .await;
+            if let Some(refused) = refused {
                 return Verdict::Respond(refused);
             }
         }
@@ -489,7 +493,7 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_log(&self, ex: &Exchange, cx: &Cx) {
-        self.spend.on_log(ex, cx);
+        self.spend.on_log(ex, cx).await;
         let Some(res) = cx.extensions.get::<Reservation>() else {
             return;
         };

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use prometheus::{CounterVec, IntCounterVec, Opts};
 use time::OffsetDateTime;
 
+use super::backend::BackendSlot;
 use super::budget::{BudgetSpec, Period};
 use super::ledger::{Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing};
 use super::price::{usd_string, Cost, Price};
@@ -19,6 +20,8 @@ use crate::{Cx, Exchange, Identity, JsonBody, Reply, Route, Shared};
 struct SpendReservation {
     accounts: Vec<Account>,
     micros: i64,
+    /// Made in the shared backend under this id (with these charges), not in the ledger.
+    shared: Option<(String, Vec<Charge>)>,
 }
 
 /// The budgets of one config, and the ledger they are charged in.
@@ -28,6 +31,7 @@ pub struct SpendGate {
     keys: HashMap<Arc<str>, BudgetSpec>,
     prices: HashMap<Arc<str>, Price>,
     ledger: Arc<Ledger>,
+    backend: Arc<BackendSlot>,
     exceeded: IntCounterVec,
 }
 
@@ -74,6 +78,7 @@ impl SpendGate {
                 .map(|(m, p)| (Arc::from(m.as_str()), *p))
                 .collect(),
             ledger,
+            backend: BackendSlot::in_shared(shared),
             exceeded: (*exceeded).clone(),
         })
     }
@@ -138,7 +143,7 @@ impl SpendGate {
 
     /// Reserves the request's worst case against every budget of the caller; the refusal when
     /// one cannot hold it. Sets `x-sluice-budget-remaining-usd` when a budget applies.
-    pub fn on_request(
+    pub async fn on_request(
         &self,
         body: &JsonBody,
         cx: &mut Cx,
@@ -154,12 +159,14 @@ impl SpendGate {
         }
         let cost = self.worst_case(body, cx, default_max_tokens);
         let now = OffsetDateTime::now_utc();
-        match self.ledger.reserve(&charges, cost, now.date()) {
+        let (decision, shared) = self.reserve(&charges, cost, now).await;
+        match decision {
             Reserve::Reserved { remaining } => {
                 set_remaining(cx, remaining);
                 cx.extensions.insert(SpendReservation {
                     accounts: charges.iter().map(|c| (c.level, c.name.clone())).collect(),
                     micros: cost,
+                    shared: shared.map(|id| (id, charges.clone())),
                 });
                 None
             }
@@ -172,8 +179,28 @@ impl SpendGate {
         }
     }
 
+    /// Reserves in the shared backend when there is one (its id is returned), else (or when
+    /// it fails: each instance then holds the budget alone until it is back) in the ledger.
+    async fn reserve(
+        &self,
+        charges: &[Charge],
+        cost: i64,
+        now: OffsetDateTime,
+    ) -> (Reserve, Option<String>) {
+        if let Some(backend) = self.backend.get() {
+            let id = format!("{:016x}", rand::random::<u64>());
+            match backend.reserve(&id, charges, cost, now).await {
+                Ok(r) => return (r, Some(id)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "budgets: the shared backend failed; reserving locally")
+                }
+            }
+        }
+        (self.ledger.reserve(charges, cost, now.date()), None)
+    }
+
     /// Replaces the reservation by the real cost and records the request's usage row.
-    pub fn on_log(&self, ex: &Exchange, cx: &Cx) {
+    pub async fn on_log(&self, ex: &Exchange, cx: &Cx) {
         let reservation = cx.extensions.get::<SpendReservation>();
         let reserved = reservation.map_or(0, |r| r.micros);
         let ok = (200..300).contains(&ex.status);
@@ -203,21 +230,20 @@ impl SpendGate {
             completion_tokens: i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX),
             cost_micros: charged,
         };
+        let row = row.map(|r| (r, sums));
+        if let (Some((id, charges)), Some(backend)) = (
+            reservation.and_then(|r| r.shared.as_ref()),
+            self.backend.get(),
+        ) {
+            if let Err(e) = backend.settle(id, charges, row.clone()).await {
+                // The reservation expires in the backend; the row is written behind.
+                tracing::warn!(error = %e, "budgets: the shared backend failed to settle");
+                self.ledger.settle(&[], 0, row);
+            }
+            return;
+        }
         let accounts = reservation.map_or(&[][..], |r| &r.accounts[..]);
-        self.ledger
-            .settle(accounts, reserved, row.map(|r| (r, sums)));
-    }
-
-    /// Where the caller's tightest budget stands (for `GET /v1/usage`).
-    pub fn tightest(&self, id: &Identity) -> Option<(BudgetSpec, Standing)> {
-        let today = OffsetDateTime::now_utc().date();
-        self.charges(id)
-            .into_iter()
-            .map(|c| {
-                let s = self.ledger.standing(&c, today);
-                (c.budget, s)
-            })
-            .min_by_key(|(_, s)| s.remaining())
+        self.ledger.settle(accounts, reserved, row);
     }
 }
 
@@ -274,7 +300,7 @@ pub struct SpendMetrics {
 
 impl SpendMetrics {
     /// Registers them once (later calls get the same families) and creates the series of every
-    /// configured org × priced model and every unpriced model at zero.
+    /// configured org × model and every unpriced model at zero.
     pub fn register(
         shared: &Shared,
         orgs: &[&str],
@@ -300,11 +326,10 @@ impl SpendMetrics {
             )
         })?;
         for m in models {
-            if prices.contains_key(m) {
-                for o in orgs {
-                    spend_usd.with_label_values(&[o, m]);
-                }
-            } else {
+            for o in orgs {
+                spend_usd.with_label_values(&[o, m]);
+            }
+            if !prices.contains_key(m) {
                 unpriced.with_label_values(&[m]);
             }
         }

@@ -167,7 +167,8 @@ impl Ledger {
                     .map_or(0, |h| h.spent(c.budget.period, today)),
                 reserved: book.reserved.get(&account).copied().unwrap_or(0),
             };
-            if standing.remaining() < cost || (cost == 0 && standing.remaining() < 0) {
+            // A request that costs nothing (an unpriced model) spends no budget, spent or not.
+            if cost > 0 && standing.remaining() < cost {
                 return Reserve::Refused { index, standing };
             }
             remaining = remaining.min(standing.remaining() - cost);
@@ -380,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn an_overspent_budget_refuses_even_free_requests() {
+    fn free_requests_pass_even_an_overdrawn_budget() {
         let l = Ledger::default();
         let today = date!(2026 - 12 - 07);
         let c = [charge(Level::User, "alice", 0.000001, Period::Daily)];
@@ -391,6 +392,7 @@ mod tests {
                 ..RowSums::default()
             },
         );
-        assert!(matches!(l.reserve(&c, 0, today), Reserve::Refused { .. }));
+        assert!(matches!(l.reserve(&c, 1, today), Reserve::Refused { .. }));
+        assert_eq!(l.reserve(&c, 0, today), Reserve::Reserved { remaining: -1 });
     }
 }

@@ -15,14 +15,18 @@
 //!   never overspend by more than their reservations.
 //! - **Durability**: the ledger's per-day usage rows (date, org, user, key, model) are written
 //!   to the store behind, every second, and the ledger's history is read back from the store
-//!   every second (the engine's `src/spend/`): a crash loses at most the last second, and
-//!   instances sharing a store see each other's spend within about a second.
+//!   every half second (the engine's `src/spend/`): a crash loses at most about that much.
+//! - **Several instances**: with a shared [`SpendBackend`] (the engine installs one for a
+//!   PostgreSQL store) reservations and settlements of budgeted requests are made there, in
+//!   transactions, so every instance sees the others' reservations and spend at once.
 
+mod backend;
 mod budget;
 mod gate;
 mod ledger;
 mod price;
 
+pub use backend::{BackendSlot, SpendBackend};
 pub use budget::{BudgetSpec, Period};
 pub use gate::{no_prices, SpendGate, SpendMetrics};
 pub use ledger::{
