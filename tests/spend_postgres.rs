@@ -62,8 +62,15 @@ fn two_instances_sharing_postgres_hold_one_budget() {
     eprintln!("two instances: reservation ${reserved}; {ok} admitted, {refused} refused");
     // Each instance alone would have admitted ⌊400 / reservation⌋ at once; together they
     // admitted what one budget holds.
-    let total = spent(&usage(&bases[0], ALICE));
-    assert_eq!(total, 40.0 * ok as f64);
+    // Settled in each request's logging phase, just after its answer: wait for the last ones.
+    let want = 40.0 * ok as f64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut total = spent(&usage(&bases[0], ALICE));
+    while total < want && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        total = spent(&usage(&bases[0], ALICE));
+    }
+    assert_eq!(total, want);
     assert!(
         total <= 400.0,
         "spent ${total} of a $400 budget on two instances"
