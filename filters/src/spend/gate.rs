@@ -214,6 +214,8 @@ impl SpendGate {
             _ => 0,
         };
         let row = match (&cx.identity, cx.model.as_deref()) {
+            // Token counting is not a model call: it costs nothing and is no request of usage.
+            _ if cx.route == Route::CountTokens => None,
             (Some(id), Some(model)) if ok || cx.usage.is_some() => Some(RowKey {
                 date: OffsetDateTime::now_utc().date(),
                 org: id.org.clone(),
