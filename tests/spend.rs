@@ -395,3 +395,78 @@ fn spend_survives_a_sigkill_after_one_second() {
         "the spent budget holds after the crash"
     );
 }
+
+fn make_key(base: &str, caller: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(format!("{base}/v1/keys"))
+        .bearer_auth(caller)
+        .json(&body)
+        .send()
+        .expect("POST /v1/keys");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn keys_made_through_the_api_carry_budgets_that_only_narrow() {
+    let env = Env::new();
+    let gw = start(&config(&env.store(), &env.audit(), BIG));
+    let base = format!("http://{}", gw.listen_addr());
+    let text = words(20);
+    let reserved = reservation(&base, &text, 20);
+    assert!(reserved > 50.0, "{reserved}");
+
+    // The caller's key has no budget: any budget may be set.
+    let (status, made) = make_key(
+        &base,
+        ALICE,
+        json!({"name": "capped", "budget": {"usd": 50, "period": "daily"}}),
+    );
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["budget"], json!({"usd": 50.0, "period": "daily"}));
+    let capped = made["key"].as_str().expect("the new key").to_string();
+    let id = made["id"].as_str().expect("id").to_string();
+
+    // $50 cannot hold the worst case of this request; the caller's own key can.
+    let r = chat(&base, &capped, "mock-echo", &text, 20, "capped-1");
+    assert_eq!(r.status().as_u16(), 429);
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["error"]["code"], "budget_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("key `{id}`")),
+        "{v}"
+    );
+    let r = chat(&base, ALICE, "mock-echo", &text, 20, "uncapped");
+    assert_eq!(r.status().as_u16(), 200);
+    // A small request fits.
+    let r = chat(&base, &capped, "mock-echo", "hi", 5, "capped-2");
+    assert_eq!(r.status().as_u16(), 200);
+
+    // A key made by the capped key may only narrow its budget, and inherits it by default.
+    for (budget, ok) in [
+        (json!({"usd": 60, "period": "daily"}), false),
+        (json!({"usd": 10, "period": "weekly"}), false),
+        (json!({"usd": 10.5, "period": "daily"}), true),
+    ] {
+        let (status, v) = make_key(&base, &capped, json!({"budget": budget}));
+        if ok {
+            assert_eq!(status, 201, "{v}");
+        } else {
+            assert_eq!(status, 403, "{v}");
+            assert_eq!(v["error"]["code"], "permission_denied");
+            assert_eq!(v["error"]["param"], "budget");
+        }
+    }
+    let (status, v) = make_key(&base, &capped, json!({"name": "inherits"}));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["budget"], json!({"usd": 50.0, "period": "daily"}));
+    let (status, v) = make_key(
+        &base,
+        ALICE,
+        json!({"budget": {"usd": -1, "period": "daily"}}),
+    );
+    assert_eq!(status, 400, "{v}");
+}

@@ -272,6 +272,7 @@ async fn create_for(
         disabled: req.disabled,
         created: crate::store::now_secs(),
         expires,
+        budget: None,
     };
     create(state, snap, ev, row).await
 }

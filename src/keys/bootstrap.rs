@@ -42,6 +42,7 @@ pub async fn create_in_store(
         disabled: false,
         created: crate::store::now_secs(),
         expires: None,
+        budget: None,
     };
     let made = store.create_key(&row).await;
     store.close().await;

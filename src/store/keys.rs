@@ -18,14 +18,17 @@ type RawKey = (
     bool,
     i64,
     Option<i64>,
+    Option<String>,
 );
 
-const COLUMNS: &str = "id, user_name, name, sha256, models, rate_limit, disabled, created, expires";
+const COLUMNS: &str =
+    "id, user_name, name, sha256, models, rate_limit, disabled, created, expires, budget";
 
 const BUMP: &str = "UPDATE store_version SET version = version + 1 WHERE id = 1 RETURNING version";
 
 fn to_row(raw: RawKey) -> Result<KeyRow, StoreError> {
-    let (id, user, name, sha256, models, rate_limit, disabled, created, expires) = raw;
+    let (id, user, name, sha256, models, rate_limit, disabled, created, expires, budget) = raw;
+    let budget = parse_json("budget", &id, budget).map_err(StoreError::Incompatible)?;
     let models = parse_json("models", &id, models).map_err(StoreError::Incompatible)?;
     let rate_limit = parse_json("rate_limit", &id, rate_limit).map_err(StoreError::Incompatible)?;
     Ok(KeyRow {
@@ -38,6 +41,7 @@ fn to_row(raw: RawKey) -> Result<KeyRow, StoreError> {
         disabled,
         created,
         expires,
+        budget,
     })
 }
 
@@ -98,7 +102,7 @@ impl Store {
     pub async fn create_key(&self, row: &KeyRow) -> Result<u64, StoreError> {
         let sql = self.sql(
             "INSERT INTO api_keys (id, user_name, name, sha256, models, rate_limit, disabled, \
-             created, expires, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             created, expires, updated, budget) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         );
         let result: Result<u64, sqlx::Error> = with_pool!(self, pool => async {
             let mut tx = begin_write!(self, pool)?;
@@ -114,6 +118,7 @@ impl Store {
                 .bind(row.created)
                 .bind(row.expires)
                 .bind(now_secs())
+                .bind(row.budget_json())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

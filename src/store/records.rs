@@ -19,6 +19,8 @@ pub struct KeyRow {
     /// Unix seconds.
     pub created: i64,
     pub expires: Option<i64>,
+    /// SPEC §15.
+    pub budget: Option<sluice_filters::spend::BudgetSpec>,
 }
 
 impl KeyRow {
@@ -34,6 +36,7 @@ impl KeyRow {
                 disabled: self.disabled,
                 created: self.created.max(0) as u64,
                 expires: self.expires.map(|e| e.max(0) as u64),
+                budget: self.budget,
             },
             &self.sha256,
         )
@@ -43,6 +46,12 @@ impl KeyRow {
         self.models
             .as_ref()
             .and_then(|m| serde_json::to_string(m).ok())
+    }
+
+    pub(crate) fn budget_json(&self) -> Option<String> {
+        self.budget
+            .as_ref()
+            .and_then(|b| serde_json::to_string(b).ok())
     }
 
     pub(crate) fn rate_limit_json(&self) -> Option<String> {

@@ -85,6 +85,8 @@ const MIGRATIONS: &[Migration] = &[
                 PRIMARY KEY (id, account)
             )",
             "CREATE INDEX spend_reservations_account ON spend_reservations (account, expires)",
+            // A store key's budget (JSON, like rate_limit).
+            "ALTER TABLE api_keys ADD COLUMN budget TEXT",
         ],
     },
 ];

@@ -39,6 +39,8 @@ pub struct StoreKey {
     pub created: u64,
     /// Unix seconds; from then on the key is refused.
     pub expires: Option<u64>,
+    /// SPEC §15.
+    pub budget: Option<crate::spend::BudgetSpec>,
     digest: KeyDigest,
 }
 
@@ -52,6 +54,7 @@ pub struct StoreKeyFields {
     pub disabled: bool,
     pub created: u64,
     pub expires: Option<u64>,
+    pub budget: Option<crate::spend::BudgetSpec>,
 }
 
 impl StoreKey {
@@ -67,6 +70,7 @@ impl StoreKey {
             disabled: fields.disabled,
             created: fields.created,
             expires: fields.expires,
+            budget: fields.budget,
             digest,
         })
     }
@@ -309,6 +313,7 @@ mod tests {
             disabled: false,
             created: 1,
             expires: Some(100),
+            budget: None,
         };
         StoreKey::new(fields, &format!("{n:02x}").repeat(32)).expect("valid digest")
     }
@@ -342,6 +347,7 @@ mod tests {
                 disabled: false,
                 created: 0,
                 expires: None,
+                budget: None,
             },
             "abc"
         )

@@ -12,6 +12,7 @@ use super::budget::{BudgetSpec, Period};
 use super::ledger::{Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing};
 use super::price::{usd_string, Cost, Price};
 use crate::api::TokenCost;
+use crate::auth::{Derived, RuntimeKeys};
 use crate::policy::{BuildError, Policy};
 use crate::{Cx, Exchange, Identity, JsonBody, Reply, Route, Shared};
 
@@ -33,6 +34,9 @@ pub struct SpendGate {
     ledger: Arc<Ledger>,
     backend: Arc<BackendSlot>,
     exceeded: IntCounterVec,
+    /// Keys made through the key API, and whether any of them has a budget.
+    store_keys: Arc<RuntimeKeys>,
+    any_store_budget: Derived<bool>,
 }
 
 /// No prices (for policies built without any).
@@ -80,20 +84,33 @@ impl SpendGate {
             ledger,
             backend: BackendSlot::in_shared(shared),
             exceeded: (*exceeded).clone(),
+            store_keys: RuntimeKeys::in_shared(shared),
+            any_store_budget: Derived::default(),
         })
     }
 
-    fn has_budgets(&self) -> bool {
-        !(self.orgs.is_empty() && self.users.is_empty() && self.keys.is_empty())
-    }
-
-    /// The key-level budgets a request by `key_id` is held to: its own, then its ancestors'
-    /// (a key made by a key is held to its maker's budgets too) once keys know their makers.
-    fn key_budgets(&self, key_id: &Arc<str>) -> impl Iterator<Item = (Arc<str>, BudgetSpec)> + '_ {
-        self.keys
-            .get_key_value(key_id)
-            .map(|(k, b)| (k.clone(), *b))
+    /// The key-level budgets a request by `key_id` is held to: its own (a configured key's, or
+    /// a store key's), then its ancestors' (a key made by a key is held to its maker's budgets
+    /// too) once keys know their makers.
+    fn key_budgets(&self, key_id: &Arc<str>) -> Vec<(Arc<str>, BudgetSpec)> {
+        if let Some((k, b)) = self.keys.get_key_value(key_id) {
+            return vec![(k.clone(), *b)];
+        }
+        let table = self.store_keys.table();
+        if table.is_empty() {
+            return Vec::new();
+        }
+        let any = self
+            .any_store_budget
+            .get(&table, |t| t.iter().any(|k| k.budget.is_some()));
+        if !any.1 {
+            return Vec::new();
+        }
+        table
+            .get(key_id)
+            .and_then(|k| Some((k.id.clone(), k.budget?)))
             .into_iter()
+            .collect()
     }
 
     /// Every budget that applies to the caller, org → user → key (and the key's ancestors).
@@ -149,9 +166,6 @@ impl SpendGate {
         cx: &mut Cx,
         default_max_tokens: u64,
     ) -> Option<Reply> {
-        if !self.has_budgets() {
-            return None;
-        }
         let id = cx.identity.as_ref()?;
         let charges = self.charges(id);
         if charges.is_empty() {
