@@ -143,7 +143,8 @@ impl Store {
                expires = CASE WHEN $9 THEN $10 ELSE expires END, \
                updated = $11 \
              WHERE id = $12 AND revoked IS NULL AND ($13 IS NULL OR user_name = $13) \
-             RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires",
+             RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires, \
+             budget",
         );
         let models = patch
             .models
