@@ -29,7 +29,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// A change this instance made, kept applied until a reload includes it.
 #[derive(Debug, Clone)]
 pub enum Patch {
-    Put(KeyRow),
+    Put(Box<KeyRow>),
     Remove(String),
 }
 
