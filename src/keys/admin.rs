@@ -319,7 +319,9 @@ async fn update(
     };
     match state.store.store().update_key(id, None, &patch).await {
         Ok(Some((version, row))) => {
-            state.store.patch(version, Patch::Put(Box::new(row.clone())));
+            state
+                .store
+                .patch(version, Patch::Put(Box::new(row.clone())));
             super::audit(snap, ev, &row.id, &row.user, 200).await;
             tracing::info!(key_id = %row.id, user = %row.user, "API key updated");
             Reply::json(200, &store_object(&row, state.store.keys().last_used(id)))

@@ -292,7 +292,9 @@ async fn create(state: &EngineState, snap: &Snapshot, ev: &Event<'_>, mut row: K
     }
     match state.store.store().create_key(&row).await {
         Ok(version) => {
-            state.store.patch(version, Patch::Put(Box::new(row.clone())));
+            state
+                .store
+                .patch(version, Patch::Put(Box::new(row.clone())));
             audit(snap, ev, &row.id, &row.user, 201).await;
             tracing::info!(key_id = %row.id, user = %row.user, "API key created");
             let mut obj = store_object(&row, None);
