@@ -56,6 +56,8 @@
 #   RESULTS=path       also write the report (markdown) to this file
 #   KEEP=1             keep the temporary directory (configs, logs, raw results)
 #
+#   SPEND=1            every Sluice config also prices the model and gives the org, the user
+#                      and the key a budget (SPEC §15): the cost of budgets at three levels
 #   MODE=callgrind     instead of timing anything, count the instructions Sluice executes per
 #                      request (user space, every thread) under valgrind's callgrind, for the
 #                      empty chain, each prefix of the chain and the full chain: a figure that a
@@ -96,6 +98,12 @@ RESULTS=${RESULTS:-}
 MODE=${MODE:-time}
 CG_REQUESTS=${CG_REQUESTS:-2000}
 TELEMETRY=${TELEMETRY:-0}
+SPEND=${SPEND:-0}
+PRICE_LINE="" BUDGET_LINE=""
+if [[ $SPEND == 1 ]]; then
+  PRICE_LINE='price = { input_per_mtok = 2.50, output_per_mtok = 10.00 }'
+  BUDGET_LINE='budget = { usd = 1000000000, period = "monthly" }'
+fi
 [[ $MODE == callgrind ]] && NGINX=0
 
 log() { printf '[overhead] %s\n' "$*" >&2; }
@@ -333,10 +341,12 @@ url = "http://127.0.0.1:$MOCK_PORT"
 [[models]]
 name = "mock-echo"
 upstream = "mock"
+$PRICE_LINE
 
 [[orgs]]
 name = "bench"
 rate_limit = { requests_per_minute = $RPM, tokens_per_minute = $TPM }
+$BUDGET_LINE
 
 [[roles]]
 name = "bench"
@@ -348,12 +358,14 @@ name = "bench"
 org = "bench"
 role = "bench"
 rate_limit = { requests_per_minute = $RPM, tokens_per_minute = $TPM }
+$BUDGET_LINE
 
 [[keys]]
 id = "bench-key"
 user = "bench"
 sha256 = "$KEY_SHA"
 rate_limit = { requests_per_minute = $RPM, tokens_per_minute = $TPM }
+$BUDGET_LINE
 EOF
     for f in "$@"; do
       case $f in

@@ -81,6 +81,9 @@ async fn handle(
     if path.starts_with("/admin/v1/keys") || path.starts_with("/admin/v1/users") {
         return Ok(admin_keys(req, &state, peer).await);
     }
+    if path == "/admin/v1/usage" {
+        return Ok(admin_usage(req, &state).await);
+    }
     let resp = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
         ("GET", "/readyz") => {
@@ -165,6 +168,23 @@ fn same_origin(headers: &hyper::HeaderMap, own: SocketAddr) -> Result<(), sluice
         }
     }
     Ok(())
+}
+
+/// `GET /admin/v1/usage` (SPEC §15), behind the admin token like `/admin/v1/keys`.
+async fn admin_usage(req: Request<Incoming>, state: &EngineState) -> Response<Full<Bytes>> {
+    let request_id = crate::keys::admin::request_id(req.headers());
+    let snap = state.snapshot.load();
+    if let crate::keys::admin::TokenCheck::Refused(r) =
+        crate::keys::admin::check_token(&snap.config, req.headers())
+    {
+        return reply_response(r, Some(&request_id));
+    }
+    let reply = if req.method() == hyper::Method::GET {
+        crate::spend::usage::admin_usage(state, req.uri().query()).await
+    } else {
+        sluice_filters::Reply::error(405, "method_not_allowed", "Use GET on /admin/v1/usage.")
+    };
+    reply_response(reply, Some(&request_id))
 }
 
 /// `/admin/v1/keys…` and `/admin/v1/users…`: reads the body (bounded) and hands it to the key

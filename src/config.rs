@@ -66,6 +66,9 @@ pub struct Config {
     model_names: Vec<String>,
     #[serde(skip)]
     agent_ids: Vec<String>,
+    /// The price of every priced model (SPEC §15), by name.
+    #[serde(skip)]
+    pub prices: std::collections::HashMap<String, sluice_filters::spend::Price>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +195,8 @@ pub struct ModelConfig {
     pub targets: Option<Vec<crate::upstream::config::TargetConfig>>,
     #[serde(default = "default_owned_by")]
     pub owned_by: String,
+    /// USD per million tokens (SPEC §15); absent: the model costs 0.
+    pub price: Option<sluice_filters::spend::PriceSpec>,
 }
 
 fn default_owned_by() -> String {
@@ -265,6 +270,15 @@ impl Config {
         };
         cfg.model_names = cfg.models.iter().map(|m| m.name.clone()).collect();
         cfg.agent_ids = cfg.agents.iter().map(|a| a.id.clone()).collect();
+        for (i, m) in cfg.models.iter().enumerate() {
+            if let Some(p) = &m.price {
+                let before = errs.len();
+                p.validate(&format!("models[{i}].price"), &mut errs);
+                if errs.len() == before {
+                    cfg.prices.insert(m.name.clone(), p.price());
+                }
+            }
+        }
         cfg.validate(&mut errs);
         if errs.is_empty() {
             Ok(cfg)
@@ -285,6 +299,7 @@ impl Config {
             audit: &self.audit,
             models: &self.model_names,
             agents: &self.agent_ids,
+            prices: &self.prices,
         }
     }
 

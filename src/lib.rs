@@ -24,6 +24,7 @@ pub mod mock;
 pub mod pipeline;
 pub mod proxy;
 pub mod routes;
+pub mod spend;
 pub mod sse;
 pub mod state;
 pub mod store;

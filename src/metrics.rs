@@ -220,6 +220,7 @@ fn route_models(config: &Config, route: Route) -> Vec<&str> {
         | Route::AgentRunStatus
         | Route::Keys
         | Route::Key
+        | Route::Usage
         | Route::Unknown
         | Route::Root => Vec::new(),
         Route::AgentRun => {
@@ -302,7 +303,8 @@ mod tests {
             Route::Root => 14,
             Route::Keys => 12,
             Route::Key => 13,
-            Route::Mcp => 14,
+            Route::Mcp => 15,
+            Route::Usage => 16,
         }
     }
 

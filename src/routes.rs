@@ -105,6 +105,7 @@ pub fn match_route<'p>(method: &Method, path: &'p str) -> RouteMatch<'p> {
             m.run_id = Some(*run);
         }
         (_, ["keys"] | ["keys", ""]) => m.route = Route::Keys,
+        (&Method::GET, ["usage"] | ["usage", ""]) => m.route = Route::Usage,
         (_, ["keys", id] | ["keys", id, ""]) if !id.is_empty() => {
             m.route = Route::Key;
             m.id = Some(*id);

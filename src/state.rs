@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub models: HashMap<String, usize>,
     /// Each model's targets (parallel to `config.models`).
     pub routes: Vec<crate::upstream::ModelTargets>,
+    /// Prices finished requests and counts their spend (SPEC §15).
+    pub spend: sluice_filters::spend::SpendMetrics,
     /// Where a request that names no model goes: the first upstream.
     pub default_route: crate::upstream::ModelTargets,
     /// Redacts findings in the fields a client chose before anything records them.
@@ -210,8 +212,20 @@ impl Snapshot {
                 None
             }
         };
-        match chain {
-            Some(chain) if errs.is_empty() => {
+        let orgs: Vec<&str> = config.orgs.iter().map(|o| o.name.as_str()).collect();
+        let names: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+        let spend =
+            sluice_filters::spend::SpendMetrics::register(shared, &orgs, &config.prices, &names)
+                .map_err(|e| ConfigError::new("models", format!("spend metrics: {e}")));
+        let spend = match spend {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        };
+        match (chain, spend) {
+            (Some(chain), Some(spend)) if errs.is_empty() => {
                 board.install(&upstreams);
                 let scrubber = Arc::new(sluice_filters::dlp::FieldScrubber::new(&config.dlp));
                 Ok(Snapshot {
@@ -221,6 +235,7 @@ impl Snapshot {
                     upstreams,
                     models,
                     routes,
+                    spend,
                     default_route,
                     mcp,
                 })

@@ -61,6 +61,7 @@ fn filter(settings: &str) -> Arc<dyn Filter> {
         audit: &audit,
         models: &[],
         agents: &[],
+        prices: sluice_filters::spend::no_prices(),
     };
     let shared = Shared::new(prometheus::Registry::new());
     ratelimit::build(&policy, &toml::Table::new(), "filters[1]", &shared)

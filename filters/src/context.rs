@@ -29,6 +29,8 @@ pub enum Route {
     Keys,
     /// `/v1/keys/{id}`: one of them (get, revoke).
     Key,
+    /// `GET /v1/usage`: the caller's own spend (SPEC §15).
+    Usage,
     /// Any other `/v1/*` path, forwarded as is.
     Passthrough,
     /// Outside `/v1/`: answered 404 by the engine.
@@ -43,7 +45,7 @@ pub enum Route {
 impl Route {
     /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
     /// added to the enum must be added here too (its label is then on the first scrape).
-    pub const ALL: [Route; 16] = [
+    pub const ALL: [Route; 17] = [
         Route::ChatCompletions,
         Route::ListModels,
         Route::GetModel,
@@ -60,6 +62,7 @@ impl Route {
         Route::Key,
         Route::Root,
         Route::Mcp,
+        Route::Usage,
     ];
 
     /// A bounded label for metrics.
@@ -77,6 +80,7 @@ impl Route {
             Route::Embeddings => "embeddings",
             Route::Keys => "keys",
             Route::Key => "key",
+            Route::Usage => "usage",
             Route::Passthrough => "passthrough",
             Route::Unknown => "unknown",
             Route::Root => "root",
@@ -93,6 +97,8 @@ pub enum Outcome {
     DeniedPermission,
     RateLimited,
     DlpBlocked,
+    /// Refused by a budget (SPEC §15).
+    BudgetExceeded,
     BadRequest,
     UpstreamError,
     ClientClosed,
@@ -109,6 +115,7 @@ impl Outcome {
             Outcome::DeniedPermission => "denied_permission",
             Outcome::RateLimited => "rate_limited",
             Outcome::DlpBlocked => "dlp_blocked",
+            Outcome::BudgetExceeded => "budget_exceeded",
             Outcome::BadRequest => "bad_request",
             Outcome::UpstreamError => "upstream_error",
             Outcome::ClientClosed => "client_closed",
@@ -121,6 +128,7 @@ impl Outcome {
     pub fn for_error(status: StatusCode, code: &str) -> Outcome {
         match (status.as_u16(), code) {
             (_, "dlp_blocked") => Outcome::DlpBlocked,
+            (_, "budget_exceeded") => Outcome::BudgetExceeded,
             (_, "rate_limit_unavailable") => Outcome::RateLimited,
             (_, "audit_unavailable") => Outcome::AuditUnavailable,
             (401, _) => Outcome::DeniedAuth,

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod ratelimit;
 mod reply;
 mod shared;
+pub mod spend;
 pub mod strict_json;
 
 pub use body::{JsonBody, StreamEvent};

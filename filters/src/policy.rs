@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::AuditSettings;
 use crate::dlp::DlpSettings;
 use crate::ratelimit::RateLimitSettings;
+use crate::spend::{BudgetSpec, Price};
 use crate::{Filter, Permission, Shared};
 
 /// One problem in the config, with the field path that holds it.
@@ -93,6 +94,8 @@ pub struct RateLimitSpec {
 pub struct OrgConfig {
     pub name: String,
     pub rate_limit: Option<RateLimitSpec>,
+    /// SPEC §15.
+    pub budget: Option<BudgetSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +118,8 @@ pub struct UserConfig {
     pub org: String,
     pub role: String,
     pub rate_limit: Option<RateLimitSpec>,
+    /// SPEC §15.
+    pub budget: Option<BudgetSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +135,9 @@ pub struct KeyConfig {
     /// Optional: narrows the role's `mcp` globs, never widens them.
     #[serde(default)]
     pub mcp: Option<Vec<String>>,
+    /// SPEC §15.
+    #[serde(default)]
+    pub budget: Option<BudgetSpec>,
 }
 
 /// The policy sections of one config, as filter factories see them.
@@ -146,6 +154,8 @@ pub struct Policy<'a> {
     pub models: &'a [String],
     /// The configured agent ids, in order.
     pub agents: &'a [String],
+    /// The price of each priced model (SPEC §15); [`crate::spend::no_prices`] for none.
+    pub prices: &'a std::collections::HashMap<String, Price>,
 }
 
 impl Policy<'_> {
@@ -161,6 +171,9 @@ impl Policy<'_> {
             }
             if let Some(rl) = &o.rate_limit {
                 validate_spec(rl, &format!("orgs[{i}].rate_limit"), errs);
+            }
+            if let Some(b) = &o.budget {
+                b.validate(&format!("orgs[{i}].budget"), errs);
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -204,6 +217,9 @@ impl Policy<'_> {
             if let Some(rl) = &u.rate_limit {
                 validate_spec(rl, &format!("users[{i}].rate_limit"), errs);
             }
+            if let Some(b) = &u.budget {
+                b.validate(&format!("users[{i}].budget"), errs);
+            }
         }
         let mut ids = std::collections::HashSet::new();
         let mut hashes = std::collections::HashSet::new();
@@ -234,6 +250,9 @@ impl Policy<'_> {
             }
             if let Some(rl) = &k.rate_limit {
                 validate_spec(rl, &format!("keys[{i}].rate_limit"), errs);
+            }
+            if let Some(b) = &k.budget {
+                b.validate(&format!("keys[{i}].budget"), errs);
             }
         }
     }

@@ -81,6 +81,7 @@ impl Reply {
 pub fn error_type(status: StatusCode, code: &str) -> &'static str {
     match (status.as_u16(), code) {
         (_, "dlp_blocked") => "dlp_violation",
+        (_, "budget_exceeded") => "insufficient_quota",
         (401, _) => "authentication_error",
         (403, _) => "permission_error",
         (429, _) => "rate_limit_error",

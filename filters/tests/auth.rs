@@ -119,6 +119,7 @@ impl Config {
             rate_limit: None,
             disabled,
             mcp: None,
+            budget: None,
         });
     }
 
@@ -133,6 +134,7 @@ impl Config {
             audit: &self.audit,
             models: &self.models,
             agents: &self.agents,
+            prices: sluice_filters::spend::no_prices(),
         }
     }
 

@@ -117,6 +117,7 @@ fn build_takes_no_options_and_reports_rule_errors() {
         audit: &audit,
         models: &[],
         agents: &[],
+        prices: sluice_filters::spend::no_prices(),
     };
     let shared = Shared::new(prometheus::Registry::new());
     let err = build(&policy, &toml::Table::new(), "filters[2]", &shared)

@@ -251,6 +251,7 @@ fn build_filter(
         audit: &audit,
         models: &[],
         agents: &[],
+        prices: sluice_filters::spend::no_prices(),
     };
     ratelimit::build(&policy, &toml::Table::new(), "filters[1]", shared)
 }
@@ -1037,6 +1038,7 @@ fn unknown_options_are_config_errors() {
         audit: &audit,
         models: &[],
         agents: &[],
+        prices: sluice_filters::spend::no_prices(),
     };
     let options: toml::Table = toml::from_str("backend = \"redis\"").unwrap();
     let err = ratelimit::build(&policy, &options, "filters[1]", &shared)

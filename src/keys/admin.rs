@@ -283,6 +283,7 @@ async fn create_for(
         created: crate::store::now_secs(),
         expires,
         parent: None,
+        budget: None,
     };
     create(state, snap, ev, row).await
 }

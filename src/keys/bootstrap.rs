@@ -43,6 +43,7 @@ pub async fn create_in_store(
         created: crate::store::now_secs(),
         expires: None,
         parent: None,
+        budget: None,
     };
     let made = store.create_key(&row).await;
     store.close().await;

@@ -179,7 +179,7 @@ fn store_object(row: &KeyRow, last_used: Option<u64>) -> Value {
         "id": row.id, "object": "api_key", "name": row.name, "user": row.user,
         "models": row.models, "rate_limit": row.rate_limit, "disabled": row.disabled,
         "created": row.created, "expires": row.expires, "last_used": last_used,
-        "source": "store", "parent": row.parent,
+        "budget": row.budget, "source": "store", "parent": row.parent,
     })
 }
 
@@ -188,7 +188,7 @@ fn store_key_object(k: &sluice_filters::auth::StoreKey, last_used: Option<u64>) 
         "id": &*k.id, "object": "api_key", "name": k.name, "user": k.user,
         "models": k.models, "rate_limit": k.rate_limit, "disabled": k.disabled,
         "created": k.created, "expires": k.expires, "last_used": last_used,
-        "source": "store", "parent": k.parent.as_deref(),
+        "budget": k.budget, "source": "store", "parent": k.parent.as_deref(),
     })
 }
 
@@ -197,7 +197,7 @@ fn config_object(k: &sluice_filters::policy::KeyConfig, last_used: Option<u64>) 
         "id": k.id, "object": "api_key", "name": null, "user": k.user,
         "models": k.models, "rate_limit": k.rate_limit, "disabled": k.disabled,
         "created": null, "expires": null, "last_used": last_used,
-        "source": "config",
+        "budget": k.budget, "source": "config",
     })
 }
 

@@ -22,6 +22,8 @@ struct CreateOwn {
     models: Option<Vec<String>>,
     expires_in_days: Option<u64>,
     rate_limit: Option<ApiRateLimit>,
+    /// SPEC §15: may only narrow the calling key's (same period, no more dollars).
+    budget: Option<sluice_filters::spend::BudgetSpec>,
 }
 
 /// Answers a `/v1/keys` route (`id`: the `{id}` of `/v1/keys/{id}`).
@@ -84,6 +86,23 @@ fn caller_key(
     match state.store.keys().table().get(&caller.key_id) {
         Some(k) => (k.rate_limit.clone(), k.expires.map(|e| e as i64)),
         None => (None, None),
+    }
+}
+
+/// The caller's own key's budget (SPEC §15), which a key it makes may only narrow.
+fn caller_budget(
+    state: &EngineState,
+    snap: &Snapshot,
+    caller: &Identity,
+) -> Option<sluice_filters::spend::BudgetSpec> {
+    match snap.config.keys.iter().find(|k| *k.id == *caller.key_id) {
+        Some(k) => k.budget,
+        None => state
+            .store
+            .keys()
+            .table()
+            .get(&caller.key_id)
+            .and_then(|k| k.budget),
     }
 }
 
@@ -161,7 +180,25 @@ async fn create_own(
         (None, cap) => cap,
         (e, None) => e,
     };
+    let budget = match (caller_budget(state, snap, caller), req.budget) {
+        (own, None) => own,
+        (own, Some(b)) => {
+            let mut errs = Vec::new();
+            b.validate("budget", &mut errs);
+            if let Some(e) = errs.first() {
+                return error(400, "invalid_parameter", e.to_string(), Some("budget"));
+            }
+            if own.is_some_and(|o| !b.narrows(&o)) {
+                return denied(
+                    "its `budget` must have your key's period and no more dollars".into(),
+                    "budget",
+                );
+            }
+            Some(b)
+        }
+    };
     let row = KeyRow {
+        budget,
         id: new_id(),
         user: caller.user.to_string(),
         name: req.name.unwrap_or_default(),

@@ -284,6 +284,9 @@ impl Call {
             (None, None, None) => (status_outcome(self.upstream_status), None),
         };
         let ex = self.exchange(status, outcome, code);
+        let snap = self.snap.clone();
+        // The cost (SPEC §15) before the chain's on_log: audit and budgets read it.
+        snap.spend.price_request(&snap.config.prices, &mut self.cx);
         self.record_metrics(&ex);
         if self.cx.route == sluice_filters::Route::Root {
             self.trace_finish(&ex, error);
@@ -291,7 +294,6 @@ impl Call {
         }
         self.scrub_record();
         self.trace_finish(&ex, error);
-        let snap = self.snap.clone();
         snap.chain.on_log(&ex, &self.cx).await;
     }
 

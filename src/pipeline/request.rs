@@ -253,6 +253,15 @@ impl Call {
                 )
                 .await,
             ),
+            Route::Usage => Some(
+                crate::spend::usage::own_usage(
+                    &self.state,
+                    &self.snap.config,
+                    &self.cx,
+                    head.query,
+                )
+                .await,
+            ),
             Route::AgentRun => match async_input {
                 Some(input) => Some(self.start_async_run(head, input).await),
                 None => None,
@@ -323,6 +332,7 @@ fn reaches_model(route: Route) -> bool {
             | Route::AgentRunStatus
             | Route::Keys
             | Route::Key
+            | Route::Usage
             | Route::Unknown
             | Route::Root
     )

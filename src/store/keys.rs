@@ -27,15 +27,18 @@ type RawKey = (
     i64,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
 const COLUMNS: &str =
-    "id, user_name, name, sha256, models, rate_limit, disabled, created, expires, parent";
+    "id, user_name, name, sha256, models, rate_limit, disabled, created, expires, parent, budget";
 
 const BUMP: &str = "UPDATE store_version SET version = version + 1 WHERE id = 1 RETURNING version";
 
 fn to_row(raw: RawKey) -> Result<KeyRow, StoreError> {
-    let (id, user, name, sha256, models, rate_limit, disabled, created, expires, parent) = raw;
+    let (id, user, name, sha256, models, rate_limit, disabled, created, expires, parent, budget) =
+        raw;
+    let budget = parse_json("budget", &id, budget).map_err(StoreError::Incompatible)?;
     let models = parse_json("models", &id, models).map_err(StoreError::Incompatible)?;
     let rate_limit = parse_json("rate_limit", &id, rate_limit).map_err(StoreError::Incompatible)?;
     Ok(KeyRow {
@@ -49,6 +52,7 @@ fn to_row(raw: RawKey) -> Result<KeyRow, StoreError> {
         created,
         expires,
         parent,
+        budget,
     })
 }
 
@@ -120,8 +124,8 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let sql = self.sql(
             "INSERT INTO api_keys (id, user_name, name, sha256, models, rate_limit, disabled, \
-             created, expires, updated, parent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             created, expires, updated, parent, budget) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         );
         let count_sql = self.sql(
             "SELECT COUNT(*) FROM api_keys WHERE user_name = $1 AND revoked IS NULL \
@@ -153,6 +157,7 @@ impl Store {
                 .bind(row.expires)
                 .bind(now_secs())
                 .bind(&row.parent)
+                .bind(row.budget_json())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -181,7 +186,7 @@ impl Store {
                updated = $11 \
              WHERE id = $12 AND revoked IS NULL AND ($13 IS NULL OR user_name = $13) \
              RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires, \
-             parent",
+             parent, budget",
         );
         let models = patch
             .models

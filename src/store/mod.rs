@@ -23,6 +23,7 @@ mod records;
 mod runs;
 mod schema;
 mod sessions;
+pub mod spend;
 pub mod sync;
 mod users;
 
@@ -180,6 +181,15 @@ impl Store {
         match self.backend {
             Backend::Postgres(_) => Cow::Borrowed(sql),
             Backend::Sqlite(_) => Cow::Owned(sql.replace('$', "?")),
+        }
+    }
+
+    /// [`Store::sql`] for a statement built at run time.
+    pub(crate) fn sql_owned(&self, sql: String) -> String {
+        if self.is_postgres() {
+            sql
+        } else {
+            sql.replace('$', "?")
         }
     }
 

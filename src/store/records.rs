@@ -22,6 +22,8 @@ pub struct KeyRow {
     /// The key that made this one through the key API (a store or config key id): this key is
     /// bound by its limits, expiry and revocation too.
     pub parent: Option<String>,
+    /// SPEC §15.
+    pub budget: Option<sluice_filters::spend::BudgetSpec>,
 }
 
 impl KeyRow {
@@ -38,6 +40,7 @@ impl KeyRow {
                 created: self.created.max(0) as u64,
                 expires: self.expires.map(|e| e.max(0) as u64),
                 parent: self.parent.clone(),
+                budget: self.budget,
             },
             &self.sha256,
         )
@@ -47,6 +50,12 @@ impl KeyRow {
         self.models
             .as_ref()
             .and_then(|m| serde_json::to_string(m).ok())
+    }
+
+    pub(crate) fn budget_json(&self) -> Option<String> {
+        self.budget
+            .as_ref()
+            .and_then(|b| serde_json::to_string(b).ok())
     }
 
     pub(crate) fn rate_limit_json(&self) -> Option<String> {

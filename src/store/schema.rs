@@ -102,6 +102,38 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX console_sessions_expires ON console_sessions (expires)",
         ],
     },
+    Migration {
+        version: 6,
+        name: "spend per day",
+        statements: &[
+            "CREATE TABLE spend_daily (
+                day TEXT NOT NULL,
+                org TEXT NOT NULL,
+                user_name TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                model TEXT NOT NULL,
+                requests BIGINT NOT NULL,
+                prompt_tokens BIGINT NOT NULL,
+                completion_tokens BIGINT NOT NULL,
+                cost_micros BIGINT NOT NULL,
+                PRIMARY KEY (day, org, user_name, key_id, model)
+            )",
+            "CREATE INDEX spend_daily_user ON spend_daily (user_name, day)",
+            "CREATE INDEX spend_daily_org ON spend_daily (org, day)",
+            "CREATE INDEX spend_daily_key ON spend_daily (key_id, day)",
+            // Budget reservations in flight, shared by instances on PostgreSQL.
+            "CREATE TABLE spend_reservations (
+                id TEXT NOT NULL,
+                account TEXT NOT NULL,
+                micros BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                PRIMARY KEY (id, account)
+            )",
+            "CREATE INDEX spend_reservations_account ON spend_reservations (account, expires)",
+            // A store key's budget (JSON, like rate_limit).
+            "ALTER TABLE api_keys ADD COLUMN budget TEXT",
+        ],
+    },
 ];
 
 /// The newest schema version this Sluice knows.

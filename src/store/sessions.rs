@@ -110,14 +110,6 @@ impl Store {
             .map(|r| r.rows_affected()))
         .map_err(|e| self.fail(e))
     }
-
-    fn sql_owned(&self, sql: String) -> String {
-        if self.is_postgres() {
-            sql
-        } else {
-            sql.replace('$', "?")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ impl StoreMetrics {
                 &["op"],
             )
         })?;
-        for op in ["sync", "last_used", "change", "runs"] {
+        for op in ["sync", "last_used", "change", "runs", "spend"] {
             errors.with_label_values(&[op]);
         }
         Ok(StoreMetrics {
@@ -92,6 +92,8 @@ pub struct StoreRuntime {
     up: AtomicBool,
     poll: Duration,
     metrics: StoreMetrics,
+    /// Spend, written behind and read back (SPEC §15).
+    spend: Arc<crate::spend::SpendSync>,
 }
 
 impl StoreRuntime {
@@ -106,7 +108,13 @@ impl StoreRuntime {
     ) -> Result<Arc<StoreRuntime>, StoreError> {
         let metrics = StoreMetrics::register(shared)
             .map_err(|e| StoreError::Incompatible(format!("store metrics: {e}")))?;
+        let spend = crate::spend::SpendSync::start(store.clone(), shared).await?;
+        if let Some(pg) = crate::spend::shared::PgBudgets::new(&store) {
+            // Several instances share budgets: reservations go to the database (SPEC §15).
+            sluice_filters::spend::BackendSlot::in_shared(shared).set(std::sync::Arc::new(pg));
+        }
         let rt = Arc::new(StoreRuntime {
+            spend,
             store,
             keys: RuntimeKeys::in_shared(shared),
             users: sluice_filters::auth::RuntimeUsers::in_shared(shared),
@@ -151,6 +159,11 @@ impl StoreRuntime {
 
     pub fn keys(&self) -> &Arc<RuntimeKeys> {
         &self.keys
+    }
+
+    /// Spend (SPEC §15).
+    pub fn spend(&self) -> &Arc<crate::spend::SpendSync> {
+        &self.spend
     }
 
     /// The users directory as this instance knows it.
@@ -253,6 +266,8 @@ impl StoreRuntime {
     /// end when `stop` changes; the loop writes the last uses first.
     pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         tokio::spawn(self.clone().run(stop.clone()));
+        let errors = self.metrics.errors.with_label_values(&["spend"]);
+        self.spend.spawn(stop.clone(), move || errors.inc());
         if let Some(pool) = self.store.pg_pool().cloned() {
             tokio::spawn(self.clone().listen(pool, stop));
         }
@@ -322,6 +337,9 @@ impl StoreRuntime {
 
     /// Writes the uses recorded since the last flush (kept for the next one if that fails).
     pub async fn flush_uses(&self) {
+        if self.spend.flush().await.is_err() {
+            self.metrics.errors.with_label_values(&["spend"]).inc();
+        }
         let batch = self.keys.take_unrecorded();
         if batch.is_empty() {
             return;

@@ -73,6 +73,10 @@ pub struct AuditRecord {
     pub attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<RecordUsage>,
+    /// What the request cost at its model's price, in US dollars (SPEC §15): present whenever
+    /// its usage is known (0 for an unpriced model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<serde_json::Number>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dlp: Vec<RecordDlp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +150,11 @@ impl AuditRecord {
             usage: cx.usage.map(|u| RecordUsage {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
+            }),
+            cost_usd: cx.extensions.get::<crate::spend::Cost>().and_then(|c| {
+                serde_json::Number::from_f64(crate::spend::usd_f64(
+                    i64::try_from(c.micros).unwrap_or(i64::MAX),
+                ))
             }),
             dlp: cx
                 .dlp

@@ -67,8 +67,8 @@ pub use key::{
     generate_key, key_entry_toml, key_sha256_hex, KEY_PREFIX, KEY_RANDOM_CHARS, MAX_KEY_LEN,
 };
 use key::{parse_credentials, KeyDigest, Presented};
-pub(crate) use runtime::Derived;
 pub use lineage::Lineage;
+pub(crate) use runtime::Derived;
 pub use runtime::{RuntimeKeys, StoreKey, StoreKeyFields, StoreKeyTable};
 pub use users::{
     AuthMethod, AuthoritySlot, RuntimeUsers, StoreUser, StoreUserTable, TokenAuthority,

@@ -56,6 +56,8 @@ pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
         Route::Mcp => require(id, Permission::Mcp, "call MCP tools"),
         // Answered 404 by the engine; there is nothing to authorise.
         Route::Unknown | Route::Root => Ok(()),
+        // Any authenticated caller may read its own user's usage (SPEC §15).
+        Route::Usage => Ok(()),
     }
 }
 

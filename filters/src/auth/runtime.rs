@@ -42,6 +42,8 @@ pub struct StoreKey {
     /// The key (of the store or the config) that made this one: its limits, expiry and
     /// revocation bind this key too.
     pub parent: Option<Arc<str>>,
+    /// SPEC §15.
+    pub budget: Option<crate::spend::BudgetSpec>,
     digest: KeyDigest,
 }
 
@@ -56,6 +58,7 @@ pub struct StoreKeyFields {
     pub created: u64,
     pub expires: Option<u64>,
     pub parent: Option<String>,
+    pub budget: Option<crate::spend::BudgetSpec>,
 }
 
 impl StoreKey {
@@ -72,6 +75,7 @@ impl StoreKey {
             created: fields.created,
             expires: fields.expires,
             parent: fields.parent.map(Arc::from),
+            budget: fields.budget,
             digest,
         })
     }
@@ -325,6 +329,7 @@ mod tests {
             created: 1,
             expires: Some(100),
             parent: None,
+            budget: None,
         };
         StoreKey::new(fields, &format!("{n:02x}").repeat(32)).expect("valid digest")
     }
@@ -359,6 +364,7 @@ mod tests {
                 created: 0,
                 expires: None,
                 parent: None,
+                budget: None,
             },
             "abc"
         )

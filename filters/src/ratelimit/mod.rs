@@ -83,6 +83,7 @@ pub use self::settings::{Backend, OnBackendError, RateLimitSettings};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
 use crate::policy::{BuildError, Policy, RateLimitSpec};
+use crate::spend::SpendGate;
 use crate::{
     Cx, Exchange, Filter, Identity, JsonBody, PreAuthenticated, Reply, Request, Route, Shared,
     Verdict,
@@ -165,6 +166,7 @@ pub fn build(
         BuildError::one(path, format!("cannot register the rate_limit metrics: {e}"))
     })?;
 
+    let spend = SpendGate::build(policy, shared)?;
     let user_org = user_org
         .into_iter()
         .map(|(u, o)| (u.to_string(), o.to_string()))
@@ -186,6 +188,7 @@ pub fn build(
             && settings.on_backend_error == OnBackendError::Allow)
             .then(|| fallback::local_buckets(shared)),
         metrics,
+        spend,
     }))
 }
 
@@ -220,6 +223,8 @@ pub struct RateLimitFilter {
     /// Redis with `on_backend_error = "allow"`: this instance's own buckets (`fallback.rs`).
     fallback: Option<Arc<LocalStore>>,
     metrics: Arc<Metrics>,
+    /// Budgets (SPEC §15): reserved and reconciled like the token buckets.
+    spend: SpendGate,
 }
 
 /// The key-level buckets of the keys made at runtime ([`RuntimeKeys`]), derived from the table
@@ -329,6 +334,7 @@ fn reserves_nothing(route: Route) -> bool {
             | Route::AgentRunStatus
             | Route::Keys
             | Route::Key
+            | Route::Usage
             | Route::Unknown
             | Route::Root
     )
@@ -431,6 +437,15 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
+        if !reserves_nothing(cx.route) {
+            let refused = self
+                .spend
+                .on_request(req.body, cx, self.default_max_tokens)
+                .await;
+            if let Some(refused) = refused {
+                return Verdict::Respond(refused);
+            }
+        }
         let Some(id) = cx.identity.as_ref() else {
             // No auth filter before us: nobody to limit.
             return Verdict::Continue;
@@ -494,6 +509,7 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_log(&self, ex: &Exchange, cx: &Cx) {
+        self.spend.on_log(ex, cx).await;
         let Some(res) = cx.extensions.get::<Reservation>() else {
             return;
         };

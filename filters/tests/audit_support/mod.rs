@@ -78,6 +78,7 @@ impl Config {
             audit: &self.audit,
             models: &[],
             agents: &[],
+            prices: sluice_filters::spend::no_prices(),
         }
     }
 

@@ -1,0 +1,194 @@
+//! Spend tests' shared pieces: a config with prices and budgets, requests, usage.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use crate::common::client;
+use serde_json::{json, Value};
+use sluice::filters::auth::key_sha256_hex as sha;
+
+pub const ALICE: &str = "sk-sluice-ALICEspendALICEspendALICEspendALICEsp01";
+pub const BOB: &str = "sk-sluice-BOBspendBOBspendBOBspendBOBspendBOBspe01";
+pub const CALIB: &str = "sk-sluice-CALIBspendCALIBspendCALIBspendCALIBsp01";
+
+/// `$1` per token in and out: a request's cost in dollars is its token count.
+pub fn config(store: &str, audit: &str, alice_budget: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "mock"
+builtin = "mock"
+[[upstreams]]
+name = "mock-anthropic"
+builtin = "mock"
+api = "anthropic"
+
+[[models]]
+name = "mock-echo"
+upstream = "mock"
+upstream_model = "echo"
+price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000, cached_input_per_mtok = 500000 }}
+[[models]]
+name = "mock-free"
+upstream = "mock"
+upstream_model = "echo"
+[[models]]
+name = "claude-test"
+upstream = "mock-anthropic"
+upstream_model = "echo"
+price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000 }}
+
+[[orgs]]
+name = "acme"
+[[roles]]
+name = "dev"
+permissions = ["chat", "models:list", "embeddings", "keys:manage"]
+models = ["*"]
+[[users]]
+name = "alice"
+org = "acme"
+role = "dev"
+budget = {alice_budget}
+[[users]]
+name = "bob"
+org = "acme"
+role = "dev"
+[[users]]
+name = "calib"
+org = "acme"
+role = "dev"
+budget = {{ usd = 1000000, period = "total" }}
+
+[[keys]]
+id = "alice-key"
+user = "alice"
+sha256 = "{}"
+[[keys]]
+id = "bob-key"
+user = "bob"
+sha256 = "{}"
+[[keys]]
+id = "calib-key"
+user = "calib"
+sha256 = "{}"
+
+[store]
+url = "{store}"
+poll_interval_ms = 100
+[audit]
+path = "{audit}"
+[[filters]]
+type = "auth"
+[[filters]]
+type = "rate_limit"
+[[filters]]
+type = "audit"
+"#,
+        sha(ALICE),
+        sha(BOB),
+        sha(CALIB)
+    )
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tmp"),
+        }
+    }
+    pub fn store(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("sluice.db").display())
+    }
+    pub fn audit(&self) -> String {
+        self.dir.path().join("audit.jsonl").display().to_string()
+    }
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.audit())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+    /// The audit records of `request_id`, once written.
+    pub fn record(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self
+                .records()
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record for {request_id}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn words(n: usize) -> String {
+    vec!["spend"; n].join(" ")
+}
+
+pub fn chat(
+    base: &str,
+    key: &str,
+    model: &str,
+    text: &str,
+    max_tokens: u64,
+    id: &str,
+) -> reqwest::blocking::Response {
+    client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("x-request-id", id)
+        .header("x-mock-latency-ms", "300")
+        .json(&json!({"model": model, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}]}))
+        .send()
+        .expect("request")
+}
+
+pub fn header(r: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+pub fn usage(base: &str, key: &str) -> Value {
+    let r = client()
+        .get(format!("{base}/v1/usage"))
+        .bearer_auth(key)
+        .send()
+        .expect("usage");
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().expect("usage JSON")
+}
+
+pub fn spent(u: &Value) -> f64 {
+    u["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|r| r["cost_usd"].as_f64()).sum())
+        .unwrap_or(0.0)
+}
+
+/// The reservation of `text`/`max_tokens` as the gateway computes it: read from the remaining
+/// budget of a caller with nothing else in flight.
+pub fn reservation(base: &str, text: &str, max_tokens: u64) -> f64 {
+    let r = chat(base, CALIB, "mock-echo", text, max_tokens, "calibration");
+    assert_eq!(r.status().as_u16(), 200);
+    let remaining: f64 = header(&r, "x-sluice-budget-remaining-usd")
+        .expect("remaining")
+        .parse()
+        .expect("decimal");
+    let _ = r.text();
+    1_000_000.0 - remaining
+}
