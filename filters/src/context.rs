@@ -148,6 +148,9 @@ impl Outcome {
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// How many of `prompt_tokens` the upstream served from its prompt cache (charged at
+    /// `cached_input_per_mtok` when the model has one).
+    pub cached_prompt_tokens: u64,
 }
 
 impl Usage {
@@ -166,6 +169,7 @@ impl Usage {
         Some(Usage {
             prompt_tokens: get("prompt_tokens"),
             completion_tokens: get("completion_tokens"),
+            cached_prompt_tokens: api::cached_prompt_tokens(obj).unwrap_or(0),
         })
     }
 }

@@ -219,6 +219,7 @@ impl Env {
         cx.usage = usage.map(|total| Usage {
             prompt_tokens: 8.min(total),
             completion_tokens: total - 8.min(total),
+            cached_prompt_tokens: 0,
         });
         let ex = Exchange {
             status,

@@ -161,6 +161,8 @@ pub enum BlockScope {
 pub struct UsagePart {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Prompt tokens served from the upstream's cache (counted in `prompt_tokens` too).
+    pub cached_tokens: Option<u64>,
 }
 
 impl UsagePart {
@@ -179,6 +181,9 @@ impl UsagePart {
         }
         if let Some(c) = self.completion_tokens {
             u.completion_tokens = c;
+        }
+        if let Some(c) = self.cached_tokens {
+            u.cached_prompt_tokens = c;
         }
     }
 }
@@ -385,11 +390,30 @@ pub fn usage_any(v: &Value) -> Option<Usage> {
 fn usage_part(v: &Value) -> Option<UsagePart> {
     let obj = v.as_object()?;
     let get = |a: &str, b: &str| obj.get(a).or_else(|| obj.get(b)).and_then(Value::as_u64);
+    let mut prompt = get("prompt_tokens", "input_tokens");
+    // Anthropic's `input_tokens` leaves out the tokens read from its cache: they are prompt
+    // tokens too (as in OpenAI's `prompt_tokens`).
+    let anthropic_cached = obj.get("cache_read_input_tokens").and_then(Value::as_u64);
+    if let (Some(p), Some(c)) = (prompt.as_mut(), anthropic_cached) {
+        *p = p.saturating_add(c);
+    }
     let part = UsagePart {
-        prompt_tokens: get("prompt_tokens", "input_tokens"),
+        prompt_tokens: prompt,
         completion_tokens: get("completion_tokens", "output_tokens"),
+        cached_tokens: prompt.and(cached_prompt_tokens(obj)),
     };
     (!part.is_empty()).then_some(part)
+}
+
+/// The cached prompt tokens a usage object reports: OpenAI's
+/// `prompt_tokens_details.cached_tokens`, Responses' `input_tokens_details.cached_tokens`,
+/// Anthropic's `cache_read_input_tokens`.
+pub(crate) fn cached_prompt_tokens(obj: &serde_json::Map<String, Value>) -> Option<u64> {
+    let detail = |k: &str| obj.get(k).and_then(|d| d.get("cached_tokens"));
+    detail("prompt_tokens_details")
+        .or_else(|| detail("input_tokens_details"))
+        .or_else(|| obj.get("cache_read_input_tokens"))
+        .and_then(Value::as_u64)
 }
 
 /// Usage found anywhere an event of a known shape carries it: `usage`, `response.usage`,
@@ -509,14 +533,16 @@ mod tests {
             usage_any(&chat["usage"]),
             Some(Usage {
                 prompt_tokens: 3,
-                completion_tokens: 4
+                completion_tokens: 4,
+                cached_prompt_tokens: 0,
             })
         );
         assert_eq!(
             usage_part_any(&resp),
             Some(UsagePart {
                 prompt_tokens: Some(5),
-                completion_tokens: Some(6)
+                completion_tokens: Some(6),
+                cached_tokens: None,
             })
         );
         let mut u = None;
@@ -526,16 +552,62 @@ mod tests {
         UsagePart {
             prompt_tokens: None,
             completion_tokens: Some(9),
+            cached_tokens: None,
         }
         .merge_into(&mut u);
         assert_eq!(
             u,
             Some(Usage {
                 prompt_tokens: 7,
-                completion_tokens: 9
+                completion_tokens: 9,
+                cached_prompt_tokens: 0,
             })
         );
         assert_eq!(usage_part_any(&json!({"usage": {}})), None);
+    }
+
+    fn cached(v: Value) -> Option<(u64, u64)> {
+        let u = Usage::from_json(&v)?;
+        Some((u.prompt_tokens, u.cached_prompt_tokens))
+    }
+
+    #[test]
+    fn cached_prompt_tokens_in_every_shape() {
+        // OpenAI chat/completions: `prompt_tokens` already counts the cached ones.
+        let chat = json!({"prompt_tokens": 2000, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 1536}});
+        assert_eq!(cached(chat), Some((2000, 1536)));
+        // Responses.
+        let resp = json!({"input_tokens": 1800, "output_tokens": 7,
+            "input_tokens_details": {"cached_tokens": 1024}});
+        assert_eq!(cached(resp), Some((1800, 1024)));
+        // Anthropic: `input_tokens` leaves the cache reads out; they are prompt tokens too.
+        let msg = json!({"input_tokens": 20, "output_tokens": 3,
+            "cache_read_input_tokens": 4000, "cache_creation_input_tokens": 0});
+        assert_eq!(cached(msg), Some((4020, 4000)));
+        // No cache reported: nothing cached.
+        assert_eq!(
+            cached(json!({"prompt_tokens": 9, "completion_tokens": 1})),
+            Some((9, 0))
+        );
+        // Anthropic's stream: message_start carries the cache read, message_delta the output.
+        let mut u = None;
+        let start = json!({"type": "message_start", "message": {"usage":
+            {"input_tokens": 10, "cache_read_input_tokens": 90, "output_tokens": 1}}});
+        let delta = json!({"type": "message_delta", "usage": {"output_tokens": 12}});
+        for ev in [start, delta] {
+            if let Some(p) = usage_part_any(&ev) {
+                p.merge_into(&mut u);
+            }
+        }
+        assert_eq!(
+            u,
+            Some(Usage {
+                prompt_tokens: 100,
+                completion_tokens: 12,
+                cached_prompt_tokens: 90,
+            })
+        );
     }
 
     #[test]

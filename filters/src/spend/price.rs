@@ -62,8 +62,7 @@ pub fn micros(usd: f64) -> u64 {
 pub struct Price {
     pub input: u64,
     pub output: u64,
-    /// The price of cached prompt tokens. Upstreams report cached tokens in shapes Sluice does
-    /// not read yet, so every prompt token is charged `input` (an upper bound).
+    /// The price of cached prompt tokens; without it they cost `input`.
     pub cached_input: Option<u64>,
 }
 
@@ -78,7 +77,14 @@ impl Price {
 
     /// The cost of a reported usage.
     pub fn cost_of(&self, usage: &Usage) -> u64 {
-        self.cost(usage.prompt_tokens, usage.completion_tokens)
+        let Some(cached_price) = self.cached_input else {
+            return self.cost(usage.prompt_tokens, usage.completion_tokens);
+        };
+        let cached = usage.cached_prompt_tokens.min(usage.prompt_tokens);
+        let pico = u128::from(usage.prompt_tokens - cached) * u128::from(self.input)
+            + u128::from(cached) * u128::from(cached_price)
+            + u128::from(usage.completion_tokens) * u128::from(self.output);
+        u64::try_from(pico.div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }
 }
 
@@ -131,6 +137,33 @@ mod tests {
         }
         .price();
         assert_eq!(huge.cost(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn cached_prompt_tokens_cost_the_cached_price() {
+        let spec = |cached| PriceSpec {
+            input_per_mtok: 2.5,
+            output_per_mtok: 10.0,
+            cached_input_per_mtok: cached,
+        };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 1000,
+            cached_prompt_tokens: 600_000,
+        };
+        // 400k at $2.50 + 600k at $1.25 + 1k at $10.
+        assert_eq!(
+            spec(Some(1.25)).price().cost_of(&u),
+            1_000_000 + 750_000 + 10_000
+        );
+        // Without a cached price every prompt token costs `input`.
+        assert_eq!(spec(None).price().cost_of(&u), 2_500_000 + 10_000);
+        // A cached count above the prompt is clamped to it.
+        let odd = Usage {
+            cached_prompt_tokens: 5_000_000,
+            ..u
+        };
+        assert_eq!(spec(Some(0.0)).price().cost_of(&odd), 10_000);
     }
 
     #[test]

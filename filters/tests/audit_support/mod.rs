@@ -137,6 +137,7 @@ pub fn usage(prompt: u64, completion: u64) -> Option<Usage> {
     Some(Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
+        cached_prompt_tokens: 0,
     })
 }
 
