@@ -33,6 +33,7 @@ mod assets;
 mod audit;
 mod auditlog;
 mod config;
+mod daily;
 mod pages;
 mod session;
 mod signin;
