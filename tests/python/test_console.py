@@ -121,13 +121,17 @@ def test_sign_in_create_use_revoke_sign_out(gw, browser):
     with pytest.raises(openai.PermissionDeniedError):
         client.chat.completions.create(model="mock-other", messages=[{"role": "user", "content": "x"}])
 
-    # The call shows in Usage (the audit log is written within its fsync interval).
+    # The call shows in Usage, read from the store's spend rows (the page writes this
+    # instance's pending rows first). The refused call is no model use, so it is not counted.
     d.get(f"{gw.public_url}/console/usage")
     deadline = time.monotonic() + WAIT_S
-    while usage_today(d) < 2 and time.monotonic() < deadline:
+    while usage_today(d) < 1 and time.monotonic() < deadline:
         time.sleep(0.3)
         d.refresh()
-    assert usage_today(d) == 2  # the call, and the refused one
+    assert usage_today(d) == 1
+    today = d.find_elements(By.CSS_SELECTOR, "#usage tbody tr")[0].find_elements(By.CSS_SELECTOR, "td")
+    assert int(today[2].text) > 0 and int(today[3].text) > 0  # prompt and completion tokens
+    float(today[4].text)  # spend in USD, a number
     assert d.find_element(By.CSS_SELECTOR, "svg.chart rect.bar")
     shot(d, "usage")
 
