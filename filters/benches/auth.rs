@@ -87,6 +87,7 @@ fn filter() -> Arc<dyn Filter> {
         audit: &audit,
         models: &[],
         agents: &[],
+        prices: sluice_filters::spend::no_prices(),
     };
     let shared = Shared::new(prometheus::Registry::new());
     let keys = ProviderKeys::from_jwks(JWKS.as_bytes()).expect("jwks");

@@ -82,6 +82,7 @@ mod tests {
             created: 1,
             expires,
             parent: parent.map(str::to_string),
+            budget: None,
         };
         StoreKey::new(fields, &format!("{n:02x}").repeat(32)).expect("valid digest")
     }
