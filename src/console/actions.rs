@@ -136,7 +136,7 @@ pub async fn revoke_key(cx: &Ctx<'_>, s: &Session, id: &str) -> Page {
     Page::redirect(&format!("/console/api?revoked={}", urlencode(id)))
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("", s)])
         .map(|q| q.trim_start_matches('=').to_string())
         .unwrap_or_default()
@@ -147,6 +147,13 @@ pub async fn admin_page(cx: &Ctx<'_>, s: &Session, notice: Option<Notice>) -> Pa
     let notice = notice.or_else(|| {
         cx.query_param("revoked")
             .map(|id| Notice::Done(format!("The key {id} is revoked.")))
+    });
+    let notice = notice.or_else(|| {
+        let user = cx.query_param("user")?;
+        let done = cx
+            .query_param("done")
+            .filter(|d| d == "disabled" || d == "enabled")?;
+        Some(Notice::Done(format!("The user {user} is {done}.")))
     });
     let keys = KeyView::list(&keys::list(cx.state, &cx.snap, None));
     let upstreams = crate::upstream::admin_view(&cx.snap);

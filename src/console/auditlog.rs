@@ -1,30 +1,16 @@
-//! What the console reads from this instance's audit log: a user's recent records (admin) and
-//! requests and tokens per day (Usage, until the spend records of SPEC §15 are in the store).
+//! What the console reads from this instance's audit log: a user's recent records (admin).
+//! Usage reads the store's spend rows instead ([`super::daily`]).
 //!
 //! Only the last [`TAIL_BYTES`] of the active file are read (bounded whatever the log's size),
 //! on a blocking thread; a record is parsed with the audit module's own type, and shown with
 //! the fields of SPEC §6 only — a record never holds a body.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 
 use sluice_filters::audit::AuditRecord;
-use time::{Duration, OffsetDateTime};
 
 /// How much of the end of the audit log is read.
 pub const TAIL_BYTES: u64 = 32 * 1024 * 1024;
-
-/// One day of a user's use of the API.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UsageDay {
-    /// `YYYY-MM-DD` (UTC).
-    pub date: String,
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    /// Spend in USD, when spend records exist (SPEC §15); `None` until then.
-    pub cost_usd: Option<f64>,
-}
 
 /// The last records of the audit log at `path` (oldest first).
 async fn tail(path: &str) -> Result<Vec<AuditRecord>, String> {
@@ -76,44 +62,6 @@ pub async fn recent(path: &str, user: &str, limit: usize) -> Result<Vec<AuditRec
     Ok(records)
 }
 
-/// The user's API requests and tokens per day for the `days` days up to today (UTC), oldest
-/// first, days without use included.
-pub async fn usage_by_day(path: &str, user: &str, days: i64) -> Result<Vec<UsageDay>, String> {
-    let records = tail(path).await?;
-    Ok(per_day(&records, user, OffsetDateTime::now_utc(), days))
-}
-
-fn per_day(records: &[AuditRecord], user: &str, now: OffsetDateTime, days: i64) -> Vec<UsageDay> {
-    let mut by_day: BTreeMap<String, UsageDay> = BTreeMap::new();
-    for i in (0..days).rev() {
-        let d = (now - Duration::days(i)).date();
-        let date = format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
-        by_day.insert(
-            date.clone(),
-            UsageDay {
-                date,
-                ..UsageDay::default()
-            },
-        );
-    }
-    // API calls only: the console's own records (auth "session") and key-change events are
-    // not model use.
-    let calls = records.iter().filter(|r| {
-        r.user.as_deref() == Some(user) && r.auth.is_none() && r.path.starts_with("/v1/")
-    });
-    for r in calls {
-        let Some(day) = r.ts.get(..10).and_then(|d| by_day.get_mut(d)) else {
-            continue;
-        };
-        day.requests += 1;
-        if let Some(u) = r.usage {
-            day.prompt_tokens += u.prompt_tokens;
-            day.completion_tokens += u.completion_tokens;
-        }
-    }
-    by_day.into_values().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,41 +78,6 @@ mod tests {
             }),
             ..AuditRecord::default()
         }
-    }
-
-    #[test]
-    fn days_count_the_users_api_calls_only() {
-        let now = OffsetDateTime::from_unix_timestamp(1_795_950_000).unwrap(); // 2026-11-29 11:00 UTC
-        let mut console = rec("2026-11-29T10:00:00.000Z", "alice", "/console/api", 0);
-        console.auth = Some("session".into());
-        let records = vec![
-            rec(
-                "2026-11-29T10:00:00.000Z",
-                "alice",
-                "/v1/chat/completions",
-                5,
-            ),
-            rec("2026-11-29T11:00:00.000Z", "alice", "/v1/responses", 2),
-            rec("2026-11-28T11:00:00.000Z", "alice", "/v1/embeddings", 3),
-            rec("2026-11-29T11:00:00.000Z", "bob", "/v1/chat/completions", 9),
-            rec(
-                "2025-01-01T00:00:00.000Z",
-                "alice",
-                "/v1/chat/completions",
-                9,
-            ),
-            console,
-        ];
-        let days = per_day(&records, "alice", now, 30);
-        assert_eq!(days.len(), 30);
-        let today = days.last().unwrap();
-        assert_eq!(today.date, "2026-11-29");
-        assert_eq!(
-            (today.requests, today.prompt_tokens, today.completion_tokens),
-            (2, 7, 2)
-        );
-        assert_eq!(days[28].requests, 1);
-        assert_eq!(days.iter().map(|d| d.requests).sum::<u64>(), 3);
     }
 
     #[test]

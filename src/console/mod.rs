@@ -17,11 +17,13 @@
 //! GET  /console/api/keys/{id}/revoke   confirmation
 //! POST /console/api/keys/{id}/revoke   revoke                         (CSRF, keys:manage)
 //! GET  /console/models              models with curl / SDK snippets
-//! GET  /console/usage               requests and tokens per day, 30 days
+//! GET  /console/usage               requests, tokens and spend per day, 30 days (the store)
 //! GET  /console/admin               users, every key, upstreams       (console:admin)
 //! GET  /console/admin/audit?user=   a user's recent audit records     (console:admin)
 //! GET  /console/admin/keys/{id}/revoke  confirmation                  (console:admin)
 //! POST /console/admin/keys/{id}/revoke                                (CSRF, console:admin)
+//! GET  /console/admin/users/{disable|enable}?user=  confirmation     (console:admin)
+//! POST /console/admin/users/{disable|enable}  user=NAME              (CSRF, console:admin)
 //! GET  /console/assets/*            the embedded stylesheet and script
 //! ```
 //!
@@ -33,9 +35,11 @@ mod assets;
 mod audit;
 mod auditlog;
 mod config;
+mod daily;
 mod pages;
 mod session;
 mod signin;
+mod users;
 mod who;
 
 use std::net::IpAddr;
@@ -262,6 +266,8 @@ async fn route(cx: &Ctx<'_>, s: &Session) -> Page {
         (&Method::POST, ["admin", "keys", id, "revoke"]) => {
             return actions::admin_revoke(cx, s, id).await
         }
+        (&Method::GET, ["admin", "users", action]) => users::confirm(cx, s, action),
+        (&Method::POST, ["admin", "users", action]) => return users::change(cx, s, action).await,
         _ => Page::html(
             404,
             pages::message(cx, Some(s), "Not found", "No console page here."),

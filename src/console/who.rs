@@ -1,7 +1,8 @@
 //! The identity a key-signed-in session acts as: the identity of that key, resolved again on
 //! every request from the current config and the store's keys — the same grants the auth filter
 //! gives the key (its user's role, narrowed by the key's own `models`). A key that is gone,
-//! disabled or expired resolves to nothing, and the session ends with it.
+//! disabled or expired, or whose user the directory disables, resolves to nothing, and the
+//! session ends with it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub fn identity_of_key(state: &EngineState, snap: &Snapshot, key_id: &str) -> Op
         if k.disabled {
             return None;
         }
-        return identity_of(snap, key_id, &k.user, k.models.clone());
+        return identity_of(state, snap, key_id, &k.user, k.models.clone());
     }
     let table = state.store.keys().table();
     let k = table.get(key_id)?;
@@ -35,21 +36,34 @@ pub fn identity_of_key(state: &EngineState, snap: &Snapshot, key_id: &str) -> Op
     if k.disabled || line.disabled || line.expires.is_some_and(|e| e <= now) {
         return None;
     }
-    let mut id = identity_of(snap, key_id, &k.user, k.models.clone())?;
+    let mut id = identity_of(state, snap, key_id, &k.user, k.models.clone())?;
     id.ancestors = line.ancestors.into();
     Some(id)
 }
 
-/// The identity of a key of `user` with its own `models` (configured users only).
+/// The identity of a key of `user` with its own `models`: a `[[users]]` entry, or a provider
+/// user of the store's directory (the org and role of their last sign-in). A user the
+/// directory disables resolves to nothing.
 fn identity_of(
+    state: &EngineState,
     snap: &Snapshot,
     key_id: &str,
     user: &str,
     key_models: Option<Vec<String>>,
 ) -> Option<Identity> {
     let config = &snap.config;
-    let u = config.users.iter().find(|u| u.name == user)?;
-    let role = config.roles.iter().find(|r| r.name == u.role)?;
+    let directory = state.store.users().table();
+    if directory.is_disabled(user) {
+        return None;
+    }
+    let (org, role_name) = match config.users.iter().find(|u| u.name == user) {
+        Some(u) => (u.org.clone(), u.role.clone()),
+        None => {
+            let d = directory.get(user)?;
+            (d.org.clone()?, d.role.clone()?)
+        }
+    };
+    let role = config.roles.iter().find(|r| r.name == role_name)?;
     let grants = Grants {
         permissions: role
             .permissions
@@ -63,7 +77,7 @@ fn identity_of(
     Some(Identity {
         key_id: Arc::from(key_id),
         user: Arc::from(user),
-        org: Arc::from(u.org.as_str()),
+        org: Arc::from(org.as_str()),
         role: Arc::from(role.name.as_str()),
         grants: Arc::new(grants),
         ancestors: Arc::from([]),

@@ -69,7 +69,7 @@ fn not_found(name: &str) -> Reply {
 }
 
 /// `%40` and friends in a path segment (user names are often e-mail addresses).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -92,7 +92,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Every user: the config's, then the store's, by name.
-fn directory(state: &EngineState, snap: &Snapshot) -> BTreeMap<String, Value> {
+pub fn directory(state: &EngineState, snap: &Snapshot) -> BTreeMap<String, Value> {
     let dir = state.store.users().table();
     let keys = state.store.keys().table();
     let count = |user: &str| {
@@ -142,6 +142,19 @@ async fn update(state: &EngineState, snap: &Snapshot, req: &AdminRequest<'_>, na
         Ok(b) => b,
         Err(r) => return r,
     };
+    set_disabled(state, snap, req, name, body.disabled).await
+}
+
+/// Disables or enables a user of the directory (the admin API and the console's admin page):
+/// the store first, then this instance's table, then the audit record.
+pub async fn set_disabled(
+    state: &EngineState,
+    snap: &Snapshot,
+    req: &AdminRequest<'_>,
+    name: &str,
+    disabled: bool,
+) -> Reply {
+    let body = Update { disabled };
     let config_user = snap.config.users.iter().any(|u| u.name == name);
     if !config_user && state.store.users().table().get(name).is_none() {
         return not_found(name);

@@ -20,7 +20,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from console_support import ALICE, CONFIG, ROOT
+from conftest import HTTP_TIMEOUT_S
+from console_support import ALICE, CONFIG, ROOT, wait_audit
+from console_support import sign_in as key_session
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 WAIT_S = 15
@@ -121,13 +123,17 @@ def test_sign_in_create_use_revoke_sign_out(gw, browser):
     with pytest.raises(openai.PermissionDeniedError):
         client.chat.completions.create(model="mock-other", messages=[{"role": "user", "content": "x"}])
 
-    # The call shows in Usage (the audit log is written within its fsync interval).
+    # The call shows in Usage, read from the store's spend rows (the page writes this
+    # instance's pending rows first). The refused call is no model use, so it is not counted.
     d.get(f"{gw.public_url}/console/usage")
     deadline = time.monotonic() + WAIT_S
-    while usage_today(d) < 2 and time.monotonic() < deadline:
+    while usage_today(d) < 1 and time.monotonic() < deadline:
         time.sleep(0.3)
         d.refresh()
-    assert usage_today(d) == 2  # the call, and the refused one
+    assert usage_today(d) == 1
+    today = d.find_elements(By.CSS_SELECTOR, "#usage tbody tr")[0].find_elements(By.CSS_SELECTOR, "td")
+    assert int(today[2].text) > 0 and int(today[3].text) > 0  # prompt and completion tokens
+    float(today[4].text)  # spend in USD, a number
     assert d.find_element(By.CSS_SELECTOR, "svg.chart rect.bar")
     shot(d, "usage")
 
@@ -172,6 +178,56 @@ def test_admin_pages(gw, browser):
     rows = d.find_elements(By.CSS_SELECTOR, "#audit tbody tr")
     assert rows and "session" in d.find_element(By.ID, "audit").text
     shot(d, "admin-audit")
+
+
+def user_row(d, name: str):
+    return d.find_element(By.CSS_SELECTOR, f'#users-table tr[data-user="{name}"]')
+
+
+def test_admin_disables_and_enables_a_user(gw, browser):
+    """Disable from the admin page (confirmed, CSRF): the user's key is refused and their
+    console session ends; Enable: the key works again. Both changes are audited."""
+    alice_console = key_session(gw, ALICE)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=ALICE, max_retries=0)
+    ask = {"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.chat.completions.create(**ask).choices[0].message.content == "hi"
+
+    d = browser
+    sign_in(d, gw, ROOT)
+    d.get(f"{gw.public_url}/console/admin")
+    assert user_row(d, "alice").find_element(By.CSS_SELECTOR, "td.state").text == "enabled"
+    user_row(d, "alice").find_element(By.CSS_SELECTOR, 'a[aria-label="Disable alice"]').click()
+    wait_for(d, lambda x: x.find_elements(By.ID, "confirm-user"), "the confirmation")
+    shot(d, "admin-user-confirm")
+    d.find_element(By.ID, "confirm-user").click()
+    wait_for(d, lambda x: "The user alice is disabled." in x.find_element(By.TAG_NAME, "main").text,
+             "the disabled notice")
+    assert user_row(d, "alice").find_element(By.CSS_SELECTOR, "td.state").text == "disabled"
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(**ask)
+    r = alice_console.get(f"{gw.public_url}/console/api", allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 303 and r.headers["location"] == "/console/login"
+
+    user_row(d, "alice").find_element(By.CSS_SELECTOR, 'a[aria-label="Enable alice"]').click()
+    wait_for(d, lambda x: x.find_elements(By.ID, "confirm-user"), "the confirmation")
+    d.find_element(By.ID, "confirm-user").click()
+    wait_for(d, lambda x: "The user alice is enabled." in x.find_element(By.TAG_NAME, "main").text,
+             "the enabled notice")
+    assert client.chat.completions.create(**ask).choices[0].message.content == "hi"
+
+    changes = wait_audit(gw, lambda r: r["path"].startswith("/console/admin/users/")
+                         and r.get("auth") == "session" and r["outcome"] == "ok")
+    assert {c["path"] for c in changes} == {"/console/admin/users/disable", "/console/admin/users/enable"}
+
+
+def test_user_change_needs_the_csrf_token(gw):
+    root = key_session(gw, ROOT)
+    r = root.post(f"{gw.public_url}/console/admin/users/disable", data={"user": "alice"},
+                  allow_redirects=False, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 403
+    client = openai.OpenAI(base_url=gw.base_url, api_key=ALICE, max_retries=0)
+    answer = client.chat.completions.create(model="mock-echo", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "hi"
 
 
 def test_keyboard_alone(gw, browser):

@@ -24,36 +24,80 @@ pub fn page(
         html! {
             h1 { "Admin" }
             (notice(&n))
-            (users(cx, keys))
+            (users(cx))
             (all_keys(keys))
             (upstream_table(upstreams))
         },
     )
 }
 
-fn users(cx: &Ctx<'_>, keys: &[KeyView]) -> Markup {
+fn users(cx: &Ctx<'_>) -> Markup {
+    let dir = crate::identity::admin::directory(cx.state, &cx.snap);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     html! {
         h2 id="users" { "Users" }
         p.hint {
-            "Users of the config file. Disabling a user (and users signed in through an identity \
-             provider) comes with the users directory of [identity]."
+            "Users of the config file and of the users directory (users signed in through the \
+             identity provider). A disabled user's keys and console sessions stop working."
         }
-        table {
-            thead { tr { th { "Name" } th { "Org" } th { "Role" } th.num { "Keys" } th { "Source" } th { span.hint { "Audit" } } } }
+        table id="users-table" {
+            thead { tr { th { "Name" } th { "Org" } th { "Role" } th.num { "Keys" } th { "Source" } th { "State" } th { "Last seen" } th { span.hint { "Actions" } } } }
             tbody {
-                @for u in &cx.snap.config.users {
-                    tr {
-                        td { (u.name) }
-                        td { (u.org) }
-                        td { (u.role) }
-                        td.num { (keys.iter().filter(|k| k.user == u.name).count()) }
-                        td { span.badge { "config" } }
-                        td { a href=(format!("/console/admin/audit?user={}", enc(&u.name))) { "Recent records" } }
+                @for (name, u) in &dir {
+                    @let disabled = u["disabled"] == true;
+                    tr data-user=(name) {
+                        td { (name) }
+                        td { (text(&u["org"])) }
+                        td { (text(&u["role"])) }
+                        td.num { (u["keys"].as_u64().unwrap_or(0)) }
+                        td { span.badge { (text(&u["source"])) } }
+                        td.state { @if disabled { span.badge.out { "disabled" } } @else { span.badge.in { "enabled" } } }
+                        td { (u["last_seen"].as_str().unwrap_or("—")) }
+                        td {
+                            @let action = if disabled { "enable" } else { "disable" };
+                            a.button.secondary href=(format!("/console/admin/users/{action}?user={}", enc(name)))
+                                aria-label=(format!("{} {name}", if disabled { "Enable" } else { "Disable" })) {
+                                @if disabled { "Enable" } @else { "Disable" }
+                            }
+                            " "
+                            a href=(format!("/console/admin/audit?user={}", enc(name))) { "Recent records" }
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// The confirmation before disabling or enabling a user (`action` is `disable` or `enable`).
+pub fn user_confirm(s: &Session, user: &str, action: &str) -> Markup {
+    let disable = action == "disable";
+    layout(
+        if disable {
+            "Disable user"
+        } else {
+            "Enable user"
+        },
+        Some(s),
+        Section::Admin,
+        html! {
+            h1 { @if disable { "Disable " } @else { "Enable " } code { (user) } "?" }
+            p {
+                @if disable {
+                    "Every request with this user's keys will be refused (401) and their console \
+                     sessions end, until the user is enabled again."
+                } @else {
+                    "This user's keys and sign-ins work again."
+                }
+            }
+            form method="post" action=(format!("/console/admin/users/{action}")) class="actions" {
+                input type="hidden" name="csrf" value=(s.row.csrf);
+                input type="hidden" name="user" value=(user);
+                button.danger type="submit" id="confirm-user" { @if disable { "Disable user" } @else { "Enable user" } }
+                a.button.secondary href="/console/admin#users" { "Cancel" }
+            }
+        },
+    )
 }
 
 fn all_keys(keys: &[KeyView]) -> Markup {

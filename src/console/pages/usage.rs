@@ -1,34 +1,33 @@
 //! Usage: the user's requests and tokens per day for 30 days, as a chart and a table.
 //!
-//! The rows are [`UsageDay`]s: today they come from this instance's audit log (requests and
-//! tokens); their `cost_usd` is for the spend records of SPEC §15, and the page shows it as
-//! soon as a source fills it.
+//! The rows are [`UsageDay`]s from the store's spend rows (SPEC §15), shared by every
+//! instance: requests, tokens and spend (`cost_usd`).
 
 use maud::{html, Markup};
 
 use super::{layout, Section};
-use crate::console::auditlog::{self, UsageDay};
+use crate::console::daily::{self, UsageDay};
 use crate::console::session::Session;
 use crate::console::{Ctx, Page};
 
 pub const DAYS: i64 = 30;
 
 pub async fn page(cx: &Ctx<'_>, s: &Session) -> Page {
-    let days = auditlog::usage_by_day(&cx.snap.config.audit.path, &s.identity.user, DAYS).await;
+    let days = daily::usage_by_day(cx.state, &s.identity.user, DAYS).await;
     let body = layout(
         "Usage",
         Some(s),
         Section::Usage,
         html! {
             h1 { "Usage" }
-            p.lead { "Your API requests and tokens per day (UTC), last " (DAYS) " days." }
+            p.lead { "Your API requests, tokens and spend per day (UTC), last " (DAYS) " days." }
             @match &days {
                 Err(e) => p.notice.warn { (e) },
                 Ok(days) => {
                     (chart(days))
                     (table(days))
-                    @if days.iter().all(|d| d.cost_usd.is_none()) {
-                        p.hint { "Spend: no prices are recorded on this gateway yet, so no spend is shown." }
+                    @if days.iter().all(|d| d.cost_usd == 0.0) {
+                        p.hint { "Spend: nothing priced was used in these days (prices are set per model, SPEC §15)." }
                     }
                 }
             }
@@ -77,7 +76,7 @@ fn table(days: &[UsageDay]) -> Markup {
                         td.num.requests { (d.requests) }
                         td.num { (d.prompt_tokens) }
                         td.num { (d.completion_tokens) }
-                        td.num { @match d.cost_usd { Some(c) => (format!("{c:.4}")), None => "—" } }
+                        td.num.spend { (format!("{:.4}", d.cost_usd)) }
                     }
                 }
             }
