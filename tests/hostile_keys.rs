@@ -302,14 +302,18 @@ fn a_store_from_before_key_ancestry_is_migrated_and_its_keys_keep_working() {
             "DELETE FROM sluice_migrations WHERE version = 3",
         ],
     );
-    assert_eq!(versions, [1, 2]);
+    // Every other migration stays applied: the runner must add the missing one alone.
+    assert!(
+        versions.starts_with(&[1, 2]) && !versions.contains(&3),
+        "{versions:?}"
+    );
 
     let gw = start(&config(&store, &audit, None));
     assert_eq!(chat_status(&gw, &old), 200);
     let (_, child) = mint(&gw, &old, json!({"name": "made after"}));
     assert_eq!(chat_status(&gw, &child), 200);
     drop(gw);
-    assert_eq!(sqlite_exec(&db, &[]), [1, 2, 3]);
+    assert!(sqlite_exec(&db, &[]).contains(&3));
 }
 
 #[test]

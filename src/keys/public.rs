@@ -208,7 +208,15 @@ async fn create_own(
         disabled: false,
         created: crate::store::now_secs(),
         expires,
-        parent: Some(caller.key_id.to_string()),
+        parent: made_by_key(state, snap, &caller.key_id),
     };
     create(state, snap, ev, row).await
+}
+
+/// The key a new key is made from: the caller's own key, when it authenticated with one (a
+/// provider token or a console session of a provider user has none, and its keys no parent).
+fn made_by_key(state: &EngineState, snap: &Snapshot, key_id: &str) -> Option<String> {
+    let is_key = snap.config.keys.iter().any(|k| k.id == key_id)
+        || state.store.keys().table().get(key_id).is_some();
+    is_key.then(|| key_id.to_string())
 }

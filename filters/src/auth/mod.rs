@@ -105,10 +105,16 @@ fn in_clients_terms(reply: Reply, head: &RequestHead<'_>, route: Route) -> Reply
     if bearer || !anthropic || reply.status != 401 {
         return reply;
     }
+    // Only the generic messages name a header; a specific one (which check a provider token
+    // failed) is kept as it is.
+    let generic = reply
+        .error_info
+        .as_ref()
+        .is_some_and(|e| e.message == INVALID_MESSAGE || e.message == MISSING_MESSAGE);
     match reply.code {
         Some("missing_api_key") => Reply::error(401, "missing_api_key", MISSING_MESSAGE_X_API_KEY),
-        Some(code) => Reply::error(401, code, INVALID_MESSAGE_X_API_KEY),
-        None => reply,
+        Some(code) if generic => Reply::error(401, code, INVALID_MESSAGE_X_API_KEY),
+        _ => reply,
     }
 }
 
