@@ -309,7 +309,19 @@ impl StoreRuntime {
 
     /// Reads the change counter; reloads when it moved.
     async fn poll_once(&self) {
-        let result = match self.store.version().await {
+        // The poll is the outage detector: a read of the change counter that the store does not
+        // answer within a few polls means it is down, even while the pool would go on trying to
+        // connect for the whole `store.timeout_ms` (other tasks may have taken the idle
+        // connections a dead server fails at once).
+        let probe = (self.poll * 10).max(Duration::from_secs(2));
+        let version = match tokio::time::timeout(probe, self.store.version()).await {
+            Ok(v) => v,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the change counter was not read within {} ms",
+                probe.as_millis()
+            ))),
+        };
+        let result = match version {
             Ok(v) if v > self.lock().version => self.reload().await,
             Ok(_) => Ok(()),
             Err(e) => Err(e),
