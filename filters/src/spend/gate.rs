@@ -89,27 +89,34 @@ impl SpendGate {
         })
     }
 
-    /// The key-level budgets a request by `key_id` is held to: its own (a configured key's, or
-    /// a store key's), then its ancestors' (a key made by a key is held to its maker's budgets
-    /// too) once keys know their makers.
-    fn key_budgets(&self, key_id: &Arc<str>) -> Vec<(Arc<str>, BudgetSpec)> {
-        if let Some((k, b)) = self.keys.get_key_value(key_id) {
-            return vec![(k.clone(), *b)];
-        }
+    /// The key-level budgets a request is held to: its key's own (a configured key's, or a
+    /// store key's), then each ancestor's (a key made by a key is held to its makers' budgets
+    /// too, so minting keys never multiplies a budget).
+    fn key_budgets(
+        &self,
+        key_id: &Arc<str>,
+        ancestors: &[Arc<str>],
+    ) -> Vec<(Arc<str>, BudgetSpec)> {
         let table = self.store_keys.table();
-        if table.is_empty() {
+        let store_has_budgets = !table.is_empty()
+            && self
+                .any_store_budget
+                .get(&table, |t| t.iter().any(|k| k.budget.is_some()))
+                .1;
+        if self.keys.is_empty() && !store_has_budgets {
             return Vec::new();
         }
-        let any = self
-            .any_store_budget
-            .get(&table, |t| t.iter().any(|k| k.budget.is_some()));
-        if !any.1 {
-            return Vec::new();
-        }
-        table
-            .get(key_id)
-            .and_then(|k| Some((k.id.clone(), k.budget?)))
-            .into_iter()
+        std::iter::once(key_id)
+            .chain(ancestors.iter())
+            .filter_map(|id| {
+                if let Some((k, b)) = self.keys.get_key_value(id) {
+                    return Some((k.clone(), *b));
+                }
+                if !store_has_budgets {
+                    return None;
+                }
+                table.get(id).and_then(|k| Some((k.id.clone(), k.budget?)))
+            })
             .collect()
     }
 
@@ -130,7 +137,7 @@ impl SpendGate {
                 budget: *b,
             });
         }
-        for (name, budget) in self.key_budgets(&id.key_id) {
+        for (name, budget) in self.key_budgets(&id.key_id, &id.ancestors) {
             out.push(Charge {
                 level: Level::Key,
                 name,
