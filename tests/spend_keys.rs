@@ -92,7 +92,10 @@ fn three_children_together_never_overspend_their_parents_budget() {
     }
     let total = spent(&usage(&base, ALICE));
     assert_eq!(total, 40.0 * ok as f64);
-    assert!(total <= 200.0, "the children spent ${total} of the parent's $200");
+    assert!(
+        total <= 200.0,
+        "the children spent ${total} of the parent's $200"
+    );
 
     // The parent's own requests meet the same spent budget.
     if total + reserved > 200.0 {
@@ -101,12 +104,7 @@ fn three_children_together_never_overspend_their_parents_budget() {
     }
 }
 
-fn admin(
-    gw: &sluice::Gateway,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
+fn admin(gw: &sluice::Gateway, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
     let r = client()
         .request(method, admin_url(gw, path))
         .bearer_auth("spend-adm1n")
@@ -189,7 +187,11 @@ fn the_admin_key_api_sets_changes_and_validates_budgets() {
     assert!(header(&r, "x-sluice-budget-remaining-usd").is_some());
     let (status, v) = admin(&gw, put.clone(), &path, json!({"name": "renamed"}));
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["budget"], json!({"usd": 1000.0, "period": "monthly"}), "absent stays");
+    assert_eq!(
+        v["budget"],
+        json!({"usd": 1000.0, "period": "monthly"}),
+        "absent stays"
+    );
     let (status, v) = admin(&gw, put, &path, json!({"budget": null}));
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["budget"], Value::Null);
