@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::backend::BackendSlot;
 use super::budget::{BudgetSpec, Period};
 use super::ledger::{Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing};
-use super::price::{usd_string, Cost, Price};
+use super::price::{usd_string, CallPrice, Cost, Price};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
 use crate::policy::{BuildError, Policy};
@@ -150,6 +150,9 @@ impl SpendGate {
     /// The request's worst-case cost: estimated prompt at the input price plus its output
     /// ceiling (or `default_max_tokens`, times `n`) at the output price.
     fn worst_case(&self, body: &JsonBody, cx: &Cx, default_max_tokens: u64) -> i64 {
+        if let Some(p) = cx.extensions.get::<CallPrice>() {
+            return p.micros;
+        }
         let Some(price) = cx.model.as_deref().and_then(|m| self.prices.get(m)) else {
             return 0;
         };
@@ -227,6 +230,14 @@ impl SpendGate {
         let ok = (200..300).contains(&ex.status);
         let charged = match cx.extensions.get::<Cost>() {
             Some(c) if cx.usage.is_some() => i64::try_from(c.micros).unwrap_or(i64::MAX),
+            // A priced call without tokens (MCP): paid when the server was reached and answered.
+            _ if cx.extensions.get::<CallPrice>().is_some() => {
+                if ok && ex.upstream_latency.is_some() {
+                    reserved
+                } else {
+                    0
+                }
+            }
             // An asynchronous agent run: its execution reserves and pays for itself.
             _ if ex.status == 202 && cx.route == Route::AgentRun => 0,
             // Answered without a usage (a stream cut after it started, an upstream that does
@@ -234,7 +245,11 @@ impl SpendGate {
             _ if ok => reserved,
             _ => 0,
         };
-        let row = match (&cx.identity, cx.model.as_deref()) {
+        let model = cx
+            .model
+            .as_deref()
+            .or_else(|| cx.extensions.get::<CallPrice>().map(|p| &*p.label));
+        let row = match (&cx.identity, model) {
             // Token counting is not a model call: it costs nothing and is no request of usage.
             _ if cx.route == Route::CountTokens => None,
             (Some(id), Some(model)) if ok || cx.usage.is_some() => Some(RowKey {
