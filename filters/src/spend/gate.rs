@@ -228,16 +228,12 @@ impl SpendGate {
         let reservation = cx.extensions.get::<SpendReservation>();
         let reserved = reservation.map_or(0, |r| r.micros);
         let ok = (200..300).contains(&ex.status);
+        let priced_call = cx.extensions.get::<CallPrice>().is_some();
         let charged = match cx.extensions.get::<Cost>() {
             Some(c) if cx.usage.is_some() => i64::try_from(c.micros).unwrap_or(i64::MAX),
             // A priced call without tokens (MCP): paid when the server was reached and answered.
-            _ if cx.extensions.get::<CallPrice>().is_some() => {
-                if ok && ex.upstream_latency.is_some() {
-                    reserved
-                } else {
-                    0
-                }
-            }
+            _ if priced_call && ok && ex.upstream_latency.is_some() => reserved,
+            _ if priced_call => 0,
             // An asynchronous agent run: its execution reserves and pays for itself.
             _ if ex.status == 202 && cx.route == Route::AgentRun => 0,
             // Answered without a usage (a stream cut after it started, an upstream that does
