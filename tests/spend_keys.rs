@@ -3,6 +3,8 @@
 //! changes a store key's `budget`, refusing bad ones with the field's path.
 
 mod common;
+#[path = "support/postgres.rs"]
+mod postgres;
 #[path = "support/spend.rs"]
 mod spend;
 
@@ -117,12 +119,23 @@ fn admin(gw: &sluice::Gateway, method: reqwest::Method, path: &str, body: Value)
 
 #[test]
 fn the_admin_key_api_sets_changes_and_validates_budgets() {
+    let env = Env::new();
+    admin_budgets(&env, &env.store());
+}
+
+#[test]
+fn the_admin_key_api_changes_budgets_on_postgres_too() {
+    let pg = postgres::PostgresServer::start();
+    let env = Env::new();
+    admin_budgets(&env, &pg.url());
+}
+
+fn admin_budgets(env: &Env, store: &str) {
     let token_env = "SLUICE_TEST_ADMIN_TOKEN_SPEND_KEYS";
     std::env::set_var(token_env, "spend-adm1n");
-    let env = Env::new();
     let gw = start(&format!(
         "admin_token_env = \"{token_env}\"\n{}",
-        config(&env.store(), &env.audit(), BIG)
+        config(store, &env.audit(), BIG)
     ));
     let base = format!("http://{}", gw.listen_addr());
     let post = reqwest::Method::POST;
