@@ -105,6 +105,7 @@ struct CreateFor {
     disabled: bool,
     expires_in_days: Option<u64>,
     expires: Option<i64>,
+    budget: Option<serde_json::Value>,
 }
 
 /// `PUT`: absent fields stay, `null` clears.
@@ -119,6 +120,8 @@ struct Update {
     disabled: Option<bool>,
     #[serde(default, deserialize_with = "some")]
     expires: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "some")]
+    budget: Option<serde_json::Value>,
 }
 
 /// A present field, `null` included, is `Some`.
@@ -251,6 +254,10 @@ async fn create_for(
         Ok(l) => l,
         Err(r) => return r,
     };
+    let budget = match req.budget.as_ref().map(super::budget::parse).transpose() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let expires = match (req.expires, expiry_from_days(req.expires_in_days)) {
         (_, Err(r)) => return r,
         (Some(_), Ok(Some(_))) => {
@@ -283,7 +290,7 @@ async fn create_for(
         created: crate::store::now_secs(),
         expires,
         parent: None,
-        budget: None,
+        budget,
     };
     create(state, snap, ev, row).await
 }
@@ -321,12 +328,17 @@ async fn update(
         Ok(l) => l,
         Err(r) => return r,
     };
+    let budget = match super::budget::parse_patch(req.budget.as_ref()) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let patch = KeyPatch {
         name: req.name,
         models: req.models,
         rate_limit,
         disabled: req.disabled,
         expires: req.expires,
+        budget,
     };
     if let Some(e) = state.store.known_outage() {
         return unavailable(state, &e);

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bootstrap;
+mod budget;
 mod narrow;
 mod public;
 

@@ -163,6 +163,8 @@ pub struct ServerRt {
     pub credential: Option<HeaderValue>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `price_per_call_usd` in micro-dollars: what one `tools/call` costs against budgets.
+    pub price_micros: Option<i64>,
 }
 
 /// The MCP servers of one config generation, and the connection pool to them.
@@ -254,6 +256,9 @@ impl McpServers {
                     credential,
                     connect_timeout: Duration::from_millis(s.connect_timeout_ms),
                     read_timeout: Duration::from_millis(s.read_timeout_ms),
+                    price_micros: s.price_per_call_usd.map(|p| {
+                        i64::try_from(sluice_filters::spend::micros(p)).unwrap_or(i64::MAX)
+                    }),
                 },
             );
         }

@@ -227,6 +227,12 @@ async fn post(cx: &Ctx<'_>, session: &mut Session, call: &mut Call, head: &Head<
             )
             .await;
         }
+        if let Some(micros) = cx.rt.price_micros {
+            call.cx.extensions.insert(sluice_filters::spend::CallPrice {
+                micros,
+                label: Arc::from(format!("mcp:{}", cx.rt.name)),
+            });
+        }
         if let Some(reply) = govern_call(cx, call, head, &mut msg).await {
             let outcome = reply.outcome;
             cx.count(tool.as_deref(), outcome);

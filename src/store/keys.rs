@@ -183,6 +183,7 @@ impl Store {
                rate_limit = CASE WHEN $5 THEN $6 ELSE rate_limit END, \
                disabled = CASE WHEN $7 THEN $8 ELSE disabled END, \
                expires = CASE WHEN $9 THEN $10 ELSE expires END, \
+               budget = CASE WHEN $14 THEN $15 ELSE budget END, \
                updated = $11 \
              WHERE id = $12 AND revoked IS NULL AND ($13 IS NULL OR user_name = $13) \
              RETURNING id, user_name, name, sha256, models, rate_limit, disabled, created, expires, \
@@ -196,6 +197,10 @@ impl Store {
             .rate_limit
             .as_ref()
             .map(|r| r.as_ref().and_then(|r| serde_json::to_string(r).ok()));
+        let budget = patch
+            .budget
+            .as_ref()
+            .map(|b| b.as_ref().and_then(|b| serde_json::to_string(b).ok()));
         let result: Result<Option<(u64, RawKey)>, sqlx::Error> = with_pool!(self, pool => async {
             let mut tx = begin_write!(self, pool)?;
             let v = bump!(self, tx);
@@ -213,6 +218,8 @@ impl Store {
                 .bind(now_secs())
                 .bind(id)
                 .bind(user)
+                .bind(budget.is_some())
+                .bind(budget.clone().flatten())
                 .fetch_optional(&mut *tx)
                 .await?;
             match raw {

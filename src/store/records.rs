@@ -91,6 +91,7 @@ pub struct KeyPatch {
     pub rate_limit: Option<Option<RateLimitSpec>>,
     pub disabled: Option<bool>,
     pub expires: Option<Option<i64>>,
+    pub budget: Option<Option<sluice_filters::spend::BudgetSpec>>,
 }
 
 /// An asynchronous agent run as stored: its object (the JSON the API answers) and who may read

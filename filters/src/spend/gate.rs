@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::backend::BackendSlot;
 use super::budget::{BudgetSpec, Period};
 use super::ledger::{Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing};
-use super::price::{usd_string, Cost, Price};
+use super::price::{usd_string, CallPrice, Cost, Price};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
 use crate::policy::{BuildError, Policy};
@@ -89,27 +89,34 @@ impl SpendGate {
         })
     }
 
-    /// The key-level budgets a request by `key_id` is held to: its own (a configured key's, or
-    /// a store key's), then its ancestors' (a key made by a key is held to its maker's budgets
-    /// too) once keys know their makers.
-    fn key_budgets(&self, key_id: &Arc<str>) -> Vec<(Arc<str>, BudgetSpec)> {
-        if let Some((k, b)) = self.keys.get_key_value(key_id) {
-            return vec![(k.clone(), *b)];
-        }
+    /// The key-level budgets a request is held to: its key's own (a configured key's, or a
+    /// store key's), then each ancestor's (a key made by a key is held to its makers' budgets
+    /// too, so minting keys never multiplies a budget).
+    fn key_budgets(
+        &self,
+        key_id: &Arc<str>,
+        ancestors: &[Arc<str>],
+    ) -> Vec<(Arc<str>, BudgetSpec)> {
         let table = self.store_keys.table();
-        if table.is_empty() {
+        let store_has_budgets = !table.is_empty()
+            && self
+                .any_store_budget
+                .get(&table, |t| t.iter().any(|k| k.budget.is_some()))
+                .1;
+        if self.keys.is_empty() && !store_has_budgets {
             return Vec::new();
         }
-        let any = self
-            .any_store_budget
-            .get(&table, |t| t.iter().any(|k| k.budget.is_some()));
-        if !any.1 {
-            return Vec::new();
-        }
-        table
-            .get(key_id)
-            .and_then(|k| Some((k.id.clone(), k.budget?)))
-            .into_iter()
+        std::iter::once(key_id)
+            .chain(ancestors.iter())
+            .filter_map(|id| {
+                if let Some((k, b)) = self.keys.get_key_value(id) {
+                    return Some((k.clone(), *b));
+                }
+                if !store_has_budgets {
+                    return None;
+                }
+                table.get(id).and_then(|k| Some((k.id.clone(), k.budget?)))
+            })
             .collect()
     }
 
@@ -130,7 +137,7 @@ impl SpendGate {
                 budget: *b,
             });
         }
-        for (name, budget) in self.key_budgets(&id.key_id) {
+        for (name, budget) in self.key_budgets(&id.key_id, &id.ancestors) {
             out.push(Charge {
                 level: Level::Key,
                 name,
@@ -143,6 +150,9 @@ impl SpendGate {
     /// The request's worst-case cost: estimated prompt at the input price plus its output
     /// ceiling (or `default_max_tokens`, times `n`) at the output price.
     fn worst_case(&self, body: &JsonBody, cx: &Cx, default_max_tokens: u64) -> i64 {
+        if let Some(p) = cx.extensions.get::<CallPrice>() {
+            return p.micros;
+        }
         let Some(price) = cx.model.as_deref().and_then(|m| self.prices.get(m)) else {
             return 0;
         };
@@ -218,8 +228,12 @@ impl SpendGate {
         let reservation = cx.extensions.get::<SpendReservation>();
         let reserved = reservation.map_or(0, |r| r.micros);
         let ok = (200..300).contains(&ex.status);
+        let priced_call = cx.extensions.get::<CallPrice>().is_some();
         let charged = match cx.extensions.get::<Cost>() {
             Some(c) if cx.usage.is_some() => i64::try_from(c.micros).unwrap_or(i64::MAX),
+            // A priced call without tokens (MCP): paid when the server was reached and answered.
+            _ if priced_call && ok && ex.upstream_latency.is_some() => reserved,
+            _ if priced_call => 0,
             // An asynchronous agent run: its execution reserves and pays for itself.
             _ if ex.status == 202 && cx.route == Route::AgentRun => 0,
             // Answered without a usage (a stream cut after it started, an upstream that does
@@ -227,7 +241,11 @@ impl SpendGate {
             _ if ok => reserved,
             _ => 0,
         };
-        let row = match (&cx.identity, cx.model.as_deref()) {
+        let model = cx
+            .model
+            .as_deref()
+            .or_else(|| cx.extensions.get::<CallPrice>().map(|p| &*p.label));
+        let row = match (&cx.identity, model) {
             // Token counting is not a model call: it costs nothing and is no request of usage.
             _ if cx.route == Route::CountTokens => None,
             (Some(id), Some(model)) if ok || cx.usage.is_some() => Some(RowKey {

@@ -33,4 +33,4 @@ pub use ledger::{
     history_start, Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing, StoredSpend,
     HISTORY_DAYS,
 };
-pub use price::{micros, usd_f64, usd_string, Cost, Price, PriceSpec};
+pub use price::{micros, usd_f64, usd_string, CallPrice, Cost, Price, PriceSpec};

@@ -193,3 +193,13 @@ mod tests {
         );
     }
 }
+
+/// A flat price for one call that has no tokens (an MCP `tools/call` of a server with
+/// `price_per_call_usd`), put in the request's extensions before the chain runs: the budgets
+/// reserve it and, when the call is answered, charge it; `label` stands for the model in the
+/// usage rows (`mcp:{server}`).
+#[derive(Debug, Clone)]
+pub struct CallPrice {
+    pub micros: i64,
+    pub label: std::sync::Arc<str>,
+}
