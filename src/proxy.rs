@@ -184,7 +184,7 @@ impl SluiceProxy {
         };
         let mut h = ResponseHeader::build(page.status, Some(8))?;
         for (n, v) in page.all_headers() {
-            h.insert_header(n, v)?;
+            h.append_header(n, v)?;
         }
         h.insert_header("content-length", page.body.len().to_string())?;
         session.write_response_header(Box::new(h), false).await?;

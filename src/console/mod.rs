@@ -9,7 +9,9 @@
 //!
 //! ```text
 //! GET  /console/                    → Settings › API when signed in, else the sign-in page
-//! GET  /console/login               sign-in: paste a key (provider sign-in: see `signin`)
+//! GET  /console/login               sign-in: paste a key, or "Sign in with <provider>"
+//! GET  /console/login/provider      provider sign-in: on to the provider (`oidc`)
+//! GET  /console/callback            provider sign-in: back from the provider (`oidc`)
 //! POST /console/login               key sign-in                       (Origin checked)
 //! POST /console/logout              ends the session everywhere       (CSRF)
 //! GET  /console/api                 Settings › API: keys, "Create key"
@@ -36,6 +38,7 @@ mod audit;
 mod auditlog;
 mod config;
 mod daily;
+mod oidc;
 mod pages;
 mod session;
 mod signin;

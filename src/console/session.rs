@@ -68,7 +68,7 @@ pub fn clear_cookie(cx: &Ctx<'_>) -> String {
 }
 
 /// The session cookie's value, if the request carries one.
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -97,7 +97,8 @@ pub async fn load(cx: &Ctx<'_>) -> Result<Option<Session>, Page> {
     let idle = (cx.config().idle_minutes * 60) as i64;
     let identity = match row.key_id.as_deref() {
         Some(key_id) => super::who::identity_of_key(cx.state, &cx.snap, key_id),
-        // A provider session (no key) needs the identity provider's users: not built here.
+        // A provider session: the user as the directory knows them now.
+        None if row.auth == "oidc" => super::who::identity_of_user(cx.state, &cx.snap, &row.user),
         None => None,
     };
     let identity = match identity {

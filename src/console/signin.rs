@@ -8,9 +8,8 @@
 //!
 //! **Provider sign-in** (OpenID Connect, authorization code + PKCE S256, `state`, `nonce`)
 //! needs `[identity]` (discovery, JWKS, ID token verification, the users directory), which is
-//! built apart from the console. Its seam is here: `GET /console/login/provider` starts the
-//! flow and `GET /console/callback` ends it by calling [`session::open`] with the provider
-//! user's identity and `auth = "oidc"`. Until `[identity]` exists both answer 404.
+//! built apart from the console; the flow is [`super::oidc`]. Without `[identity]`,
+//! `GET /console/login/provider` and `GET /console/callback` answer 404.
 
 use http::{HeaderMap, HeaderValue, Method};
 use sluice_filters::{Cx, Outcome, RequestHead, Verdict};
@@ -88,17 +87,25 @@ async fn authenticate(cx: &Ctx<'_>, key: &str) -> Result<sluice_filters::Identit
     }
 }
 
-/// The provider sign-in seam (see the module docs).
+/// `GET /console/login/provider` and `GET /console/callback` (see [`super::oidc`]); 404
+/// without `[identity]`.
 pub async fn provider(cx: &Ctx<'_>) -> Page {
-    Page::html(
-        404,
-        pages::message(
-            cx,
-            None,
-            "No identity provider",
-            "This gateway has no [identity] provider configured: sign in with a key.",
-        ),
-    )
+    let Some(svc) = super::oidc::service(cx) else {
+        return Page::html(
+            404,
+            pages::message(
+                cx,
+                None,
+                "No identity provider",
+                "This gateway has no [identity] provider configured: sign in with a key.",
+            ),
+        );
+    };
+    if cx.req.path == "/console/callback" {
+        super::oidc::callback(cx, &svc).await
+    } else {
+        super::oidc::start(cx, &svc).await
+    }
 }
 
 /// `POST /console/logout`: the session's row is deleted, so it ends on every instance.

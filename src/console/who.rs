@@ -41,6 +41,12 @@ pub fn identity_of_key(state: &EngineState, snap: &Snapshot, key_id: &str) -> Op
     Some(id)
 }
 
+/// The identity of a provider-signed-in session of `user` (no key: its role's grants, with
+/// the key id `oidc:{user}`); nothing when the directory disables the user or lacks their role.
+pub fn identity_of_user(state: &EngineState, snap: &Snapshot, user: &str) -> Option<Identity> {
+    identity_of(state, snap, &format!("oidc:{user}"), user, None)
+}
+
 /// The identity of a key of `user` with its own `models`: a `[[users]]` entry, or a provider
 /// user of the store's directory (the org and role of their last sign-in). A user the
 /// directory disables resolves to nothing.

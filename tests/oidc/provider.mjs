@@ -7,7 +7,7 @@
 //   package's own.
 // - JWT access tokens (resource indicators, accessTokenFormat 'jwt') for the resources
 //   https://sluice.test/api (aud "sluice", the default) and https://other.test/api (aud "other-api"), with `email` and `groups`
-//   claims; client credentials (clients `svc-*`) and authorization code with PKCE (client
+//   claims (in ID tokens too); client credentials (clients `svc-*`) and authorization code with PKCE (client
 //   `console`, devInteractions login: any password; the login name picks the groups).
 // - Signing keys are RSA (RS256), kept in KEYS_FILE so a restart with `--rotate` publishes a
 //   new key first (new tokens carry its kid) while still publishing the old one.
@@ -66,6 +66,8 @@ const provider = new Provider(issuer, {
     },
   ],
   jwks: { keys },
+  // The console's sign-in reads `email` and `groups` from the ID token of the code flow.
+  conformIdTokenClaims: false,
   pkce: { required: () => true },
   scopes: ['openid', 'email', 'profile', 'api'],
   claims: { openid: ['sub'], email: ['email'], profile: ['groups'] },
@@ -101,6 +103,14 @@ const provider = new Provider(issuer, {
   },
 });
 provider.proxy = false;
+
+// The console client's redirect URI is Sluice's `/console/callback` on whichever loopback port
+// the test gateway got (the port is only known after the provider is up).
+const redirectUriAllowed = provider.Client.prototype.redirectUriAllowed;
+provider.Client.prototype.redirectUriAllowed = function allowed(uri) {
+  if (this.clientId === 'console' && /^http:\/\/127\.0\.0\.1:\d+\/console\/callback$/.test(uri)) return true;
+  return redirectUriAllowed.call(this, uri);
+};
 
 // Test-only routes and a JWKS fetch counter.
 let jwksFetches = 0;

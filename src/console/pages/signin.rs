@@ -7,6 +7,7 @@ use crate::console::Ctx;
 
 /// The sign-in form; `error`: why the last attempt failed.
 pub fn page(cx: &Ctx<'_>, error: Option<&str>) -> Markup {
+    let provider = crate::console::oidc::provider_name(cx);
     let key_sign_in = cx.config().key_sign_in;
     layout(
         "Sign in",
@@ -17,6 +18,13 @@ pub fn page(cx: &Ctx<'_>, error: Option<&str>) -> Markup {
                 h1 { "Sign in to Sluice" }
                 @if let Some(e) = error {
                     p.notice.error role="alert" id="signin-error" { (e) }
+                }
+                @if let Some(name) = &provider {
+                    p {
+                        a.button href="/console/login/provider" id="signin-provider" {
+                            "Sign in with " (name)
+                        }
+                    }
                 }
                 @if key_sign_in {
                     form method="post" action="/console/login" {
@@ -30,7 +38,7 @@ pub fn page(cx: &Ctx<'_>, error: Option<&str>) -> Markup {
                         }
                         p { button type="submit" id="signin" { "Sign in" } }
                     }
-                } @else {
+                } @else if provider.is_none() {
                     p { "Sign-in with a key is turned off on this gateway." }
                 }
             }
