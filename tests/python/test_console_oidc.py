@@ -9,9 +9,12 @@ from urllib.parse import parse_qs, urljoin, urlparse
 
 import pytest
 import requests
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import HTTP_TIMEOUT_S as T
 from console_support import CSRF, wait_audit
+from test_console import browser  # noqa: F401  (the headless Chromium fixture)
 from test_identity import OidcProvider
 
 SECRET_ENV = "SLUICE_TEST_CONSOLE_SECRET"
@@ -190,3 +193,35 @@ def test_a_user_with_no_matching_group_is_403(gw):
     assert s.get(f"{gw.public_url}/console/api", allow_redirects=False, timeout=T).status_code == 303
     denied = wait_audit(gw, lambda r: r.get("path") == "/console/callback" and r.get("status") == 403)
     assert denied and denied[0]["outcome"] == "denied_auth" and denied[0]["auth"] == "session"
+
+
+def test_in_a_browser_through_the_providers_pages(gw, browser):
+    """The same flow in headless Chromium: the provider's login and consent pages, the console's
+    cookies as a browser keeps them (SameSite=Lax across the redirects)."""
+    d = browser
+    wait = WebDriverWait(d, 15)
+    d.get(f"{gw.public_url}/console/")
+    wait.until(lambda x: x.find_elements(By.ID, "signin-provider"), "the provider button")
+    d.find_element(By.ID, "signin-provider").click()
+    wait.until(lambda x: x.find_elements(By.NAME, "login"), "the provider's login page")
+    d.find_element(By.NAME, "login").send_keys("bob")
+    d.find_element(By.NAME, "password").send_keys("any")
+    d.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+
+    def landed(x):
+        if x.current_url.endswith("/console/api"):
+            return True
+        if not x.current_url.startswith(gw.public_url):
+            buttons = x.find_elements(By.CSS_SELECTOR, 'button[type="submit"]')
+            if buttons and not x.find_elements(By.NAME, "login"):
+                buttons[0].click()  # the consent page, if the provider shows one
+        return False
+
+    wait.until(landed, "Settings › API after the provider")
+    assert "bob@example.com" in d.page_source
+    d.find_element(By.ID, "name").send_keys("from-the-browser")
+    d.find_element(By.ID, "create-key").click()
+    wait.until(lambda x: x.find_elements(By.ID, "new-key"), "the new key")
+    assert d.find_element(By.ID, "new-key").text.strip().startswith("sk-sluice-")
+    d.find_element(By.XPATH, "//button[text()='Sign out']").click()
+    wait.until(lambda x: x.current_url.endswith("/console/login"), "the sign-in page after sign-out")
