@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use sluice_filters::auth::{StoreUser, TokenRefusal};
+use sluice_filters::auth::{StoreUser, TokenRefusal, TokenUser};
 use sluice_filters::Outcome;
 
 use super::session::{self, id_sha256, random_token};
@@ -198,29 +198,7 @@ async fn finish(cx: &Ctx<'_>, svc: &IdentityService) -> Result<Page, (u16, Strin
         TokenRefusal::NoRole(m) => (403, m),
         TokenRefusal::Invalid(m) => (401, m),
     })?;
-    let store = cx.state.store.clone();
-    let known = store.users().table().get(&user.name).cloned();
-    if known.as_ref().is_some_and(|u| u.disabled) {
-        return Err((
-            403,
-            "Your user is disabled on this gateway; ask your administrator.".into(),
-        ));
-    }
-    let same = known.as_ref().is_some_and(|u| {
-        u.org.as_deref() == Some(&*user.org) && u.role.as_deref() == Some(&*user.role)
-    });
-    if !same {
-        // The sighting's writer records the user in the store behind us; the directory in
-        // memory knows it at once, so the session resolves on the very next request.
-        store.put_user(StoreUser {
-            name: user.name.to_string(),
-            source: known.as_ref().map_or("oidc".into(), |u| u.source.clone()),
-            org: Some(user.org.to_string()),
-            role: Some(user.role.to_string()),
-            disabled: false,
-            last_seen: Some(crate::store::now_secs().max(0) as u64),
-        });
-    }
+    into_directory(cx, &user)?;
     let Some(identity) = super::who::identity_of_user(cx.state, &cx.snap, &user.name) else {
         return Err((
             403,
@@ -238,6 +216,34 @@ async fn finish(cx: &Ctx<'_>, svc: &IdentityService) -> Result<Page, (u16, Strin
     Ok(Page::redirect("/console/api")
         .with_header("set-cookie", session::set_cookie(cx, &id))
         .with_header("set-cookie", clear_cookie(cx)))
+}
+
+/// The signed-in user in the users directory: refused while disabled; else known at once with
+/// the org and role of this sign-in (the sighting's writer records it in the store behind us,
+/// and the directory in memory knows it now, so the session resolves on the very next request).
+fn into_directory(cx: &Ctx<'_>, user: &TokenUser) -> Result<(), (u16, String)> {
+    let store = cx.state.store.clone();
+    let known = store.users().table().get(&user.name).cloned();
+    if known.as_ref().is_some_and(|u| u.disabled) {
+        return Err((
+            403,
+            "Your user is disabled on this gateway; ask your administrator.".into(),
+        ));
+    }
+    let same = known.as_ref().is_some_and(|u| {
+        u.org.as_deref() == Some(&*user.org) && u.role.as_deref() == Some(&*user.role)
+    });
+    if !same {
+        store.put_user(StoreUser {
+            name: user.name.to_string(),
+            source: known.as_ref().map_or("oidc".into(), |u| u.source.clone()),
+            org: Some(user.org.to_string()),
+            role: Some(user.role.to_string()),
+            disabled: false,
+            last_seen: Some(crate::store::now_secs().max(0) as u64),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
