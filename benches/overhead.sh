@@ -61,6 +61,10 @@
 #   RESULTS=path       also write the report (markdown) to this file
 #   KEEP=1             keep the temporary directory (configs, logs, raw results)
 #
+#   IDENTITY=1         every Sluice config also has an [identity] provider (a stand-in the driver
+#                      serves: discovery, a JWKS with one RS256 key) and the chains with auth
+#                      are called with a provider token (JWT) instead of a Sluice key: the cost
+#                      of verifying a token (SPEC §13)
 #   SPEND=1            every Sluice config also prices the model and gives the org, the user
 #                      and the key a budget (SPEC §15): the cost of budgets at three levels
 #   MODE=syscalls      only the syscalls phase (~1 minute)
@@ -111,6 +115,7 @@ SYSCALLS=${SYSCALLS:-1}
 FLOOR=${FLOOR:-1}
 TELEMETRY=${TELEMETRY:-0}
 SPEND=${SPEND:-0}
+IDENTITY=${IDENTITY:-0}
 PRICE_LINE="" BUDGET_LINE=""
 if [[ $SPEND == 1 ]]; then
   PRICE_LINE='price = { input_per_mtok = 2.50, output_per_mtok = 10.00 }'
@@ -285,6 +290,15 @@ if [[ $TELEMETRY == 1 ]]; then
   wait_port "$OTLP_PORT" otlp-sink "$!"
   log "traces on: every Sluice exports to the OTLP sink on 127.0.0.1:$OTLP_PORT"
 fi
+IDENTITY_CONF=""
+if [[ $IDENTITY == 1 ]]; then
+  OIDC_PORT=$(free_port)
+  python3 "$DRIVER" oidc --port "$OIDC_PORT" --token-out "$T/jwt.txt" >"$T/oidc.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$OIDC_PORT" oidc "$!"
+  IDENTITY_CONF=$(printf '\n[identity]\nissuer = "http://127.0.0.1:%s"\nclient_id = "sluice"\naudiences = ["sluice"]\n[[identity.roles]]\ngroup = "*"\norg = "bench"\nrole = "bench"\n' "$OIDC_PORT")
+  log "identity on: the chains with auth are called with an RS256 provider token"
+fi
 TARGETS+=(direct) STREAMED+=(direct)
 PORT[direct]=$MOCK_PORT PID[direct]="" KEY[direct]="" LABEL[direct]="direct to the mock (no proxy)"
 
@@ -413,6 +427,7 @@ EOF
       esac
     done
     for f in "$@"; do printf '\n[[filters]]\ntype = "%s"\n' "$f"; done
+    [[ -n $IDENTITY_CONF ]] && printf '%s\n' "$IDENTITY_CONF"
     if [[ $TELEMETRY == 1 ]]; then
       printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' "$OTLP_PORT"
     fi
@@ -454,6 +469,7 @@ start_sluice() { # name label streamed(0|1) filter...
   [[ $streamed == 1 ]] && STREAMED+=("$name")
   PORT[$name]=$port PID[$name]=$pid ADMIN[$name]=$admin LABEL[$name]=$label KEY[$name]=""
   (($#)) && [[ " $* " == *" auth "* ]] && KEY[$name]=$API_KEY
+  [[ -n ${KEY[$name]} && $IDENTITY == 1 ]] && KEY[$name]=$(cat "$T/jwt.txt")
   return 0
 }
 start_sluice empty "Sluice, empty chain" 1
@@ -566,6 +582,7 @@ if [[ $MODE == callgrind ]]; then
     wait_port "$port" "cg-$name" "$pid" 1200
     local key=""
     (($#)) && [[ " $* " == *" auth "* ]] && key=$API_KEY
+    [[ -n $key && $IDENTITY == 1 ]] && key=$(cat "$T/jwt.txt")
     timeout 600 python3 "$DRIVER" requests --port "$port" --key "$key" --body "$T/body.json" --n 200 ||
       die "requests failed under callgrind ($name)"
     callgrind_control -z "$pid" >/dev/null
