@@ -1,0 +1,152 @@
+//! Budgets shared through the rate limiter's Redis (`backend = "redis"`, SPEC §15): every
+//! instance reserves and settles in Redis, so together they enforce one budget.
+//!
+//! One `EVALSHA` of `budget.lua` per operation, atomic like the buckets' `admit.lua`: a
+//! reservation checks every budget of the caller (the period's spend + the reservations in
+//! flight of every instance + this cost ≤ the budget) and takes all or none; a settlement drops
+//! the reservation and adds the real cost to the period's counter.
+//!
+//! ## Keys
+//!
+//! With the rate limiter's prefix and its `{<org>}` hash tag (see `redis_store.rs`):
+//! `<prefix>:{<org>}:spend:<level>:<name>:<period>:<start>` holds what the period has spent
+//! (µ$), expiring a day after the period ends (`total` never); `…:held:<level>:<name>` (hash
+//! id → µ$, plus their `sum`) and `…:held-by:<level>:<name>` (the ids by deadline) hold the
+//! reservations in flight. A reservation its instance never settles (it died) is dropped by the
+//! next script touching the budget after [`RESERVATION_TTL_SECS`].
+//!
+//! ## Durability
+//!
+//! Redis only holds the shared period totals: each instance still writes its per-day rows to
+//! its own store (the usage API reads those), through this process's ledger. A counter Redis
+//! lost (a flush, a restart without persistence) is re-created from the spend of the period
+//! that the first instance to touch it knows, which is its own store's rows: the other
+//! instances' spend of the period is forgotten until it resets.
+
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::redis_store::{escape, RedisStore};
+use crate::spend::{Charge, Ledger, Reserve, RowKey, RowSums, SpendBackend, Standing};
+
+static BUDGET: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("budget.lua")));
+
+/// How long a reservation holds budget when its request never settles (as `PgBudgets`').
+pub const RESERVATION_TTL_SECS: i64 = 3600;
+
+/// A spend counter outlives its period by this much, so an instance whose clock is a little
+/// behind still finds it.
+const COUNTER_GRACE_SECS: i64 = 86_400;
+
+/// The Redis [`SpendBackend`].
+pub(crate) struct RedisBudgets {
+    pub store: RedisStore,
+    pub prefix: String,
+    /// This process's ledger: what this instance knows was spent, to re-create a lost counter.
+    pub ledger: Arc<Ledger>,
+}
+
+impl RedisBudgets {
+    fn keys(&self, org: &str, c: &Charge, now: OffsetDateTime) -> [String; 3] {
+        let (tag, level, name) = (escape(org), c.level.label(), escape(&c.name));
+        let key = |kind: &str| format!("{}:{{{tag}}}:{kind}:{level}:{name}", self.prefix);
+        let period = match c.budget.period.start(now.date()) {
+            Some(start) => format!(
+                "{}:{:04}-{:02}-{:02}",
+                c.budget.period.as_str(),
+                start.year(),
+                u8::from(start.month()),
+                start.day()
+            ),
+            None => "total".to_string(),
+        };
+        [
+            format!("{}:{period}", key("spend")),
+            key("held"),
+            key("held-by"),
+        ]
+    }
+
+    async fn run(
+        &self,
+        mode: &str,
+        id: &str,
+        org: &str,
+        charges: &[Charge],
+        micros: i64,
+        now: OffsetDateTime,
+    ) -> Result<Vec<i64>, String> {
+        let mut call = BUDGET.prepare_invoke();
+        call.arg(mode)
+            .arg(id)
+            .arg(micros.max(0))
+            .arg(RESERVATION_TTL_SECS);
+        for c in charges {
+            for k in self.keys(org, c, now) {
+                call.key(k);
+            }
+            let expire_at = c
+                .budget
+                .period
+                .resets_at(now)
+                .map_or(0, |t| t.unix_timestamp() + COUNTER_GRACE_SECS);
+            let seed = self.ledger.standing(c, now.date()).spent.max(0);
+            call.arg(c.budget.micros()).arg(seed).arg(expire_at);
+        }
+        self.store.invoke(&call).await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl SpendBackend for RedisBudgets {
+    async fn reserve(
+        &self,
+        id: &str,
+        org: &str,
+        charges: &[Charge],
+        cost: i64,
+        now: OffsetDateTime,
+    ) -> Result<Reserve, String> {
+        let out = self.run("reserve", id, org, charges, cost, now).await?;
+        match out[..] {
+            [1, remaining] => Ok(Reserve::Reserved { remaining }),
+            [0, index, spent, reserved] => {
+                let index = usize::try_from(index)
+                    .ok()
+                    .filter(|i| *i < charges.len())
+                    .ok_or("unexpected answer from the budget script")?;
+                Ok(Reserve::Refused {
+                    index,
+                    standing: Standing {
+                        limit: charges[index].budget.micros(),
+                        spent,
+                        reserved,
+                    },
+                })
+            }
+            _ => Err("unexpected answer from the budget script".to_string()),
+        }
+    }
+
+    async fn settle(
+        &self,
+        id: &str,
+        org: &str,
+        charges: &[Charge],
+        row: Option<(RowKey, RowSums)>,
+    ) -> Result<(), String> {
+        let cost = row.as_ref().map_or(0, |(_, s)| s.cost_micros);
+        let now = OffsetDateTime::now_utc();
+        self.run("settle", id, org, charges, cost, now)
+            .await
+            .map(|_| ())
+    }
+
+    /// Rows go to this instance's store through its ledger.
+    fn keeps_rows(&self) -> bool {
+        false
+    }
+}
