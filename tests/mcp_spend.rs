@@ -70,6 +70,16 @@ fn priced_tool_calls_are_held_to_the_callers_budget() {
     let recs = records(&audit, 4);
     let outcomes: Vec<&str> = recs.iter().filter_map(|r| r["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["ok", "dlp_blocked", "ok", "budget_exceeded"]);
+    // Paid calls carry their price; calls that never reached the server cost nothing.
+    let costs: Vec<Option<f64>> = recs.iter().map(|r| r["cost_usd"].as_f64()).collect();
+    assert_eq!(costs, [Some(0.01), None, Some(0.01), None], "{recs:?}");
+    // The spend metric counts them under the usage rows' label.
+    common::wait_metric(
+        &gw,
+        "sluice_spend_usd_total",
+        &["org=\"acme\"", "model=\"mcp:tools\""],
+        0.02,
+    );
     let u: Value = client()
         .get(common::url(&gw, "/v1/usage"))
         .bearer_auth(ALICE)

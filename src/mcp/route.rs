@@ -580,6 +580,9 @@ fn finish(call: &mut Call, status: u16, outcome: Outcome) -> bool {
     call.local = Some(LocalDone { outcome, code });
     let ex = call.exchange(status, outcome, code);
     let snap = call.snap.clone();
+    // A paid `tools/call` costs its price (SPEC §15): in the record written here, if any.
+    snap.spend
+        .price_request(&snap.config.prices, &ex, &mut call.cx);
     let durable = snap.chain.on_response_complete(&ex, &call.cx).is_ok();
     call.cx.response_completed = true;
     call.completed = true;

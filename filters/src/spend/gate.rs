@@ -284,9 +284,10 @@ impl SpendGate {
         let ok = (200..300).contains(&ex.status);
         let priced_call = cx.extensions.get::<CallPrice>().is_some();
         let charged = match cx.extensions.get::<Cost>() {
-            Some(c) if cx.usage.is_some() => i64::try_from(c.micros).unwrap_or(i64::MAX),
-            // A priced call without tokens (MCP): paid when the server was reached and answered.
-            _ if priced_call && ok && ex.upstream_latency.is_some() => reserved,
+            // A priced call without tokens (MCP) is costed by `price_request` when it is paid.
+            Some(c) if cx.usage.is_some() || priced_call => {
+                i64::try_from(c.micros).unwrap_or(i64::MAX)
+            }
             _ if priced_call => 0,
             // An asynchronous agent run: its execution reserves and pays for itself.
             _ if ex.status == 202 && cx.route == Route::AgentRun => 0,
@@ -436,8 +437,31 @@ impl SpendMetrics {
     }
 
     /// Prices a finished request from its usage: sets [`Cost`] in `cx` and moves the metrics.
-    /// Nothing happens without a usage or a model.
-    pub fn price_request(&self, prices: &HashMap<String, Price>, cx: &mut Cx) {
+    /// A priced call without tokens ([`CallPrice`], an MCP `tools/call`) costs its price when
+    /// it was paid: the server was reached and the answer is a 2xx; its metric's `model` is the
+    /// call's label (`mcp:<server>`), as in the usage rows. Else nothing happens without a
+    /// usage or a model.
+    ///
+    /// Called when the answer completes (the audit record may be written then) and again at
+    /// the log; the first call that prices the request wins, so nothing is counted twice.
+    pub fn price_request(&self, prices: &HashMap<String, Price>, ex: &Exchange, cx: &mut Cx) {
+        if cx.extensions.get::<Cost>().is_some() {
+            return;
+        }
+        if let (Some(p), None) = (cx.extensions.get::<CallPrice>(), cx.usage) {
+            if (200..300).contains(&ex.status) && ex.upstream_latency.is_some() {
+                let org = cx.identity.as_ref().map_or("", |i| &*i.org);
+                let micros = u64::try_from(p.micros).unwrap_or(0);
+                self.spend_usd
+                    .with_label_values(&[org, &p.label])
+                    .inc_by(micros as f64 / 1e6);
+                cx.extensions.insert(Cost {
+                    micros,
+                    priced: true,
+                });
+            }
+            return;
+        }
         let (Some(usage), Some(model)) = (cx.usage, cx.model.as_deref()) else {
             return;
         };
