@@ -29,6 +29,8 @@ fn priced_tool_calls_are_held_to_the_callers_budget() {
         .parse()
         .expect("decimal");
     assert!((remaining - 0.015).abs() < 1e-9, "{remaining}");
+    // A JSON answer is held whole before its head goes out: it carries its real cost.
+    assert_eq!(h["x-sluice-cost-usd"], "0.010000");
 
     // Blocked by DLP before the server: nothing charged.
     let (s, _, body) = post(
@@ -56,6 +58,10 @@ fn priced_tool_calls_are_held_to_the_callers_budget() {
         "{v}"
     );
     assert!(h.get("retry-after").is_some());
+    assert!(
+        h.get("x-sluice-cost-usd").is_none(),
+        "a refused call costs nothing"
+    );
     let forwarded: Vec<Value> = calls_seen(&log)
         .iter()
         .map(|s| s.body["params"]["arguments"]["text"].clone())
