@@ -150,3 +150,43 @@ impl SpendBackend for RedisBudgets {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spend::{BudgetSpec, Level, Period};
+
+    #[test]
+    fn keys_carry_the_org_tag_and_the_period_start() {
+        let budgets = RedisBudgets {
+            store: RedisStore {
+                conn: Arc::new(
+                    super::super::redis_store::RedisConn::new("redis://127.0.0.1:1").unwrap(),
+                ),
+                timeout: std::time::Duration::from_millis(1),
+                connect_timeout: std::time::Duration::from_millis(1),
+            },
+            prefix: "sluice:rl".into(),
+            ledger: Arc::new(Ledger::default()),
+        };
+        let charge = |period| Charge {
+            level: Level::User,
+            name: Arc::from("a:b"),
+            budget: BudgetSpec { usd: 1.0, period },
+        };
+        // Thursday 2026-12-10.
+        let now = time::macros::datetime!(2026-12-10 13:00 UTC);
+        assert_eq!(
+            budgets.keys("acme", &charge(Period::Weekly), now),
+            [
+                "sluice:rl:{acme}:spend:user:a%3Ab:weekly:2026-12-07",
+                "sluice:rl:{acme}:held:user:a%3Ab",
+                "sluice:rl:{acme}:held-by:user:a%3Ab",
+            ]
+        );
+        assert_eq!(
+            budgets.keys("", &charge(Period::Total), now)[0],
+            "sluice:rl:{}:spend:user:a%3Ab:total"
+        );
+    }
+}
