@@ -180,6 +180,7 @@ pub fn build(
                 },
                 prefix: prefix.to_string(),
                 ledger: crate::spend::Ledger::in_shared(shared),
+                ttl_secs: redis_budgets::RESERVATION_TTL_SECS,
             }),
             deny: settings.on_backend_error == OnBackendError::Deny,
         }),

@@ -47,6 +47,8 @@ pub(crate) struct RedisBudgets {
     pub prefix: String,
     /// This process's ledger: what this instance knows was spent, to re-create a lost counter.
     pub ledger: Arc<Ledger>,
+    /// [`RESERVATION_TTL_SECS`] (shorter in tests).
+    pub ttl_secs: i64,
 }
 
 impl RedisBudgets {
@@ -80,10 +82,7 @@ impl RedisBudgets {
         now: OffsetDateTime,
     ) -> Result<Vec<i64>, String> {
         let mut call = BUDGET.prepare_invoke();
-        call.arg(mode)
-            .arg(id)
-            .arg(micros.max(0))
-            .arg(RESERVATION_TTL_SECS);
+        call.arg(mode).arg(id).arg(micros.max(0)).arg(self.ttl_secs);
         for c in charges {
             for k in self.keys(org, c, now) {
                 call.key(k);
@@ -151,6 +150,11 @@ impl SpendBackend for RedisBudgets {
     }
 }
 
+/// A real `redis-server` for the tests (as `filters/tests/ratelimit.rs` uses).
+#[cfg(test)]
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +172,7 @@ mod tests {
             },
             prefix: "sluice:rl".into(),
             ledger: Arc::new(Ledger::default()),
+            ttl_secs: RESERVATION_TTL_SECS,
         };
         let charge = |period| Charge {
             level: Level::User,
@@ -188,5 +193,80 @@ mod tests {
             budgets.keys("", &charge(Period::Total), now)[0],
             "sluice:rl:{}:spend:user:a%3Ab:total"
         );
+    }
+
+    /// Against a real `redis-server`: all or none, settling, a dead instance's reservation
+    /// expiring, and a flushed counter re-created from this instance's ledger.
+    #[test]
+    fn reservations_settle_expire_and_survive_a_flush() {
+        let redis = super::redis_server::RedisServer::start();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let budgets = RedisBudgets {
+                store: RedisStore {
+                    conn: Arc::new(super::super::redis_store::RedisConn::new(&redis.url()).unwrap()),
+                    timeout: std::time::Duration::from_secs(5),
+                    connect_timeout: std::time::Duration::from_secs(5),
+                },
+                prefix: "t".into(),
+                ledger: Arc::new(Ledger::default()),
+                ttl_secs: 1,
+            };
+            let org = |usd| Charge {
+                level: Level::Org,
+                name: Arc::from("acme"),
+                budget: BudgetSpec { usd, period: Period::Daily },
+            };
+            let user = Charge {
+                level: Level::User,
+                name: Arc::from("alice"),
+                budget: BudgetSpec { usd: 1.0, period: Period::Daily },
+            };
+            let charges = [org(10.0), user.clone()];
+            let now = OffsetDateTime::now_utc();
+            let r = budgets.reserve("a", "acme", &charges, 600_000, now).await;
+            assert_eq!(r, Ok(Reserve::Reserved { remaining: 400_000 }));
+            // The user's budget cannot hold a second one: nothing is reserved, not even the org's.
+            let r = budgets.reserve("b", "acme", &charges, 600_000, now).await;
+            assert!(
+                matches!(r, Ok(Reserve::Refused { index: 1, standing }) if standing.reserved == 600_000),
+                "{r:?}"
+            );
+            let r = budgets.reserve("c", "acme", &[org(10.0)], 0, now).await;
+            assert_eq!(r, Ok(Reserve::Reserved { remaining: 9_400_000 }));
+            // `a` settles at a real cost of $0.5.
+            let key = RowKey {
+                date: now.date(),
+                org: Arc::from("acme"),
+                user: Arc::from("alice"),
+                key: Arc::from("k"),
+                model: Arc::from("m"),
+            };
+            let sums = RowSums { requests: 1, cost_micros: 500_000, ..RowSums::default() };
+            budgets.settle("a", "acme", &charges, Some((key.clone(), sums))).await.unwrap();
+            let r = budgets.reserve("d", "acme", &charges, 400_000, now).await;
+            assert_eq!(r, Ok(Reserve::Reserved { remaining: 100_000 }));
+            // `d`'s instance dies: its reservation expires, the spend stays.
+            tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+            let r = budgets.reserve("e", "acme", &charges, 500_000, now).await;
+            assert_eq!(r, Ok(Reserve::Reserved { remaining: 0 }));
+            budgets.settle("e", "acme", &charges, None).await.unwrap();
+            // Redis forgets everything: the counter restarts from this instance's ledger.
+            let mut conn = redis::Client::open(redis.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+            budgets.ledger.record(key, RowSums { cost_micros: 700_000, ..sums });
+            let r = budgets.reserve("f", "acme", &charges, 400_000, now).await;
+            assert!(
+                matches!(r, Ok(Reserve::Refused { index: 1, standing }) if standing.spent == 700_000),
+                "{r:?}"
+            );
+        });
     }
 }
