@@ -171,19 +171,7 @@ pub fn build(
 
     // Budgets shared through the same Redis (SPEC §15).
     let redis_budgets = match &store {
-        Store::Redis(r) => Some(crate::spend::RedisBackend {
-            backend: Arc::new(redis_budgets::RedisBudgets {
-                store: RedisStore {
-                    conn: Arc::clone(&r.conn),
-                    timeout: r.timeout,
-                    connect_timeout: r.connect_timeout,
-                },
-                prefix: prefix.to_string(),
-                ledger: crate::spend::Ledger::in_shared(shared),
-                ttl_secs: redis_budgets::RESERVATION_TTL_SECS,
-            }),
-            deny: settings.on_backend_error == OnBackendError::Deny,
-        }),
+        Store::Redis(r) => Some(redis_budgets::backend(r, prefix, shared, settings)),
         Store::Local(_) => None,
     };
     let spend = SpendGate::build(policy, shared, redis_budgets)?;

@@ -29,7 +29,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::redis_store::{escape, RedisStore};
-use crate::spend::{Charge, Ledger, Reserve, RowKey, RowSums, SpendBackend, Standing};
+use crate::spend::{
+    Charge, Ledger, RedisBackend, Reserve, RowKey, RowSums, SpendBackend, Standing,
+};
 
 static BUDGET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("budget.lua")));
@@ -49,6 +51,28 @@ pub(crate) struct RedisBudgets {
     pub ledger: Arc<Ledger>,
     /// [`RESERVATION_TTL_SECS`] (shorter in tests).
     pub ttl_secs: i64,
+}
+
+/// The budgets' backend on the filter's Redis store, for [`crate::spend::SpendGate`].
+pub(crate) fn backend(
+    store: &RedisStore,
+    prefix: &str,
+    shared: &crate::Shared,
+    settings: &super::RateLimitSettings,
+) -> RedisBackend {
+    RedisBackend {
+        backend: Arc::new(RedisBudgets {
+            store: RedisStore {
+                conn: Arc::clone(&store.conn),
+                timeout: store.timeout,
+                connect_timeout: store.connect_timeout,
+            },
+            prefix: prefix.to_string(),
+            ledger: Ledger::in_shared(shared),
+            ttl_secs: RESERVATION_TTL_SECS,
+        }),
+        deny: settings.on_backend_error == super::OnBackendError::Deny,
+    }
 }
 
 impl RedisBudgets {
