@@ -30,6 +30,7 @@ import selectors
 import socket
 import statistics
 import sys
+import threading
 import time
 import urllib.request
 
@@ -296,16 +297,30 @@ def cmd_metrics(a):
 def cmd_requests(a):
     body = open(a.body, "rb").read()
     req = request_bytes(a.host, a.port, "/v1/chat/completions", body, a.key)
-    sock = connect(a.host, a.port)
-    sock.settimeout(a.timeout)
-    rd = ChunkedReader(sock)
-    for _ in range(a.n):
-        sock.sendall(req)
-        status = rd.read_response()[0]
-        if status != 200:
-            print(json.dumps({"error": f"status {status}"}))
-            sys.exit(1)
-    sock.close()
+    failed = []
+
+    def one_connection(n):
+        sock = connect(a.host, a.port)
+        sock.settimeout(a.timeout)
+        rd = ChunkedReader(sock)
+        for _ in range(n):
+            sock.sendall(req)
+            status = rd.read_response()[0]
+            if status != 200:
+                failed.append(status)
+                break
+        sock.close()
+
+    # --conns connections side by side, --n requests in all.
+    share = [a.n // a.conns + (1 if i < a.n % a.conns else 0) for i in range(a.conns)]
+    threads = [threading.Thread(target=one_connection, args=(n,)) for n in share]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        print(json.dumps({"error": f"status {failed[0]}"}))
+        sys.exit(1)
 
 
 def cmd_body(a):
@@ -408,6 +423,7 @@ def main():
     target(p)
     p.add_argument("--body", required=True)
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--conns", type=int, default=1)
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(fn=cmd_requests)
 
