@@ -94,13 +94,10 @@ fn two_instances_sharing_redis_hold_one_budget() {
         }
     }
     eprintln!("two instances on Redis: reservation ${reserved}; {ok} admitted, {refused} refused");
-    // Each instance alone would admit ⌊400 / reservation⌋; together they admit no more.
     assert!(ok >= 1, "the budget holds at least one request");
-    assert!(
-        ok as f64 <= (400.0 / reserved).floor(),
-        "{ok} admitted with ${reserved} reserved each: more than one $400 budget holds"
-    );
-    // Each request costs $40; each instance's store holds its own.
+    // Each request costs $40; each instance's store holds its own. Each instance alone would
+    // admit ⌊400 / reservation⌋ at once (14 together, $560); sharing one budget, they cannot
+    // spend more than it (a request admitted after others settled may use what they left).
     let total = total_spent(&bases, 40.0 * ok as f64);
     assert_eq!(total, 40.0 * ok as f64);
     assert!(total <= 400.0, "spent ${total} of a $400 budget");
