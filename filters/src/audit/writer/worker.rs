@@ -59,6 +59,8 @@ pub(super) struct Worker {
     synced_through: u64,
     /// Lines were written after the last sync, the first of them at this instant.
     unsynced_since: Option<Instant>,
+    /// The last batch had records: wait a moment before waiting as idle.
+    linger: bool,
 }
 
 /// How long the writer lets records gather before writing a batch (fsync = interval | never;
@@ -81,18 +83,20 @@ impl Worker {
             written_through: 0,
             synced_through: 0,
             unsynced_since: None,
+            linger: false,
         }
     }
 
     pub(super) fn run(mut self) {
         loop {
-            let closing = self.wait_for_work();
+            let (closing, gathered) = self.wait_for_work();
             // Group commit: unless every record must be on disk before its request completes,
             // let a few more records join this batch (one write and one wake-up for all of them
             // instead of one per request).
             let coalesce = {
                 let st = self.core.lock();
                 (closing.is_none()
+                    && !gathered
                     && st.tun.fsync != Fsync::Always
                     && st.sync_wanted <= self.synced_through)
                     .then(|| COALESCE.min(st.tun.interval))
@@ -126,16 +130,18 @@ impl Worker {
         }
     }
 
-    /// Sleeps until there is something to do; returns the shutdown deadline if closing.
-    fn wait_for_work(&mut self) -> Option<Instant> {
+    /// Sleeps until there is something to do; returns the shutdown deadline if closing, and
+    /// whether the records queued have had their time to gather already (a linger).
+    fn wait_for_work(&mut self) -> (Option<Instant>, bool) {
         let core = self.core.clone();
         let mut st = core.lock();
+        let mut lingered = false;
         loop {
             st.writer_idle = false;
             let now = Instant::now();
             if self.fatal {
                 if st.closing.is_some() {
-                    return st.closing;
+                    return (st.closing, lingered);
                 }
                 st = idle_wait(&core, st, None);
                 continue;
@@ -143,17 +149,30 @@ impl Worker {
             if let Some(retry_at) = self.retry_at {
                 // Failing: retry on schedule, whatever arrives meanwhile.
                 if now >= retry_at {
-                    return st.closing;
+                    return (st.closing, lingered);
                 }
                 st = idle_wait(&core, st, Some(retry_at - now));
                 continue;
             }
             if !st.queue.is_empty() || st.closing.is_some() || st.sync_wanted > self.synced_through
             {
-                return st.closing;
+                return (st.closing, lingered);
             }
+            if std::mem::take(&mut self.linger) {
+                // Busy: rather than have the next submitter wake this thread (a futex call on
+                // the request path, a cross-thread wake-up), look again in a moment. Flushes
+                // and shutdown still wake it at once.
+                let mut pause = COALESCE.min(st.tun.interval);
+                if let Some(d) = self.sync_deadline(&st.tun) {
+                    pause = pause.min(d.saturating_duration_since(now));
+                }
+                st = wait_timeout(&core.work, st, pause);
+                lingered = true;
+                continue;
+            }
+            lingered = false;
             match self.sync_deadline(&st.tun) {
-                Some(d) if now >= d => return st.closing,
+                Some(d) if now >= d => return (st.closing, lingered),
                 Some(d) => st = idle_wait(&core, st, Some(d - now)),
                 None => st = idle_wait(&core, st, None),
             }
@@ -187,6 +206,8 @@ impl Worker {
                 st.space_waiters > 0,
             )
         };
+        // After records, linger before sleeping as idle (see `wait_for_work`).
+        self.linger = !batch.is_empty() && tun.fsync != Fsync::Always;
         if !batch.is_empty() {
             self.core.metrics.queue_add(-(batch.len() as i64));
             if space_waiters {
