@@ -122,7 +122,6 @@ if [[ $SPEND == 1 ]]; then
   BUDGET_LINE='budget = { usd = 1000000000, period = "monthly" }'
 fi
 [[ $MODE == callgrind || $MODE == syscalls ]] && NGINX=0
-[[ $MODE == callgrind ]] && FLOOR=0
 
 log() { printf '[overhead] %s\n' "$*" >&2; }
 die() {
@@ -569,14 +568,19 @@ fi
 # MODE=callgrind: instructions per request instead of time.
 
 if [[ $MODE == callgrind ]]; then
-  cg_run() { # name filter...
+  cg_run() { # name filter...   (name "floor": the floor proxy instead of Sluice)
     local name=$1 port admin pid dump total
     shift
     port=$(free_port)
     admin=$(free_port)
-    write_sluice_conf "$T/cg-$name.toml" "$port" "$admin" "$@"
-    (RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$T/cg-$name.%p" \
-      "$SLUICE" run -c "$T/cg-$name.toml") >"$T/cg-$name.log" 2>&1 &
+    if [[ $name == floor ]]; then
+      (exec valgrind --tool=callgrind --callgrind-out-file="$T/cg-$name.%p" \
+        "$FLOOR_BIN" "127.0.0.1:$port" "127.0.0.1:$MOCK_PORT" 1) >"$T/cg-$name.log" 2>&1 &
+    else
+      write_sluice_conf "$T/cg-$name.toml" "$port" "$admin" "$@"
+      (RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$T/cg-$name.%p" \
+        "$SLUICE" run -c "$T/cg-$name.toml") >"$T/cg-$name.log" 2>&1 &
+    fi
     pid=$!
     PIDS+=("$pid")
     wait_port "$port" "cg-$name" "$pid" 1200
@@ -603,6 +607,10 @@ if [[ $MODE == callgrind ]]; then
       --requests "$CG_REQUESTS" --inclusive "$T/cg-$name.inclusive.txt" --self "$T/cg-$name.self.txt" >>"$T/cg.jsonl"
   }
   : >"$T/cg.jsonl"
+  if [[ $FLOOR != 0 ]]; then
+    log "callgrind: ${LABEL[floor]}"
+    cg_run floor
+  fi
   cg_run empty
   if [[ $BREAKDOWN == 1 ]] && ((${#FULL[@]} > 1)); then
     for n in $(seq 1 $((${#FULL[@]} - 1))); do

@@ -88,11 +88,13 @@ def report(a):
     rows = [json.loads(l) for l in open(a.report) if l.strip()]
     out = [a.header, ""]
     w = out.append
-    w("| | instructions / request | Sluice's hooks (src/proxy.rs and the filters) | audit writer thread | the allocator: malloc/free (anywhere) | the rest: Pingora, tokio, std |")
-    w("|---|---:|---:|---:|---:|---:|")
+    floor = next((r for r in rows if r.get("name") == "floor"), None)
+    w("| | instructions / request | × the floor | Sluice's hooks (src/proxy.rs and the filters) | audit writer thread | the allocator: malloc/free (anywhere) | the rest: Pingora, tokio, std |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rest = r["per_request"] - r["hooks"] - r["audit"]
-        w(f"| {r['label']} | {k(r['per_request'])} | {k(r['hooks'])} | {k(r['audit'])} | {k(r['alloc'])} | {k(rest)} |")
+        x = f"{r['per_request'] / floor['per_request']:.2f}" if floor else "–"
+        w(f"| {r['label']} | {k(r['per_request'])} | {x} | {k(r['hooks'])} | {k(r['audit'])} | {k(r['alloc'])} | {k(rest)} |")
     w("")
     if len(rows) > 1:
         w("| step | instructions / request |")
