@@ -58,6 +58,8 @@ pub struct Provider {
     refetch: tokio::sync::Mutex<Refetch>,
     /// JWKS fetches made (the first load included), for logs and tests.
     fetches: std::sync::atomic::AtomicU64,
+    /// Access tokens already verified (see `verified.rs`).
+    verified: sluice_filters::auth::verified::VerifiedTokens,
 }
 
 impl Provider {
@@ -79,6 +81,7 @@ impl Provider {
             id_tokens: TokenRules::for_audience(&cfg.issuer, &cfg.client_id),
             refetch: tokio::sync::Mutex::new(Refetch::default()),
             fetches: Default::default(),
+            verified: Default::default(),
         })
     }
 
@@ -223,7 +226,16 @@ impl Provider {
 
     /// Verifies an access token (`aud` one of `identity.audiences`).
     pub async fn verify_access_token(self: &Arc<Self>, token: &str) -> Result<Claims, TokenError> {
-        self.verify(token, &self.access).await
+        let kid = jwt::token_kid(token)?;
+        let Some(keys) = self.keys_for(kid.as_deref()).await else {
+            return Err(TokenError::KeysUnavailable);
+        };
+        if let Some(claims) = self.verified.get(token, &keys) {
+            return Ok(claims);
+        }
+        let claims = jwt::verify(token, &keys, &self.access)?;
+        self.verified.put(token, &keys, &claims);
+        Ok(claims)
     }
 
     /// Verifies an ID token (`aud` the client id) and its `nonce` (for the console's sign-in).

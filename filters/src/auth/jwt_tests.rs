@@ -183,3 +183,51 @@ fn symmetric_keys_are_never_loaded() {
     assert!(looks_like_jwt(b"eyJ.eyJ.sig"));
     assert!(!looks_like_jwt(b"sk-sluice-abc"));
 }
+
+#[test]
+fn a_verified_token_is_reused_until_it_expires_or_the_keys_change() {
+    use crate::auth::verified::VerifiedTokens;
+    use std::sync::Arc;
+    let s = signer("k1");
+    let keys = Arc::new(jwks(&[&s]));
+    let cache = VerifiedTokens::default();
+    let token = sign(&s, &claims());
+    assert!(
+        cache.get(&token, &keys).is_none(),
+        "nothing is kept before a verification"
+    );
+    let verified = verify(&token, &keys, &rules()).expect("a good token");
+    cache.put(&token, &keys, &verified);
+    let again = cache.get(&token, &keys).expect("kept");
+    assert_eq!(again.string("sub"), verified.string("sub"));
+    // Another token, even with the same claims, is not this one.
+    let mut other = claims();
+    other["jti"] = json!("another");
+    assert!(cache.get(&sign(&s, &other), &keys).is_none());
+    // Keys loaded again (rotation, the scheduled refresh): verified afresh.
+    let reloaded = Arc::new(jwks(&[&s]));
+    assert!(cache.get(&token, &reloaded).is_none());
+    // Expired past the leeway: dropped, as the full check would refuse it.
+    let mut old = claims();
+    old["exp"] = json!(now() - LEEWAY_SECONDS as i64 - 5);
+    let stale = sign(&s, &old);
+    let mut ok_then = claims();
+    ok_then["exp"] = json!(now() + 3600);
+    let fresh = verify(&sign(&s, &ok_then), &keys, &rules()).expect("good");
+    // A cached entry whose `exp` has passed (its claims say so) is refused on use.
+    let expired = verify(&stale, &keys, &rules());
+    assert!(expired.is_err(), "the full check refuses it");
+    cache.put(
+        &stale,
+        &keys,
+        &fresh_with_exp(&fresh, now() - LEEWAY_SECONDS as i64 - 5),
+    );
+    assert!(cache.get(&stale, &keys).is_none());
+}
+
+/// `claims` with another `exp` (the cache reads `exp` from the claims it keeps).
+fn fresh_with_exp(c: &Claims, exp: i64) -> Claims {
+    let mut m = c.0.clone();
+    m.insert("exp".into(), json!(exp));
+    Claims(m)
+}

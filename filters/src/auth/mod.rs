@@ -49,6 +49,7 @@ mod provider;
 mod rbac;
 mod runtime;
 mod users;
+pub mod verified;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
