@@ -54,7 +54,6 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec, Opts};
@@ -304,7 +303,7 @@ impl AuthFilter {
 
     /// The identity of a known key, unless it is disabled or expired.
     fn admit(&self, entry: &KeyEntry, request_id: &str) -> Result<Identity, Reply> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let refused = if entry.disabled {
             Some("disabled")
         } else if self.store_users.is_disabled(&entry.identity.user) {
@@ -380,13 +379,6 @@ fn entry(identity: Identity, disabled: bool, expires: Option<u64>) -> KeyEntry {
         expires,
         last_touch: AtomicU64::new(0),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Builds the digest → identity table (and the users the store's keys resolve against),
