@@ -181,6 +181,7 @@ enum Resolved<'h> {
 }
 
 /// A configured user, with what its keys' identities are made of.
+#[derive(Clone)]
 struct ResolvedUser {
     org: Arc<str>,
     role: Arc<str>,
@@ -351,25 +352,30 @@ impl AuthFilter {
                 }
                 continue;
             };
-            let grants = Grants {
-                permissions: u.permissions.clone(),
-                models: u.models.clone(),
-                key_models: k.models.clone(),
-                agents: u.agents.clone(),
-            };
-            let identity = Identity {
-                key_id: k.id.clone(),
-                user: Arc::from(k.user.as_str()),
-                org: u.org.clone(),
-                role: u.role.clone(),
-                grants: Arc::new(grants),
-                ancestors: line.ancestors.into(),
-            };
-            let disabled = k.disabled || line.disabled;
-            out.insert(*k.digest(), entry(identity, disabled, line.expires));
+            out.insert(*k.digest(), store_key_entry(k, u.clone(), line));
         }
         out
     }
+}
+
+/// A store key's entry: its owner's org, role and grants (a configured user's, or a provider
+/// user's role), narrowed by the key's own models; refused with its ancestors.
+fn store_key_entry(k: &StoreKey, owner: ResolvedUser, line: Lineage) -> KeyEntry {
+    let grants = Grants {
+        permissions: owner.permissions,
+        models: owner.models,
+        key_models: k.models.clone(),
+        agents: owner.agents,
+    };
+    let identity = Identity {
+        key_id: k.id.clone(),
+        user: Arc::from(k.user.as_str()),
+        org: owner.org,
+        role: owner.role,
+        grants: Arc::new(grants),
+        ancestors: line.ancestors.into(),
+    };
+    entry(identity, k.disabled || line.disabled, line.expires)
 }
 
 fn entry(identity: Identity, disabled: bool, expires: Option<u64>) -> KeyEntry {
