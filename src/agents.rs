@@ -18,12 +18,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sluice_filters::clock::unix_secs;
 use sluice_filters::{Cx, Identity, JsonBody, Reply};
 
 use crate::state::Snapshot;
@@ -179,13 +180,6 @@ fn truncate(s: &str) -> String {
     s.chars().take(128).collect()
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn new_run_id() -> String {
     format!("run_{:024x}", rand::random::<u128>() >> 32)
 }
@@ -210,7 +204,7 @@ pub fn run_object(cx: &Cx, completion: Option<&Value>) -> Value {
         "status": status,
         "output": output.unwrap_or(Value::Null),
         "model": cx.model,
-        "created": now_secs(),
+        "created": unix_secs(),
     });
     if let Value::Object(o) = &mut run {
         if let Some(u) = completion.and_then(|c| c.get("usage")) {
@@ -337,7 +331,7 @@ impl AgentRuns {
         let token = format!("{:032x}", rand::random::<u128>());
         let queued = json!({
             "id": run_id, "object": "agent.run", "agent_id": agent_id, "status": "queued",
-            "output": null, "model": cx.model, "created": now_secs(),
+            "output": null, "model": cx.model, "created": unix_secs(),
         });
         runs.in_flight += 1;
         runs.entries.insert(

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod proxy;
+mod reply;
 pub mod routes;
 pub mod spend;
 pub mod sse;

@@ -210,19 +210,11 @@ impl EngineMetrics {
     }
 }
 
-/// The configured models a route's requests can carry: none for the routes Sluice answers
-/// itself without a model, the agents' models for agent runs, every model otherwise (routes
-/// added to [`Route`] carry a model unless listed here).
+/// The configured models a route's requests can carry: none for the routes that reach no
+/// model ([`Route::reaches_model`]), the agents' models for agent runs, every model otherwise.
 fn route_models(config: &Config, route: Route) -> Vec<&str> {
     match route {
-        Route::ListModels
-        | Route::GetModel
-        | Route::AgentRunStatus
-        | Route::Keys
-        | Route::Key
-        | Route::Usage
-        | Route::Unknown
-        | Route::Root => Vec::new(),
+        _ if !route.reaches_model() => Vec::new(),
         Route::AgentRun => {
             let mut models: Vec<&str> = config.agents.iter().map(|a| a.model.as_str()).collect();
             models.sort_unstable();

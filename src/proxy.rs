@@ -129,28 +129,12 @@ impl SluiceProxy {
         reply: Reply,
         close: bool,
     ) -> Result<()> {
-        let body = call.render(&reply);
-        let mut h = ResponseHeader::build(reply.status, Some(8))?;
-        h.insert_header("content-type", reply.content_type)?;
-        h.insert_header("content-length", body.len().to_string())?;
-        h.insert_header("x-request-id", call.request_id())?;
-        for (n, v) in call.response_headers() {
-            h.insert_header(n.clone(), v.clone())?;
-        }
-        for (n, v) in &reply.headers {
-            h.insert_header(n.clone(), v.clone())?;
-        }
         if !call.replied(&reply) {
             // A success whose record is not durable: the client gets none of it (SPEC §6).
             session.set_keepalive(None);
             return Error::e_explain(ErrorType::Custom("audit_unavailable"), "record not durable");
         }
-        if close {
-            session.set_keepalive(None);
-        }
-        session.write_response_header(Box::new(h), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(())
+        crate::reply::write(session, call, &reply, close).await
     }
 }
 

@@ -87,6 +87,23 @@ impl Route {
             Route::Mcp => "mcp",
         }
     }
+
+    /// The route's requests reach a model: they carry a model, a stream flag and a token
+    /// ceiling, reserve tokens and have model metrics. False for the routes Sluice answers
+    /// itself without a model (a route added to the enum reaches one unless listed here).
+    pub fn reaches_model(self) -> bool {
+        !matches!(
+            self,
+            Route::ListModels
+                | Route::GetModel
+                | Route::AgentRunStatus
+                | Route::Keys
+                | Route::Key
+                | Route::Usage
+                | Route::Unknown
+                | Route::Root
+        )
+    }
 }
 
 /// How a request ended, as the audit trail names it.

@@ -13,6 +13,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 mod body;
+pub mod clock;
 mod context;
 pub mod dlp;
 mod filter;

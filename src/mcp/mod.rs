@@ -17,6 +17,7 @@
 //!
 //! The JSON-RPC reading lives in `sluice_filters::mcp`; this module is the transport.
 
+mod answer;
 mod metadata;
 mod metrics;
 mod relay;

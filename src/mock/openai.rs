@@ -5,10 +5,11 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use sluice_filters::clock::unix_secs;
 
 use super::{
     content_text, data_event, error, json_response, last_user_text, mock_id, model_of, named_event,
-    not_json, now_secs, parse, stream, words, words_with_space, Body, Pace,
+    not_json, parse, stream, words, words_with_space, Body, Pace,
 };
 
 fn usage(prompt: usize, completion: usize) -> Value {
@@ -40,7 +41,7 @@ pub(super) fn chat(body: &[u8], pace: Pace) -> Response<Body> {
     let usage = usage(prompt, words(&text));
     let model = model_of(&req);
     let id = mock_id("chatcmpl-");
-    let created = now_secs();
+    let created = unix_secs();
     if !streams(&req) {
         return json_response(
             StatusCode::OK,
@@ -93,7 +94,7 @@ pub(super) fn completions(body: &[u8], pace: Pace) -> Response<Body> {
     let usage = usage(words(&text), words(&text));
     let model = model_of(&req);
     let id = mock_id("cmpl-");
-    let created = now_secs();
+    let created = unix_secs();
     let object = |choice: Value| {
         json!({"id": id, "object": "text_completion", "created": created, "model": model,
                "choices": [choice]})
@@ -158,7 +159,7 @@ pub(super) fn responses(body: &[u8], pace: Pace) -> Response<Body> {
     let msg_id = mock_id("msg_");
     let response = |status: &str, output: Value| {
         json!({
-            "id": id, "object": "response", "created_at": now_secs(), "status": status,
+            "id": id, "object": "response", "created_at": unix_secs(), "status": status,
             "model": model_of(&req), "output": output, "error": null,
             "incomplete_details": null, "instructions": req.get("instructions"),
             "metadata": {}, "parallel_tool_calls": true, "temperature": 1.0,

@@ -125,7 +125,7 @@ impl Call {
                 }
                 Err(reply) => return Step::Reply(reply),
             }
-        } else if reaches_model(self.cx.route) {
+        } else if self.cx.route.reaches_model() {
             if let Some(r) = self.read_facts(api, &body) {
                 return Step::Reply(r);
             }
@@ -321,21 +321,6 @@ impl Call {
             api.prepare_upstream(obj, &self.facts, rename.as_deref());
         }
     }
-}
-
-/// Routes that reach a model (and so read a model, a stream flag and a ceiling from the body).
-fn reaches_model(route: Route) -> bool {
-    !matches!(
-        route,
-        Route::ListModels
-            | Route::GetModel
-            | Route::AgentRunStatus
-            | Route::Keys
-            | Route::Key
-            | Route::Usage
-            | Route::Unknown
-            | Route::Root
-    )
 }
 
 /// Parses a request body. A governed API needs a JSON object; on any route, a body that is a

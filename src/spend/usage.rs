@@ -10,6 +10,7 @@ use time::{Date, Duration, OffsetDateTime};
 use crate::config::Config;
 use crate::state::EngineState;
 use crate::store::spend::GroupBy;
+use crate::store::{Store, StoreError};
 
 /// The longest range one request may ask for (the answer stays bounded).
 const MAX_DAYS: i64 = 366;
@@ -60,7 +61,18 @@ fn bad(param: &str, msg: &str) -> Reply {
     Reply::error(400, "invalid_parameter", msg.to_string()).with_param(param)
 }
 
-fn unavailable(e: &crate::store::StoreError) -> Reply {
+/// Reads the store once this instance's pending spend rows are written to it, so the answer
+/// includes the caller's last request. A store that cannot be written or read: 503.
+async fn read_flushed<T>(
+    state: &EngineState,
+    read: impl AsyncFnOnce(&Store) -> Result<T, StoreError>,
+) -> Result<T, Reply> {
+    let spend = state.store.spend();
+    spend.flush().await.map_err(|e| unavailable(&e))?;
+    read(spend.store()).await.map_err(|e| unavailable(&e))
+}
+
+fn unavailable(e: &StoreError) -> Reply {
     tracing::warn!(error = %e, "usage: the store cannot be read");
     Reply::error(
         503,
@@ -148,14 +160,13 @@ pub async fn own_usage(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let spend = state.store.spend();
-    // This instance's latest spend first, so the answer includes the caller's last request.
-    if let Err(e) = spend.flush().await {
-        return unavailable(&e);
-    }
-    let rows = match spend.store().daily_spend(Some(&id.user), from, to).await {
+    let rows = match read_flushed(state, async |s| {
+        s.daily_spend(Some(&id.user), from, to).await
+    })
+    .await
+    {
         Ok(r) => r,
-        Err(e) => return unavailable(&e),
+        Err(r) => return r,
     };
     let mut by_day_model: BTreeMap<(String, String), RowSums> = BTreeMap::new();
     for r in rows {
@@ -206,13 +217,9 @@ pub async fn admin_usage(state: &EngineState, query: Option<&str>) -> Reply {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let spend = state.store.spend();
-    if let Err(e) = spend.flush().await {
-        return unavailable(&e);
-    }
-    let rows = match spend.store().grouped_spend(by, from, to).await {
+    let rows = match read_flushed(state, async |s| s.grouped_spend(by, from, to).await).await {
         Ok(r) => r,
-        Err(e) => return unavailable(&e),
+        Err(r) => return r,
     };
     let data: Vec<Value> = rows
         .into_iter()

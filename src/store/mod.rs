@@ -219,10 +219,7 @@ impl Store {
     }
 }
 
-/// Unix seconds now.
+/// Unix seconds now, as the store's columns hold them (signed 64-bit).
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    i64::try_from(sluice_filters::clock::unix_secs()).unwrap_or(i64::MAX)
 }

@@ -19,6 +19,23 @@ const UPSERT: &str = "INSERT INTO spend_daily \
     completion_tokens = spend_daily.completion_tokens + excluded.completion_tokens, \
     cost_micros = spend_daily.cost_micros + excluded.cost_micros";
 
+/// Binds one row (`RowKey`, `RowSums`) to [`UPSERT`]'s parameters, in their order. A macro, as
+/// the query's database type differs by backend.
+macro_rules! bind_row {
+    ($query:expr, $k:expr, $v:expr) => {
+        $query
+            .bind(day($k.date))
+            .bind(&*$k.org)
+            .bind(&*$k.user)
+            .bind(&*$k.key)
+            .bind(&*$k.model)
+            .bind($v.requests)
+            .bind($v.prompt_tokens)
+            .bind($v.completion_tokens)
+            .bind($v.cost_micros)
+    };
+}
+
 /// One row of the per-day table, as the console and the usage APIs read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailyRow {
@@ -88,16 +105,7 @@ pub(crate) async fn upsert(
     k: &RowKey,
     v: &RowSums,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(UPSERT)
-        .bind(day(k.date))
-        .bind(&*k.org)
-        .bind(&*k.user)
-        .bind(&*k.key)
-        .bind(&*k.model)
-        .bind(v.requests)
-        .bind(v.prompt_tokens)
-        .bind(v.completion_tokens)
-        .bind(v.cost_micros)
+    bind_row!(sqlx::query(UPSERT), k, v)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -113,16 +121,7 @@ impl Store {
         let result: Result<(), sqlx::Error> = with_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             for (k, v) in rows {
-                sqlx::query(&sql)
-                    .bind(day(k.date))
-                    .bind(&*k.org)
-                    .bind(&*k.user)
-                    .bind(&*k.key)
-                    .bind(&*k.model)
-                    .bind(v.requests)
-                    .bind(v.prompt_tokens)
-                    .bind(v.completion_tokens)
-                    .bind(v.cost_micros)
+                bind_row!(sqlx::query(&sql), k, v)
                     .execute(&mut *tx)
                     .await?;
             }

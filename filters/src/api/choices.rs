@@ -10,8 +10,109 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{span_of, splice, Delta, DeltaKey, EventView, Finish, Loc, Memo, RequestFacts};
-use crate::{StreamEvent, Usage};
+use super::{
+    span_of, splice, Api, BlockScope, Delta, DeltaKey, EventView, Finish, FinishReasons, Loc, Memo,
+    RequestFacts,
+};
+use crate::{JsonBody, Reply, StreamEvent, Usage};
+
+/// An API of the family: one [`Api`] for both, told apart by what its member module gives.
+pub struct ChoicesApi {
+    pub(super) name: &'static str,
+    pub(super) shape: Shape,
+    /// Reads the member's request (its own required field and token ceiling).
+    pub(super) read_request: fn(&Value) -> Result<RequestFacts, Reply>,
+    pub(super) prompt_tokens: fn(&JsonBody) -> u64,
+}
+
+impl Api for ChoicesApi {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn read_request(&self, body: &Value) -> Result<RequestFacts, Reply> {
+        (self.read_request)(body)
+    }
+
+    fn prepare_upstream(
+        &self,
+        body: &mut Map<String, Value>,
+        facts: &RequestFacts,
+        upstream_model: Option<&str>,
+    ) {
+        if let Some(m) = upstream_model {
+            body.insert("model".into(), Value::String(m.to_string()));
+        }
+        ask_stream_usage(body, facts);
+    }
+
+    fn rewrites_upstream(&self, facts: &RequestFacts, upstream_model: Option<&str>) -> bool {
+        upstream_model.is_some() || (facts.stream && !facts.client_wants_stream_usage)
+    }
+
+    fn prompt_tokens(&self, body: &JsonBody) -> u64 {
+        (self.prompt_tokens)(body)
+    }
+
+    fn answer_groups(&self) -> Option<&'static str> {
+        Some("choices")
+    }
+
+    fn end_answer(&self, choice: &mut Value, held_block: &dyn Fn(&Value) -> bool) {
+        end_answer(choice, held_block);
+    }
+
+    fn stream_usage(
+        &self,
+        ev: &mut StreamEvent,
+        client_asked: bool,
+        usage: &mut Option<Usage>,
+    ) -> bool {
+        stream_usage(ev, client_asked, usage)
+    }
+
+    fn finish_reasons(&self, answer: &[u8], out: &mut FinishReasons) {
+        super::finish::choices_answer(answer, out);
+    }
+
+    fn stream_finish_reasons(&self, ev: &StreamEvent, out: &mut FinishReasons) {
+        super::finish::choices_event(ev, out);
+    }
+
+    fn read_event<'e>(&self, ev: &'e StreamEvent, memo: &mut Memo) -> EventView<'e> {
+        read_event(self.shape, ev, memo)
+    }
+
+    fn write_delta(&self, ev: &mut StreamEvent, at: Loc, text: &str) {
+        write_delta(self.shape, ev, at, text);
+    }
+
+    fn delta_event(&self, key: DeltaKey, text: &str, memo: &Memo) -> Option<StreamEvent> {
+        Some(delta_event(self.shape, key, text, memo))
+    }
+
+    fn block_scope(&self) -> BlockScope {
+        BlockScope::Group
+    }
+
+    fn end_stream(
+        &self,
+        ev: Option<&mut StreamEvent>,
+        group: Option<u64>,
+        memo: &Memo,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        end_stream(self.shape, ev, group, memo, out);
+    }
+
+    fn withhold(&self, ev: &mut StreamEvent, closed: &[u64]) -> bool {
+        withhold(ev, closed)
+    }
+
+    fn passes_after_end(&self, ev: &StreamEvent) -> bool {
+        ev.is_done()
+    }
+}
 
 /// Where a choice's text lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,16 +199,10 @@ pub(crate) fn read_event<'e>(shape: Shape, ev: &'e StreamEvent, memo: &mut Memo)
         }
     }
     let Some(v) = ev.json() else {
-        return EventView {
-            scan_whole: true,
-            ..EventView::default()
-        };
+        return EventView::whole();
     };
     let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-        return EventView {
-            scan_whole: true,
-            ..EventView::default()
-        };
+        return EventView::whole();
     };
     remember_template(memo, v);
     let mut view = EventView::default();

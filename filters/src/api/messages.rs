@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    estimate, read_model, read_stream, span_of, splice, Api, BlockScope, Delta, DeltaKey,
-    ErrorInfo, EventView, Finish, Loc, Memo, RequestFacts, TokenCost,
+    estimate, read_head, read_model, read_stream, span_of, splice, Api, BlockScope, Delta,
+    DeltaKey, ErrorInfo, EventView, Finish, Loc, Memo, RequestFacts, TokenCost,
 };
 use crate::{JsonBody, Reply, StreamEvent};
 
@@ -82,14 +82,8 @@ impl Api for Messages {
     }
 
     fn read_event<'e>(&self, ev: &'e StreamEvent, memo: &mut Memo) -> EventView<'e> {
-        let whole = EventView {
-            scan_whole: true,
-            ..EventView::default()
-        };
-        let Some(data) = ev.data() else {
-            return whole;
-        };
-        let Ok(head) = serde_json::from_slice::<Head<'_>>(data) else {
+        let whole = EventView::whole();
+        let Some((data, head)) = read_head::<Head<'_>>(ev) else {
             return whole;
         };
         let index = head.index.unwrap_or(0);

@@ -27,8 +27,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{JsonBody, Reply, StreamEvent, Usage};
 
-pub use chat::Chat;
-pub use completions::Completions;
+pub use choices::ChoicesApi;
 pub use embeddings::Embeddings;
 pub use finish::{FinishReasons, MAX_REASONS};
 pub use messages::{CountTokens, Messages};
@@ -36,11 +35,11 @@ pub use passthrough::Passthrough;
 pub use responses::Responses;
 
 /// The OpenAI chat completions API.
-pub static CHAT: Chat = Chat;
+pub static CHAT: ChoicesApi = chat::API;
 /// The OpenAI Responses API.
 pub static RESPONSES: Responses = Responses;
 /// The OpenAI legacy completions API.
-pub static COMPLETIONS: Completions = Completions;
+pub static COMPLETIONS: ChoicesApi = completions::API;
 /// The OpenAI embeddings API.
 pub static EMBEDDINGS: Embeddings = Embeddings;
 /// Anthropic's Messages API.
@@ -145,6 +144,26 @@ pub struct EventView<'e> {
     pub scan_whole: bool,
     /// The group a block in the whole-scanned text ends (`None`: the whole answer).
     pub group: Option<u64>,
+}
+
+impl EventView<'_> {
+    /// An event read as a whole: no deltas known, every string of it scanned.
+    pub fn whole() -> Self {
+        EventView {
+            scan_whole: true,
+            ..EventView::default()
+        }
+    }
+}
+
+/// An event's data and its head (the few fields that say what it is), or `None` when it has
+/// no data or its data is not that head: then the event is scanned whole.
+pub(crate) fn read_head<'e, H: serde::Deserialize<'e>>(
+    ev: &'e StreamEvent,
+) -> Option<(&'e [u8], H)> {
+    let data = ev.data()?;
+    let head = serde_json::from_slice::<H>(data).ok()?;
+    Some((data, head))
 }
 
 /// What a `block` in an answer ends.

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    estimate, read_ceiling, read_model, read_stream, span_of, splice, Api, BlockScope, Delta,
-    DeltaKey, EventView, Finish, Loc, Memo, RequestFacts,
+    estimate, read_ceiling, read_head, read_model, read_stream, span_of, splice, Api, BlockScope,
+    Delta, DeltaKey, EventView, Finish, Loc, Memo, RequestFacts,
 };
 use crate::{JsonBody, Reply, StreamEvent};
 
@@ -85,14 +85,8 @@ impl Api for Responses {
     }
 
     fn read_event<'e>(&self, ev: &'e StreamEvent, memo: &mut Memo) -> EventView<'e> {
-        let whole = EventView {
-            scan_whole: true,
-            ..EventView::default()
-        };
-        let Some(data) = ev.data() else {
-            return whole;
-        };
-        let Ok(head) = serde_json::from_slice::<Head<'_>>(data) else {
+        let whole = EventView::whole();
+        let Some((data, head)) = read_head::<Head<'_>>(ev) else {
             return whole;
         };
         if let Some(n) = head.sequence_number {

@@ -36,10 +36,7 @@ fn jwks(signers: &[&Signer]) -> ProviderKeys {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::unix_secs() as i64
 }
 
 fn claims() -> serde_json::Value {

@@ -55,7 +55,6 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec, Opts};
@@ -183,6 +182,7 @@ enum Resolved<'h> {
 }
 
 /// A configured user, with what its keys' identities are made of.
+#[derive(Clone)]
 struct ResolvedUser {
     org: Arc<str>,
     role: Arc<str>,
@@ -305,7 +305,7 @@ impl AuthFilter {
 
     /// The identity of a known key, unless it is disabled or expired.
     fn admit(&self, entry: &KeyEntry, request_id: &str) -> Result<Identity, Reply> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let refused = if entry.disabled {
             Some("disabled")
         } else if self.store_users.is_disabled(&entry.identity.user) {
@@ -353,25 +353,30 @@ impl AuthFilter {
                 }
                 continue;
             };
-            let grants = Grants {
-                permissions: u.permissions.clone(),
-                models: u.models.clone(),
-                key_models: k.models.clone(),
-                agents: u.agents.clone(),
-            };
-            let identity = Identity {
-                key_id: k.id.clone(),
-                user: Arc::from(k.user.as_str()),
-                org: u.org.clone(),
-                role: u.role.clone(),
-                grants: Arc::new(grants),
-                ancestors: line.ancestors.into(),
-            };
-            let disabled = k.disabled || line.disabled;
-            out.insert(*k.digest(), entry(identity, disabled, line.expires));
+            out.insert(*k.digest(), store_key_entry(k, u.clone(), line));
         }
         out
     }
+}
+
+/// A store key's entry: its owner's org, role and grants (a configured user's, or a provider
+/// user's role), narrowed by the key's own models; refused with its ancestors.
+fn store_key_entry(k: &StoreKey, owner: ResolvedUser, line: Lineage) -> KeyEntry {
+    let grants = Grants {
+        permissions: owner.permissions,
+        models: owner.models,
+        key_models: k.models.clone(),
+        agents: owner.agents,
+    };
+    let identity = Identity {
+        key_id: k.id.clone(),
+        user: Arc::from(k.user.as_str()),
+        org: owner.org,
+        role: owner.role,
+        grants: Arc::new(grants),
+        ancestors: line.ancestors.into(),
+    };
+    entry(identity, k.disabled || line.disabled, line.expires)
 }
 
 fn entry(identity: Identity, disabled: bool, expires: Option<u64>) -> KeyEntry {
@@ -381,13 +386,6 @@ fn entry(identity: Identity, disabled: bool, expires: Option<u64>) -> KeyEntry {
         expires,
         last_touch: AtomicU64::new(0),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Builds the digest → identity table (and the users the store's keys resolve against),

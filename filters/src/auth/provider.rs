@@ -5,8 +5,11 @@
 
 use std::sync::Arc;
 
-use super::{entry, AuthFilter, KeyEntry, Lineage, StoreKey, TokenRefusal, INVALID_MESSAGE};
-use crate::{Grants, Identity, Reply};
+use super::{
+    store_key_entry, AuthFilter, KeyEntry, Lineage, ResolvedUser, StoreKey, TokenRefusal,
+    INVALID_MESSAGE,
+};
+use crate::{Identity, Reply};
 
 impl AuthFilter {
     /// A store key of a provider user (no `[[users]]` entry): its identity from the org and
@@ -16,21 +19,14 @@ impl AuthFilter {
         let u = users.get(&k.user)?;
         let (org, role) = (u.org.as_deref()?, u.role.as_deref()?);
         let r = self.roles.get(role)?;
-        let grants = Grants {
-            permissions: r.permissions.clone(),
-            models: r.models.clone(),
-            key_models: k.models.clone(),
-            agents: r.agents.clone(),
-        };
-        let identity = Identity {
-            key_id: k.id.clone(),
-            user: Arc::from(k.user.as_str()),
+        let owner = ResolvedUser {
             org: Arc::from(org),
             role: r.role.clone(),
-            grants: Arc::new(grants),
-            ancestors: line.ancestors.into(),
+            permissions: r.permissions.clone(),
+            models: r.models.clone(),
+            agents: r.agents.clone(),
         };
-        Some(entry(identity, k.disabled || line.disabled, line.expires))
+        Some(store_key_entry(k, owner, line))
     }
 
     /// Verifies a provider token through the engine's [`TokenAuthority`].

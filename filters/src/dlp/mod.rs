@@ -142,6 +142,15 @@ impl DlpFilter {
         }
     }
 
+    /// Records a request scan's findings (taken from `js`); the refusal when one of them
+    /// blocks.
+    fn record_request_scan(&self, js: &mut JsonScan<'_>, cx: &mut Cx) -> Option<Reply> {
+        let found = std::mem::take(&mut js.found);
+        let blocked = std::mem::take(&mut js.blocked);
+        self.record(cx, Direction::Request, &found);
+        (!blocked.is_empty()).then(|| self.blocked_reply(&blocked))
+    }
+
     fn blocked_reply(&self, blocked: &[usize]) -> Reply {
         let mut ds: Vec<usize> = blocked.to_vec();
         ds.sort_unstable();
@@ -178,14 +187,11 @@ impl DlpFilter {
         let actions = self.actions(Direction::Request);
         let mut js = JsonScan::new(&self.scanner, actions).scan_past_blocks();
         let new = js.text(path);
-        let found = std::mem::take(&mut js.found);
-        let blocked = std::mem::take(&mut js.blocked);
-        if found.is_empty() {
+        if js.found.is_empty() {
             return None;
         }
-        self.record(cx, Direction::Request, &found);
-        if !blocked.is_empty() {
-            return Some(self.blocked_reply(&blocked).into());
+        if let Some(r) = self.record_request_scan(&mut js, cx) {
+            return Some(r.into());
         }
         // Recorded redacted whatever the action (monitor and mask included): the audit trail
         // never holds the value.
@@ -209,14 +215,11 @@ impl DlpFilter {
             changed |= nk.is_some() || nv.is_some();
             out.append_pair(nk.as_deref().unwrap_or(&k), nv.as_deref().unwrap_or(&v));
         }
-        let found = std::mem::take(&mut js.found);
-        let blocked = std::mem::take(&mut js.blocked);
-        if found.is_empty() {
+        if js.found.is_empty() {
             return None;
         }
-        self.record(cx, Direction::Request, &found);
-        if !blocked.is_empty() {
-            return Some(self.blocked_reply(&blocked).into());
+        if let Some(r) = self.record_request_scan(&mut js, cx) {
+            return Some(r.into());
         }
         if changed {
             cx.query = Some(out.finish());
@@ -403,11 +406,8 @@ impl Filter for DlpFilter {
             None => js.bytes(req.body.bytes()),
             Some(_) => None,
         };
-        let found = std::mem::take(&mut js.found);
-        let blocked = std::mem::take(&mut js.blocked);
-        self.record(cx, Direction::Request, &found);
-        if !blocked.is_empty() {
-            return self.blocked_reply(&blocked).into();
+        if let Some(r) = self.record_request_scan(&mut js, cx) {
+            return r.into();
         }
         if let Some(n) = new_json {
             if let Some(slot) = req.body.json_mut() {

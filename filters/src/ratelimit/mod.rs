@@ -333,21 +333,6 @@ fn reservation(body: &JsonBody, cx: &Cx, default_max_tokens: u64) -> u64 {
     }
 }
 
-/// Routes that never reach a model, so never reserve tokens.
-fn reserves_nothing(route: Route) -> bool {
-    matches!(
-        route,
-        Route::ListModels
-            | Route::GetModel
-            | Route::AgentRunStatus
-            | Route::Keys
-            | Route::Key
-            | Route::Usage
-            | Route::Unknown
-            | Route::Root
-    )
-}
-
 impl RateLimitFilter {
     /// Every level of the caller that has a bucket this request touches, org → user → key →
     /// the keys it was made from (parent first), whose key-level buckets it is charged to
@@ -445,7 +430,7 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
-        if !reserves_nothing(cx.route) {
+        if cx.route.reaches_model() {
             match self
                 .spend
                 .on_request(req.body, cx, self.default_max_tokens)
@@ -460,7 +445,7 @@ impl Filter for RateLimitFilter {
             // No auth filter before us: nobody to limit.
             return Verdict::Continue;
         };
-        let tokens = if !reserves_nothing(cx.route) && self.has_token_bucket(id) {
+        let tokens = if cx.route.reaches_model() && self.has_token_bucket(id) {
             reservation(req.body, cx, self.default_max_tokens)
         } else {
             0

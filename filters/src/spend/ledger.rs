@@ -167,15 +167,7 @@ impl Ledger {
         let mut book = self.lock();
         let mut remaining = i64::MAX;
         for (index, c) in charges.iter().enumerate() {
-            let account = (c.level, c.name.clone());
-            let standing = Standing {
-                limit: c.budget.micros(),
-                spent: book
-                    .history
-                    .get(&account)
-                    .map_or(0, |h| h.spent(c.budget.period, today)),
-                reserved: book.reserved.get(&account).copied().unwrap_or(0),
-            };
+            let standing = standing(&book, c, today);
             // A request that costs nothing (an unpriced model) spends no budget, spent or not.
             if cost > 0 && standing.remaining() < cost {
                 return Reserve::Refused { index, standing };
@@ -213,16 +205,7 @@ impl Ledger {
 
     /// Where a budget stands now.
     pub fn standing(&self, charge: &Charge, today: Date) -> Standing {
-        let book = self.lock();
-        let account = (charge.level, charge.name.clone());
-        Standing {
-            limit: charge.budget.micros(),
-            spent: book
-                .history
-                .get(&account)
-                .map_or(0, |h| h.spent(charge.budget.period, today)),
-            reserved: book.reserved.get(&account).copied().unwrap_or(0),
-        }
+        standing(&self.lock(), charge, today)
     }
 
     /// The rows not yet written; give them back with [`Ledger::untake`] if the write fails.
@@ -268,6 +251,19 @@ impl Ledger {
             }
         }
         book.history = history;
+    }
+}
+
+/// Where `charge`'s budget stands in `book`.
+fn standing(book: &Book, charge: &Charge, today: Date) -> Standing {
+    let account = (charge.level, charge.name.clone());
+    Standing {
+        limit: charge.budget.micros(),
+        spent: book
+            .history
+            .get(&account)
+            .map_or(0, |h| h.spent(charge.budget.period, today)),
+        reserved: book.reserved.get(&account).copied().unwrap_or(0),
     }
 }
 
