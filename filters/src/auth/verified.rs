@@ -39,7 +39,8 @@ impl VerifiedTokens {
         let id = digest(token);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let e = map.get(&id)?;
-        let live = now_secs() <= e.exp.saturating_add(LEEWAY_SECONDS as i64);
+        let now = i64::try_from(crate::clock::unix_secs()).unwrap_or(i64::MAX);
+        let live = now <= e.exp.saturating_add(LEEWAY_SECONDS as i64);
         if live && Arc::ptr_eq(&e.keys, keys) {
             return Some(e.claims.clone());
         }
@@ -65,10 +66,4 @@ impl VerifiedTokens {
             },
         );
     }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
