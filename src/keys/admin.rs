@@ -30,7 +30,7 @@ pub enum TokenCheck {
 }
 
 /// Checks `Authorization: Bearer <token>` against the configured admin token, in constant time
-/// (both sides are hashed, and the digests compared without an early exit).
+/// (both sides are hashed, and the digests compared with `subtle`).
 pub fn check_token(config: &Config, headers: &HeaderMap) -> TokenCheck {
     let Some(env) = &config.server.admin_token_env else {
         return TokenCheck::NotConfigured;
@@ -66,11 +66,7 @@ pub fn check_token(config: &Config, headers: &HeaderMap) -> TokenCheck {
         Sha256::digest(presented.as_bytes()),
         Sha256::digest(token.as_bytes()),
     );
-    let diff = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    if std::hint::black_box(diff) == 0 {
+    if bool::from(subtle::ConstantTimeEq::ct_eq(a.as_slice(), b.as_slice())) {
         TokenCheck::Granted
     } else {
         TokenCheck::Refused(error(
