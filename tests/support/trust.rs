@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::free_port;
+use super::free_port;
 use serde_json::{json, Value};
 
 pub const KEY: &str = "sk-sluice-TRUSTtrustTRUSTtrustTRUSTtrustTRUSTtrus";
