@@ -12,7 +12,9 @@ use sluice_filters::audit::AuditSettings;
 use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
-use sluice_filters::{ConfigError, Policy};
+// One error type for the whole load: the file, the snapshot and every filter report with it.
+pub use sluice_filters::ConfigErrors;
+use sluice_filters::{ConfigError, Policy, Sections};
 
 mod upstream_url;
 pub use upstream_url::{load_ca_file, parse_url, UpstreamTarget};
@@ -217,24 +219,6 @@ pub struct AgentConfig {
     pub description: Option<String>,
 }
 
-/// Everything wrong with a config file.
-#[derive(Debug, Clone)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -287,9 +271,10 @@ impl Config {
             roles: &self.roles,
             users: &self.users,
             keys: &self.keys,
-            rate_limit: &self.rate_limit,
-            dlp: &self.dlp,
-            audit: &self.audit,
+            sections: Sections::new()
+                .with(&self.rate_limit)
+                .with(&self.dlp)
+                .with(&self.audit),
             models: &self.model_names,
             agents: &self.agent_ids,
             prices: &self.prices,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use sluice::filters::{BuildError, Cx, Filter, Policy, Reply, RequestHead, Shared, Verdict};
+use sluice::filters::{ConfigErrors, Cx, Filter, Policy, Reply, RequestHead, Shared, Verdict};
 
 const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEalice";
 const LIMITED: &str = "sk-sluice-LIMITEDlimitedLIMITEDlimitedLIMITEDlimi";
@@ -166,7 +166,7 @@ fn every_outcome_has_exactly_one_record() {
          _: &toml::Table,
          _: &str,
          _: &Shared|
-         -> Result<Arc<dyn Filter>, BuildError> { Ok(Arc::new(Failer)) },
+         -> Result<Arc<dyn Filter>, ConfigErrors> { Ok(Arc::new(Failer)) },
     );
     let gw = start_with(
         builder,

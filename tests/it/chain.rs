@@ -11,7 +11,7 @@ use crate::support::*;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sluice::filters::{
-    BuildError, Cx, Exchange, Filter, JsonBody, Needs, Policy, Request, Shared, StreamEvent,
+    ConfigErrors, Cx, Exchange, Filter, JsonBody, Needs, Policy, Request, Shared, StreamEvent,
     Verdict,
 };
 
@@ -104,7 +104,7 @@ fn builder(rec: Arc<Recorder>) -> sluice::GatewayBuilder {
              _: &toml::Table,
              _: &str,
              _: &Shared|
-             -> Result<Arc<dyn Filter>, BuildError> { Ok(Arc::new(Rewrite)) },
+             -> Result<Arc<dyn Filter>, ConfigErrors> { Ok(Arc::new(Rewrite)) },
         )
         .filter_type(
             "upper",
@@ -112,7 +112,7 @@ fn builder(rec: Arc<Recorder>) -> sluice::GatewayBuilder {
              _: &toml::Table,
              _: &str,
              _: &Shared|
-             -> Result<Arc<dyn Filter>, BuildError> { Ok(Arc::new(Upper)) },
+             -> Result<Arc<dyn Filter>, ConfigErrors> { Ok(Arc::new(Upper)) },
         )
         .filter_type(
             "recorder",
@@ -120,7 +120,7 @@ fn builder(rec: Arc<Recorder>) -> sluice::GatewayBuilder {
                   _: &toml::Table,
                   _: &str,
                   _: &Shared|
-                  -> Result<Arc<dyn Filter>, BuildError> {
+                  -> Result<Arc<dyn Filter>, ConfigErrors> {
                 Ok(Arc::new(RecorderFilter(rec.clone())))
             },
         )

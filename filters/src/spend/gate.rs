@@ -13,7 +13,8 @@ use super::ledger::{Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, St
 use super::price::{usd_string, CallPrice, Cost, Price};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
-use crate::policy::{BuildError, Policy};
+use crate::config::ConfigErrors;
+use crate::policy::Policy;
 use crate::{Cx, Exchange, Identity, JsonBody, Reply, Route, Shared};
 
 /// What a request reserved, kept in [`Cx::extensions`] until `on_log`.
@@ -46,7 +47,7 @@ pub fn no_prices() -> &'static HashMap<String, Price> {
 }
 
 impl SpendGate {
-    pub fn build(policy: &Policy<'_>, shared: &Shared) -> Result<SpendGate, BuildError> {
+    pub fn build(policy: &Policy<'_>, shared: &Shared) -> Result<SpendGate, ConfigErrors> {
         let ledger = shared
             .get_or_try_init(Ledger::SHARED_KEY, || {
                 Ok::<_, std::convert::Infallible>(Ledger::default())
@@ -62,7 +63,7 @@ impl SpendGate {
                     &["level"],
                 )
             })
-            .map_err(|e| BuildError::one("budget", format!("cannot register metrics: {e}")))?;
+            .map_err(|e| ConfigErrors::one("budget", format!("cannot register metrics: {e}")))?;
         for l in Level::ALL {
             exceeded.with_label_values(&[l.label()]);
         }

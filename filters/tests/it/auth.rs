@@ -12,7 +12,7 @@ use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
 use sluice_filters::{
-    Cx, Filter, JsonBody, Outcome, Policy, Request, RequestHead, Route, Shared, Verdict,
+    Cx, Filter, JsonBody, Outcome, Policy, Request, RequestHead, Route, Sections, Shared, Verdict,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -129,9 +129,10 @@ impl Config {
             roles: &self.roles,
             users: &self.users,
             keys: &self.keys,
-            rate_limit: &self.rate_limit,
-            dlp: &self.dlp,
-            audit: &self.audit,
+            sections: Sections::new()
+                .with(&self.rate_limit)
+                .with(&self.dlp)
+                .with(&self.audit),
             models: &self.models,
             agents: &self.agents,
             prices: sluice_filters::spend::no_prices(),

@@ -2,6 +2,7 @@
 
 use sluice_filters::dlp::{build, Action, DlpSettings};
 use sluice_filters::policy::Policy;
+use sluice_filters::Sections;
 use sluice_filters::Shared;
 
 fn errors(toml_text: &str) -> Vec<String> {
@@ -105,16 +106,12 @@ fn unknown_keys_and_actions_are_errors() {
 fn build_takes_no_options_and_reports_rule_errors() {
     let dlp: DlpSettings =
         toml::from_str("[[rules]]\nname = \"r\"\nregex = \"[\"").expect("parses");
-    let rl = Default::default();
-    let audit = Default::default();
     let policy = Policy {
         orgs: &[],
         roles: &[],
         users: &[],
         keys: &[],
-        rate_limit: &rl,
-        dlp: &dlp,
-        audit: &audit,
+        sections: Sections::new().with(&dlp),
         models: &[],
         agents: &[],
         prices: sluice_filters::spend::no_prices(),
@@ -129,7 +126,10 @@ fn build_takes_no_options_and_reports_rule_errors() {
     );
 
     let ok = DlpSettings::default();
-    let policy = Policy { dlp: &ok, ..policy };
+    let policy = Policy {
+        sections: Sections::new().with(&ok),
+        ..policy
+    };
     let mut opts = toml::Table::new();
     opts.insert("packs".into(), toml::Value::Array(vec![]));
     let err = build(&policy, &opts, "filters[2]", &shared)

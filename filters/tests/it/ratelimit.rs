@@ -19,7 +19,7 @@ use sluice_filters::policy::{KeyConfig, OrgConfig, UserConfig};
 use sluice_filters::ratelimit::{self, RateLimitSettings};
 use sluice_filters::{
     Cx, Exchange, Filter, Grants, Identity, JsonBody, Outcome, Policy, PreAuthenticated, Reply,
-    Request, Route, Shared, Usage, Verdict,
+    Request, Route, Sections, Shared, Usage, Verdict,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ impl Env {
 fn build_filter(
     cfg: &TestConfig,
     shared: &Shared,
-) -> Result<Arc<dyn Filter>, sluice_filters::BuildError> {
+) -> Result<Arc<dyn Filter>, sluice_filters::ConfigErrors> {
     let dlp = DlpSettings::default();
     let audit: AuditSettings = toml::from_str("").expect("audit defaults");
     let policy = Policy {
@@ -245,9 +245,10 @@ fn build_filter(
         roles: &[],
         users: &cfg.users,
         keys: &cfg.keys,
-        rate_limit: &cfg.rate_limit,
-        dlp: &dlp,
-        audit: &audit,
+        sections: Sections::new()
+            .with(&cfg.rate_limit)
+            .with(&dlp)
+            .with(&audit),
         models: &[],
         agents: &[],
         prices: sluice_filters::spend::no_prices(),
@@ -1032,9 +1033,10 @@ fn unknown_options_are_config_errors() {
         roles: &[],
         users: &cfg.users,
         keys: &cfg.keys,
-        rate_limit: &cfg.rate_limit,
-        dlp: &dlp,
-        audit: &audit,
+        sections: Sections::new()
+            .with(&cfg.rate_limit)
+            .with(&dlp)
+            .with(&audit),
         models: &[],
         agents: &[],
         prices: sluice_filters::spend::no_prices(),
@@ -1048,7 +1050,7 @@ fn unknown_options_are_config_errors() {
 
     let bad: TestConfig = toml::from_str("[rate_limit]\nbackend = \"redis\"").unwrap();
     let policy = Policy {
-        rate_limit: &bad.rate_limit,
+        sections: Sections::new().with(&bad.rate_limit),
         ..policy
     };
     let err = ratelimit::build(&policy, &toml::Table::new(), "filters[1]", &shared)

@@ -13,7 +13,8 @@ use sluice_filters::audit::{AuditRecord, AuditSettings, Fsync};
 use sluice_filters::dlp::DlpSettings;
 use sluice_filters::ratelimit::RateLimitSettings;
 use sluice_filters::{
-    Cx, Exchange, Filter, Grants, Identity, Outcome, Policy, RequestHead, Shared, Usage, Verdict,
+    Cx, Exchange, Filter, Grants, Identity, Outcome, Policy, RequestHead, Sections, Shared, Usage,
+    Verdict,
 };
 
 /// A directory removed on drop.
@@ -73,9 +74,10 @@ impl Config {
             roles: &[],
             users: &[],
             keys: &[],
-            rate_limit: &self.rate_limit,
-            dlp: &self.dlp,
-            audit: &self.audit,
+            sections: Sections::new()
+                .with(&self.rate_limit)
+                .with(&self.dlp)
+                .with(&self.audit),
             models: &[],
             agents: &[],
             prices: sluice_filters::spend::no_prices(),
