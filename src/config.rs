@@ -16,6 +16,9 @@ use sluice_filters::ratelimit::RateLimitSettings;
 pub use sluice_filters::ConfigErrors;
 use sluice_filters::{ConfigError, Policy, Sections};
 
+// The `[[upstreams]]` and `[[models]]` entries are the upstream module's (it validates them).
+pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
+
 mod upstream_url;
 pub use upstream_url::{load_ca_file, parse_url, UpstreamTarget};
 
@@ -44,7 +47,7 @@ pub struct Config {
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
-    pub agent_runs: crate::agents::AgentRunsConfig,
+    pub agent_runs: crate::agents::config::AgentRunsConfig,
     #[serde(default)]
     pub filters: Vec<toml::Table>,
     /// Where keys made through the key API live (SPEC §12).
@@ -58,7 +61,7 @@ pub struct Config {
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
     /// The web console at `/console/` (SPEC §14).
     #[serde(default)]
-    pub console: crate::console::ConsoleConfig,
+    pub console: crate::console::config::ConsoleConfig,
     /// MCP servers governed at `/mcp/{server}` (SPEC §16).
     #[serde(default)]
     pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
@@ -145,67 +148,6 @@ fn default_body_timeout() -> u64 {
 }
 fn default_keepalive_idle() -> u64 {
     60
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct UpstreamConfig {
-    pub name: String,
-    pub url: Option<String>,
-    /// `"mock"`: the in-process mock upstream.
-    pub builtin: Option<String>,
-    /// How the upstream takes its key: `openai` (default, `Authorization: Bearer`) or
-    /// `anthropic` (`x-api-key`, with `anthropic-version` kept or set).
-    #[serde(default)]
-    pub api: UpstreamApi,
-    pub api_key_env: Option<String>,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_ms: u64,
-    #[serde(default = "default_read_timeout")]
-    pub read_timeout_ms: u64,
-    /// PEM file of CA certificates to trust for this upstream instead of the system's.
-    pub ca_file: Option<String>,
-    /// Idle pooled connections are closed after this (keep it below the upstream's own).
-    #[serde(default = "default_idle_timeout")]
-    pub idle_timeout_ms: u64,
-    /// An active check: while it fails, the upstream is out of service (SPEC §11).
-    pub health_check: Option<crate::upstream::config::HealthCheckConfig>,
-}
-
-/// An upstream's API family, for its credentials.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamApi {
-    #[default]
-    Openai,
-    Anthropic,
-}
-
-fn default_connect_timeout() -> u64 {
-    2000
-}
-fn default_read_timeout() -> u64 {
-    300_000
-}
-fn default_idle_timeout() -> u64 {
-    30_000
-}
-
-/// A model: one `upstream` (and `upstream_model`), or several `targets` (see
-/// [`crate::upstream::config`], which validates both forms and reads them as one list).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelConfig {
-    pub name: String,
-    pub upstream: Option<String>,
-    pub upstream_model: Option<String>,
-    pub targets: Option<Vec<crate::upstream::config::TargetConfig>>,
-    #[serde(default = "default_owned_by")]
-    pub owned_by: String,
-    /// USD per million tokens (SPEC §15); absent: the model costs 0.
-    pub price: Option<sluice_filters::spend::PriceSpec>,
-}
-
-fn default_owned_by() -> String {
-    "sluice".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,35 +22,7 @@ use crate::agents::AgentRuns;
 use crate::chain::{Chain, FilterTypes};
 use crate::config::{load_ca_file, parse_url, Config, ConfigErrors, UpstreamApi};
 use crate::metrics::EngineMetrics;
-
-/// An upstream ready for the request path: resolved address, credentials, timeouts.
-pub struct UpstreamRt {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub tls: bool,
-    pub host: String,
-    /// The `Host` header: host, plus the port when it is not the scheme's default.
-    pub host_header: String,
-    /// The same, ready to send.
-    pub host_value: HeaderValue,
-    pub base_path: String,
-    /// The upstream's own key from `api_key_env` (`authorization: Bearer …`, or `x-api-key`
-    /// for `api = "anthropic"`), never logged.
-    pub credential: Option<(&'static str, HeaderValue)>,
-    /// `api = "anthropic"`: `anthropic-version` is set when the client sent none.
-    pub anthropic: bool,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub ca: Option<Arc<[WrappedX509]>>,
-    /// Separates the connection pools of upstreams: Pingora's pool key ignores the trusted CAs,
-    /// so two upstreams on one address must never share a connection.
-    pub pool_key: u64,
-    /// What is known of its health, shared with the other generations that have an upstream of
-    /// this name (see `crate::upstream`).
-    pub health: Arc<crate::upstream::TargetHealth>,
-    pub health_check: Option<crate::upstream::config::HealthCheckConfig>,
-}
+use crate::upstream::UpstreamRt;
 
 /// One config generation: the config, its chain and its routing tables.
 pub struct Snapshot {
