@@ -120,33 +120,18 @@ fn redis_away_falls_back_to_local_buckets_at_the_same_limit() {
     const KEY: &str = "sk-sluice-LIMITlimitLIMITlimitLIMITlimitLIMITlimit";
     let mut redis = redis_server::RedisServer::start();
     let port = redis.port;
+    let directory = Directory::role("dev", &["chat"], &["mock-*"])
+        .key_with("limited", KEY, "rate_limit = { requests_per_minute = 20 }")
+        .filters(&["auth", "rate_limit"])
+        .toml();
     let gw = start(&format!(
         r#"{MOCK}
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "dev"
-permissions = ["chat"]
-models = ["mock-*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "dev"
-[[keys]]
-id = "limited"
-user = "alice"
-sha256 = "{sha}"
-rate_limit = {{ requests_per_minute = 20 }}
+{directory}
 [rate_limit]
 backend = "redis"
 redis_url = "{redis_url}"
 on_backend_error = "allow"
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
 "#,
-        sha = sluice::filters::auth::key_sha256_hex(KEY),
         redis_url = redis.url(),
     ));
     let call = || {

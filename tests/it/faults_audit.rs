@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::{client, free_port};
+use crate::support::{client, free_port, Directory};
 use serde_json::{json, Value};
 
 const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEalice";
@@ -128,32 +128,16 @@ name = "mock-echo"
 upstream = "mock"
 upstream_model = "echo"
 
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "dev"
-permissions = ["chat", "passthrough"]
-models = ["mock-*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "dev"
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{sha}"
-
+{directory}
 [audit]
 path = "{audit}"
 fsync = "always"
 write_timeout_ms = {write_timeout_ms}
-
-[[filters]]
-type = "auth"
-[[filters]]
-type = "audit"
 "#,
-        sha = sluice::filters::auth::key_sha256_hex(ALICE),
+        directory = Directory::role("dev", &["chat", "passthrough"], &["mock-*"])
+            .key("alice-key", ALICE)
+            .filters(&["auth", "audit"])
+            .toml(),
         audit = audit.display(),
     );
     let path = dir.join("sluice.toml");

@@ -16,31 +16,14 @@ use redis_server::RedisServer;
 fn config(limit: &str, settings: &str) -> String {
     format!(
         r#"{MOCK}
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "analyst"
-permissions = ["chat", "models:list"]
-models = ["mock-*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "analyst"
-[[keys]]
-id = "alice-laptop"
-user = "alice"
-sha256 = "{sha}"
-rate_limit = {{ {limit} }}
-
+{directory}
 [rate_limit]
 {settings}
-
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
 "#,
-        sha = sluice::filters::auth::key_sha256_hex(KEY),
+        directory = Directory::role("analyst", &["chat", "models:list"], &["mock-*"])
+            .key_with("alice-laptop", KEY, &format!("rate_limit = {{ {limit} }}"))
+            .filters(&["auth", "rate_limit"])
+            .toml(),
     )
 }
 

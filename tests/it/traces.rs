@@ -18,35 +18,22 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 fn config(telemetry: &str) -> String {
     format!(
         r#"{MOCK}
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "analyst"
-permissions = ["chat", "embeddings", "passthrough"]
-models = ["mock-*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "analyst"
-[[keys]]
-id = "demo"
-user = "alice"
-sha256 = "{demo}"
-[[keys]]
-id = "tight"
-user = "alice"
-sha256 = "{tight}"
-rate_limit = {{ requests_per_minute = 1, burst = 1 }}
-
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-
+{directory}
 {telemetry}
 "#,
-        demo = sluice::filters::auth::key_sha256_hex(DEMO_KEY),
-        tight = sluice::filters::auth::key_sha256_hex(TIGHT),
+        directory = Directory::role(
+            "analyst",
+            &["chat", "embeddings", "passthrough"],
+            &["mock-*"]
+        )
+        .key("demo", DEMO_KEY)
+        .key_with(
+            "tight",
+            TIGHT,
+            "rate_limit = { requests_per_minute = 1, burst = 1 }"
+        )
+        .filters(&["auth", "rate_limit"])
+        .toml(),
     )
 }
 

@@ -1,6 +1,7 @@
 //! Test harness: real gateways on real loopback sockets.
 #![allow(dead_code)]
 
+mod directory;
 pub mod fleet;
 pub mod keys;
 pub mod mcp;
@@ -21,6 +22,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sluice::{Config, Gateway, GatewayBuilder};
+
+pub use directory::Directory;
 
 pub const DEMO_KEY: &str = "sk-sluice-DEMOkeyDEMOkeyDEMOkeyDEMOkeyDEMOkey12345";
 
