@@ -1,4 +1,4 @@
-//! The scripted MCP server and the gateway config of tests/mcp.rs.
+//! The scripted MCP server and the gateway config of tests/it/mcp.rs.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
