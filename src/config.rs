@@ -20,7 +20,7 @@ use sluice_filters::{ConfigError, Policy, Sections};
 pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
 
 mod upstream_url;
-pub use upstream_url::{load_ca_file, parse_url, UpstreamTarget};
+pub use upstream_url::{load_ca_file, parse_url, CheckedUpstream, UpstreamTarget};
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +77,9 @@ pub struct Config {
     /// The price of every priced model (SPEC §15), by name.
     #[serde(skip)]
     pub prices: std::collections::HashMap<String, sluice_filters::spend::Price>,
+    /// Each upstream's URL and CA file as loading found them (see [`Config::checked_upstream`]).
+    #[serde(skip)]
+    checked_upstreams: Vec<CheckedUpstream>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +201,11 @@ impl Config {
                 }
             }
         }
+        cfg.checked_upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|u| CheckedUpstream::of(u.url.as_deref(), u.ca_file.as_deref()))
+            .collect();
         cfg.validate(&mut errs);
         if errs.is_empty() {
             Ok(cfg)
@@ -220,6 +228,17 @@ impl Config {
             models: &self.model_names,
             agents: &self.agent_ids,
             prices: &self.prices,
+        }
+    }
+
+    /// Upstream `i`'s URL and CA file as loading parsed, resolved and read them; made again only
+    /// if the entry changed since (an embedder's edit).
+    pub fn checked_upstream(&self, i: usize) -> std::borrow::Cow<'_, CheckedUpstream> {
+        let u = &self.upstreams[i];
+        let (url, ca) = (u.url.as_deref(), u.ca_file.as_deref());
+        match self.checked_upstreams.get(i) {
+            Some(c) if c.is_of(url, ca) => std::borrow::Cow::Borrowed(c),
+            _ => std::borrow::Cow::Owned(CheckedUpstream::of(url, ca)),
         }
     }
 
@@ -311,10 +330,14 @@ impl Config {
                     format!("{p}.builtin"),
                     format!("unknown builtin `{b}` (known: mock)"),
                 )),
-                (Some(url), None) => {
-                    if let Err(m) = parse_url(url)
-                        .and_then(|t| t.addr.map(|_| ()).ok_or_else(|| "no address".to_string()))
-                    {
+                (Some(_), None) => {
+                    let checked = self.checked_upstream(i);
+                    let found = match &checked.target {
+                        Some(Ok(t)) if t.addr.is_none() => Err("no address"),
+                        Some(Err(m)) => Err(m.as_str()),
+                        _ => Ok(()),
+                    };
+                    if let Err(m) = found {
                         errs.push(ConfigError::new(format!("{p}.url"), m));
                     }
                 }
@@ -328,10 +351,8 @@ impl Config {
                     ));
                 }
             }
-            if let Some(ca) = &u.ca_file {
-                if let Err(m) = load_ca_file(Path::new(ca)) {
-                    errs.push(ConfigError::new(format!("{p}.ca_file"), m));
-                }
+            if let Some(Err(m)) = &self.checked_upstream(i).ca {
+                errs.push(ConfigError::new(format!("{p}.ca_file"), m.as_str()));
             }
             if let Some(hc) = &u.health_check {
                 crate::upstream::config::validate_health_check(&p, hc, errs);
