@@ -1,9 +1,14 @@
 """What the MCP route adds to a tool call: the same `tools/call` sent N times straight to a real
 MCP server (the Python SDK's MCPServer, tests/python/mcp_server.py, answering in SSE) and
-through Sluice (`/mcp/tools`, the whole chain on: auth, rate_limit, dlp, audit), one after the
-other (alternating) on keep-alive connections. Prints median and p90 latency of each and the difference.
+through Sluice (`/mcp/tools`, the whole chain on: auth, rate_limit, dlp, audit) and through the
+floor (benches/floor: Pingora forwarding only, when built), one after the other (alternating) on
+keep-alive connections. Prints median and p90 latency of each and the differences.
 
-    python3 benches/mcp_overhead.py [N]      # SLUICE_BIN defaults to target/debug/sluice
+    python3 benches/mcp_overhead.py [N]
+    SLUICE_BIN=target/release/sluice FLOOR_BIN=target/release/examples/pingora_floor \
+        python3 benches/mcp_overhead.py 2000
+SLUICE_BIN defaults to target/debug/sluice; FLOOR_BIN to the release build's floor, if present
+(`cargo build --release --example pingora_floor`); without it the floor row is left out.
 """
 
 import hashlib
@@ -70,14 +75,14 @@ def timed_call(sess, i: int) -> float:
     return elapsed
 
 
-def measure(direct_url: str, via_url: str, auth: dict) -> tuple[list[float], list[float]]:
-    """Calls alternate between the two paths, so a load change on the machine hits both."""
-    a, b = open_session(direct_url, {}), open_session(via_url, auth)
-    direct, via = [], []
+def measure(paths: dict) -> dict:
+    """Calls alternate between the paths, so a load change on the machine hits all of them."""
+    sessions = {name: open_session(url, auth) for name, (url, auth) in paths.items()}
+    times = {name: [] for name in paths}
     for i in range(N):
-        direct.append(timed_call(a, i))
-        via.append(timed_call(b, i))
-    return direct, via
+        for name, sess in sessions.items():
+            times[name].append(timed_call(sess, i))
+    return times
 
 
 def summary(xs: list[float]) -> str:
@@ -87,7 +92,8 @@ def summary(xs: list[float]) -> str:
 
 def main() -> None:
     bin_ = os.environ.get("SLUICE_BIN", str(REPO / "target" / "debug" / "sluice"))
-    mcp_port, listen, admin = port(), port(), port()
+    floor_bin = os.environ.get("FLOOR_BIN", str(REPO / "target" / "release" / "examples" / "pingora_floor"))
+    mcp_port, listen, admin, floor_port = port(), port(), port(), port()
     work = Path(tempfile.mkdtemp(prefix="sluice-mcp-bench-"))
     server = subprocess.Popen([sys.executable, str(REPO / "tests/python/mcp_server.py"), str(mcp_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -127,18 +133,35 @@ type = "audit"
 """)
     gw = subprocess.Popen([bin_, "run", "-c", str(work / "sluice.toml")],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    floor = None
+    if os.access(floor_bin, os.X_OK):
+        floor = subprocess.Popen([floor_bin, f"127.0.0.1:{floor_port}", f"127.0.0.1:{mcp_port}", "1"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait(lambda: socket.create_connection(("127.0.0.1", mcp_port), 1).close() or True, "MCP server")
         wait(lambda: requests.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200, "Sluice")
-        direct, via = measure(f"http://127.0.0.1:{mcp_port}/mcp", f"http://127.0.0.1:{listen}/mcp/tools",
-                              {"authorization": f"Bearer {KEY}"})
-        print(json.dumps({"calls": N, "binary": bin_}))
-        print(f"direct:        {summary(direct)}")
-        print(f"through Sluice: {summary(via)}")
-        print(f"added (median): {(statistics.median(via) - statistics.median(direct)) * 1000:.2f} ms")
+        paths = {"direct": (f"http://127.0.0.1:{mcp_port}/mcp", {})}
+        if floor:
+            wait(lambda: socket.create_connection(("127.0.0.1", floor_port), 1).close() or True, "floor")
+            paths["floor"] = (f"http://127.0.0.1:{floor_port}/mcp", {})
+        paths["sluice"] = (f"http://127.0.0.1:{listen}/mcp/tools", {"authorization": f"Bearer {KEY}"})
+        t = measure(paths)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        print(json.dumps({"calls": N, "binary": bin_, "floor": floor_bin if floor else None}))
+        print(f"direct:         {summary(t['direct'])}")
+        if floor:
+            print(f"through the floor: {summary(t['floor'])}")
+        print(f"through Sluice: {summary(t['sluice'])}")
+        print(f"added by Sluice (median): {(med['sluice'] - med['direct']) * 1000:.3f} ms")
+        if floor:
+            print(f"added by the floor (median): {(med['floor'] - med['direct']) * 1000:.3f} ms")
+            print(f"Sluice beyond the floor (median): {(med['sluice'] - med['floor']) * 1000:.3f} ms")
     finally:
         gw.terminate()
         server.terminate()
+        if floor:
+            floor.terminate()
+            floor.wait(10)
         gw.wait(10)
         server.wait(10)
 

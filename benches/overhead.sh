@@ -4,8 +4,10 @@
 #   benches/overhead.sh            # full run: ~8 minutes after the build
 #   QUICK=1 benches/overhead.sh    # ~2 minutes: fewer, shorter rounds
 #
-# On loopback it starts the mock upstream (`sluice mock`), nginx as a plain reverse proxy (the
-# cost of a proxy that does nothing; skipped when nginx is not installed), Sluice with an empty
+# On loopback it starts the mock upstream (`sluice mock`), the floor (benches/floor: Pingora
+# doing nothing but forwarding, one `ProxyHttp` with only `upstream_peer`, same Pingora and
+# build profile as Sluice — every row is also given as a ratio to it), nginx as a plain reverse
+# proxy (skipped when nginx is not installed), Sluice with an empty
 # chain, Sluice with the full chain (auth, rate_limit, dlp with the secrets and pii packs, audit
 # to a file with fsync = "interval") and, for the per-filter breakdown, Sluice with the chain's
 # prefixes (auth; auth + rate_limit; auth + rate_limit + dlp). Then it measures each the same way:
@@ -21,6 +23,9 @@
 #           sends back to back (where the proxy, not the model, sets the pace), with the proxy's
 #           CPU time per chunk; "added" = target minus direct, same round
 #   memory  RSS after start, idle after the load, and with 1,000 concurrent open streams
+#   syscalls  for the floor, the empty and the full chain: `strace -c -f` attached to every
+#           thread over SYS_REQUESTS requests on SYS_CONNS connections (after 200 unmeasured):
+#           system calls per request, by name (what instructions do not show: writes, wake-ups)
 #
 # Each of RUNS rounds measures every target in turn, in a rotating order; the report gives
 # medians over the rounds, and every "added" figure and ratio is taken within a round (the two
@@ -56,8 +61,15 @@
 #   RESULTS=path       also write the report (markdown) to this file
 #   KEEP=1             keep the temporary directory (configs, logs, raw results)
 #
+#   IDENTITY=1         every Sluice config also has an [identity] provider (a stand-in the driver
+#                      serves: discovery, a JWKS with one RS256 key) and the chains with auth
+#                      are called with a provider token (JWT) instead of a Sluice key: the cost
+#                      of verifying a token (SPEC §13)
 #   SPEND=1            every Sluice config also prices the model and gives the org, the user
 #                      and the key a budget (SPEC §15): the cost of budgets at three levels
+#   MODE=syscalls      only the syscalls phase (~1 minute)
+#   SYS_REQUESTS=2000, SYS_CONNS=4   the syscalls phase; SYSCALLS=0 leaves it out
+#   FLOOR=1            0 leaves out the Pingora floor row
 #   MODE=callgrind     instead of timing anything, count the instructions Sluice executes per
 #                      request (user space, every thread) under valgrind's callgrind, for the
 #                      empty chain, each prefix of the chain and the full chain: a figure that a
@@ -97,14 +109,20 @@ KEEP=${KEEP:-0}
 RESULTS=${RESULTS:-}
 MODE=${MODE:-time}
 CG_REQUESTS=${CG_REQUESTS:-2000}
+SYS_REQUESTS=${SYS_REQUESTS:-2000}
+SYS_CONNS=${SYS_CONNS:-4}
+SYSCALLS=${SYSCALLS:-1}
+FLOOR=${FLOOR:-1}
 TELEMETRY=${TELEMETRY:-0}
 SPEND=${SPEND:-0}
+IDENTITY=${IDENTITY:-0}
 PRICE_LINE="" BUDGET_LINE=""
 if [[ $SPEND == 1 ]]; then
   PRICE_LINE='price = { input_per_mtok = 2.50, output_per_mtok = 10.00 }'
   BUDGET_LINE='budget = { usd = 1000000000, period = "monthly" }'
 fi
-[[ $MODE == callgrind ]] && NGINX=0
+[[ $MODE == callgrind || $MODE == syscalls ]] && NGINX=0
+[[ $MODE == callgrind ]] && FLOOR=0
 
 log() { printf '[overhead] %s\n' "$*" >&2; }
 die() {
@@ -131,6 +149,11 @@ if [[ $MODE == callgrind ]] && ! command -v callgrind_annotate >/dev/null; then
   die "MODE=callgrind needs valgrind (Debian: apt-get install valgrind)"
 fi
 command -v taskset >/dev/null || PIN=0
+if [[ $SYSCALLS == 1 || $MODE == syscalls ]] && ! command -v strace >/dev/null; then
+  [[ $MODE == syscalls ]] && die "MODE=syscalls needs strace (Debian: apt-get install strace)"
+  log "strace not found: the syscalls phase is skipped (Debian: apt-get install strace)"
+  SYSCALLS=0
+fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ $NGINX != 0 && ! -x $NGINX_BIN ]]; then
   log "nginx not found: the nginx reference row is skipped (Debian: apt-get install nginx-light)"
@@ -142,12 +165,19 @@ fi
 
 if [[ -n ${SLUICE_BIN:-} ]]; then
   SLUICE=$SLUICE_BIN
-  BUILT="prebuilt binary $SLUICE_BIN (SLUICE_BIN)"
+  BUILT="prebuilt binary $SLUICE (SLUICE_BIN)"
   log "using $SLUICE (SLUICE_BIN): no build"
+  FLOOR_BIN=${FLOOR_BIN:-$(dirname "$SLUICE")/examples/pingora_floor}
+  if [[ $FLOOR != 0 && ! -x $FLOOR_BIN ]]; then
+    log "building the floor: cargo build --release --locked --example pingora_floor"
+    (cd "$ROOT" && cargo build --release --locked --example pingora_floor >&2)
+    FLOOR_BIN="$ROOT/target/release/examples/pingora_floor"
+  fi
 else
-  log "building: cargo build --release --locked"
-  (cd "$ROOT" && cargo build --release --locked >&2)
+  log "building: cargo build --release --locked --bin sluice --example pingora_floor"
+  (cd "$ROOT" && cargo build --release --locked --bin sluice --example pingora_floor >&2)
   SLUICE="$ROOT/target/release/sluice"
+  FLOOR_BIN="$ROOT/target/release/examples/pingora_floor"
   BUILT="\`cargo build --release --locked\` at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
   git -C "$ROOT" diff --quiet HEAD -- src filters Cargo.toml Cargo.lock 2>/dev/null ||
     BUILT="$BUILT with uncommitted changes"
@@ -260,8 +290,30 @@ if [[ $TELEMETRY == 1 ]]; then
   wait_port "$OTLP_PORT" otlp-sink "$!"
   log "traces on: every Sluice exports to the OTLP sink on 127.0.0.1:$OTLP_PORT"
 fi
+IDENTITY_CONF=""
+if [[ $IDENTITY == 1 ]]; then
+  OIDC_PORT=$(free_port)
+  python3 "$DRIVER" oidc --port "$OIDC_PORT" --token-out "$T/jwt.txt" >"$T/oidc.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$OIDC_PORT" oidc "$!"
+  IDENTITY_CONF=$(printf '\n[identity]\nissuer = "http://127.0.0.1:%s"\nclient_id = "sluice"\naudiences = ["sluice"]\n[[identity.roles]]\ngroup = "*"\norg = "bench"\nrole = "bench"\n' "$OIDC_PORT")
+  log "identity on: the chains with auth are called with an RS256 provider token"
+fi
 TARGETS+=(direct) STREAMED+=(direct)
 PORT[direct]=$MOCK_PORT PID[direct]="" KEY[direct]="" LABEL[direct]="direct to the mock (no proxy)"
+
+# --- the floor: Pingora forwarding and nothing else (benches/floor), as many threads as Sluice.
+if [[ $FLOOR != 0 ]]; then
+  [[ -x $FLOOR_BIN ]] || die "no floor binary at $FLOOR_BIN"
+  FLOOR_PORT=$(free_port)
+  (on_proxy "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$MOCK_PORT" "$PROXY_THREADS") \
+    >"$T/floor.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$FLOOR_PORT" floor "$!"
+  TARGETS+=(floor) STREAMED+=(floor)
+  PORT[floor]=$FLOOR_PORT PID[floor]=${PIDS[-1]} KEY[floor]=""
+  LABEL[floor]="the floor: Pingora forwarding only (benches/floor)"
+fi
 
 # --- nginx: a plain reverse proxy, keep-alive both ways, no buffering of responses.
 if [[ $NGINX != 0 ]]; then
@@ -375,6 +427,7 @@ EOF
       esac
     done
     for f in "$@"; do printf '\n[[filters]]\ntype = "%s"\n' "$f"; done
+    [[ -n $IDENTITY_CONF ]] && printf '%s\n' "$IDENTITY_CONF"
     if [[ $TELEMETRY == 1 ]]; then
       printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' "$OTLP_PORT"
     fi
@@ -416,6 +469,7 @@ start_sluice() { # name label streamed(0|1) filter...
   [[ $streamed == 1 ]] && STREAMED+=("$name")
   PORT[$name]=$port PID[$name]=$pid ADMIN[$name]=$admin LABEL[$name]=$label KEY[$name]=""
   (($#)) && [[ " $* " == *" auth "* ]] && KEY[$name]=$API_KEY
+  [[ -n ${KEY[$name]} && $IDENTITY == 1 ]] && KEY[$name]=$(cat "$T/jwt.txt")
   return 0
 }
 start_sluice empty "Sluice, empty chain" 1
@@ -475,6 +529,43 @@ fi
 log "every target answers; the full chain refuses a request without a key and one with an AWS key"
 
 # ---------------------------------------------------------------------------------------------
+# Syscalls per request: strace attached to every thread of a running proxy, over a fixed number
+# of requests. strace slows every call down, so only the counts mean anything, not the time.
+
+sys_count() { # target
+  local t=$1 pid=${PID[$1]} args=() tid spid
+  python3 "$DRIVER" requests --port "${PORT[$t]}" --key "${KEY[$t]}" --body "$T/body.json" \
+    --n 200 --conns "$SYS_CONNS" || die "requests failed before strace ($t)"
+  for tid in /proc/"$pid"/task/*; do args+=(-p "${tid##*/}"); done
+  strace -c -f -o "$T/strace-$t.txt" "${args[@]}" 2>"$T/strace-$t.log" &
+  spid=$!
+  sleep 1 # attached to every thread
+  timeout 600 python3 "$DRIVER" requests --port "${PORT[$t]}" --key "${KEY[$t]}" \
+    --body "$T/body.json" --n "$SYS_REQUESTS" --conns "$SYS_CONNS" ||
+    die "requests failed under strace ($t)"
+  kill -INT "$spid"
+  wait "$spid" 2>/dev/null || true
+  python3 "$HERE/syscalls.py" parse --target "$t" --requests "$SYS_REQUESTS" "$T/strace-$t.txt"
+}
+syscalls_phase() { # results-file
+  local t
+  for t in floor empty full; do
+    [[ -n ${PID[$t]:-} ]] || continue
+    log "syscalls: ${LABEL[$t]}"
+    sys_count "$t" >>"$1"
+  done
+}
+if [[ $MODE == syscalls ]]; then
+  : >"$T/sys.jsonl"
+  syscalls_phase "$T/sys.jsonl"
+  python3 "$HERE/report.py" "$T/sys.jsonl" --targets "$T/targets.json" --syscalls-only \
+    --date "$(date -u +'%Y-%m-%d %H:%M UTC')" --command "MODE=syscalls benches/overhead.sh" \
+    --settings "SYS_REQUESTS=$SYS_REQUESTS on SYS_CONNS=$SYS_CONNS connections, body $(wc -c <"$T/body.json") bytes" \
+    --build "$BUILT" ${RESULTS:+--out "$RESULTS"}
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
 # MODE=callgrind: instructions per request instead of time.
 
 if [[ $MODE == callgrind ]]; then
@@ -491,6 +582,7 @@ if [[ $MODE == callgrind ]]; then
     wait_port "$port" "cg-$name" "$pid" 1200
     local key=""
     (($#)) && [[ " $* " == *" auth "* ]] && key=$API_KEY
+    [[ -n $key && $IDENTITY == 1 ]] && key=$(cat "$T/jwt.txt")
     timeout 600 python3 "$DRIVER" requests --port "$port" --key "$key" --body "$T/body.json" --n 200 ||
       die "requests failed under callgrind ($name)"
     callgrind_control -z "$pid" >/dev/null
@@ -608,6 +700,9 @@ for t in "${STREAMED[@]}"; do
   sleep 1
 done
 ELAPSED=$(($(date -u +%s) - START))
+if [[ $SYSCALLS == 1 ]]; then
+  syscalls_phase "$RES"
+fi
 
 AUDIT_NOTE=""
 if [[ " ${FULL[*]} " == *" audit "* ]]; then

@@ -18,6 +18,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use sluice_filters::{ConfigError, FilterFactory, Shared};
 use tokio::sync::{watch, Notify};
 
@@ -28,6 +30,9 @@ use crate::metrics::EngineMetrics;
 use crate::mock::{self, MockOptions};
 use crate::proxy::SluiceProxy;
 use crate::state::{EngineState, Snapshot};
+
+/// Bytes of each client connection's write buffer (see where the listener is added).
+const DOWNSTREAM_WRITE_BUFFER: usize = 8 * 1024;
 
 /// Builds a gateway: a config (file or value) plus any custom filter types.
 #[derive(Clone, Default)]
@@ -224,7 +229,11 @@ impl GatewayBuilder {
             "sluice".to_string(),
             crate::edge::EdgeApp::new(proxy_app, state.clone()),
         );
-        proxy.add_tcp(&listen);
+        // A write buffer that holds a whole small answer: Pingora sends a head with its length
+        // and the body in one write when both fit (its default, 1,460 bytes, splits a chat
+        // completion's head, with Sluice's rate-limit and cost headers, from its body).
+        let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
+        proxy.add_listener(ListenerConfig::tcp(listen.clone()).l4_buffer(buffers));
         server.add_service(proxy);
         let watch = StopWatch(pingora_stop.clone());
         let server_thread = std::thread::Builder::new()

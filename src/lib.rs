@@ -16,6 +16,7 @@ pub mod console;
 pub mod edge;
 pub mod gateway;
 pub mod headers;
+mod held_head;
 pub mod identity;
 pub mod keys;
 pub mod mcp;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_error::RetryType;
@@ -28,6 +29,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sluice_filters::Reply;
 
+use crate::held_head::HeldHead;
 use crate::pipeline::{Call, FailAction, FailKind, Head, Step};
 use crate::state::EngineState;
 
@@ -203,6 +205,11 @@ fn console_path(raw: &str) -> Option<String> {
 impl ProxyHttp for SluiceProxy {
     type CTX = Call;
 
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        // Not Pingora's default (its response compression, disabled): Sluice never compresses.
+        HeldHead::register(modules);
+    }
+
     fn new_ctx(&self) -> Call {
         Call::new(&self.state)
     }
@@ -369,13 +376,19 @@ impl ProxyHttp for SluiceProxy {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         call: &mut Call,
     ) -> Result<Option<Duration>> {
         match call.on_response_body(body, end_of_stream) {
-            Ok(()) => Ok(None),
+            Ok(()) => {
+                if end_of_stream && call.is_held() {
+                    let len = body.as_ref().map_or(0, Bytes::len);
+                    HeldHead::complete(session, call.upstream_status, len, call.late_headers());
+                }
+                Ok(None)
+            }
             Err(r) => Error::e_explain(ErrorType::Custom("response_refused"), r.why),
         }
     }

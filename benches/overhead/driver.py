@@ -30,6 +30,7 @@ import selectors
 import socket
 import statistics
 import sys
+import threading
 import time
 import urllib.request
 
@@ -296,16 +297,30 @@ def cmd_metrics(a):
 def cmd_requests(a):
     body = open(a.body, "rb").read()
     req = request_bytes(a.host, a.port, "/v1/chat/completions", body, a.key)
-    sock = connect(a.host, a.port)
-    sock.settimeout(a.timeout)
-    rd = ChunkedReader(sock)
-    for _ in range(a.n):
-        sock.sendall(req)
-        status = rd.read_response()[0]
-        if status != 200:
-            print(json.dumps({"error": f"status {status}"}))
-            sys.exit(1)
-    sock.close()
+    failed = []
+
+    def one_connection(n):
+        sock = connect(a.host, a.port)
+        sock.settimeout(a.timeout)
+        rd = ChunkedReader(sock)
+        for _ in range(n):
+            sock.sendall(req)
+            status = rd.read_response()[0]
+            if status != 200:
+                failed.append(status)
+                break
+        sock.close()
+
+    # --conns connections side by side, --n requests in all.
+    share = [a.n // a.conns + (1 if i < a.n % a.conns else 0) for i in range(a.conns)]
+    threads = [threading.Thread(target=one_connection, args=(n,)) for n in share]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        print(json.dumps({"error": f"status {failed[0]}"}))
+        sys.exit(1)
 
 
 def cmd_body(a):
@@ -367,6 +382,48 @@ def cmd_otlp_sink(a):
     http.server.ThreadingHTTPServer((a.host, a.port), Sink).serve_forever()
 
 
+def cmd_oidc(a):
+    """A stand-in identity provider for IDENTITY=1: discovery and a JWKS with one RS256 key, and
+    one access token signed with it (written to --token-out). Only what Sluice's token check
+    reads; the real provider is tested in tests/oidc."""
+    import base64
+    import http.server
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    nums = key.public_key().public_numbers()
+    b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+    issuer = f"http://{a.host}:{a.port}"
+    jwks = {"keys": [{"kty": "RSA", "kid": "bench", "use": "sig", "alg": "RS256", "n": b64(nums.n), "e": b64(nums.e)}]}
+    discovery = {"issuer": issuer, "jwks_uri": issuer + "/jwks", "authorization_endpoint": issuer + "/auth",
+                 "token_endpoint": issuer + "/token", "response_types_supported": ["code"],
+                 "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"]}
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": "sluice", "sub": "bench-user", "email": "jwt-bench@example.com",
+              "groups": ["bench"], "iat": now, "nbf": now, "exp": now + 86400}
+    with open(a.token_out, "w") as f:
+        f.write(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"}))
+
+    class Provider(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            doc = {"/.well-known/openid-configuration": discovery, "/jwks": jwks}.get(self.path)
+            body = json.dumps(doc).encode() if doc else b"{}"
+            self.send_response(200 if doc else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer((a.host, a.port), Provider).serve_forever()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -408,6 +465,7 @@ def main():
     target(p)
     p.add_argument("--body", required=True)
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--conns", type=int, default=1)
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(fn=cmd_requests)
 
@@ -421,6 +479,12 @@ def main():
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.set_defaults(fn=cmd_otlp_sink)
+
+    p = sub.add_parser("oidc")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--token-out", required=True)
+    p.set_defaults(fn=cmd_oidc)
 
     p = sub.add_parser("cpu")
     p.add_argument("--pid", action="append", default=[])

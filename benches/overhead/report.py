@@ -42,7 +42,10 @@ def main():
     ap.add_argument("--ttft-delay", default="?")
     for opt in ("date", "machine", "command", "settings", "build", "audit", "noise", "out"):
         ap.add_argument("--" + opt, default="")
+    ap.add_argument("--syscalls-only", action="store_true")
     a = ap.parse_args()
+    if a.syscalls_only:
+        return syscalls_only(a)
 
     labels = json.load(open(a.targets))["labels"]
     order = list(labels)
@@ -131,14 +134,23 @@ def main():
     w("")
     w("**Throughput and latency**: wrk, a ~1 KiB chat completion (not streamed), medians over the rounds.")
     w("")
-    w("| | req/s, 64 conns | p50 | p99 | proxy CPU / request | p50, 1 conn | p99, 1 conn | added p50 | added p99 |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    has_floor = "floor" in fig
+    w("| | req/s, 64 conns | × floor | p50 | p99 | proxy CPU / request | p50, 1 conn | p99, 1 conn | added p50 | − floor's | added p99 | syscalls / request |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in order:
         d = fig[t]
-        w(f"| {labels[t]} | {d['rps']:,.0f} | {ms(d['load_p50'])} | {ms(d['load_p99'])} | "
+        vs_floor = ratio(t, "floor") if has_floor and t != "direct" else None
+        over_floor = diff("c1", t, "floor", c1_p50) if has_floor and t not in ("direct", "floor") else None
+        sc = single.get(("syscalls", t))
+        w(f"| {labels[t]} | {d['rps']:,.0f} | {'–' if vs_floor is None else f'{vs_floor:.2f}'} | "
+          f"{ms(d['load_p50'])} | {ms(d['load_p99'])} | "
           f"{us(d['cpu_req'])} | {us(d['c1_p50'])} | {us(d['c1_p99'])} | "
-          f"{us(d['add_p50'], True)} | {us(d['add_p99'], True)} |")
+          f"{us(d['add_p50'], True)} | {us(over_floor, True)} | {us(d['add_p99'], True)} | "
+          f"{'–' if sc is None else format(sc['total'], '.2f')} |")
     w("")
+    sys_rows = [t for t in order if ("syscalls", t) in single]
+    if sys_rows:
+        syscall_table(w, labels, [(t, single[("syscalls", t)]) for t in sys_rows])
 
     # Per filter: what each step of the chain adds to the one before it.
     chain = [t for t in order if t == "empty" or t.startswith("chain") or t == "full"]
@@ -200,6 +212,19 @@ def main():
 
     w("| goal (full chain) | target | measured | |")
     w("|---|---|---|---|")
+    if has_floor:
+        r = ratio("full", "floor")
+        goal("requests/s vs the floor", "≥ 0.80 ×", "–" if r is None else f"{r:.2f} ×", None if r is None else r >= 0.8)
+        r = ratio("empty", "floor")
+        goal("empty chain's requests/s vs the floor", "≥ 0.95 ×", "–" if r is None else f"{r:.2f} ×", None if r is None else r >= 0.95)
+        v = diff("c1", "full", "floor", c1_p50)
+        goal("added p50, 1 connection, beyond the floor's", "≤ +10 µs", us(v, True), None if v is None else v <= 10)
+        v = diff("stream", "full", "floor", chunk)
+        goal("time per streamed chunk beyond the floor's", "≤ +5 µs", us(v, True, 1), None if v is None else v <= 5)
+        sf, sl = single.get(("syscalls", "full")), single.get(("syscalls", "floor"))
+        if sf and sl:
+            v = sf["total"] - sl["total"]
+            goal("syscalls per request beyond the floor's", "≤ +0.5", f"{v:+.2f}", v <= 0.5)
     v = full["add_p50"]
     goal("added p50 latency, 1 connection", "≤ 50 µs", us(v, True), None if v is None else v <= 50)
     if has_nginx:
@@ -263,6 +288,40 @@ def main():
         notes.append(a.audit)
     for n in notes:
         w(f"- {n}")
+    text = "\n".join(out) + "\n"
+    sys.stdout.write(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+
+
+SHOWN = ["sendto", "recvfrom", "write", "writev", "read", "futex", "epoll_wait", "clock_nanosleep"]
+
+
+def syscall_table(w, labels, rows):
+    w("**System calls per request** (`strace -c -f` on every thread of the proxy, over a fixed "
+      "number of requests; strace slows each call, so only the counts mean anything):")
+    w("")
+    w("| | all | " + " | ".join(f"`{n}`" for n in SHOWN) + " | other |")
+    w("|---|---:|" + "---:|" * (len(SHOWN) + 1))
+    for t, r in rows:
+        per = r["per_request"]
+        other = sum(v for k, v in per.items() if k not in SHOWN)
+        rest = ", ".join(f"{k} {v:.2f}" for k, v in per.items() if k not in SHOWN and v >= 0.05)
+        w(f"| {labels.get(t, t)} | {r['total']:.2f} | "
+          + " | ".join(f"{per.get(n, 0):.2f}" for n in SHOWN)
+          + f" | {other:.2f}{f' ({rest})' if rest else ''} |")
+    w("")
+
+
+def syscalls_only(a):
+    labels = json.load(open(a.targets))["labels"]
+    rows = [json.loads(l) for l in open(a.results) if l.strip()]
+    out = []
+    w = out.append
+    w(f"Measured {a.date}. Command: `{a.command}`. Build: {a.build}. Settings: {a.settings}.")
+    w("")
+    syscall_table(w, labels, [(r["target"], r) for r in rows])
     text = "\n".join(out) + "\n"
     sys.stdout.write(text)
     if a.out:

@@ -416,13 +416,18 @@ async fn relay_whole(
             }
         }
     }
-    let h = relay_head(call, &ex, Some(body.len()))?;
+    let mut h = relay_head(call, &ex, Some(body.len()))?;
     let status = h.status.as_u16();
     let outcome = relayed_outcome(status, gov.blocked);
     if !finish(call, status, outcome) {
         ex.release(&cx.snap.mcp).await;
         write_reply(session, call, &withheld(), true).await?;
         return Ok(Outcome::AuditUnavailable);
+    }
+    // Priced by `finish`, before the head goes out: a paid call's real cost (SPEC §15).
+    if let Some(c) = call.cx.extensions.get::<sluice_filters::spend::Cost>() {
+        let usd = sluice_filters::spend::usd_string(i64::try_from(c.micros).unwrap_or(i64::MAX));
+        h.insert_header("x-sluice-cost-usd", usd)?;
     }
     session.write_response_header(h, false).await?;
     session.write_response_body(Some(body), true).await?;
@@ -580,6 +585,9 @@ fn finish(call: &mut Call, status: u16, outcome: Outcome) -> bool {
     call.local = Some(LocalDone { outcome, code });
     let ex = call.exchange(status, outcome, code);
     let snap = call.snap.clone();
+    // A paid `tools/call` costs its price (SPEC §15): in the record written here, if any.
+    snap.spend
+        .price_request(&snap.config.prices, &ex, &mut call.cx);
     let durable = snap.chain.on_response_complete(&ex, &call.cx).is_ok();
     call.cx.response_completed = true;
     call.completed = true;

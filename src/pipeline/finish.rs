@@ -125,6 +125,10 @@ impl Call {
         self.scrub_record();
         let outcome = status_outcome(self.upstream_status);
         let ex = self.exchange(self.upstream_status, outcome, None);
+        // Priced now (SPEC §15): under `fsync = "always"` the record is written here.
+        let snap = self.snap.clone();
+        snap.spend
+            .price_request(&snap.config.prices, &ex, &mut self.cx);
         let done = self.snap.chain.on_response_complete(&ex, &self.cx);
         self.cx.response_completed = true;
         done.map_err(|_| {
@@ -286,7 +290,8 @@ impl Call {
         let ex = self.exchange(status, outcome, code);
         let snap = self.snap.clone();
         // The cost (SPEC §15) before the chain's on_log: audit and budgets read it.
-        snap.spend.price_request(&snap.config.prices, &mut self.cx);
+        snap.spend
+            .price_request(&snap.config.prices, &ex, &mut self.cx);
         self.record_metrics(&ex);
         if self.cx.route == sluice_filters::Route::Root {
             self.trace_finish(&ex, error);

@@ -176,6 +176,10 @@ impl Call {
         }
         self.scrub_record();
         let ex = self.exchange(reply.status.as_u16(), reply.outcome, reply.code);
+        // Priced now (SPEC §15): under `fsync = "always"` the record is written here.
+        let snap = self.snap.clone();
+        snap.spend
+            .price_request(&snap.config.prices, &ex, &mut self.cx);
         let done = self.snap.chain.on_response_complete(&ex, &self.cx);
         self.cx.response_completed = true;
         self.completed = true;

@@ -130,6 +130,33 @@ impl Call {
         }
     }
 
+    /// Whether the answer's body is held whole (the last chunk carries all of it).
+    pub fn is_held(&self) -> bool {
+        matches!(self.mode, RespMode::Hold(_))
+    }
+
+    /// The headers a held answer's head gains once its body is read: `x-sluice-cost-usd`, its
+    /// real cost (SPEC §15), when its usage is known (0 for an unpriced model).
+    pub fn late_headers(&self) -> Vec<(HeaderName, http::HeaderValue)> {
+        let (Some(usage), Some(model)) = (self.cx.usage, self.cx.model.as_deref()) else {
+            return Vec::new();
+        };
+        if !(200..300).contains(&self.upstream_status) {
+            return Vec::new();
+        }
+        let micros = self
+            .snap
+            .config
+            .prices
+            .get(model)
+            .map_or(0, |p| p.cost_of(&usage));
+        let usd = sluice_filters::spend::usd_string(i64::try_from(micros).unwrap_or(i64::MAX));
+        match http::HeaderValue::from_str(&usd) {
+            Ok(v) => vec![(HeaderName::from_static("x-sluice-cost-usd"), v)],
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The request id every response carries as `x-request-id`.
     pub fn request_id(&self) -> &str {
         &self.cx.request_id

@@ -104,6 +104,7 @@ impl SpendBackend for PgBudgets {
     async fn reserve(
         &self,
         id: &str,
+        _org: &str,
         charges: &[Charge],
         cost: i64,
         now: OffsetDateTime,
@@ -141,6 +142,7 @@ impl SpendBackend for PgBudgets {
     async fn settle(
         &self,
         id: &str,
+        _org: &str,
         charges: &[Charge],
         row: Option<(RowKey, RowSums)>,
     ) -> Result<(), String> {

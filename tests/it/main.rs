@@ -33,5 +33,6 @@ mod resilience_state;
 mod spend;
 mod spend_keys;
 mod spend_postgres;
+mod spend_redis;
 mod tls;
 mod traces;

@@ -27,6 +27,8 @@ fn priced_tool_calls_are_held_to_the_callers_budget() {
         .parse()
         .expect("decimal");
     assert!((remaining - 0.015).abs() < 1e-9, "{remaining}");
+    // A JSON answer is held whole before its head goes out: it carries its real cost.
+    assert_eq!(h["x-sluice-cost-usd"], "0.010000");
 
     // Blocked by DLP before the server: nothing charged.
     let (s, _, body) = post(
@@ -54,6 +56,10 @@ fn priced_tool_calls_are_held_to_the_callers_budget() {
         "{v}"
     );
     assert!(h.get("retry-after").is_some());
+    assert!(
+        h.get("x-sluice-cost-usd").is_none(),
+        "a refused call costs nothing"
+    );
     let forwarded: Vec<Value> = calls_seen(&log)
         .iter()
         .map(|s| s.body["params"]["arguments"]["text"].clone())
@@ -68,6 +74,16 @@ fn priced_tool_calls_are_held_to_the_callers_budget() {
     let recs = records(&audit, 4);
     let outcomes: Vec<&str> = recs.iter().filter_map(|r| r["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["ok", "dlp_blocked", "ok", "budget_exceeded"]);
+    // Paid calls carry their price; calls that never reached the server cost nothing.
+    let costs: Vec<Option<f64>> = recs.iter().map(|r| r["cost_usd"].as_f64()).collect();
+    assert_eq!(costs, [Some(0.01), None, Some(0.01), None], "{recs:?}");
+    // The spend metric counts them under the usage rows' label.
+    support::wait_metric(
+        &gw,
+        "sluice_spend_usd_total",
+        &["org=\"acme\"", "model=\"mcp:tools\""],
+        0.02,
+    );
     let u: Value = client()
         .get(support::url(&gw, "/v1/usage"))
         .bearer_auth(ALICE)

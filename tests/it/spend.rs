@@ -36,9 +36,15 @@ fn every_route_shape_is_priced_audited_counted_and_reported() {
         remaining < 1_000_000.0 && remaining > 999_000.0,
         "{remaining}"
     );
+    // The real cost is on the head of a non-streamed answer.
+    let cost: f64 = header(&r, "x-sluice-cost-usd")
+        .expect("x-sluice-cost-usd on a non-streamed answer")
+        .parse()
+        .expect("a decimal");
     let body: Value = r.json().expect("json");
     let tokens = body["usage"]["total_tokens"].as_f64().expect("usage");
     assert_eq!(env.record("priced-chat")["cost_usd"].as_f64(), Some(tokens));
+    assert_eq!(cost, tokens);
 
     // Streamed chat: the usage of the stream's last chunk is priced too.
     let r = client()
@@ -50,6 +56,8 @@ fn every_route_shape_is_priced_audited_counted_and_reported() {
         .send()
         .expect("stream");
     assert_eq!(r.status().as_u16(), 200);
+    // A stream's head leaves before its usage: its cost is in the record only.
+    assert_eq!(header(&r, "x-sluice-cost-usd"), None);
     let _ = r.text();
     let rec = env.record("priced-stream");
     let u = &rec["usage"];
@@ -89,6 +97,7 @@ fn every_route_shape_is_priced_audited_counted_and_reported() {
     // An unpriced model costs 0 and is counted.
     let r = chat(&base, ALICE, "mock-free", "free words", 10, "unpriced");
     assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(&r, "x-sluice-cost-usd").as_deref(), Some("0.000000"));
     let _ = r.text();
     assert_eq!(env.record("unpriced")["cost_usd"].as_f64(), Some(0.0));
     let m = metrics(&gw);

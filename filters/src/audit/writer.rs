@@ -142,6 +142,21 @@ struct State {
     /// The writer thread has exited.
     finished: bool,
     tun: Tunables,
+    /// The writer thread waits on `work` for new records: the next submitter must wake it.
+    /// While it gathers or writes a batch it is not woken (it looks at the queue again before
+    /// it waits), so a busy log costs no cross-thread wake-up per record.
+    writer_idle: bool,
+    /// Threads waiting on `space` / `progress`: nobody is woken (a futex call each) when
+    /// nobody waits.
+    space_waiters: u32,
+    progress_waiters: u32,
+}
+
+impl State {
+    /// Whether a submitter must wake the writer (and marks it woken).
+    fn take_wake(&mut self) -> bool {
+        std::mem::take(&mut self.writer_idle)
+    }
 }
 
 struct Core {
@@ -176,7 +191,7 @@ impl Core {
         st.queue.push_back(body);
         st.accepted += 1;
         let seq = st.accepted;
-        let wake = st.queue.len() == 1;
+        let wake = st.take_wake();
         drop(st);
         self.metrics.queue_add(1);
         if wake {
@@ -216,6 +231,9 @@ impl AuditWriter {
                 closing: None,
                 finished: false,
                 tun,
+                writer_idle: false,
+                space_waiters: 0,
+                progress_waiters: 0,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -315,7 +333,7 @@ impl AuditWriter {
                 st.queue.push_back(body);
                 st.accepted += 1;
                 let seq = st.accepted;
-                let wake = st.queue.len() == 1;
+                let wake = st.take_wake();
                 drop(st);
                 self.core.metrics.queue_add(1);
                 if wake {
@@ -327,7 +345,9 @@ impl AuditWriter {
             if st.error.is_some() || now >= deadline {
                 return Err(SubmitError::Full(body));
             }
+            st.space_waiters += 1;
             st = wait_timeout(&self.core.space, st, deadline - now);
+            st.space_waiters -= 1;
         }
     }
 
@@ -354,7 +374,9 @@ impl AuditWriter {
             if now >= deadline {
                 return Err(WaitError::Timeout);
             }
+            st.progress_waiters += 1;
             st = wait_timeout(&self.core.progress, st, deadline - now);
+            st.progress_waiters -= 1;
         }
     }
 
@@ -395,7 +417,9 @@ impl AuditWriter {
             if now >= give_up {
                 break;
             }
+            st.progress_waiters += 1;
             st = wait_timeout(&self.core.progress, st, give_up - now);
+            st.progress_waiters -= 1;
         }
         let finished = st.finished;
         let complete = st.synced == st.accepted;

@@ -62,6 +62,7 @@
 mod bucket;
 mod fallback;
 mod local;
+mod redis_budgets;
 mod redis_store;
 mod refusal;
 mod report;
@@ -173,7 +174,12 @@ pub fn build(
         ConfigErrors::one(path, format!("cannot register the rate_limit metrics: {e}"))
     })?;
 
-    let spend = SpendGate::build(policy, shared)?;
+    // Budgets shared through the same Redis (SPEC §15).
+    let redis_budgets = match &store {
+        Store::Redis(r) => Some(redis_budgets::backend(r, prefix, shared, settings)),
+        Store::Local(_) => None,
+    };
+    let spend = SpendGate::build(policy, shared, redis_budgets)?;
     let user_org = user_org
         .into_iter()
         .map(|(u, o)| (u.to_string(), o.to_string()))
@@ -403,7 +409,7 @@ impl RateLimitFilter {
     }
 
     /// Counts and (at most every 10 s) logs a store failure.
-    fn note_backend_error(&self, op: &'static str, e: &BackendError) {
+    fn note_backend_error(&self, op: &'static str, e: &dyn std::fmt::Display) {
         match op {
             "check" => self.metrics.backend_errors_check.inc(),
             _ => self.metrics.backend_errors_reconcile.inc(),
@@ -420,7 +426,7 @@ impl RateLimitFilter {
     }
 
     /// The answer to a request whose admission check failed.
-    fn on_check_error(&self, e: &BackendError) -> Verdict {
+    fn on_check_error(&self, e: &dyn std::fmt::Display) -> Verdict {
         self.note_backend_error("check", e);
         match self.on_backend_error {
             OnBackendError::Allow => Verdict::Continue,
@@ -445,12 +451,14 @@ impl Filter for RateLimitFilter {
 
     async fn on_request(&self, req: &mut Request<'_>, cx: &mut Cx) -> Verdict {
         if !reserves_nothing(cx.route) {
-            let refused = self
+            match self
                 .spend
                 .on_request(req.body, cx, self.default_max_tokens)
-                .await;
-            if let Some(refused) = refused {
-                return Verdict::Respond(refused);
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(refused)) => return Verdict::Respond(refused),
+                Err(e) => return self.on_check_error(&e),
             }
         }
         let Some(id) = cx.identity.as_ref() else {

@@ -289,20 +289,6 @@ impl RedisStore {
         plan: &Plan,
         charges: impl Fn(&super::bucket::PlanItem) -> [Option<(super::bucket::BucketSpec, i64)>; 2],
     ) -> Result<Vec<i64>, BackendError> {
-        let pass = self.conn.enter()?;
-        let result = self.call(mode, plan, charges).await;
-        pass.finish(result.is_ok());
-        result
-    }
-
-    async fn call(
-        &self,
-        mode: &str,
-        plan: &Plan,
-        charges: impl Fn(&super::bucket::PlanItem) -> [Option<(super::bucket::BucketSpec, i64)>; 2],
-    ) -> Result<Vec<i64>, BackendError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut conn = self.conn.connection(deadline, self.connect_timeout).await?;
         let mut call = ADMIT.prepare_invoke();
         call.arg(mode);
         for item in &plan.items {
@@ -314,11 +300,31 @@ impl RedisStore {
                 };
             }
         }
-        match tokio::time::timeout_at(deadline, call.invoke_async::<Vec<i64>>(&mut conn)).await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(BackendError::Redis(e)),
-            Err(_) => Err(BackendError::Timeout),
-        }
+        self.invoke(&call).await
+    }
+
+    /// Runs a script through the breaker, waiting for Redis at most `redis_timeout_ms`
+    /// (the budgets' script too, `redis_budgets.rs`).
+    pub(super) async fn invoke(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<i64>, BackendError> {
+        let pass = self.conn.enter()?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let result = match self.conn.connection(deadline, self.connect_timeout).await {
+            Ok(mut conn) => {
+                match tokio::time::timeout_at(deadline, call.invoke_async::<Vec<i64>>(&mut conn))
+                    .await
+                {
+                    Ok(Ok(out)) => Ok(out),
+                    Ok(Err(e)) => Err(BackendError::Redis(e)),
+                    Err(_) => Err(BackendError::Timeout),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        pass.finish(result.is_ok());
+        result
     }
 }
 
@@ -383,7 +389,7 @@ pub(crate) fn key(prefix: &str, org: &str, level: Level, name: &str) -> String {
     }
 }
 
-fn escape(name: &str) -> String {
+pub(super) fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
         match c {

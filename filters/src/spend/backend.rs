@@ -1,6 +1,6 @@
 //! Budgets shared by several instances: reservations made in a shared backend (the engine's
-//! PostgreSQL store) instead of this process's [`super::Ledger`], so that every instance sees
-//! the others' reservations at once.
+//! PostgreSQL store, or the `rate_limit` filter's Redis) instead of this process's
+//! [`super::Ledger`], so that every instance sees the others' reservations at once.
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,22 +13,31 @@ use super::ledger::{Charge, Reserve, RowKey, RowSums};
 #[async_trait]
 pub trait SpendBackend: Send + Sync + 'static {
     /// Reserves `cost` under `id` against every charge, or none (as [`super::Ledger::reserve`]).
+    /// `org` is the caller's (every charge belongs to it).
     async fn reserve(
         &self,
         id: &str,
+        org: &str,
         charges: &[Charge],
         cost: i64,
         now: OffsetDateTime,
     ) -> Result<Reserve, String>;
 
-    /// Drops the reservation `id` (made against `charges`) and adds the request's usage row,
-    /// in one transaction.
+    /// Drops the reservation `id` (made against `charges`) and adds the request's usage row
+    /// (its cost to the budgets, and the row itself when [`SpendBackend::keeps_rows`]), at once.
     async fn settle(
         &self,
         id: &str,
+        org: &str,
         charges: &[Charge],
         row: Option<(RowKey, RowSums)>,
     ) -> Result<(), String>;
+
+    /// Whether [`SpendBackend::settle`] stores the usage row itself; else the caller records
+    /// it in this process's ledger, which writes it behind to the store.
+    fn keeps_rows(&self) -> bool {
+        true
+    }
 }
 
 /// Where the engine puts its [`SpendBackend`] (in [`crate::Shared`] under

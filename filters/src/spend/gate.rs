@@ -2,12 +2,13 @@
 //! replaced by the real cost after it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus::{CounterVec, IntCounterVec, Opts};
 use time::OffsetDateTime;
 
-use super::backend::BackendSlot;
+use super::backend::{BackendSlot, SpendBackend};
 use super::budget::{BudgetSpec, Period};
 use super::ledger::{Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing};
 use super::price::{usd_string, CallPrice, Cost, Price};
@@ -18,12 +19,28 @@ use crate::policy::Policy;
 use crate::{Cx, Exchange, Identity, JsonBody, Reply, Route, Shared};
 
 /// What a request reserved, kept in [`Cx::extensions`] until `on_log`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct SpendReservation {
     accounts: Vec<Account>,
     micros: i64,
-    /// Made in the shared backend under this id (with these charges), not in the ledger.
-    shared: Option<(String, Vec<Charge>)>,
+    /// Made in a shared backend, not in the ledger.
+    shared: Option<SharedReservation>,
+}
+
+#[derive(Clone)]
+struct SharedReservation {
+    backend: Arc<dyn SpendBackend>,
+    id: String,
+    org: Arc<str>,
+    charges: Vec<Charge>,
+}
+
+/// Budgets in the `rate_limit` filter's Redis (`backend = "redis"`).
+pub struct RedisBackend {
+    pub backend: Arc<dyn SpendBackend>,
+    /// `on_backend_error = "deny"`: a request Redis cannot reserve for is refused; else it is
+    /// reserved in this process's ledger.
+    pub deny: bool,
 }
 
 /// The budgets of one config, and the ledger they are charged in.
@@ -33,7 +50,11 @@ pub struct SpendGate {
     keys: HashMap<Arc<str>, BudgetSpec>,
     prices: HashMap<Arc<str>, Price>,
     ledger: Arc<Ledger>,
+    /// A PostgreSQL store's backend, installed by the engine.
     backend: Arc<BackendSlot>,
+    redis: Option<RedisBackend>,
+    /// Unix second of the last warning about a failing backend (at most one every 10 s).
+    warned_at: AtomicI64,
     exceeded: IntCounterVec,
     /// Keys made through the key API, and whether any of them has a budget.
     store_keys: Arc<RuntimeKeys>,
@@ -47,12 +68,12 @@ pub fn no_prices() -> &'static HashMap<String, Price> {
 }
 
 impl SpendGate {
-    pub fn build(policy: &Policy<'_>, shared: &Shared) -> Result<SpendGate, ConfigErrors> {
-        let ledger = shared
-            .get_or_try_init(Ledger::SHARED_KEY, || {
-                Ok::<_, std::convert::Infallible>(Ledger::default())
-            })
-            .unwrap_or_else(|never| match never {});
+    pub fn build(
+        policy: &Policy<'_>,
+        shared: &Shared,
+        redis: Option<RedisBackend>,
+    ) -> Result<SpendGate, ConfigErrors> {
+        let ledger = Ledger::in_shared(shared);
         let exceeded = shared
             .metric("sluice_budget_exceeded_total", || {
                 IntCounterVec::new(
@@ -84,6 +105,8 @@ impl SpendGate {
                 .collect(),
             ledger,
             backend: BackendSlot::in_shared(shared),
+            redis,
+            warned_at: AtomicI64::new(0),
             exceeded: (*exceeded).clone(),
             store_keys: RuntimeKeys::in_shared(shared),
             any_store_budget: Derived::default(),
@@ -171,27 +194,36 @@ impl SpendGate {
 
     /// Reserves the request's worst case against every budget of the caller; the refusal when
     /// one cannot hold it. Sets `x-sluice-budget-remaining-usd` when a budget applies.
+    /// `Err`: Redis failed under `on_backend_error = "deny"` (the filter answers it).
     pub async fn on_request(
         &self,
         body: &JsonBody,
         cx: &mut Cx,
         default_max_tokens: u64,
-    ) -> Option<Reply> {
-        let id = cx.identity.as_ref()?;
+    ) -> Result<Option<Reply>, String> {
+        let Some(id) = cx.identity.as_ref() else {
+            return Ok(None);
+        };
         let charges = self.charges(id);
         if charges.is_empty() {
-            return None;
+            return Ok(None);
         }
+        let org = id.org.clone();
         let cost = self.worst_case(body, cx, default_max_tokens);
         let now = OffsetDateTime::now_utc();
-        let (decision, shared) = self.reserve(&charges, cost, now).await;
-        match decision {
+        let (decision, shared) = self.reserve(&org, &charges, cost, now).await?;
+        Ok(match decision {
             Reserve::Reserved { remaining } => {
                 set_remaining(cx, remaining);
                 cx.extensions.insert(SpendReservation {
                     accounts: charges.iter().map(|c| (c.level, c.name.clone())).collect(),
                     micros: cost,
-                    shared: shared.map(|id| (id, charges.clone())),
+                    shared: shared.map(|(backend, id)| SharedReservation {
+                        backend,
+                        id,
+                        org,
+                        charges: charges.clone(),
+                    }),
                 });
                 None
             }
@@ -201,27 +233,49 @@ impl SpendGate {
                 set_remaining(cx, standing.remaining());
                 Some(refusal(c, &standing, cost, now))
             }
-        }
+        })
     }
 
-    /// Reserves in the shared backend when there is one (its id is returned), else (or when
-    /// it fails: each instance then holds the budget alone until it is back) in the ledger.
+    /// Reserves in the shared backend when there is one (it and the id are returned), else in
+    /// the ledger. A PostgreSQL store's backend wins over Redis: its spend is the durable
+    /// record the usage API reads, while Redis's counters are forgotten by a flush. When the
+    /// shared backend fails, each instance holds the budget alone until it is back (Redis
+    /// under `on_backend_error = "deny"`: `Err`, the request is refused).
     async fn reserve(
         &self,
+        org: &str,
         charges: &[Charge],
         cost: i64,
         now: OffsetDateTime,
-    ) -> (Reserve, Option<String>) {
-        if let Some(backend) = self.backend.get() {
+    ) -> Result<(Reserve, Option<(Arc<dyn SpendBackend>, String)>), String> {
+        let (backend, deny) = match (self.backend.get(), &self.redis) {
+            (Some(pg), _) => (Some(pg), false),
+            (None, Some(r)) => (Some(&r.backend), r.deny),
+            (None, None) => (None, false),
+        };
+        if let Some(backend) = backend {
             let id = format!("{:016x}", rand::random::<u64>());
-            match backend.reserve(&id, charges, cost, now).await {
-                Ok(r) => return (r, Some(id)),
+            match backend.reserve(&id, org, charges, cost, now).await {
+                Ok(r) => return Ok((r, Some((backend.clone(), id)))),
+                Err(e) if deny => return Err(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, "budgets: the shared backend failed; reserving locally")
+                    if self.should_warn(now) {
+                        tracing::warn!(error = %e, "budgets: the shared backend failed; reserving locally");
+                    }
                 }
             }
         }
-        (self.ledger.reserve(charges, cost, now.date()), None)
+        Ok((self.ledger.reserve(charges, cost, now.date()), None))
+    }
+
+    /// At most one warning every 10 seconds: a dead backend must not log every request.
+    fn should_warn(&self, now: OffsetDateTime) -> bool {
+        let (t, last) = (now.unix_timestamp(), self.warned_at.load(Ordering::Relaxed));
+        t - last >= 10
+            && self
+                .warned_at
+                .compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Replaces the reservation by the real cost and records the request's usage row.
@@ -231,9 +285,10 @@ impl SpendGate {
         let ok = (200..300).contains(&ex.status);
         let priced_call = cx.extensions.get::<CallPrice>().is_some();
         let charged = match cx.extensions.get::<Cost>() {
-            Some(c) if cx.usage.is_some() => i64::try_from(c.micros).unwrap_or(i64::MAX),
-            // A priced call without tokens (MCP): paid when the server was reached and answered.
-            _ if priced_call && ok && ex.upstream_latency.is_some() => reserved,
+            // A priced call without tokens (MCP) is costed by `price_request` when it is paid.
+            Some(c) if cx.usage.is_some() || priced_call => {
+                i64::try_from(c.micros).unwrap_or(i64::MAX)
+            }
             _ if priced_call => 0,
             // An asynchronous agent run: its execution reserves and pays for itself.
             _ if ex.status == 202 && cx.route == Route::AgentRun => 0,
@@ -266,14 +321,22 @@ impl SpendGate {
             cost_micros: charged,
         };
         let row = row.map(|r| (r, sums));
-        if let (Some((id, charges)), Some(backend)) = (
-            reservation.and_then(|r| r.shared.as_ref()),
-            self.backend.get(),
-        ) {
-            if let Err(e) = backend.settle(id, charges, row.clone()).await {
-                // The reservation expires in the backend; the row is written behind.
-                tracing::warn!(error = %e, "budgets: the shared backend failed to settle");
-                self.ledger.settle(&[], 0, row);
+        if let Some(s) = reservation.and_then(|r| r.shared.as_ref()) {
+            match s
+                .backend
+                .settle(&s.id, &s.org, &s.charges, row.clone())
+                .await
+            {
+                Ok(()) if s.backend.keeps_rows() => {}
+                // Redis holds the budgets' totals; the row goes to this instance's store.
+                Ok(()) => self.ledger.settle(&[], 0, row),
+                Err(e) => {
+                    // The reservation expires in the backend; the row is written behind.
+                    if self.should_warn(OffsetDateTime::now_utc()) {
+                        tracing::warn!(error = %e, "budgets: the shared backend failed to settle");
+                    }
+                    self.ledger.settle(&[], 0, row);
+                }
             }
             return;
         }
@@ -375,8 +438,31 @@ impl SpendMetrics {
     }
 
     /// Prices a finished request from its usage: sets [`Cost`] in `cx` and moves the metrics.
-    /// Nothing happens without a usage or a model.
-    pub fn price_request(&self, prices: &HashMap<String, Price>, cx: &mut Cx) {
+    /// A priced call without tokens ([`CallPrice`], an MCP `tools/call`) costs its price when
+    /// it was paid: the server was reached and the answer is a 2xx; its metric's `model` is the
+    /// call's label (`mcp:<server>`), as in the usage rows. Else nothing happens without a
+    /// usage or a model.
+    ///
+    /// Called when the answer completes (the audit record may be written then) and again at
+    /// the log; the first call that prices the request wins, so nothing is counted twice.
+    pub fn price_request(&self, prices: &HashMap<String, Price>, ex: &Exchange, cx: &mut Cx) {
+        if cx.extensions.get::<Cost>().is_some() {
+            return;
+        }
+        if let (Some(p), None) = (cx.extensions.get::<CallPrice>(), cx.usage) {
+            if (200..300).contains(&ex.status) && ex.upstream_latency.is_some() {
+                let org = cx.identity.as_ref().map_or("", |i| &*i.org);
+                let micros = u64::try_from(p.micros).unwrap_or(0);
+                self.spend_usd
+                    .with_label_values(&[org, &p.label])
+                    .inc_by(micros as f64 / 1e6);
+                cx.extensions.insert(Cost {
+                    micros,
+                    priced: true,
+                });
+            }
+            return;
+        }
         let (Some(usage), Some(model)) = (cx.usage, cx.model.as_deref()) else {
             return;
         };

@@ -149,6 +149,15 @@ pub struct Ledger {
 impl Ledger {
     pub const SHARED_KEY: &'static str = "spend:ledger";
 
+    /// The process's ledger in `shared`.
+    pub fn in_shared(shared: &crate::Shared) -> Arc<Ledger> {
+        shared
+            .get_or_try_init(Self::SHARED_KEY, || {
+                Ok::<_, std::convert::Infallible>(Ledger::default())
+            })
+            .unwrap_or_else(|never| match never {})
+    }
+
     fn lock(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -17,8 +17,10 @@
 //!   to the store behind, every second, and the ledger's history is read back from the store
 //!   every half second (the engine's `src/spend/`): a crash loses at most about that much.
 //! - **Several instances**: with a shared [`SpendBackend`] (the engine installs one for a
-//!   PostgreSQL store) reservations and settlements of budgeted requests are made there, in
-//!   transactions, so every instance sees the others' reservations and spend at once.
+//!   PostgreSQL store; the `rate_limit` filter brings one for `backend = "redis"`,
+//!   `ratelimit/redis_budgets.rs`) reservations and settlements of budgeted requests are made
+//!   there, atomically, so every instance sees the others' reservations and spend at once.
+//!   Both configured: PostgreSQL's (the durable record; a Redis flush forgets its counters).
 
 mod backend;
 mod budget;
@@ -28,7 +30,7 @@ mod price;
 
 pub use backend::{BackendSlot, SpendBackend};
 pub use budget::{BudgetSpec, Period};
-pub use gate::{no_prices, SpendGate, SpendMetrics};
+pub use gate::{no_prices, RedisBackend, SpendGate, SpendMetrics};
 pub use ledger::{
     history_start, Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, Standing, StoredSpend,
     HISTORY_DAYS,

@@ -4,10 +4,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{wait_timeout, Core, Tunables, KEEP_BUFFER_BYTES, RETRY_DELAY};
+use super::{wait_timeout, Core, State, Tunables, KEEP_BUFFER_BYTES, RETRY_DELAY};
 use crate::audit::metrics::error_kind;
 use crate::audit::record::seal;
 use crate::audit::sink::{RecoverError, Sink};
@@ -131,12 +131,13 @@ impl Worker {
         let core = self.core.clone();
         let mut st = core.lock();
         loop {
+            st.writer_idle = false;
             let now = Instant::now();
             if self.fatal {
                 if st.closing.is_some() {
                     return st.closing;
                 }
-                st = core.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = idle_wait(&core, st, None);
                 continue;
             }
             if let Some(retry_at) = self.retry_at {
@@ -144,7 +145,7 @@ impl Worker {
                 if now >= retry_at {
                     return st.closing;
                 }
-                st = wait_timeout(&core.work, st, retry_at - now);
+                st = idle_wait(&core, st, Some(retry_at - now));
                 continue;
             }
             if !st.queue.is_empty() || st.closing.is_some() || st.sync_wanted > self.synced_through
@@ -153,8 +154,8 @@ impl Worker {
             }
             match self.sync_deadline(&st.tun) {
                 Some(d) if now >= d => return st.closing,
-                Some(d) => st = wait_timeout(&core.work, st, d - now),
-                None => st = core.work.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => st = idle_wait(&core, st, Some(d - now)),
+                None => st = idle_wait(&core, st, None),
             }
         }
     }
@@ -172,18 +173,25 @@ impl Worker {
     /// Takes everything queued (unless earlier lines are still unwritten) and seals it into the
     /// chain.
     fn take_batch(&mut self) -> (Tunables, bool) {
-        let (batch, tun, force_sync) = {
+        let (batch, tun, force_sync, space_waiters) = {
             let mut st = self.core.lock();
             let batch = if self.pending.is_empty() && !self.fatal && self.last_hash.is_some() {
                 std::mem::take(&mut st.queue)
             } else {
                 VecDeque::new()
             };
-            (batch, st.tun, st.sync_wanted > self.synced_through)
+            (
+                batch,
+                st.tun,
+                st.sync_wanted > self.synced_through,
+                st.space_waiters > 0,
+            )
         };
         if !batch.is_empty() {
             self.core.metrics.queue_add(-(batch.len() as i64));
-            self.core.space.notify_all();
+            if space_waiters {
+                self.core.space.notify_all();
+            }
             self.core.space_async.notify_waiters();
         }
         let Some(mut prev) = self.last_hash.take() else {
@@ -320,8 +328,11 @@ impl Worker {
                 "the audit log can be written again");
         }
         self.core.healthy.store(true, Ordering::Release);
+        let waiters = st.progress_waiters > 0;
         drop(st);
-        self.core.progress.notify_all();
+        if waiters {
+            self.core.progress.notify_all();
+        }
     }
 
     pub(super) fn publish_error(&mut self, e: String) {
@@ -382,5 +393,18 @@ impl Worker {
         self.core.space.notify_all();
         self.core.space_async.notify_waiters();
         true
+    }
+}
+
+/// Waits on `work` as the idle writer: the next submitted record wakes it.
+fn idle_wait<'a>(
+    core: &Core,
+    mut st: MutexGuard<'a, State>,
+    timeout: Option<Duration>,
+) -> MutexGuard<'a, State> {
+    st.writer_idle = true;
+    match timeout {
+        Some(d) => wait_timeout(&core.work, st, d),
+        None => core.work.wait(st).unwrap_or_else(|p| p.into_inner()),
     }
 }
