@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sluice::filters::{BuildError, Cx, Filter, Policy, Reply, RequestHead, Shared, Verdict};
+use sluice::filters::{ConfigErrors, Cx, Filter, Policy, Reply, RequestHead, Shared, Verdict};
 use sluice::GatewayBuilder;
 
 /// Refuses requests without a given header (400 `missing_header`).
@@ -51,7 +51,7 @@ pub fn build_require_header(
     options: &toml::Table,
     path: &str,
     _shared: &Shared,
-) -> Result<Arc<dyn Filter>, BuildError> {
+) -> Result<Arc<dyn Filter>, ConfigErrors> {
     let mut errors = Vec::new();
     for key in options.keys().filter(|k| k.as_str() != "header") {
         errors.push(sluice::filters::ConfigError::new(
@@ -80,7 +80,7 @@ pub fn build_require_header(
     };
     match header {
         Some(header) if errors.is_empty() => Ok(Arc::new(RequireHeader { header })),
-        _ => Err(BuildError(errors)),
+        _ => Err(ConfigErrors(errors)),
     }
 }
 

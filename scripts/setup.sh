@@ -11,7 +11,7 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ "${1:-}" != "--no-redis" ]; then
   command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
-  # The audit-disk fault tests (tests/faults_audit.rs) format a loop filesystem to freeze.
+  # The audit-disk fault tests (tests/it/faults_audit.rs) format a loop filesystem to freeze.
   command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 fi
 if [ "${1:-}" != "--no-redis" ]; then

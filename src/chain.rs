@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_filters::{
-    BuildError, ConfigError, Cx, Exchange, Filter, FilterFactory, JsonBody, Needs, Request,
+    ConfigError, ConfigErrors, Cx, Exchange, Filter, FilterFactory, JsonBody, Needs, Request,
     RequestHead, ResponseHead, Shared, StreamEvent, Verdict,
 };
 
@@ -28,10 +28,9 @@ impl Default for FilterTypes {
         let mut t = FilterTypes {
             factories: HashMap::new(),
         };
-        t.register("auth", sluice_filters::auth::build);
-        t.register("rate_limit", sluice_filters::ratelimit::build);
-        t.register("dlp", sluice_filters::dlp::build);
-        t.register("audit", sluice_filters::audit::build);
+        for (name, factory) in sluice_filters::builtins::FILTERS {
+            t.register(name, *factory);
+        }
         t
     }
 }
@@ -74,7 +73,7 @@ impl Chain {
             options.remove("type");
             match factory.build(&policy, &options, &path, shared) {
                 Ok(f) => filters.push(f),
-                Err(BuildError(e)) => errs.extend(e),
+                Err(ConfigErrors(e)) => errs.extend(e),
             }
         }
         if !errs.is_empty() {

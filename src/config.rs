@@ -12,10 +12,15 @@ use sluice_filters::audit::AuditSettings;
 use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
-use sluice_filters::{ConfigError, Policy};
+// One error type for the whole load: the file, the snapshot and every filter report with it.
+pub use sluice_filters::ConfigErrors;
+use sluice_filters::{ConfigError, Policy, Sections};
+
+// The `[[upstreams]]` and `[[models]]` entries are the upstream module's (it validates them).
+pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
 
 mod upstream_url;
-pub use upstream_url::{load_ca_file, parse_url, UpstreamTarget};
+pub use upstream_url::{load_ca_file, parse_url, CheckedUpstream, UpstreamTarget};
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,7 +47,7 @@ pub struct Config {
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
-    pub agent_runs: crate::agents::AgentRunsConfig,
+    pub agent_runs: crate::agents::config::AgentRunsConfig,
     #[serde(default)]
     pub filters: Vec<toml::Table>,
     /// Where keys made through the key API live (SPEC §12).
@@ -56,7 +61,7 @@ pub struct Config {
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
     /// The web console at `/console/` (SPEC §14).
     #[serde(default)]
-    pub console: crate::console::ConsoleConfig,
+    pub console: crate::console::config::ConsoleConfig,
     /// MCP servers governed at `/mcp/{server}` (SPEC §16).
     #[serde(default)]
     pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
@@ -72,6 +77,9 @@ pub struct Config {
     /// The price of every priced model (SPEC §15), by name.
     #[serde(skip)]
     pub prices: std::collections::HashMap<String, sluice_filters::spend::Price>,
+    /// Each upstream's URL and CA file as loading found them (see [`Config::checked_upstream`]).
+    #[serde(skip)]
+    checked_upstreams: Vec<CheckedUpstream>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,67 +153,6 @@ fn default_keepalive_idle() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct UpstreamConfig {
-    pub name: String,
-    pub url: Option<String>,
-    /// `"mock"`: the in-process mock upstream.
-    pub builtin: Option<String>,
-    /// How the upstream takes its key: `openai` (default, `Authorization: Bearer`) or
-    /// `anthropic` (`x-api-key`, with `anthropic-version` kept or set).
-    #[serde(default)]
-    pub api: UpstreamApi,
-    pub api_key_env: Option<String>,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_ms: u64,
-    #[serde(default = "default_read_timeout")]
-    pub read_timeout_ms: u64,
-    /// PEM file of CA certificates to trust for this upstream instead of the system's.
-    pub ca_file: Option<String>,
-    /// Idle pooled connections are closed after this (keep it below the upstream's own).
-    #[serde(default = "default_idle_timeout")]
-    pub idle_timeout_ms: u64,
-    /// An active check: while it fails, the upstream is out of service (SPEC §11).
-    pub health_check: Option<crate::upstream::config::HealthCheckConfig>,
-}
-
-/// An upstream's API family, for its credentials.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamApi {
-    #[default]
-    Openai,
-    Anthropic,
-}
-
-fn default_connect_timeout() -> u64 {
-    2000
-}
-fn default_read_timeout() -> u64 {
-    300_000
-}
-fn default_idle_timeout() -> u64 {
-    30_000
-}
-
-/// A model: one `upstream` (and `upstream_model`), or several `targets` (see
-/// [`crate::upstream::config`], which validates both forms and reads them as one list).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelConfig {
-    pub name: String,
-    pub upstream: Option<String>,
-    pub upstream_model: Option<String>,
-    pub targets: Option<Vec<crate::upstream::config::TargetConfig>>,
-    #[serde(default = "default_owned_by")]
-    pub owned_by: String,
-    /// USD per million tokens (SPEC §15); absent: the model costs 0.
-    pub price: Option<sluice_filters::spend::PriceSpec>,
-}
-
-fn default_owned_by() -> String {
-    "sluice".into()
-}
-
 #[derive(Debug, Clone, Deserialize)]
 pub struct AgentConfig {
     pub id: String,
@@ -216,24 +163,6 @@ pub struct AgentConfig {
     pub top_p: Option<f64>,
     pub description: Option<String>,
 }
-
-/// Everything wrong with a config file.
-#[derive(Debug, Clone)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 impl Config {
     /// Reads and validates a config file.
@@ -272,6 +201,11 @@ impl Config {
                 }
             }
         }
+        cfg.checked_upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|u| CheckedUpstream::of(u.url.as_deref(), u.ca_file.as_deref()))
+            .collect();
         cfg.validate(&mut errs);
         if errs.is_empty() {
             Ok(cfg)
@@ -287,12 +221,24 @@ impl Config {
             roles: &self.roles,
             users: &self.users,
             keys: &self.keys,
-            rate_limit: &self.rate_limit,
-            dlp: &self.dlp,
-            audit: &self.audit,
+            sections: Sections::new()
+                .with(&self.rate_limit)
+                .with(&self.dlp)
+                .with(&self.audit),
             models: &self.model_names,
             agents: &self.agent_ids,
             prices: &self.prices,
+        }
+    }
+
+    /// Upstream `i`'s URL and CA file as loading parsed, resolved and read them; made again only
+    /// if the entry changed since (an embedder's edit).
+    pub fn checked_upstream(&self, i: usize) -> std::borrow::Cow<'_, CheckedUpstream> {
+        let u = &self.upstreams[i];
+        let (url, ca) = (u.url.as_deref(), u.ca_file.as_deref());
+        match self.checked_upstreams.get(i) {
+            Some(c) if c.is_of(url, ca) => std::borrow::Cow::Borrowed(c),
+            _ => std::borrow::Cow::Owned(CheckedUpstream::of(url, ca)),
         }
     }
 
@@ -384,10 +330,14 @@ impl Config {
                     format!("{p}.builtin"),
                     format!("unknown builtin `{b}` (known: mock)"),
                 )),
-                (Some(url), None) => {
-                    if let Err(m) = parse_url(url)
-                        .and_then(|t| t.addr.map(|_| ()).ok_or_else(|| "no address".to_string()))
-                    {
+                (Some(_), None) => {
+                    let checked = self.checked_upstream(i);
+                    let found = match &checked.target {
+                        Some(Ok(t)) if t.addr.is_none() => Err("no address"),
+                        Some(Err(m)) => Err(m.as_str()),
+                        _ => Ok(()),
+                    };
+                    if let Err(m) = found {
                         errs.push(ConfigError::new(format!("{p}.url"), m));
                     }
                 }
@@ -401,10 +351,8 @@ impl Config {
                     ));
                 }
             }
-            if let Some(ca) = &u.ca_file {
-                if let Err(m) = load_ca_file(Path::new(ca)) {
-                    errs.push(ConfigError::new(format!("{p}.ca_file"), m));
-                }
+            if let Some(Err(m)) = &self.checked_upstream(i).ca {
+                errs.push(ConfigError::new(format!("{p}.ca_file"), m.as_str()));
             }
             if let Some(hc) = &u.health_check {
                 crate::upstream::config::validate_health_check(&p, hc, errs);

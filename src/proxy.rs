@@ -232,7 +232,7 @@ impl ProxyHttp for SluiceProxy {
         let u = call
             .upstream_rt()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        let peer = peer_for(u);
+        let peer = u.peer();
         call.upstream_contacted();
         Ok(Box::new(peer))
     }
@@ -439,23 +439,6 @@ impl ProxyHttp for SluiceProxy {
             .unwrap_or(0);
         call.log(status, e.map(classify)).await;
     }
-}
-
-/// The peer of an upstream: its resolved address, TLS (SNI, certificate and host verification,
-/// its own CAs), timeouts and a connection pool of its own. Health checks use it too.
-pub(crate) fn peer_for(u: &crate::state::UpstreamRt) -> HttpPeer {
-    let mut peer = HttpPeer::new(u.addr, u.tls, u.host.clone());
-    peer.group_key = u.pool_key;
-    peer.options.connection_timeout = Some(u.connect_timeout);
-    peer.options.read_timeout = Some(u.read_timeout);
-    peer.options.idle_timeout = Some(u.idle_timeout);
-    peer.options.write_timeout = Some(u.read_timeout);
-    peer.options.verify_cert = true;
-    peer.options.verify_hostname = true;
-    if let Some(ca) = &u.ca {
-        peer.options.ca = Some(ca.clone());
-    }
-    peer
 }
 
 /// Who caused a proxy error, and how.

@@ -20,37 +20,9 @@ use sluice_filters::{ConfigError, Shared};
 
 use crate::agents::AgentRuns;
 use crate::chain::{Chain, FilterTypes};
-use crate::config::{load_ca_file, parse_url, Config, ConfigErrors, UpstreamApi};
+use crate::config::{Config, ConfigErrors, UpstreamApi};
 use crate::metrics::EngineMetrics;
-
-/// An upstream ready for the request path: resolved address, credentials, timeouts.
-pub struct UpstreamRt {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub tls: bool,
-    pub host: String,
-    /// The `Host` header: host, plus the port when it is not the scheme's default.
-    pub host_header: String,
-    /// The same, ready to send.
-    pub host_value: HeaderValue,
-    pub base_path: String,
-    /// The upstream's own key from `api_key_env` (`authorization: Bearer …`, or `x-api-key`
-    /// for `api = "anthropic"`), never logged.
-    pub credential: Option<(&'static str, HeaderValue)>,
-    /// `api = "anthropic"`: `anthropic-version` is set when the client sent none.
-    pub anthropic: bool,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub ca: Option<Arc<[WrappedX509]>>,
-    /// Separates the connection pools of upstreams: Pingora's pool key ignores the trusted CAs,
-    /// so two upstreams on one address must never share a connection.
-    pub pool_key: u64,
-    /// What is known of its health, shared with the other generations that have an upstream of
-    /// this name (see `crate::upstream`).
-    pub health: Arc<crate::upstream::TargetHealth>,
-    pub health_check: Option<crate::upstream::config::HealthCheckConfig>,
-}
+use crate::upstream::UpstreamRt;
 
 /// One config generation: the config, its chain and its routing tables.
 pub struct Snapshot {
@@ -84,14 +56,14 @@ impl Snapshot {
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             let p = format!("upstreams[{i}]");
-            let target = match (&u.url, &u.builtin, mock_addr) {
-                (Some(url), _, _) => match parse_url(url) {
-                    Ok(t) => t,
-                    Err(m) => {
-                        errs.push(ConfigError::new(format!("{p}.url"), m));
-                        continue;
-                    }
-                },
+            // Parsed, resolved and read when the config was loaded: not again here.
+            let checked = config.checked_upstream(i);
+            let target = match (&checked.target, &u.builtin, mock_addr) {
+                (Some(Ok(t)), _, _) => t.clone(),
+                (Some(Err(m)), _, _) => {
+                    errs.push(ConfigError::new(format!("{p}.url"), m.as_str()));
+                    continue;
+                }
                 (None, Some(_), Some(addr)) => crate::config::UpstreamTarget {
                     addr: Some(addr),
                     tls: false,
@@ -142,21 +114,19 @@ impl Snapshot {
             };
             let mut pool_key = std::collections::hash_map::DefaultHasher::new();
             std::hash::Hash::hash(&(&u.name, &u.url, &u.builtin), &mut pool_key);
-            let ca = match &u.ca_file {
-                Some(path) => match load_ca_file(std::path::Path::new(path)) {
-                    Ok(ders) => {
-                        std::hash::Hash::hash(&ders, &mut pool_key);
-                        let certs: Vec<WrappedX509> = ders
-                            .into_iter()
-                            .map(|d| WrappedX509::new(d, pingora_core::utils::tls::parse_x509))
-                            .collect();
-                        Some(Arc::from(certs.into_boxed_slice()))
-                    }
-                    Err(m) => {
-                        errs.push(ConfigError::new(format!("{p}.ca_file"), m));
-                        None
-                    }
-                },
+            let ca = match &checked.ca {
+                Some(Ok(ders)) => {
+                    std::hash::Hash::hash(ders, &mut pool_key);
+                    let certs: Vec<WrappedX509> = ders
+                        .iter()
+                        .map(|d| WrappedX509::new(d.clone(), pingora_core::utils::tls::parse_x509))
+                        .collect();
+                    Some(Arc::from(certs.into_boxed_slice()))
+                }
+                Some(Err(m)) => {
+                    errs.push(ConfigError::new(format!("{p}.ca_file"), m.as_str()));
+                    None
+                }
                 None => None,
             };
             let default_port = if target.tls { 443 } else { 80 };

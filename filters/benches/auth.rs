@@ -21,7 +21,9 @@ use sluice_filters::auth::{AuthoritySlot, TokenAuthority, TokenRefusal, TokenUse
 use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
-use sluice_filters::{auth, glob_match, Cx, Filter, Policy, RequestHead, Shared, Verdict};
+use sluice_filters::{
+    auth, glob_match, Cx, Filter, Policy, RequestHead, Sections, Shared, Verdict,
+};
 
 const ISSUER: &str = "https://login.example.com/realms/acme";
 const JWKS: &str = r#"{"keys": [{"kty": "RSA", "n": "lx1fnJLoRj_ohzvgcNZFSOd1PGPIBW2cEpN_bGdhOwVioLcBdczDaGmn54ub-R_EqEKSaAyFEc8z9klbbyTy27CMmew-k9aqQBeDxVSGpSzPybUZbpVFkVHzhtK39ZdiNDEPdUWQ3E9NcjkZV1NX2-ZQDPnfzGneXM11mVcVE6j43zk_Tm0eNPshg69botOdI4XcITFHn_tjbzGRB3GzWnT1mCtZM5Hmzmz-gw3xJbclctGtevv1Fri7IfMgXsCFjQb5EaYyWxEkSEevW2icNHZsnF9DipS6FVVqEklAh3wzifHWv5zB0VVHI_vWy1YsPRGWpkfLdczZ1RuR_UNYDw", "e": "AQAB", "kid": "rsa-1", "alg": "RS256", "use": "sig"}, {"kty": "EC", "x": "oYv_0hNQ4LfIXmbP22aLdTr5DGsd0dtxcIA2imaSzaw", "y": "Ngjbk1jBcxQEbkK_Xh7eBeWVpkuCModIMYo7r85JQls", "crv": "P-256", "kid": "ec-1", "alg": "ES256", "use": "sig"}, {"crv": "Ed25519", "x": "8WO4ISvRgNGvJhmQEyij1UqKFUBde-fi6YGHhzPdxQg", "kty": "OKP", "kid": "ed-1", "alg": "EdDSA", "use": "sig"}]}"#;
@@ -82,9 +84,7 @@ fn filter() -> Arc<dyn Filter> {
         roles: &cfg.roles,
         users: &cfg.users,
         keys: &cfg.keys,
-        rate_limit: &rate_limit,
-        dlp: &dlp,
-        audit: &audit,
+        sections: Sections::new().with(&rate_limit).with(&dlp).with(&audit),
         models: &[],
         agents: &[],
         prices: sluice_filters::spend::no_prices(),

@@ -26,7 +26,7 @@ use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, UserConfig};
 use sluice_filters::ratelimit::{self, RateLimitSettings};
 use sluice_filters::{
-    Cx, Filter, Grants, Identity, JsonBody, Policy, Request, Route, Shared, Verdict,
+    Cx, Filter, Grants, Identity, JsonBody, Policy, Request, Route, Sections, Shared, Verdict,
 };
 
 #[derive(Deserialize)]
@@ -56,9 +56,10 @@ fn filter(settings: &str) -> Arc<dyn Filter> {
         roles: &[],
         users: &cfg.users,
         keys: &cfg.keys,
-        rate_limit: &cfg.rate_limit,
-        dlp: &dlp,
-        audit: &audit,
+        sections: Sections::new()
+            .with(&cfg.rate_limit)
+            .with(&dlp)
+            .with(&audit),
         models: &[],
         agents: &[],
         prices: sluice_filters::spend::no_prices(),

@@ -1,78 +1,16 @@
-//! The configuration sections filters are built from, their validation, and the factory trait.
+//! What filter factories see of a config (orgs, roles, users, keys and the policy sections), its
+//! cross-reference checks, and the factory trait. Errors are [`crate::config`]'s.
 //!
 //! The engine parses the TOML file; the sections that are policy (who may call, how often, what
 //! is scanned and recorded) are typed here so that filters and embedders share them.
 
-use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditSettings;
-use crate::dlp::DlpSettings;
-use crate::ratelimit::RateLimitSettings;
+use crate::config::{ConfigError, ConfigErrors, Sections};
 use crate::spend::{BudgetSpec, Price};
 use crate::{Filter, Permission, Shared};
-
-/// One problem in the config, with the field path that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// e.g. `dlp.rules[2].regex`, `models[3].upstream`.
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found while building a filter.
-#[derive(Debug, Clone, Default)]
-pub struct BuildError(pub Vec<ConfigError>);
-
-impl BuildError {
-    pub fn one(path: impl Into<String>, message: impl Into<String>) -> BuildError {
-        BuildError(vec![ConfigError::new(path, message)])
-    }
-}
-
-/// One error per key of a `[[filters]]` entry's options, for a filter that takes none (its
-/// settings live in a section of their own, which `why` names).
-pub fn no_options(options: &toml::Table, path: &str, why: &str) -> Vec<ConfigError> {
-    options
-        .keys()
-        .map(|k| ConfigError::new(format!("{path}.{k}"), why))
-        .collect()
-}
-
-impl From<ConfigError> for BuildError {
-    fn from(e: ConfigError) -> Self {
-        BuildError(vec![e])
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
 
 /// A rate limit at one level (`[[orgs]]`, `[[users]]`, `[[keys]]`). Every field is optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -141,15 +79,14 @@ pub struct KeyConfig {
 }
 
 /// The policy sections of one config, as filter factories see them.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Policy<'a> {
     pub orgs: &'a [OrgConfig],
     pub roles: &'a [RoleConfig],
     pub users: &'a [UserConfig],
     pub keys: &'a [KeyConfig],
-    pub rate_limit: &'a RateLimitSettings,
-    pub dlp: &'a DlpSettings,
-    pub audit: &'a AuditSettings,
+    /// Each filter's own section (`[rate_limit]`, `[dlp]`, `[audit]` …), by type.
+    pub sections: Sections<'a>,
     /// The configured model names, in order.
     pub models: &'a [String],
     /// The configured agent ids, in order.
@@ -286,12 +223,12 @@ pub trait FilterFactory: Send + Sync + 'static {
         options: &toml::Table,
         path: &str,
         shared: &Shared,
-    ) -> Result<Arc<dyn Filter>, BuildError>;
+    ) -> Result<Arc<dyn Filter>, ConfigErrors>;
 }
 
 impl<F> FilterFactory for F
 where
-    F: Fn(&Policy<'_>, &toml::Table, &str, &Shared) -> Result<Arc<dyn Filter>, BuildError>
+    F: Fn(&Policy<'_>, &toml::Table, &str, &Shared) -> Result<Arc<dyn Filter>, ConfigErrors>
         + Send
         + Sync
         + 'static,
@@ -302,7 +239,7 @@ where
         options: &toml::Table,
         path: &str,
         shared: &Shared,
-    ) -> Result<Arc<dyn Filter>, BuildError> {
+    ) -> Result<Arc<dyn Filter>, ConfigErrors> {
         self(policy, options, path, shared)
     }
 }

@@ -93,3 +93,31 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     }
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
+
+/// What loading made of one `[[upstreams]]` entry's `url` (split and resolved) and `ca_file`
+/// (read and decoded): validation reports its errors and the snapshot build takes its values, so
+/// a load resolves each host and reads each CA file once. `None`: the field is absent.
+#[derive(Debug, Clone, Default)]
+pub struct CheckedUpstream {
+    url: Option<String>,
+    ca_file: Option<String>,
+    pub target: Option<Result<UpstreamTarget, String>>,
+    /// The DER certificates of `ca_file`.
+    pub ca: Option<Result<Vec<Vec<u8>>, String>>,
+}
+
+impl CheckedUpstream {
+    pub fn of(url: Option<&str>, ca_file: Option<&str>) -> CheckedUpstream {
+        CheckedUpstream {
+            url: url.map(str::to_string),
+            ca_file: ca_file.map(str::to_string),
+            target: url.map(parse_url),
+            ca: ca_file.map(|f| load_ca_file(Path::new(f))),
+        }
+    }
+
+    /// Whether this was made from these fields (an embedder may change a parsed config).
+    pub fn is_of(&self, url: Option<&str>, ca_file: Option<&str>) -> bool {
+        self.url.as_deref() == url && self.ca_file.as_deref() == ca_file
+    }
+}

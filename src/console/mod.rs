@@ -36,7 +36,7 @@ mod actions;
 mod assets;
 mod audit;
 mod auditlog;
-mod config;
+pub mod config;
 mod daily;
 mod oidc;
 mod pages;

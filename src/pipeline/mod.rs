@@ -147,7 +147,7 @@ impl Call {
     }
 
     /// The upstream this request goes to.
-    pub fn upstream_rt(&self) -> Option<&crate::state::UpstreamRt> {
+    pub fn upstream_rt(&self) -> Option<&crate::upstream::UpstreamRt> {
         self.upstream.and_then(|i| self.snap.upstreams.get(i))
     }
 

@@ -1,5 +1,6 @@
-//! The resilience part of the config (SPEC §2, §11): a model's `targets`, `[routing]`, and an
-//! upstream's `health_check`, with their validation (every error names its field path).
+//! The `[[upstreams]]` and `[[models]]` entries and the resilience part of the config (SPEC §2,
+//! §11): a model's `targets`, `[routing]`, and an upstream's `health_check`, with their
+//! validation (every error names its field path).
 //!
 //! A model has one `upstream` (the short form, with an optional `upstream_model`) or a list of
 //! `targets`; [`ModelConfig::target_list`] reads either as one list, so the rest of the engine
@@ -8,8 +9,6 @@
 use serde::Deserialize;
 use sluice_filters::ConfigError;
 
-use crate::config::{ModelConfig, UpstreamConfig};
-
 /// The most targets a model may have (selection scans them per request).
 pub const MAX_TARGETS: usize = 32;
 /// The most retries `[routing]` may ask for: with the first attempt and one retry of a stale
@@ -17,6 +16,67 @@ pub const MAX_TARGETS: usize = 32;
 pub const MAX_RETRIES: u32 = 10;
 /// An ejection lasts at most this long, however often it doubled (SPEC §11).
 pub const MAX_EJECT_SECONDS: u64 = 300;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: Option<String>,
+    /// `"mock"`: the in-process mock upstream.
+    pub builtin: Option<String>,
+    /// How the upstream takes its key: `openai` (default, `Authorization: Bearer`) or
+    /// `anthropic` (`x-api-key`, with `anthropic-version` kept or set).
+    #[serde(default)]
+    pub api: UpstreamApi,
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+    /// PEM file of CA certificates to trust for this upstream instead of the system's.
+    pub ca_file: Option<String>,
+    /// Idle pooled connections are closed after this (keep it below the upstream's own).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// An active check: while it fails, the upstream is out of service (SPEC §11).
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// An upstream's API family, for its credentials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamApi {
+    #[default]
+    Openai,
+    Anthropic,
+}
+
+fn default_connect_timeout() -> u64 {
+    2000
+}
+fn default_read_timeout() -> u64 {
+    300_000
+}
+fn default_idle_timeout() -> u64 {
+    30_000
+}
+
+/// A model: one `upstream` (and `upstream_model`), or several `targets` (this module validates
+/// both forms and reads them as one list).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub upstream: Option<String>,
+    pub upstream_model: Option<String>,
+    pub targets: Option<Vec<TargetConfig>>,
+    #[serde(default = "default_owned_by")]
+    pub owned_by: String,
+    /// USD per million tokens (SPEC §15); absent: the model costs 0.
+    pub price: Option<sluice_filters::spend::PriceSpec>,
+}
+
+fn default_owned_by() -> String {
+    "sluice".into()
+}
 
 /// One deployment that can serve a model.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -26,6 +26,7 @@ mod admin;
 mod attempt;
 mod health;
 mod probe;
+mod runtime;
 mod select;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,9 +40,9 @@ use sluice_filters::Shared;
 pub use admin::view as admin_view;
 pub use attempt::{retry_after, AttemptResult, Attempts};
 pub use health::{Avail, HealthView, InFlight, TargetHealth, Verdict};
+pub use runtime::UpstreamRt;
 pub use select::{pick, pick_retry, Pick};
 
-use crate::state::UpstreamRt;
 use config::TargetConfig;
 
 /// The most attempts Pingora's retry loop must allow for one request: the first, every retry,

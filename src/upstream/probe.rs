@@ -19,7 +19,7 @@ use pingora_load_balancing::Backend;
 
 use super::config::HealthCheckConfig;
 use super::health::TargetHealth;
-use crate::state::UpstreamRt;
+use super::UpstreamRt;
 
 /// What a probe depends on: a change restarts it.
 #[derive(Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ fn http_check(
 ) -> pingora_core::Result<HttpHealthCheck> {
     let mut hc = HttpHealthCheck::new(&u.host, u.tls);
     let timeout = Duration::from_millis(check.timeout_ms);
-    let mut peer = crate::proxy::peer_for(u);
+    let mut peer = u.peer();
     peer.options.connection_timeout = Some(timeout.min(u.connect_timeout));
     peer.options.read_timeout = Some(timeout);
     peer.options.write_timeout = Some(timeout);

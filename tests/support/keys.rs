@@ -1,5 +1,5 @@
 //! What the key API tests share: a config with users who may manage keys, their config keys,
-//! and small request helpers. Used through `#[path]` next to `tests/common`.
+//! and small request helpers. Part of `tests/support`.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice::Gateway;
 
-use super::common::{client, url};
+use super::{client, url};
 
 pub const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEali";
 pub const ALICE_NARROW: &str = "sk-sluice-NARROWnarrowNARROWnarrowNARROWnarrowNA";

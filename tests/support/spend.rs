@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::client;
+use super::client;
 use serde_json::{json, Value};
 use sluice::filters::auth::key_sha256_hex as sha;
 

@@ -1,4 +1,4 @@
-//! The hostile trust suite's rig (`tests/hostile_trust.rs`): a recording upstream, a real
+//! The hostile trust suite's rig (`tests/it/hostile_trust.rs`): a recording upstream, a real
 //! `sluice run` with its logs and audit trail in files, raw-socket helpers.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::free_port;
+use super::free_port;
 use serde_json::{json, Value};
 
 pub const KEY: &str = "sk-sluice-TRUSTtrustTRUSTtrustTRUSTtrustTRUSTtrus";

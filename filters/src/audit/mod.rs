@@ -143,7 +143,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::policy::{BuildError, ConfigError, Policy};
+use crate::config::{ConfigError, ConfigErrors};
+use crate::policy::Policy;
 use crate::{Filter, Shared};
 
 pub use filter::AuditFilter;
@@ -312,24 +313,24 @@ pub fn build(
     options: &toml::Table,
     path: &str,
     shared: &Shared,
-) -> Result<Arc<dyn Filter>, BuildError> {
-    let mut errs = crate::policy::no_options(
+) -> Result<Arc<dyn Filter>, ConfigErrors> {
+    let mut errs = crate::config::no_options(
         options,
         path,
         "unknown option: the audit filter takes none (it is configured in [audit])",
     );
-    let settings = policy.audit;
+    let settings = policy.sections.require::<AuditSettings>(path, "audit")?;
     settings.validate(&mut errs);
     if !errs.is_empty() {
-        return Err(BuildError(errs));
+        return Err(ConfigErrors(errs));
     }
     let metrics = AuditMetrics::register(shared)
-        .map_err(|e| BuildError::one(path, format!("cannot register the audit metrics: {e}")))?;
+        .map_err(|e| ConfigErrors::one(path, format!("cannot register the audit metrics: {e}")))?;
     let opts = settings.writer_options();
     let key = format!("audit:{}", writer_key(&settings.path));
     let writer = shared
         .get_or_try_init(&key, || AuditWriter::start(opts.clone(), metrics.clone()))
-        .map_err(|e| BuildError::one("audit.path", e.0))?;
+        .map_err(|e| ConfigErrors::one("audit.path", e.0))?;
     writer.reconfigure(&opts);
     metrics.set_queue_capacity(settings.queue_capacity);
     Ok(Arc::new(AuditFilter {

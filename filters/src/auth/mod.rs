@@ -59,7 +59,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 
-use crate::policy::{BuildError, ConfigError, Policy};
+use crate::config::{ConfigError, ConfigErrors};
+use crate::policy::Policy;
 use crate::{
     Cx, Filter, Grants, Identity, Permission, Reply, Request, RequestHead, Route, Shared, Verdict,
 };
@@ -197,7 +198,7 @@ pub fn build(
     options: &toml::Table,
     path: &str,
     shared: &Shared,
-) -> Result<Arc<dyn Filter>, BuildError> {
+) -> Result<Arc<dyn Filter>, ConfigErrors> {
     Ok(Arc::new(AuthFilter::from_policy(
         policy, options, path, shared,
     )?))
@@ -214,7 +215,7 @@ impl AuthFilter {
         options: &toml::Table,
         path: &str,
         shared: &Shared,
-    ) -> Result<AuthFilter, BuildError> {
+    ) -> Result<AuthFilter, ConfigErrors> {
         let mut errs = Vec::new();
         for name in options.keys() {
             errs.push(ConfigError::new(
@@ -225,11 +226,11 @@ impl AuthFilter {
         }
         let (keys, users, roles) = resolve_keys(policy, &mut errs);
         if !errs.is_empty() {
-            return Err(BuildError(errs));
+            return Err(ConfigErrors(errs));
         }
         // Registered once per process and found again after a reload, so the counts survive it.
         let failures = failures_metric(shared).map_err(|e| {
-            BuildError::one(path, format!("cannot register {FAILURES_METRIC}: {e}"))
+            ConfigErrors::one(path, format!("cannot register {FAILURES_METRIC}: {e}"))
         })?;
         let runtime = RuntimeKeys::in_shared(shared);
         if keys.is_empty() && runtime.table().is_empty() {

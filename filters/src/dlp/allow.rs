@@ -10,7 +10,7 @@
 use regex::bytes::Regex;
 use serde::Deserialize;
 
-use crate::policy::ConfigError;
+use crate::config::ConfigError;
 
 /// One `[[dlp.allow]]` entry.
 #[derive(Debug, Clone, Deserialize)]

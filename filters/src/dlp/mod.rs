@@ -41,7 +41,8 @@ use prometheus::{IntCounterVec, Opts};
 use serde_json::Value;
 
 use crate::api::{Api, ErrorInfo};
-use crate::policy::{BuildError, Policy};
+use crate::config::ConfigErrors;
+use crate::policy::Policy;
 use crate::{
     Cx, Filter, JsonBody, Needs, Reply, Request, ResponseHead, Shared, StreamEvent, Verdict,
 };
@@ -77,7 +78,7 @@ struct ResponseState {
 
 impl DlpFilter {
     /// Builds the filter from `[dlp]`; registers its metric in `shared` (once per process).
-    pub fn new(settings: &DlpSettings, shared: &Shared) -> Result<DlpFilter, BuildError> {
+    pub fn new(settings: &DlpSettings, shared: &Shared) -> Result<DlpFilter, ConfigErrors> {
         let scanner = Scanner::from_settings(settings)?;
         let request_actions = settings.actions(&scanner, Direction::Request);
         let response_actions = settings.actions(&scanner, Direction::Response);
@@ -508,13 +509,14 @@ pub fn build(
     options: &toml::Table,
     path: &str,
     shared: &Shared,
-) -> Result<Arc<dyn Filter>, BuildError> {
+) -> Result<Arc<dyn Filter>, ConfigErrors> {
     if !options.is_empty() {
-        return Err(BuildError(crate::policy::no_options(
+        return Err(ConfigErrors(crate::config::no_options(
             options,
             path,
             "unknown option: the dlp filter is configured in [dlp]",
         )));
     }
-    Ok(Arc::new(DlpFilter::new(policy.dlp, shared)?))
+    let settings = policy.sections.require::<DlpSettings>(path, "dlp")?;
+    Ok(Arc::new(DlpFilter::new(settings, shared)?))
 }

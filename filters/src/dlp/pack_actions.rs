@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::detectors::{Pack, BUILTINS};
 use super::scanner::Scanner;
 use super::settings::{Action, Direction};
-use crate::policy::ConfigError;
+use crate::config::ConfigError;
 
 /// One pack's actions; each absent one falls back to the direction's.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

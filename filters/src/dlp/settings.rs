@@ -10,7 +10,7 @@ use super::json::JsonScan;
 use super::literals::{first_bytes, literal_prefixes};
 use super::pack_actions::{self, PackActions};
 use super::scanner::{builtins, compile_dfa, last_line, Detector, Scanner};
-use crate::policy::{BuildError, ConfigError};
+use crate::config::{ConfigError, ConfigErrors};
 
 /// `[dlp]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -336,13 +336,13 @@ fn ascii_word_boundaries(p: &str) -> String {
 
 impl Scanner {
     /// A scanner for these settings (the built-ins of its packs, then its custom rules).
-    pub fn from_settings(settings: &DlpSettings) -> Result<Scanner, BuildError> {
+    pub fn from_settings(settings: &DlpSettings) -> Result<Scanner, ConfigErrors> {
         let mut errs = Vec::new();
         let (detectors, allow) = settings.compile_with_allow(&mut errs);
         if errs.is_empty() {
             Ok(Scanner::new(detectors).with_allow(allow))
         } else {
-            Err(BuildError(errs))
+            Err(ConfigErrors(errs))
         }
     }
 

@@ -85,7 +85,8 @@ use self::report::{set_headers, Metrics};
 pub use self::settings::{Backend, OnBackendError, RateLimitSettings};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
-use crate::policy::{BuildError, Policy, RateLimitSpec};
+use crate::config::ConfigErrors;
+use crate::policy::{Policy, RateLimitSpec};
 use crate::spend::SpendGate;
 use crate::{
     Cx, Exchange, Filter, Identity, JsonBody, PreAuthenticated, Reply, Request, Route, Shared,
@@ -102,17 +103,19 @@ pub fn build(
     options: &toml::Table,
     path: &str,
     shared: &Shared,
-) -> Result<Arc<dyn Filter>, BuildError> {
-    let mut errs = crate::policy::no_options(
+) -> Result<Arc<dyn Filter>, ConfigErrors> {
+    let mut errs = crate::config::no_options(
         options,
         path,
         "unknown option: rate_limit takes no options here; configure it in [rate_limit] \
          and in the `rate_limit` of [[orgs]], [[users]] and [[keys]]",
     );
-    let settings = policy.rate_limit;
+    let settings = policy
+        .sections
+        .require::<RateLimitSettings>(path, "rate_limit")?;
     settings.validate(&mut errs);
     if !errs.is_empty() {
-        return Err(BuildError(errs));
+        return Err(ConfigErrors(errs));
     }
 
     let store = match settings.backend {
@@ -130,7 +133,9 @@ pub fn build(
             let id = hex::encode(Sha256::digest(url.as_bytes()));
             let conn = shared
                 .get_or_try_init(&format!("ratelimit:redis:{id}"), || RedisConn::new(url))
-                .map_err(|e| BuildError::one("rate_limit.redis_url", format!("not usable: {e}")))?;
+                .map_err(|e| {
+                    ConfigErrors::one("rate_limit.redis_url", format!("not usable: {e}"))
+                })?;
             Store::Redis(RedisStore {
                 conn,
                 timeout: Duration::from_millis(settings.redis_timeout_ms),
@@ -166,7 +171,7 @@ pub fn build(
         }
     }
     let metrics = Metrics::register(shared).map_err(|e| {
-        BuildError::one(path, format!("cannot register the rate_limit metrics: {e}"))
+        ConfigErrors::one(path, format!("cannot register the rate_limit metrics: {e}"))
     })?;
 
     // Budgets shared through the same Redis (SPEC §15).

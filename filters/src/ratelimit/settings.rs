@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::policy::ConfigError;
+use crate::config::ConfigError;
 
 /// `[rate_limit]`.
 #[derive(Debug, Clone, Deserialize)]

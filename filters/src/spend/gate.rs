@@ -14,7 +14,8 @@ use super::ledger::{Account, Charge, Ledger, Level, Reserve, RowKey, RowSums, St
 use super::price::{usd_string, CallPrice, Cost, Price};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
-use crate::policy::{BuildError, Policy};
+use crate::config::ConfigErrors;
+use crate::policy::Policy;
 use crate::{Cx, Exchange, Identity, JsonBody, Reply, Route, Shared};
 
 /// What a request reserved, kept in [`Cx::extensions`] until `on_log`.
@@ -71,7 +72,7 @@ impl SpendGate {
         policy: &Policy<'_>,
         shared: &Shared,
         redis: Option<RedisBackend>,
-    ) -> Result<SpendGate, BuildError> {
+    ) -> Result<SpendGate, ConfigErrors> {
         let ledger = Ledger::in_shared(shared);
         let exceeded = shared
             .metric("sluice_budget_exceeded_total", || {
@@ -83,7 +84,7 @@ impl SpendGate {
                     &["level"],
                 )
             })
-            .map_err(|e| BuildError::one("budget", format!("cannot register metrics: {e}")))?;
+            .map_err(|e| ConfigErrors::one("budget", format!("cannot register metrics: {e}")))?;
         for l in Level::ALL {
             exceeded.with_label_values(&[l.label()]);
         }

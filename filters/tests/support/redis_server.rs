@@ -1,5 +1,5 @@
 //! A real `redis-server` per test, on a free loopback port, stopped when dropped. Shared by the
-//! filter tests (`filters/tests/ratelimit.rs`) and the gateway tests (`tests/ratelimit_e2e.rs`)
+//! filter tests (`filters/tests/it/ratelimit.rs`) and the gateway tests (`tests/ratelimit_e2e.rs`)
 //! through `#[path]`; the README's test command installs `redis-server`.
 
 use std::io::{Read, Write};
