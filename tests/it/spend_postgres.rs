@@ -5,8 +5,7 @@
 use crate::support::start;
 use crate::support::{postgres, spend};
 use postgres::PostgresServer;
-use serde_json::Value;
-use spend::{chat, config, header, reservation, spent, usage, words, Env, ALICE};
+use spend::{chat, config, fire, header, reservation, spent, usage, words, Env, ALICE};
 
 #[test]
 fn two_instances_sharing_postgres_hold_one_budget() {
@@ -30,30 +29,8 @@ fn two_instances_sharing_postgres_hold_one_budget() {
         "the worst case covers the real cost: {reserved}"
     );
 
-    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..50)
-            .map(|i| {
-                let (base, text) = (&bases[i % 2], &text);
-                s.spawn(move || {
-                    let r = chat(base, ALICE, "mock-echo", text, 20, &format!("pg-{i}"));
-                    let status = r.status().as_u16();
-                    (status, r.json().unwrap_or(Value::Null))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
-    let ok = answers.iter().filter(|a| a.0 == 200).count();
-    let refused = answers.iter().filter(|a| a.0 == 429).count();
-    assert_eq!(ok + refused, 50, "only 200 and 429: {answers:?}");
-    for (status, body) in &answers {
-        if *status == 429 {
-            assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
-        }
-    }
+    let (answers, ok) = fire(&bases, &text, 50, "pg");
+    let refused = answers.len() - ok;
     eprintln!("two instances: reservation ${reserved}; {ok} admitted, {refused} refused");
     // Each instance alone would have admitted ⌊400 / reservation⌋ at once; together they
     // admitted what one budget holds.

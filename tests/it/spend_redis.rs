@@ -10,7 +10,7 @@ use crate::support::redis_server::RedisServer;
 use crate::support::{spend, start};
 use serde_json::Value;
 use sluice::Gateway;
-use spend::{chat, config, header, reservation, spent, usage, words, Env, ALICE};
+use spend::{chat, config, fire, header, reservation, spent, usage, words, Env, ALICE};
 
 /// A gateway with its own SQLite store and audit file in `env`, budgets in Redis at `url`.
 fn gateway(env: &Env, name: &str, url: &str, budget: &str, on_error: &str) -> Gateway {
@@ -63,30 +63,8 @@ fn two_instances_sharing_redis_hold_one_budget() {
         "the worst case covers the cost: {reserved}"
     );
 
-    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..50)
-            .map(|i| {
-                let (base, text) = (&bases[i % 2], &text);
-                s.spawn(move || {
-                    let r = chat(base, ALICE, "mock-echo", text, 20, &format!("redis-{i}"));
-                    let status = r.status().as_u16();
-                    (status, r.json().unwrap_or(Value::Null))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
-    let ok = answers.iter().filter(|a| a.0 == 200).count();
-    let refused = answers.iter().filter(|a| a.0 == 429).count();
-    assert_eq!(ok + refused, 50, "only 200 and 429: {answers:?}");
-    for (status, body) in &answers {
-        if *status == 429 {
-            assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
-        }
-    }
+    let (answers, ok) = fire(&bases, &text, 50, "redis");
+    let refused = answers.len() - ok;
     eprintln!("two instances on Redis: reservation ${reserved}; {ok} admitted, {refused} refused");
     assert!(ok >= 1, "the budget holds at least one request");
     // Each request costs $40; each instance's store holds its own. Each instance alone would

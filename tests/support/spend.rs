@@ -192,3 +192,38 @@ pub fn reservation(base: &str, text: &str, max_tokens: u64) -> f64 {
     let _ = r.text();
     1_000_000.0 - remaining
 }
+
+/// One answer of [`fire`]: its status, its `Retry-After` and its body.
+pub type Answer = (u16, Option<String>, Value);
+
+/// Sends `n` chat requests at once (ALICE's key, the prompt `text`, `max_tokens` 20), the i-th to
+/// `bases[i % bases.len()]` with request id `{tag}-{i}`, and returns their answers in order.
+/// Each must be a 200 or a 429 `budget_exceeded`. Returns the answers and how many were admitted.
+pub fn fire(bases: &[String], text: &str, n: usize, tag: &str) -> (Vec<Answer>, usize) {
+    let answers: Vec<Answer> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let base = &bases[i % bases.len()];
+                s.spawn(move || {
+                    let r = chat(base, ALICE, "mock-echo", text, 20, &format!("{tag}-{i}"));
+                    let status = r.status().as_u16();
+                    let retry = header(&r, "retry-after");
+                    (status, retry, r.json().unwrap_or(Value::Null))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let refused = answers.iter().filter(|a| a.0 == 429).count();
+    assert_eq!(ok + refused, n, "only 200 and 429: {answers:?}");
+    for (status, _, body) in &answers {
+        if *status == 429 {
+            assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+        }
+    }
+    (answers, ok)
+}
