@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::support::redis_server::RedisServer;
-use crate::support::{spend, start};
+use crate::support::{metric_sum, metrics, spend, start};
 use serde_json::Value;
 use sluice::Gateway;
 use spend::{chat, config, fire, header, reservation, spent, usage, words, Env, ALICE};
@@ -149,8 +149,15 @@ fn redis_down_falls_back_to_the_local_ledger_or_refuses() {
             .as_u16()
         })
         .collect();
-    // The budget is still held, by this instance's own ledger.
+    // The budget is still held, by this instance's own ledger, and each fallback is counted.
     assert_eq!(statuses, [200, 200, 429]);
+    let m = metrics(&allow);
+    let errors = metric_sum(
+        &m,
+        "sluice_rate_limit_backend_errors_total",
+        &["op=\"check\""],
+    );
+    assert!(errors >= 3.0, "{errors} reservations fell back: {m}");
 
     let deny = gateway(&env, "deny", &dead, budget, "deny");
     let r = chat(&base(&deny), ALICE, "mock-echo", &text, 20, "denied");

@@ -176,7 +176,9 @@ pub fn build(
 
     // Budgets shared through the same Redis (SPEC §15).
     let redis_budgets = match &store {
-        Store::Redis(r) => Some(redis_budgets::backend(r, prefix, shared, settings)),
+        Store::Redis(r) => Some(redis_budgets::backend(
+            r, prefix, shared, settings, &metrics,
+        )),
         Store::Local(_) => None,
     };
     let spend = SpendGate::build(policy, shared, redis_budgets)?;

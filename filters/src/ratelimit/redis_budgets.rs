@@ -59,6 +59,7 @@ pub(crate) fn backend(
     prefix: &str,
     shared: &crate::Shared,
     settings: &super::RateLimitSettings,
+    metrics: &super::report::Metrics,
 ) -> RedisBackend {
     RedisBackend {
         backend: Arc::new(RedisBudgets {
@@ -72,6 +73,10 @@ pub(crate) fn backend(
             ttl_secs: RESERVATION_TTL_SECS,
         }),
         deny: settings.on_backend_error == super::OnBackendError::Deny,
+        errors: (
+            metrics.backend_errors_check.clone(),
+            metrics.backend_errors_reconcile.clone(),
+        ),
     }
 }
 

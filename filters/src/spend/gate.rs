@@ -41,6 +41,9 @@ pub struct RedisBackend {
     /// `on_backend_error = "deny"`: a request Redis cannot reserve for is refused; else it is
     /// reserved in this process's ledger.
     pub deny: bool,
+    /// `sluice_rate_limit_backend_errors_total{op="check"}` / `{op="reconcile"}`: a reservation
+    /// or a settlement Redis failed (whatever `deny` decides, it is counted).
+    pub errors: (prometheus::IntCounter, prometheus::IntCounter),
 }
 
 /// The budgets of one config, and the ledger they are charged in.
@@ -259,6 +262,9 @@ impl SpendGate {
                 Ok(r) => return Ok((r, Some((backend.clone(), id)))),
                 Err(e) if deny => return Err(e),
                 Err(e) => {
+                    if let Some(r) = &self.redis {
+                        r.errors.0.inc();
+                    }
                     if self.should_warn(now) {
                         tracing::warn!(error = %e, "budgets: the shared backend failed; reserving locally");
                     }
@@ -332,6 +338,13 @@ impl SpendGate {
                 Ok(()) => self.ledger.settle(&[], 0, row),
                 Err(e) => {
                     // The reservation expires in the backend; the row is written behind.
+                    if let Some(r) = self
+                        .redis
+                        .as_ref()
+                        .filter(|r| Arc::ptr_eq(&r.backend, &s.backend))
+                    {
+                        r.errors.1.inc();
+                    }
                     if self.should_warn(OffsetDateTime::now_utc()) {
                         tracing::warn!(error = %e, "budgets: the shared backend failed to settle");
                     }
