@@ -3,13 +3,14 @@
 //! and those that were fixed, so that none of it comes back.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::free_port;
+use crate::support::process::{raw, SluiceProcess};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-sluice-HOSTILEhostileHOSTILEhostileHOSTILEhost";
@@ -83,20 +84,16 @@ fn record(mut conn: TcpStream, seen: &Mutex<Vec<String>>) {
     );
 }
 
-/// A `sluice run` subprocess with its stderr (the logs) in a file.
+/// A `sluice run` subprocess ([`SluiceProcess`]) and its audit log.
 struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
+    proc: SluiceProcess,
     audit: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Gateway {
+    type Target = SluiceProcess;
+    fn deref(&self) -> &SluiceProcess {
+        &self.proc
     }
 }
 
@@ -108,7 +105,6 @@ fn start(upstream: u16, request_action: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (port, admin) = (free_port(), free_port());
     let audit = dir.path().join("audit.jsonl");
-    let log = dir.path().join("sluice.log");
     let config = format!(
         r#"
 [server]
@@ -165,54 +161,13 @@ type = "audit"
         tight = sha(TIGHT),
         audit = audit.display(),
     );
-    let conf = dir.path().join("sluice.toml");
-    std::fs::write(&conf, config).unwrap_or_else(|e| panic!("{e}"));
-    let err = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&conf)
-        .env("RUST_LOG", "debug")
-        .env("HOSTILE_UPSTREAM_KEY", UPSTREAM_KEY)
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let gw = Gateway {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-        log,
-        audit,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if raw(
-            gw.admin,
-            b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        )
-        .starts_with("HTTP/1.1 200")
-        {
-            return gw;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "gateway not ready: {}",
-        std::fs::read_to_string(&gw.log).unwrap_or_default()
+    let proc = SluiceProcess::spawn(
+        dir,
+        &config,
+        (port, admin),
+        &[("HOSTILE_UPSTREAM_KEY", UPSTREAM_KEY)],
     );
-}
-
-/// Sends bytes on a fresh connection and reads the answer until the server closes (bounded).
-fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
+    Gateway { proc, audit }
 }
 
 fn status(resp: &str) -> u16 {
@@ -255,7 +210,7 @@ fn wait_records(gw: &Gateway, n: usize) -> Vec<Value> {
 }
 
 fn log_text(gw: &Gateway) -> String {
-    std::fs::read_to_string(&gw.log).unwrap_or_default()
+    gw.logs()
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod mcp;
 pub mod oidc;
 pub mod otlp;
 pub mod postgres;
+pub mod process;
 // The same throw-away redis-server as the filter tests: one copy, shared by path.
 #[path = "../../filters/tests/support/redis_server.rs"]
 pub mod redis_server;

@@ -1,13 +1,14 @@
 //! The hostile trust suite's rig (`tests/it/hostile_trust.rs`): a recording upstream, a real
 //! `sluice run` with its logs and audit trail in files, raw-socket helpers.
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::free_port;
+pub use super::process::{raw, SluiceProcess};
 use serde_json::{json, Value};
 
 pub const KEY: &str = "sk-sluice-TRUSTtrustTRUSTtrustTRUSTtrustTRUSTtrus";
@@ -105,20 +106,16 @@ pub fn record(mut conn: TcpStream, seen: &Mutex<Vec<String>>) {
     );
 }
 
-/// A `sluice run` subprocess with its stderr (the logs) in a file.
+/// A `sluice run` subprocess ([`SluiceProcess`]) and its audit log.
 pub struct Gateway {
-    child: Child,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    log: PathBuf,
+    proc: SluiceProcess,
     audit: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Gateway {
+    type Target = SluiceProcess;
+    fn deref(&self) -> &SluiceProcess {
+        &self.proc
     }
 }
 
@@ -131,7 +128,6 @@ pub fn start(upstream: u16, request_action: &str, server_extra: &str) -> Gateway
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (port, admin) = (free_port(), free_port());
     let audit = dir.path().join("audit.jsonl");
-    let log = dir.path().join("sluice.log");
     let config = format!(
         r#"
 [server]
@@ -214,54 +210,16 @@ type = "audit"
         one = sha(ONE),
         audit = audit.display(),
     );
-    let conf = dir.path().join("sluice.toml");
-    std::fs::write(&conf, config).unwrap_or_else(|e| panic!("{e}"));
-    let err = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&conf)
-        .env("RUST_LOG", "debug")
-        .env("TRUST_UPSTREAM_KEY", UPSTREAM_KEY)
-        .env("TRUST_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let gw = Gateway {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-        log,
-        audit,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let probe = format!(
-            "GET /readyz HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
-            gw.admin
-        );
-        if raw(gw.admin, probe.as_bytes()).starts_with("HTTP/1.1 200") {
-            return gw;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "gateway not ready: {}",
-        std::fs::read_to_string(&gw.log).unwrap_or_default()
+    let proc = SluiceProcess::spawn(
+        dir,
+        &config,
+        (port, admin),
+        &[
+            ("TRUST_UPSTREAM_KEY", UPSTREAM_KEY),
+            ("TRUST_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
     );
-}
-
-/// Sends bytes on a fresh connection and reads the answer until the server closes (bounded).
-pub fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
+    Gateway { proc, audit }
 }
 
 pub fn status(resp: &str) -> u16 {
@@ -318,7 +276,7 @@ pub fn wait_records(gw: &Gateway, n: usize) -> Vec<Value> {
 }
 
 pub fn log_text(gw: &Gateway) -> String {
-    std::fs::read_to_string(&gw.log).unwrap_or_default()
+    gw.logs()
 }
 
 /// The sum of a metric's series whose labels include `label` (`""`: all of them).
