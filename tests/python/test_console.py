@@ -14,7 +14,11 @@ from pathlib import Path
 import openai
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -69,7 +73,10 @@ def shot(d, name: str) -> None:
 
 
 def wait_for(d, pred, what: str):
-    return WebDriverWait(d, WAIT_S).until(lambda drv: pred(drv), message=what)
+    # A page replaced while the predicate reads it (the POST's redirect landing) leaves the
+    # element it found stale: that is "not yet", and the next poll reads the new page.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(d, WAIT_S, ignored_exceptions=ignored).until(lambda drv: pred(drv), message=what)
 
 
 def sign_in(d, gw, key: str) -> None:

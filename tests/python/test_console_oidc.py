@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urljoin, urlparse
 
 import pytest
 import requests
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -223,7 +224,7 @@ def test_in_a_browser_through_the_providers_pages(gw, browser):
         return False
 
     try:
-        WebDriverWait(d, 30).until(landed)
+        WebDriverWait(d, 30, ignored_exceptions=(StaleElementReferenceException,)).until(landed)
     except Exception:
         text = d.find_element(By.TAG_NAME, "body").text[:500] if d.find_elements(By.TAG_NAME, "body") else ""
         raise AssertionError(f"Settings › API after the provider: at {d.current_url}: {text!r}")
