@@ -31,7 +31,7 @@ pub(crate) struct HeldHead {
 struct Completion {
     status: u16,
     length: usize,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    header: Option<(HeaderName, HeaderValue)>,
 }
 
 impl HeldHead {
@@ -41,12 +41,12 @@ impl HeldHead {
     }
 
     /// The held body is complete (`length` bytes, the answer's status `status`): if the head
-    /// is still unwritten, it will carry that length and `headers`.
+    /// is still unwritten, it will carry that length and `header`.
     pub(crate) fn complete(
         session: &mut Session,
         status: u16,
         length: usize,
-        headers: Vec<(HeaderName, HeaderValue)>,
+        header: Option<(HeaderName, HeaderValue)>,
     ) {
         if session.response_written().is_some() || session.req_header().method == http::Method::HEAD
         {
@@ -56,7 +56,7 @@ impl HeldHead {
             m.pending = Some(Completion {
                 status,
                 length,
-                headers,
+                header,
             });
         }
     }
@@ -81,7 +81,7 @@ impl HttpModule for HeldHead {
             resp.remove_header(&http::header::TRANSFER_ENCODING);
             resp.insert_header(http::header::CONTENT_LENGTH, c.length)?;
         }
-        for (n, v) in c.headers {
+        if let Some((n, v)) = c.header {
             resp.insert_header(n, v)?;
         }
         Ok(())

@@ -153,8 +153,8 @@ async fn relay_whole(
     }
     // Priced by `finish`, before the head goes out: a paid call's real cost (SPEC §15).
     if let Some(c) = call.cx.extensions.get::<sluice_filters::spend::Cost>() {
-        let usd = sluice_filters::spend::usd_string(i64::try_from(c.micros).unwrap_or(i64::MAX));
-        h.insert_header("x-sluice-cost-usd", usd)?;
+        let (name, value) = c.header();
+        h.insert_header(name, value)?;
     }
     session.write_response_header(h, false).await?;
     session.write_response_body(Some(body), true).await?;

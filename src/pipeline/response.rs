@@ -135,26 +135,14 @@ impl Call {
         matches!(self.mode, RespMode::Hold(_))
     }
 
-    /// The headers a held answer's head gains once its body is read: `x-sluice-cost-usd`, its
-    /// real cost (SPEC §15), when its usage is known (0 for an unpriced model).
-    pub fn late_headers(&self) -> Vec<(HeaderName, http::HeaderValue)> {
-        let (Some(usage), Some(model)) = (self.cx.usage, self.cx.model.as_deref()) else {
-            return Vec::new();
-        };
+    /// What a held answer's head gains once its body is read: `x-sluice-cost-usd`, the real
+    /// cost the request was priced at when it completed (0 for an unpriced model).
+    pub fn late_header(&self) -> Option<(HeaderName, http::HeaderValue)> {
         if !(200..300).contains(&self.upstream_status) {
-            return Vec::new();
+            return None;
         }
-        let micros = self
-            .snap
-            .config
-            .prices
-            .get(model)
-            .map_or(0, |p| p.cost_of(&usage));
-        let usd = sluice_filters::spend::usd_string(i64::try_from(micros).unwrap_or(i64::MAX));
-        match http::HeaderValue::from_str(&usd) {
-            Ok(v) => vec![(HeaderName::from_static("x-sluice-cost-usd"), v)],
-            Err(_) => Vec::new(),
-        }
+        let cost = self.cx.extensions.get::<sluice_filters::spend::Cost>()?;
+        Some(cost.header())
     }
 
     /// The request id every response carries as `x-request-id`.

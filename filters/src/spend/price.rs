@@ -98,6 +98,17 @@ pub struct Cost {
     pub priced: bool,
 }
 
+impl Cost {
+    /// `x-sluice-cost-usd`: the cost in dollars, as the response header carries it (SPEC §15).
+    pub fn header(&self) -> (http::HeaderName, http::HeaderValue) {
+        let usd = usd_string(i64::try_from(self.micros).unwrap_or(i64::MAX));
+        // Digits and a point: always a valid header value.
+        let value = http::HeaderValue::from_str(&usd)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("0.000000"));
+        (http::HeaderName::from_static("x-sluice-cost-usd"), value)
+    }
+}
+
 /// Micro-dollars as a decimal string of dollars (`1234567` → `1.234567`).
 pub fn usd_string(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
