@@ -10,10 +10,6 @@ const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEalice";
 const BOB: &str = "sk-sluice-BOBbobBOBbobBOBbobBOBbobBOBbobBOBbobBOBb";
 const CAROL: &str = "sk-sluice-CAROLcarolCAROLcarolCAROLcarolCAROLcarol";
 
-fn sha(k: &str) -> String {
-    sluice::filters::auth::key_sha256_hex(k)
-}
-
 fn config(slow_port: u16) -> String {
     format!(
         r#"{MOCK}
@@ -42,51 +38,19 @@ id = "secret-agent"
 model = "mock-echo"
 instructions = "Classified."
 
-[[orgs]]
-name = "acme"
-[[orgs]]
-name = "globex"
-[[roles]]
-name = "analyst"
-permissions = ["chat", "models:list", "agents:run"]
-models = ["*"]
-agents = ["daily-*", "slow-*"]
-[[roles]]
-name = "chatter"
-permissions = ["chat"]
-models = ["*"]
-agents = ["*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "analyst"
-[[users]]
-name = "bob"
-org = "globex"
-role = "analyst"
-[[users]]
-name = "carol"
-org = "acme"
-role = "chatter"
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{a}"
-[[keys]]
-id = "bob-key"
-user = "bob"
-sha256 = "{b}"
-[[keys]]
-id = "carol-key"
-user = "carol"
-sha256 = "{c}"
-
-[[filters]]
-type = "auth"
-"#,
-        a = sha(ALICE),
-        b = sha(BOB),
-        c = sha(CAROL)
+{directory}"#,
+        directory = Directory::role("analyst", &["chat", "models:list", "agents:run"], &["*"])
+            .agents(&["daily-*", "slow-*"])
+            .also_role("chatter", &["chat"], &["*"])
+            .agents(&["*"])
+            .org("globex")
+            .user("bob", "globex", "analyst")
+            .user("carol", "acme", "chatter")
+            .key("alice-key", ALICE)
+            .key_of("bob", "bob-key", BOB, "")
+            .key_of("carol", "carol-key", CAROL, "")
+            .filters(&["auth"])
+            .toml(),
     )
 }
 

@@ -13,10 +13,6 @@ const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEalice";
 const TIGHT: &str = "sk-sluice-TIGHTtightTIGHTtightTIGHTtightTIGHTtigh";
 const EMAIL: &str = "jane.doe@example.com";
 
-fn sha(k: &str) -> String {
-    sluice::filters::auth::key_sha256_hex(k)
-}
-
 fn config(raw_port: u16, audit: &Path, response_action: &str) -> String {
     format!(
         r#"{MOCK}
@@ -30,26 +26,7 @@ upstream = "raw"
 name = "secret-model"
 upstream = "raw"
 
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "analyst"
-permissions = ["chat", "embeddings", "passthrough"]
-models = ["mock-*", "raw-*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "analyst"
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{alice}"
-[[keys]]
-id = "tight-key"
-user = "alice"
-sha256 = "{tight}"
-rate_limit = {{ tokens_per_minute = 1000 }}
-
+{directory}
 [dlp]
 request_action = "monitor"
 response_action = "{response_action}"
@@ -58,17 +35,20 @@ response_action = "{response_action}"
 path = "{audit}"
 fsync = "always"
 
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "dlp"
-[[filters]]
-type = "audit"
 "#,
-        alice = sha(ALICE),
-        tight = sha(TIGHT),
+        directory = Directory::role(
+            "analyst",
+            &["chat", "embeddings", "passthrough"],
+            &["mock-*", "raw-*"]
+        )
+        .key("alice-key", ALICE)
+        .key_with(
+            "tight-key",
+            TIGHT,
+            "rate_limit = { tokens_per_minute = 1000 }"
+        )
+        .filters(&["auth", "rate_limit", "dlp", "audit"])
+        .toml(),
         audit = audit.display(),
     )
 }

@@ -4,10 +4,11 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::process::SluiceProcess;
 use crate::support::*;
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -15,10 +16,6 @@ use sluice::filters::{ConfigErrors, Cx, Filter, Policy, Reply, RequestHead, Shar
 
 const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEalice";
 const LIMITED: &str = "sk-sluice-LIMITEDlimitedLIMITEDlimitedLIMITEDlimi";
-
-fn sha(k: &str) -> String {
-    sluice::filters::auth::key_sha256_hex(k)
-}
 
 fn policy(audit_path: &Path, fsync: &str, extra_filters: &str) -> String {
     format!(
@@ -33,27 +30,7 @@ upstream = "dead"
 name = "forbidden-model"
 upstream = "mock"
 
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "analyst"
-permissions = ["chat", "models:list", "agents:run"]
-models = ["mock-*", "dead-*"]
-agents = ["*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "analyst"
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{alice}"
-[[keys]]
-id = "limited-key"
-user = "alice"
-sha256 = "{limited}"
-rate_limit = {{ requests_per_minute = 1 }}
-
+{directory}
 [audit]
 path = "{path}"
 fsync = "{fsync}"
@@ -69,8 +46,19 @@ type = "dlp"
 type = "audit"
 "#,
         dead = free_port(),
-        alice = sha(ALICE),
-        limited = sha(LIMITED),
+        directory = Directory::role(
+            "analyst",
+            &["chat", "models:list", "agents:run"],
+            &["mock-*", "dead-*"]
+        )
+        .agents(&["*"])
+        .key("alice-key", ALICE)
+        .key_with(
+            "limited-key",
+            LIMITED,
+            "rate_limit = { requests_per_minute = 1 }"
+        )
+        .toml(),
         path = audit_path.display(),
     )
 }
@@ -351,37 +339,8 @@ fn verify_reports_edits_deletions_and_reorders() {
     assert_eq!(code, 0, "{out}");
 }
 
-struct Proc {
-    child: Child,
-    listen: String,
-}
-
-fn spawn_sluice(config: &str, dir: &Path) -> Proc {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let path = dir.join("sluice.toml");
-    let text = format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_grace_seconds = 20\n{config}");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = client()
-            .get(format!("http://{admin}/readyz"))
-            .send()
-            .map(|r| r.status().as_u16() == 200);
-        if ready.unwrap_or(false) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sluice did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Proc { child, listen }
+fn spawn_sluice(config: &str, dir: &Path) -> SluiceProcess {
+    SluiceProcess::run_in(dir, "shutdown_grace_seconds = 20", config)
 }
 
 fn post(listen: &str, id: &str) -> Option<u16> {
@@ -406,13 +365,12 @@ fn fsync_always_survives_sigkill() {
     let mut answered = Vec::new();
     for i in 0..20 {
         let id = format!("k-{i}");
-        if post(&p.listen, &id) == Some(200) {
+        if post(&p.listen(), &id) == Some(200) {
             answered.push(id);
         }
     }
     // Killed right after the last complete response: no flush, no shutdown.
-    let _ = p.child.kill();
-    let _ = p.child.wait();
+    p.kill();
     assert_eq!(answered.len(), 20);
     let recs = records(&log);
     for id in &answered {
@@ -430,7 +388,7 @@ fn sigterm_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let log = dir.path().join("audit.jsonl");
     let mut p = spawn_sluice(&policy(&log, "interval", ""), dir.path());
-    let listen = p.listen.clone();
+    let listen = p.listen();
     let workers: Vec<_> = (0..8)
         .map(|w| {
             let listen = listen.clone();
@@ -449,7 +407,7 @@ fn sigterm_under_load_loses_nothing() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let pid = p.child.id() as i32;
+    let pid = p.pid() as i32;
     // SAFETY: sending a signal to our own child process.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
@@ -458,7 +416,7 @@ fn sigterm_under_load_loses_nothing() {
         .into_iter()
         .flat_map(|w| w.join().unwrap_or_default())
         .collect();
-    let status = p.child.wait().unwrap_or_else(|e| panic!("{e}"));
+    let status = p.wait();
     assert_eq!(status.code(), Some(0), "exit 0 after draining");
     assert!(!answered.is_empty());
     let recs = records(&log);

@@ -27,50 +27,20 @@ name = "gpt-4o-mini"
 upstream = "mock"
 upstream_model = "echo"
 
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "analyst"
-permissions = ["chat", "models:list"]
-models = ["mock-*"]
-[[roles]]
-name = "chatter"
-permissions = ["chat"]
-models = ["*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "analyst"
-[[users]]
-name = "carol"
-org = "acme"
-role = "chatter"
-[[keys]]
-id = "alice-laptop"
-user = "alice"
-sha256 = "{alice}"
-[[keys]]
-id = "alice-narrow"
-user = "alice"
-sha256 = "{narrow}"
-models = ["mock-echo", "gpt-4o-mini"]
-[[keys]]
-id = "alice-old"
-user = "alice"
-sha256 = "{off}"
-disabled = true
-[[keys]]
-id = "carol-key"
-user = "carol"
-sha256 = "{chatonly}"
-
-[[filters]]
-type = "auth"
-"#,
-        alice = sha(ALICE),
-        narrow = sha(NARROW),
-        off = sha(OFF),
-        chatonly = sha(CHATONLY)
+{directory}"#,
+        directory = Directory::role("analyst", &["chat", "models:list"], &["mock-*"])
+            .also_role("chatter", &["chat"], &["*"])
+            .user("carol", "acme", "chatter")
+            .key("alice-laptop", ALICE)
+            .key_with(
+                "alice-narrow",
+                NARROW,
+                "models = [\"mock-echo\", \"gpt-4o-mini\"]"
+            )
+            .key_with("alice-old", OFF, "disabled = true")
+            .key_of("carol", "carol-key", CHATONLY, "")
+            .filters(&["auth"])
+            .toml(),
     )
 }
 

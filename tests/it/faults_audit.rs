@@ -8,13 +8,14 @@
 //! Without root (or without tmpfs/loop/fsfreeze), each test says so and does nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::{client, free_port, Directory};
+use crate::support::process::SluiceProcess;
+use crate::support::{client, Directory};
 use serde_json::{json, Value};
 
 const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEalice";
@@ -97,30 +98,11 @@ impl Drop for Mounted {
     }
 }
 
-/// A `sluice run` subprocess; killed (SIGKILL) on drop, without waiting for it: a process
+/// A `sluice run` subprocess, killed (SIGKILL) on drop without waiting for it: a process
 /// blocked on a frozen filesystem dies only once it thaws, which the mount's drop does.
-struct Sluice {
-    child: Child,
-    listen: String,
-    admin: String,
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn spawn(dir: &Path, audit: &Path, write_timeout_ms: u64) -> Sluice {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
+fn spawn(dir: &Path, audit: &Path, write_timeout_ms: u64) -> SluiceProcess {
     let config = format!(
-        r#"[server]
-listen = "{listen}"
-admin_listen = "{admin}"
-shutdown_grace_seconds = 5
-
-[[upstreams]]
+        r#"[[upstreams]]
 name = "mock"
 builtin = "mock"
 [[models]]
@@ -140,25 +122,10 @@ write_timeout_ms = {write_timeout_ms}
             .toml(),
         audit = audit.display(),
     );
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, config).unwrap_or_else(|e| panic!("{e}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let s = Sluice {
-        child,
-        listen,
-        admin,
-    };
-    wait_for("sluice to start", || ready(&s) == 200);
-    s
+    SluiceProcess::run_in(dir, "shutdown_grace_seconds = 5", &config).dont_wait_on_drop()
 }
 
-fn ready(s: &Sluice) -> u16 {
+fn ready(s: &SluiceProcess) -> u16 {
     client()
         .get(format!("http://{}/readyz", s.admin))
         .send()
@@ -181,9 +148,9 @@ enum Got {
     Broken,
 }
 
-fn call(s: &Sluice, id: &str) -> Got {
+fn call(s: &SluiceProcess, id: &str) -> Got {
     let sent = client()
-        .post(format!("http://{}/v1/chat/completions", s.listen))
+        .post(format!("http://{}/v1/chat/completions", s.addr))
         .bearer_auth(ALICE)
         .header("x-request-id", id)
         .json(&json!({"model": "mock-echo", "messages": [{"role": "user", "content": "fault"}]}))
@@ -202,7 +169,7 @@ fn call(s: &Sluice, id: &str) -> Got {
 
 /// 4 clients until `stop`; every request's id and what it got.
 fn load(
-    s: &Arc<Sluice>,
+    s: &Arc<SluiceProcess>,
     tag: &str,
     stop: &Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<Vec<(String, Got)>>> {
@@ -340,8 +307,7 @@ fn a_full_audit_disk_withholds_answers_fails_readiness_and_loses_nothing_to_kill
     let Ok(mut s) = Arc::try_unwrap(s) else {
         panic!("workers still hold the gateway");
     };
-    let _ = s.child.kill();
-    let _ = s.child.wait();
+    s.kill();
     let answered = every_200_recorded(&got, &log) + every_200_recorded(&after, &log);
     assert!(answered > 5, "some answers before the disk filled");
     let (code, out) = verify(&log);
@@ -379,7 +345,7 @@ fn a_stalled_audit_disk_withholds_answers_and_recovers() {
     // A stream admitted before the stall is known: its answer flows, but its end is withheld
     // for an error event (no `[DONE]`).
     let text = client()
-        .post(format!("http://{}/v1/chat/completions", s.listen))
+        .post(format!("http://{}/v1/chat/completions", s.addr))
         .bearer_auth(ALICE)
         .json(&json!({"model": "mock-echo", "stream": true,
             "messages": [{"role": "user", "content": "one two three"}]}))
@@ -425,7 +391,7 @@ fn a_stalled_audit_disk_withholds_answers_and_recovers() {
     // does not serve) loses its last byte; the client never holds it whole.
     disk.freeze(true);
     let passed = client()
-        .post(format!("http://{}/v1/not-served-here", s.listen))
+        .post(format!("http://{}/v1/not-served-here", s.addr))
         .bearer_auth(ALICE)
         .json(&json!({"model": "mock-echo"}))
         .send()
@@ -441,8 +407,7 @@ fn a_stalled_audit_disk_withholds_answers_and_recovers() {
     let Ok(mut s) = Arc::try_unwrap(s) else {
         panic!("workers still hold the gateway");
     };
-    let _ = s.child.kill();
-    let _ = s.child.wait();
+    s.kill();
     let (code, out) = verify(&log);
     assert_eq!(code, 0, "{out}");
     eprintln!(

@@ -54,26 +54,7 @@ upstream = "mock"
 name = "mock-down"
 upstream = "down"
 
-[[orgs]]
-name = "acme"
-
-[[roles]]
-name = "dev"
-permissions = ["chat", "models:list", "agents:run", "embeddings", "passthrough"]
-models = ["mock-*"]
-agents = ["*"]
-
-[[users]]
-name = "alice"
-org = "acme"
-role = "dev"
-
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "3ce9704b5e7cfd01a1b5b2a0aa71d65a0f72d983f20ff758e3ed8456f4aa70c5"
-rate_limit = {{ requests_per_minute = 6, burst = 6 }}
-
+{directory}
 [[agents]]
 id = "daily-scan"
 model = "mock-echo"
@@ -88,18 +69,28 @@ keywords = ["BLUEBIRD"]
 action = "monitor"
 
 [audit]
-path = "{}"
-
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "dlp"
-[[filters]]
-type = "audit"
+path = "{audit}"
 "#,
-        dir.join("audit.jsonl").display()
+        directory = Directory::role(
+            "dev",
+            &[
+                "chat",
+                "models:list",
+                "agents:run",
+                "embeddings",
+                "passthrough"
+            ],
+            &["mock-*"]
+        )
+        .agents(&["*"])
+        .key_with(
+            "alice-key",
+            DEMO_KEY,
+            "rate_limit = { requests_per_minute = 6, burst = 6 }"
+        )
+        .filters(&["auth", "rate_limit", "dlp", "audit"])
+        .toml(),
+        audit = dir.join("audit.jsonl").display()
     )
 }
 

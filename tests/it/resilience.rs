@@ -351,28 +351,12 @@ name = "m"
 targets = [{{ upstream = "a" }}, {{ upstream = "b", priority = 2 }}]
 [routing]
 eject_after = 0
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "r"
-permissions = ["chat"]
-models = ["*"]
-[[users]]
-name = "u"
-org = "acme"
-role = "r"
-[[keys]]
-id = "k"
-user = "u"
-sha256 = "{sha}"
-rate_limit = {{ requests_per_minute = 2 }}
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-"#,
+{directory}"#,
         ups = upstreams_toml(&[("a", a.url(), ""), ("b", b.url(), "")]),
-        sha = sluice::filters::auth::key_sha256_hex(KEY),
+        directory = Directory::role("r", &["chat"], &["*"])
+            .key_with("k", KEY, "rate_limit = { requests_per_minute = 2 }")
+            .filters(&["auth", "rate_limit"])
+            .toml(),
     );
     let gw = start(&cfg);
     let send = || {

@@ -2,11 +2,11 @@
 //! `cost_usd`, metrics, the usage APIs), budgets refuse with each API's shape, concurrent
 //! requests cannot overspend, and spend survives a SIGKILL of `sluice run`.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::process::SluiceProcess;
 use crate::support::spend;
-use crate::support::{admin_url, client, free_port, metric_sum, metrics, start, url};
+use crate::support::{admin_url, client, metric_sum, metrics, start, url};
 use serde_json::{json, Value};
 use spend::{chat, config, fire, header, reservation, spent, usage, words, Env, ALICE, BOB};
 
@@ -304,47 +304,9 @@ fn a_total_budget_refuses_without_retry_after() {
     assert_eq!(r.status().as_u16(), 200);
 }
 
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_sluice(env: &Env, budget: &str) -> Proc {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let path = env.dir.path().join("sluice.toml");
-    let text = format!(
-        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_grace_seconds = 5\n{}",
-        config(&env.store(), &env.audit(), budget)
-    );
-    std::fs::write(&path, text).expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client()
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .is_ok_and(|r| r.status().as_u16() == 200)
-    {
-        assert!(Instant::now() < deadline, "sluice did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Proc {
-        child,
-        base: format!("http://{listen}"),
-    }
+fn spawn_sluice(env: &Env, budget: &str) -> SluiceProcess {
+    let body = config(&env.store(), &env.audit(), budget);
+    SluiceProcess::run_in(env.dir.path(), "shutdown_grace_seconds = 5", &body)
 }
 
 #[test]
@@ -356,7 +318,7 @@ fn spend_survives_a_sigkill_after_one_second() {
     let text = words(20);
     let mut ok = 0;
     for i in 0..10 {
-        let r = chat(&p.base, ALICE, "mock-echo", &text, 20, &format!("k-{i}"));
+        let r = chat(&p.base(), ALICE, "mock-echo", &text, 20, &format!("k-{i}"));
         let status = r.status().as_u16();
         let _ = r.text();
         if status == 429 {
@@ -368,15 +330,14 @@ fn spend_survives_a_sigkill_after_one_second() {
     assert!((1..10).contains(&ok), "{ok} requests before the refusal");
     // The contract: written behind by at most one second.
     std::thread::sleep(Duration::from_millis(1100));
-    let _ = p.child.kill();
-    let _ = p.child.wait();
+    p.kill();
 
     let p = spawn_sluice(&env, budget);
-    let u = usage(&p.base, ALICE);
+    let u = usage(&p.base(), ALICE);
     let want = 40.0 * f64::from(ok);
     assert_eq!(spent(&u), want, "{u}");
     assert_eq!(u["budget"]["spent_usd"].as_f64(), Some(want), "{u}");
-    let r = chat(&p.base, ALICE, "mock-echo", &text, 20, "after-kill");
+    let r = chat(&p.base(), ALICE, "mock-echo", &text, 20, "after-kill");
     assert_eq!(
         r.status().as_u16(),
         429,

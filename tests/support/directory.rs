@@ -1,22 +1,39 @@
-//! The org, role, user, keys and `[[filters]]` most suites need, built rather than copied: one
-//! org `acme`, one role, the user `alice` in it, her keys (each with optional extra fields such
-//! as a `rate_limit`), then the filters in chain order.
+//! The orgs, roles, users, keys and `[[filters]]` most suites need, built rather than copied:
+//! the org `acme`, a first role, the user `alice` in acme with that role, her keys (each with
+//! optional extra fields such as a `rate_limit`), then the filters in chain order. More orgs,
+//! roles, users and other users' keys are added the same way.
 //!
 //! ```ignore
 //! let toml = Directory::role("dev", &["chat"], &["mock-*"])
 //!     .key_with("limited", KEY, "rate_limit = { requests_per_minute = 20 }")
+//!     .also_role("lister", &["models:list"], &["*"])
+//!     .user("bob", "acme", "lister")
+//!     .key_of("bob", "bob-key", BOB, "")
 //!     .filters(&["auth", "rate_limit"])
 //!     .toml();
 //! ```
 
 use sluice::filters::auth::key_sha256_hex;
 
-pub struct Directory {
-    role: String,
+struct Role {
+    name: String,
     permissions: Vec<String>,
     models: Vec<String>,
     agents: Vec<String>,
-    keys: Vec<(String, String, String)>,
+}
+
+struct Key {
+    user: String,
+    id: String,
+    sha256: String,
+    extra: String,
+}
+
+pub struct Directory {
+    orgs: Vec<String>,
+    roles: Vec<Role>,
+    users: Vec<(String, String, String)>,
+    keys: Vec<Key>,
     filters: Vec<String>,
 }
 
@@ -30,33 +47,67 @@ fn toml_list(v: &[String]) -> String {
 }
 
 impl Directory {
-    /// The role `name` with these permissions and model globs.
+    /// The role `name` with these permissions and model globs, held by alice of acme.
     pub fn role(name: &str, permissions: &[&str], models: &[&str]) -> Directory {
         Directory {
-            role: name.to_string(),
-            permissions: strings(permissions),
-            models: strings(models),
-            agents: Vec::new(),
+            orgs: vec!["acme".into()],
+            roles: Vec::new(),
+            users: vec![("alice".into(), "acme".into(), name.into())],
             keys: Vec::new(),
             filters: Vec::new(),
         }
+        .also_role(name, permissions, models)
     }
 
-    /// The agent ids (globs) the role may run.
+    /// Another role (nobody holds it until a [`Directory::user`] does).
+    pub fn also_role(mut self, name: &str, permissions: &[&str], models: &[&str]) -> Directory {
+        self.roles.push(Role {
+            name: name.into(),
+            permissions: strings(permissions),
+            models: strings(models),
+            agents: Vec::new(),
+        });
+        self
+    }
+
+    /// The agent ids (globs) the last role added may run.
     pub fn agents(mut self, globs: &[&str]) -> Directory {
-        self.agents = strings(globs);
+        if let Some(r) = self.roles.last_mut() {
+            r.agents = strings(globs);
+        }
+        self
+    }
+
+    /// Another org.
+    pub fn org(mut self, name: &str) -> Directory {
+        self.orgs.push(name.into());
+        self
+    }
+
+    /// Another user, of `org`, with `role`.
+    pub fn user(mut self, name: &str, org: &str, role: &str) -> Directory {
+        self.users.push((name.into(), org.into(), role.into()));
         self
     }
 
     /// A key of alice's: `id`, and the key itself (its SHA-256 goes in the config).
     pub fn key(self, id: &str, key: &str) -> Directory {
-        self.key_with(id, key, "")
+        self.key_of("alice", id, key, "")
     }
 
     /// The same, with more fields of the `[[keys]]` entry (TOML lines).
-    pub fn key_with(mut self, id: &str, key: &str, extra: &str) -> Directory {
-        self.keys
-            .push((id.to_string(), key_sha256_hex(key), extra.to_string()));
+    pub fn key_with(self, id: &str, key: &str, extra: &str) -> Directory {
+        self.key_of("alice", id, key, extra)
+    }
+
+    /// A key of `user`'s, with more fields of the `[[keys]]` entry (TOML lines, may be empty).
+    pub fn key_of(mut self, user: &str, id: &str, key: &str, extra: &str) -> Directory {
+        self.keys.push(Key {
+            user: user.into(),
+            id: id.into(),
+            sha256: key_sha256_hex(key),
+            extra: extra.into(),
+        });
         self
     }
 
@@ -67,22 +118,30 @@ impl Directory {
     }
 
     pub fn toml(&self) -> String {
-        let mut t = format!(
-            "[[orgs]]\nname = \"acme\"\n[[roles]]\nname = {:?}\npermissions = {}\nmodels = {}\n",
-            self.role,
-            toml_list(&self.permissions),
-            toml_list(&self.models)
-        );
-        if !self.agents.is_empty() {
-            t.push_str(&format!("agents = {}\n", toml_list(&self.agents)));
+        let mut t = String::new();
+        for o in &self.orgs {
+            t.push_str(&format!("[[orgs]]\nname = {o:?}\n"));
         }
-        t.push_str(&format!(
-            "[[users]]\nname = \"alice\"\norg = \"acme\"\nrole = {:?}\n",
-            self.role
-        ));
-        for (id, sha, extra) in &self.keys {
+        for r in &self.roles {
             t.push_str(&format!(
-                "[[keys]]\nid = {id:?}\nuser = \"alice\"\nsha256 = \"{sha}\"\n{extra}\n"
+                "[[roles]]\nname = {:?}\npermissions = {}\nmodels = {}\n",
+                r.name,
+                toml_list(&r.permissions),
+                toml_list(&r.models)
+            ));
+            if !r.agents.is_empty() {
+                t.push_str(&format!("agents = {}\n", toml_list(&r.agents)));
+            }
+        }
+        for (name, org, role) in &self.users {
+            t.push_str(&format!(
+                "[[users]]\nname = {name:?}\norg = {org:?}\nrole = {role:?}\n"
+            ));
+        }
+        for k in &self.keys {
+            t.push_str(&format!(
+                "[[keys]]\nid = {:?}\nuser = {:?}\nsha256 = \"{}\"\n{}\n",
+                k.id, k.user, k.sha256, k.extra
             ));
         }
         for f in &self.filters {
