@@ -20,6 +20,14 @@ struct Role {
     permissions: Vec<String>,
     models: Vec<String>,
     agents: Vec<String>,
+    extra: String,
+}
+
+struct User {
+    name: String,
+    org: String,
+    role: String,
+    extra: String,
 }
 
 struct Key {
@@ -32,7 +40,7 @@ struct Key {
 pub struct Directory {
     orgs: Vec<String>,
     roles: Vec<Role>,
-    users: Vec<(String, String, String)>,
+    users: Vec<User>,
     keys: Vec<Key>,
     filters: Vec<String>,
 }
@@ -52,7 +60,12 @@ impl Directory {
         Directory {
             orgs: vec!["acme".into()],
             roles: Vec::new(),
-            users: vec![("alice".into(), "acme".into(), name.into())],
+            users: vec![User {
+                name: "alice".into(),
+                org: "acme".into(),
+                role: name.into(),
+                extra: String::new(),
+            }],
             keys: Vec::new(),
             filters: Vec::new(),
         }
@@ -66,7 +79,16 @@ impl Directory {
             permissions: strings(permissions),
             models: strings(models),
             agents: Vec::new(),
+            extra: String::new(),
         });
+        self
+    }
+
+    /// More fields of the last role added (TOML lines), e.g. its `mcp` globs.
+    pub fn role_fields(mut self, extra: &str) -> Directory {
+        if let Some(r) = self.roles.last_mut() {
+            r.extra = extra.into();
+        }
         self
     }
 
@@ -85,8 +107,26 @@ impl Directory {
     }
 
     /// Another user, of `org`, with `role`.
-    pub fn user(mut self, name: &str, org: &str, role: &str) -> Directory {
-        self.users.push((name.into(), org.into(), role.into()));
+    pub fn user(self, name: &str, org: &str, role: &str) -> Directory {
+        self.user_with(name, org, role, "")
+    }
+
+    /// The same, with more fields of the `[[users]]` entry (TOML lines), e.g. a `budget`.
+    pub fn user_with(mut self, name: &str, org: &str, role: &str, extra: &str) -> Directory {
+        self.users.push(User {
+            name: name.into(),
+            org: org.into(),
+            role: role.into(),
+            extra: extra.into(),
+        });
+        self
+    }
+
+    /// More fields of alice's `[[users]]` entry (TOML lines).
+    pub fn alice_fields(mut self, extra: &str) -> Directory {
+        if let Some(u) = self.users.first_mut() {
+            u.extra = extra.into();
+        }
         self
     }
 
@@ -132,10 +172,12 @@ impl Directory {
             if !r.agents.is_empty() {
                 t.push_str(&format!("agents = {}\n", toml_list(&r.agents)));
             }
+            t.push_str(&format!("{}\n", r.extra));
         }
-        for (name, org, role) in &self.users {
+        for u in &self.users {
             t.push_str(&format!(
-                "[[users]]\nname = {name:?}\norg = {org:?}\nrole = {role:?}\n"
+                "[[users]]\nname = {:?}\norg = {:?}\nrole = {:?}\n{}\n",
+                u.name, u.org, u.role, u.extra
             ));
         }
         for k in &self.keys {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice::Gateway;
 
-use super::{client, url};
+use super::{client, url, Directory};
 
 pub const ALICE: &str = "sk-sluice-ALICEaliceALICEaliceALICEaliceALICEali";
 pub const ALICE_NARROW: &str = "sk-sluice-NARROWnarrowNARROWnarrowNARROWnarrowNA";
@@ -18,7 +18,6 @@ pub const CAROL: &str = "sk-sluice-CAROLcarolCAROLcarolCAROLcarolCAROLcar";
 /// `viewer`, without); alice's second key is narrowed to `mock-echo` at 100 requests/minute.
 /// `store` is the store URL, `audit` the audit log's path.
 pub fn config(store: &str, audit: &str, admin_token_env: Option<&str>) -> String {
-    let sha = sluice::filters::auth::key_sha256_hex;
     let admin = admin_token_env
         .map(|e| format!("admin_token_env = \"{e}\"\n"))
         .unwrap_or_default();
@@ -43,57 +42,7 @@ id = "daily-scan"
 model = "mock-echo"
 instructions = "Summarise."
 
-[[orgs]]
-name = "acme"
-
-[[roles]]
-name = "dev"
-permissions = ["chat", "models:list", "agents:run", "keys:manage"]
-models = ["mock-*"]
-agents = ["*"]
-
-[[roles]]
-name = "viewer"
-permissions = ["chat", "models:list"]
-models = ["mock-*"]
-
-[[users]]
-name = "alice"
-org = "acme"
-role = "dev"
-
-[[users]]
-name = "bob"
-org = "acme"
-role = "dev"
-
-[[users]]
-name = "carol"
-org = "acme"
-role = "viewer"
-
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{}"
-
-[[keys]]
-id = "alice-narrow"
-user = "alice"
-sha256 = "{}"
-models = ["mock-echo"]
-rate_limit = {{ requests_per_minute = 100 }}
-
-[[keys]]
-id = "bob-key"
-user = "bob"
-sha256 = "{}"
-
-[[keys]]
-id = "carol-key"
-user = "carol"
-sha256 = "{}"
-
+{directory}
 [store]
 url = "{store}"
 poll_interval_ms = 100
@@ -101,17 +50,26 @@ poll_interval_ms = 100
 [audit]
 path = "{audit}"
 
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "audit"
 "#,
-        sha(ALICE),
-        sha(ALICE_NARROW),
-        sha(BOB),
-        sha(CAROL)
+        directory = Directory::role(
+            "dev",
+            &["chat", "models:list", "agents:run", "keys:manage"],
+            &["mock-*"]
+        )
+        .agents(&["*"])
+        .also_role("viewer", &["chat", "models:list"], &["mock-*"])
+        .user("bob", "acme", "dev")
+        .user("carol", "acme", "viewer")
+        .key("alice-key", ALICE)
+        .key_with(
+            "alice-narrow",
+            ALICE_NARROW,
+            "models = [\"mock-echo\"]\nrate_limit = { requests_per_minute = 100 }"
+        )
+        .key_of("bob", "bob-key", BOB, "")
+        .key_of("carol", "carol-key", CAROL, "")
+        .filters(&["auth", "rate_limit", "audit"])
+        .toml(),
     )
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{client, free_port, start, url};
+use super::{client, free_port, start, url, Directory};
 use serde_json::{json, Value};
 
 pub const ALICE: &str = "sk-sluice-MCPaliceMCPaliceMCPaliceMCPalice123456";
@@ -181,38 +181,7 @@ price_per_call_usd = 0.01
 name = "dead"
 url = "http://127.0.0.1:{dead}/mcp"
 
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "agent"
-permissions = ["mcp"]
-mcp = ["tools:echo", "tools:leak", "tools:sse_result", "dead:*"]
-[[roles]]
-name = "chatter"
-permissions = ["chat"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "agent"
-{extra}
-[[users]]
-name = "bob"
-org = "acme"
-role = "chatter"
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{alice}"
-[[keys]]
-id = "narrow-key"
-user = "alice"
-sha256 = "{narrow}"
-mcp = ["tools:echo"]
-[[keys]]
-id = "bob-key"
-user = "bob"
-sha256 = "{nomcp}"
-
+{directory}
 [dlp]
 packs = ["secrets", "pii"]
 request_action = "block"
@@ -230,19 +199,18 @@ action = "block"
 path = "{audit}"
 fsync = "always"
 
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "dlp"
-[[filters]]
-type = "audit"
 "#,
         dead = free_port(),
-        alice = sha(ALICE),
-        narrow = sha(NARROW),
-        nomcp = sha(NOMCP),
+        directory = Directory::role("agent", &["mcp"], &[])
+            .role_fields(r#"mcp = ["tools:echo", "tools:leak", "tools:sse_result", "dead:*"]"#)
+            .alice_fields(extra)
+            .also_role("chatter", &["chat"], &[])
+            .user("bob", "acme", "chatter")
+            .key("alice-key", ALICE)
+            .key_with("narrow-key", NARROW, r#"mcp = ["tools:echo"]"#)
+            .key_of("bob", "bob-key", NOMCP, "")
+            .filters(&["auth", "rate_limit", "dlp", "audit"])
+            .toml(),
         audit = audit.display(),
     )
 }

@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::client;
+use super::{client, Directory};
 use serde_json::{json, Value};
-use sluice::filters::auth::key_sha256_hex as sha;
 
 pub const ALICE: &str = "sk-sluice-ALICEspendALICEspendALICEspendALICEsp01";
 pub const BOB: &str = "sk-sluice-BOBspendBOBspendBOBspendBOBspendBOBspe01";
@@ -38,55 +37,31 @@ upstream = "mock-anthropic"
 upstream_model = "echo"
 price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000 }}
 
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "dev"
-permissions = ["chat", "models:list", "embeddings", "keys:manage"]
-models = ["*"]
-[[users]]
-name = "alice"
-org = "acme"
-role = "dev"
-budget = {alice_budget}
-[[users]]
-name = "bob"
-org = "acme"
-role = "dev"
-[[users]]
-name = "calib"
-org = "acme"
-role = "dev"
-budget = {{ usd = 1000000, period = "total" }}
-
-[[keys]]
-id = "alice-key"
-user = "alice"
-sha256 = "{}"
-[[keys]]
-id = "bob-key"
-user = "bob"
-sha256 = "{}"
-[[keys]]
-id = "calib-key"
-user = "calib"
-sha256 = "{}"
-
+{directory}
 [store]
 url = "{store}"
 poll_interval_ms = 100
 [audit]
 path = "{audit}"
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "audit"
 "#,
-        sha(ALICE),
-        sha(BOB),
-        sha(CALIB)
+        directory = Directory::role(
+            "dev",
+            &["chat", "models:list", "embeddings", "keys:manage"],
+            &["*"]
+        )
+        .alice_fields(&format!("budget = {alice_budget}"))
+        .user("bob", "acme", "dev")
+        .user_with(
+            "calib",
+            "acme",
+            "dev",
+            r#"budget = { usd = 1000000, period = "total" }"#
+        )
+        .key("alice-key", ALICE)
+        .key_of("bob", "bob-key", BOB, "")
+        .key_of("calib", "calib-key", CALIB, "")
+        .filters(&["auth", "rate_limit", "audit"])
+        .toml(),
     )
 }
 
