@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::free_port;
+use crate::support::{free_port, Directory};
 use crate::support::process::{raw, SluiceProcess};
 use serde_json::{json, Value};
 
@@ -97,10 +97,6 @@ impl std::ops::Deref for Gateway {
     }
 }
 
-fn sha(k: &str) -> String {
-    sluice::filters::auth::key_sha256_hex(k)
-}
-
 fn start(upstream: u16, request_action: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (port, admin) = (free_port(), free_port());
@@ -123,42 +119,27 @@ api_key_env = "HOSTILE_UPSTREAM_KEY"
 [[models]]
 name = "m"
 upstream = "tenant"
-[[orgs]]
-name = "o"
-[[roles]]
-name = "r"
-permissions = ["chat", "models:list", "passthrough", "embeddings"]
-models = ["*"]
-[[users]]
-name = "u"
-org = "o"
-role = "r"
-[[keys]]
-id = "hostile-key"
-user = "u"
-sha256 = "{key}"
-[[keys]]
-id = "tight-key"
-user = "u"
-sha256 = "{tight}"
-rate_limit = {{ requests_per_minute = 10, tokens_per_minute = 1000 }}
+{directory}
 [dlp]
 request_action = "{request_action}"
 [audit]
 path = "{audit}"
 fsync = "always"
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "dlp"
-[[filters]]
-type = "audit"
 "#,
+        directory = Directory::role(
+            "r",
+            &["chat", "models:list", "passthrough", "embeddings"],
+            &["*"]
+        )
+        .key("hostile-key", KEY)
+        .key_with(
+            "tight-key",
+            TIGHT,
+            "rate_limit = { requests_per_minute = 10, tokens_per_minute = 1000 }"
+        )
+        .filters(&["auth", "rate_limit", "dlp", "audit"])
+        .toml(),
         db = dir.path().join("keys.db").display(),
-        key = sha(KEY),
-        tight = sha(TIGHT),
         audit = audit.display(),
     );
     let proc = SluiceProcess::spawn(

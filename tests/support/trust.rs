@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{free_port, Directory};
 pub use super::process::{raw, SluiceProcess};
 use serde_json::{json, Value};
 
@@ -148,43 +148,7 @@ upstream = "tenant"
 [[models]]
 name = "secret-model"
 upstream = "tenant"
-[[orgs]]
-name = "o"
-[[roles]]
-name = "r"
-permissions = ["chat", "models:list", "passthrough", "embeddings", "agents:run"]
-models = ["*"]
-agents = ["*"]
-[[roles]]
-name = "lister"
-permissions = ["models:list"]
-models = ["*"]
-[[users]]
-name = "u"
-org = "o"
-role = "r"
-[[users]]
-name = "l"
-org = "o"
-role = "lister"
-[[keys]]
-id = "trust-key"
-user = "u"
-sha256 = "{key}"
-[[keys]]
-id = "narrow-key"
-user = "u"
-sha256 = "{narrow}"
-models = ["m"]
-[[keys]]
-id = "nochat-key"
-user = "l"
-sha256 = "{nochat}"
-[[keys]]
-id = "one-key"
-user = "u"
-sha256 = "{one}"
-rate_limit = {{ requests_per_minute = 1, tokens_per_minute = 1000 }}
+{directory}
 [[agents]]
 id = "a"
 model = "m"
@@ -194,20 +158,32 @@ request_action = "{request_action}"
 [audit]
 path = "{audit}"
 fsync = "always"
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "dlp"
-[[filters]]
-type = "audit"
 "#,
+        directory = Directory::role(
+            "r",
+            &[
+                "chat",
+                "models:list",
+                "passthrough",
+                "embeddings",
+                "agents:run"
+            ],
+            &["*"]
+        )
+        .agents(&["*"])
+        .also_role("lister", &["models:list"], &["*"])
+        .user("l", "acme", "lister")
+        .key("trust-key", KEY)
+        .key_with("narrow-key", NARROW, r#"models = ["m"]"#)
+        .key_of("l", "nochat-key", NOCHAT, "")
+        .key_with(
+            "one-key",
+            ONE,
+            "rate_limit = { requests_per_minute = 1, tokens_per_minute = 1000 }"
+        )
+        .filters(&["auth", "rate_limit", "dlp", "audit"])
+        .toml(),
         db = dir.path().join("keys.db").display(),
-        key = sha(KEY),
-        narrow = sha(NARROW),
-        nochat = sha(NOCHAT),
-        one = sha(ONE),
         audit = audit.display(),
     );
     let proc = SluiceProcess::spawn(
