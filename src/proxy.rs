@@ -187,18 +187,20 @@ fn console_path(raw: &str) -> Option<String> {
 
 #[async_trait]
 impl ProxyHttp for SluiceProxy {
-    type CTX = Call;
+    /// Boxed: Pingora moves the context by value several times per request (into and within
+    /// its request future), and `Call` is a few KiB; a box moves as one pointer.
+    type CTX = Box<Call>;
 
     fn init_downstream_modules(&self, modules: &mut HttpModules) {
         // Not Pingora's default (its response compression, disabled): Sluice never compresses.
         HeldHead::register(modules);
     }
 
-    fn new_ctx(&self) -> Call {
-        Call::new(&self.state)
+    fn new_ctx(&self) -> Box<Call> {
+        Box::new(Call::new(&self.state))
     }
 
-    async fn request_filter(&self, session: &mut Session, call: &mut Call) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, call: &mut Box<Call>) -> Result<bool> {
         if self.is_probe(session) {
             call.probe = true;
             let h = ResponseHeader::build(204, Some(1))?;
@@ -227,7 +229,7 @@ impl ProxyHttp for SluiceProxy {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> Result<Box<HttpPeer>> {
         let u = call
             .upstream_rt()
@@ -241,7 +243,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        call: &mut Call,
+        call: &mut Box<Call>,
         mut e: Box<Error>,
     ) -> Box<Error> {
         let retry = call.attempt_failed(classify(&e), false, false);
@@ -254,7 +256,7 @@ impl ProxyHttp for SluiceProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        call: &mut Call,
+        call: &mut Box<Call>,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -274,7 +276,7 @@ impl ProxyHttp for SluiceProxy {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora_core::protocols::Digest>,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> Result<()> {
         call.connected(reused);
         Ok(())
@@ -284,7 +286,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         _session: &mut Session,
         req: &mut RequestHeader,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> Result<()> {
         let plan = call
             .upstream_head(&req.headers, &req.uri)
@@ -309,7 +311,7 @@ impl ProxyHttp for SluiceProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> Result<()> {
         if end_of_stream {
             call.request_sent();
@@ -329,7 +331,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> Result<()> {
         match call.on_response_head(resp.status, &resp.headers) {
             Ok(plan) => {
@@ -349,7 +351,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> Result<()> {
         resp.insert_header("x-request-id", call.request_id())?;
         for (n, v) in call.response_headers() {
@@ -363,7 +365,7 @@ impl ProxyHttp for SluiceProxy {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> Result<Option<Duration>> {
         match call.on_response_body(body, end_of_stream) {
             Ok(()) => {
@@ -381,7 +383,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        call: &mut Call,
+        call: &mut Box<Call>,
     ) -> FailToProxy {
         let started = session.response_written().is_some();
         let kind = if call.failure.is_some() && !started {
@@ -414,13 +416,13 @@ impl ProxyHttp for SluiceProxy {
         }
     }
 
-    fn request_summary(&self, session: &Session, call: &Call) -> String {
+    fn request_summary(&self, session: &Session, call: &Box<Call>) -> String {
         let req = session.req_header();
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
         call.log_summary(req.method.as_str(), pq)
     }
 
-    fn suppress_error_log(&self, _session: &Session, _call: &Call, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _call: &Box<Call>, e: &Error) -> bool {
         // A client's mistake or departure is not Sluice's failure: a WARN, never an ERROR.
         let client = matches!(
             classify(e),
@@ -432,7 +434,7 @@ impl ProxyHttp for SluiceProxy {
         client
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, call: &mut Call) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, call: &mut Box<Call>) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
