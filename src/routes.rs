@@ -58,7 +58,7 @@ pub fn match_route<'p>(method: &Method, path: &'p str) -> RouteMatch<'p> {
         return RouteMatch::new(Route::Unknown, &api::PASSTHROUGH);
     };
     let trimmed = rest.strip_suffix('/').unwrap_or(rest);
-    for r in api::GOVERNED {
+    for &r in api::GOVERNED {
         let (p, method_ok) = (r.path, method == Method::POST || !r.post_only);
         if method_ok && trimmed.eq_ignore_ascii_case(p) {
             let mut m = RouteMatch::new(Route::Api(r), r.api);

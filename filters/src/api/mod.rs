@@ -55,7 +55,7 @@ pub static PASSTHROUGH: Passthrough = Passthrough;
 
 /// The governed API routes, one registration each: the engine's route table matches them,
 /// RBAC, metrics, traces and usage rows read their [`ApiRoute`].
-pub static GOVERNED: [&ApiRoute; 6] = [
+pub static GOVERNED: &[&ApiRoute] = &[
     &chat::ROUTE,
     &responses::ROUTE,
     &completions::ROUTE,
