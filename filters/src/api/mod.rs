@@ -18,6 +18,7 @@ pub mod estimate;
 mod fields;
 mod finish;
 pub mod messages;
+pub mod moderations;
 pub mod passthrough;
 pub mod responses;
 mod route;
@@ -62,6 +63,7 @@ pub static GOVERNED: &[&ApiRoute] = &[
     &embeddings::ROUTE,
     &messages::ROUTE,
     &messages::COUNT_TOKENS_ROUTE,
+    &moderations::ROUTE,
 ];
 
 /// What a request's body says, read by its API.
