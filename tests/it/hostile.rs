@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, Directory};
 use crate::support::process::{raw, SluiceProcess};
+use crate::support::{free_port, Directory};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-sluice-HOSTILEhostileHOSTILEhostileHOSTILEhost";

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, Directory};
 pub use super::process::{raw, SluiceProcess};
+use super::{free_port, Directory};
 use serde_json::{json, Value};
 
 pub const KEY: &str = "sk-sluice-TRUSTtrustTRUSTtrustTRUSTtrustTRUSTtrus";

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use serde::Deserialize;
+use sluice_filters::api::GOVERNED;
 use sluice_filters::audit::AuditSettings;
 use sluice_filters::auth::{self, AuthFilter};
 use sluice_filters::dlp::DlpSettings;
@@ -439,8 +440,20 @@ async fn a_key_models_list_never_widens_its_role() {
 /// has every other permission is refused with `permission_denied` naming the permission.
 #[tokio::test]
 async fn each_route_checks_the_permission_it_needs() {
-    let routes: [(Route, &str, Option<&str>, Option<&str>); 7] = [
-        (CHAT, "chat", Some("mock-echo"), None),
+    // Every governed API as registered (a route added to `api::GOVERNED` is checked here too),
+    // then the engine's own routes.
+    let mut routes: Vec<(Route, &str, Option<&str>, Option<&str>)> = GOVERNED
+        .iter()
+        .map(|r| {
+            (
+                Route::Api(r),
+                r.permission.as_str(),
+                Some("mock-echo"),
+                None,
+            )
+        })
+        .collect();
+    routes.extend([
         (Route::ListModels, "models:list", None, None),
         (Route::GetModel, "models:list", None, None),
         (Route::AgentRun, "agents:run", None, Some("daily-scan")),
@@ -450,9 +463,8 @@ async fn each_route_checks_the_permission_it_needs() {
             None,
             Some("daily-scan"),
         ),
-        (EMBEDDINGS, "embeddings", Some("mock-echo"), None),
         (Route::Passthrough, "passthrough", None, None),
-    ];
+    ]);
     let all = [
         "chat",
         "models:list",
