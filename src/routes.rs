@@ -312,6 +312,21 @@ mod tests {
     }
 
     #[test]
+    fn every_registered_api_is_its_own_route() {
+        for &r in api::GOVERNED {
+            let path = format!("/v1/{}", r.path);
+            let m = match_route(&Method::POST, &path);
+            assert_eq!(m.route, Route::Api(r), "{path}");
+            assert!(m.canonical.is_none(), "{path}");
+            let upper = path.to_uppercase();
+            let m = match_route(&Method::POST, &upper);
+            assert_eq!(m.canonical.as_deref(), Some(path.as_str()), "{upper}");
+            let get = match_route(&Method::GET, &path).route;
+            assert_eq!(get == Route::Api(r), !r.post_only, "{path}");
+        }
+    }
+
+    #[test]
     fn equivalent_spellings_are_the_governed_route() {
         for p in [
             "/v1/chat/completions/",
