@@ -1,8 +1,9 @@
 //! The route table, path normalization, and the routes Sluice answers itself.
 //!
-//! Every governed API is one row of [`GOVERNED`]: its path under `/v1/`, its [`Route`] and its
-//! [`Api`] (the module that knows its shape). Adding an API is a module in
-//! `sluice_filters::api` and a row here.
+//! Every governed API is one [`sluice_filters::api::ApiRoute`] registered in
+//! [`api::GOVERNED`]: its path under `/v1/`, the methods that reach it and its [`Api`] (the
+//! module that knows its shape). Adding an API is a module in `sluice_filters::api` and its
+//! registration there; nothing here changes.
 //!
 //! Paths are normalized before they are matched ([`normalize`]): escapes of unreserved
 //! characters are decoded, dot segments resolved, repeated slashes collapsed, and escaped
@@ -18,20 +19,6 @@ use sluice_filters::api::{self, Api};
 use sluice_filters::{Identity, Reply, Route};
 
 use crate::config::Config;
-
-/// The governed APIs: (path under `/v1/`, route, API). All are `POST`.
-pub const GOVERNED: [(&str, Route, &dyn Api); 6] = [
-    ("chat/completions", Route::ChatCompletions, &api::CHAT),
-    ("responses", Route::Responses, &api::RESPONSES),
-    ("completions", Route::Completions, &api::COMPLETIONS),
-    ("embeddings", Route::Embeddings, &api::EMBEDDINGS),
-    ("messages", Route::Messages, &api::MESSAGES),
-    (
-        "messages/count_tokens",
-        Route::CountTokens,
-        &api::COUNT_TOKENS,
-    ),
-];
 
 /// A matched request path.
 pub struct RouteMatch<'p> {
@@ -71,10 +58,10 @@ pub fn match_route<'p>(method: &Method, path: &'p str) -> RouteMatch<'p> {
         return RouteMatch::new(Route::Unknown, &api::PASSTHROUGH);
     };
     let trimmed = rest.strip_suffix('/').unwrap_or(rest);
-    for (p, route, api) in GOVERNED {
-        let method_ok = method == Method::POST || route == Route::Embeddings;
+    for &r in api::GOVERNED {
+        let (p, method_ok) = (r.path, method == Method::POST || !r.post_only);
         if method_ok && trimmed.eq_ignore_ascii_case(p) {
-            let mut m = RouteMatch::new(route, api);
+            let mut m = RouteMatch::new(Route::Api(r), r.api);
             if path.len() != p.len() + 4 || !path.ends_with(p) || !path.starts_with("/v1/") {
                 m.canonical = Some(format!("/v1/{p}"));
             }
@@ -285,14 +272,23 @@ mod tests {
     fn routes() {
         assert_eq!(
             route(Method::POST, "/v1/chat/completions"),
-            Route::ChatCompletions
+            Route::Api(&api::chat::ROUTE)
         );
-        assert_eq!(route(Method::POST, "/v1/responses"), Route::Responses);
-        assert_eq!(route(Method::POST, "/v1/completions"), Route::Completions);
-        assert_eq!(route(Method::POST, "/v1/messages"), Route::Messages);
+        assert_eq!(
+            route(Method::POST, "/v1/responses"),
+            Route::Api(&api::responses::ROUTE)
+        );
+        assert_eq!(
+            route(Method::POST, "/v1/completions"),
+            Route::Api(&api::completions::ROUTE)
+        );
+        assert_eq!(
+            route(Method::POST, "/v1/messages"),
+            Route::Api(&api::messages::ROUTE)
+        );
         assert_eq!(
             route(Method::POST, "/v1/messages/count_tokens"),
-            Route::CountTokens
+            Route::Api(&api::messages::COUNT_TOKENS_ROUTE)
         );
         assert_eq!(route(Method::GET, "/v1/models"), Route::ListModels);
         let m = match_route(&Method::GET, "/v1/models/a/b");
@@ -304,12 +300,30 @@ mod tests {
             (m.route, m.id, m.run_id),
             (Route::AgentRunStatus, Some("x"), Some("r1"))
         );
-        assert_eq!(route(Method::POST, "/v1/embeddings"), Route::Embeddings);
+        assert_eq!(
+            route(Method::POST, "/v1/embeddings"),
+            Route::Api(&api::embeddings::ROUTE)
+        );
         assert_eq!(route(Method::POST, "/v1/audio/speech"), Route::Passthrough);
         assert_eq!(route(Method::GET, "/healthz"), Route::Unknown);
         assert_eq!(route(Method::POST, "/v1/keys"), Route::Keys);
         let m = match_route(&Method::DELETE, "/v1/keys/key_1");
         assert_eq!((m.route, m.id), (Route::Key, Some("key_1")));
+    }
+
+    #[test]
+    fn every_registered_api_is_its_own_route() {
+        for &r in api::GOVERNED {
+            let path = format!("/v1/{}", r.path);
+            let m = match_route(&Method::POST, &path);
+            assert_eq!(m.route, Route::Api(r), "{path}");
+            assert!(m.canonical.is_none(), "{path}");
+            let upper = path.to_uppercase();
+            let m = match_route(&Method::POST, &upper);
+            assert_eq!(m.canonical.as_deref(), Some(path.as_str()), "{upper}");
+            let get = match_route(&Method::GET, &path).route;
+            assert_eq!(get == Route::Api(r), !r.post_only, "{path}");
+        }
     }
 
     #[test]
@@ -320,13 +334,16 @@ mod tests {
             "/v1/CHAT/completions/",
         ] {
             let m = match_route(&Method::POST, p);
-            assert_eq!(m.route, Route::ChatCompletions, "{p}");
+            assert_eq!(m.route, Route::Api(&api::chat::ROUTE), "{p}");
             assert_eq!(m.canonical.as_deref(), Some("/v1/chat/completions"), "{p}");
         }
         assert!(match_route(&Method::POST, "/v1/chat/completions")
             .canonical
             .is_none());
-        assert_eq!(route(Method::POST, "/v1/responses/"), Route::Responses);
+        assert_eq!(
+            route(Method::POST, "/v1/responses/"),
+            Route::Api(&api::responses::ROUTE)
+        );
     }
 
     #[test]

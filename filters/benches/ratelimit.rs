@@ -29,6 +29,9 @@ use sluice_filters::{
     Cx, Filter, Grants, Identity, JsonBody, Policy, Request, Route, Sections, Shared, Verdict,
 };
 
+/// The governed routes these tests call.
+const CHAT: Route = Route::Api(&sluice_filters::api::chat::ROUTE);
+
 #[derive(Deserialize)]
 struct BenchConfig {
     orgs: Vec<OrgConfig>,
@@ -91,7 +94,7 @@ async fn checks(filter: &dyn Filter, iters: u64) -> Duration {
     let headers = HeaderMap::new();
     let method = Method::POST;
     let mut cx = Cx::new("bench".into(), Method::POST, "/v1/chat/completions".into());
-    cx.route = Route::ChatCompletions;
+    cx.route = CHAT;
     cx.identity = Some(identity);
     cx.max_tokens = Some(256);
     let start = Instant::now();

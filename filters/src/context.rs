@@ -5,26 +5,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use crate::api::{self, Api};
+use crate::api::{self, Api, ApiRoute};
 use crate::Identity;
 
-/// Which of the contract's routes a request is on.
+/// Which of the contract's routes a request is on: a governed API (what sets it apart is its
+/// [`ApiRoute`], registered in [`api::GOVERNED`]) or one of the engine's own routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
-    ChatCompletions,
-    /// OpenAI's Responses API.
-    Responses,
-    /// OpenAI's legacy completions.
-    Completions,
-    /// Anthropic's Messages API.
-    Messages,
-    /// Anthropic's `/v1/messages/count_tokens`.
-    CountTokens,
+    /// A governed API: chat completions, Responses, completions, embeddings, Messages, …
+    Api(&'static ApiRoute),
     ListModels,
     GetModel,
     AgentRun,
     AgentRunStatus,
-    Embeddings,
     /// `/v1/keys`: the caller's own API keys (list, create).
     Keys,
     /// `/v1/keys/{id}`: one of them (get, revoke).
@@ -43,21 +36,14 @@ pub enum Route {
 }
 
 impl Route {
-    /// Every route, in declaration order: the metrics are pre-initialised for each, so a route
-    /// added to the enum must be added here too (its label is then on the first scrape).
-    pub const ALL: [Route; 17] = [
-        Route::ChatCompletions,
+    /// The engine's own routes (every variant but [`Route::Api`]).
+    pub const ENGINE: [Route; 11] = [
         Route::ListModels,
         Route::GetModel,
         Route::AgentRun,
         Route::AgentRunStatus,
-        Route::Embeddings,
         Route::Passthrough,
         Route::Unknown,
-        Route::Responses,
-        Route::Completions,
-        Route::Messages,
-        Route::CountTokens,
         Route::Keys,
         Route::Key,
         Route::Root,
@@ -65,23 +51,27 @@ impl Route {
         Route::Usage,
     ];
 
+    /// Every route: the governed APIs, then the engine's own. The metrics are pre-initialised
+    /// for each, so every label is on the first scrape.
+    pub fn all() -> impl Iterator<Item = Route> {
+        api::GOVERNED
+            .iter()
+            .map(|r| Route::Api(r))
+            .chain(Route::ENGINE)
+    }
+
     /// A bounded label for metrics.
     pub fn label(self) -> &'static str {
         match self {
-            Route::ChatCompletions => "chat_completions",
-            Route::Responses => "responses",
-            Route::Completions => "completions",
-            Route::Messages => "messages",
-            Route::CountTokens => "count_tokens",
+            Route::Api(r) => r.label,
             Route::ListModels => "models",
             Route::GetModel => "model",
             Route::AgentRun => "agent_run",
             Route::AgentRunStatus => "agent_run_status",
-            Route::Embeddings => "embeddings",
             Route::Keys => "keys",
             Route::Key => "key",
             Route::Usage => "usage",
-            Route::Passthrough => "passthrough",
+            Route::Passthrough => api::passthrough::ROUTE.label,
             Route::Unknown => "unknown",
             Route::Root => "root",
             Route::Mcp => "mcp",
@@ -90,7 +80,7 @@ impl Route {
 
     /// The route's requests reach a model: they carry a model, a stream flag and a token
     /// ceiling, reserve tokens and have model metrics. False for the routes Sluice answers
-    /// itself without a model (a route added to the enum reaches one unless listed here).
+    /// itself without a model.
     pub fn reaches_model(self) -> bool {
         !matches!(
             self,
@@ -103,6 +93,21 @@ impl Route {
                 | Route::Unknown
                 | Route::Root
         )
+    }
+
+    /// The routes authorized by the model they name, with their rules: a governed API's own,
+    /// or passthrough's ([`api::passthrough::ROUTE`]).
+    pub fn api_route(self) -> Option<&'static ApiRoute> {
+        match self {
+            Route::Api(r) => Some(r),
+            Route::Passthrough => Some(&api::passthrough::ROUTE),
+            _ => None,
+        }
+    }
+
+    /// Its clients are Anthropic's (they authenticate with `x-api-key`).
+    pub fn anthropic(self) -> bool {
+        matches!(self, Route::Api(r) if r.anthropic)
     }
 }
 

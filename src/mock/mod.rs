@@ -191,6 +191,7 @@ async fn handle(req: Request<Incoming>, opts: MockOptions) -> Result<Response<Bo
         ("POST", "/v1/completions") => openai::completions(&body, pace),
         ("POST", "/v1/responses") => openai::responses(&body, pace),
         ("POST", "/v1/embeddings") => openai::embeddings(&body),
+        ("POST", "/v1/moderations") => openai::moderations(&body),
         ("POST", "/v1/messages") => anthropic::messages(&body, pace),
         ("POST", "/v1/messages/count_tokens") => anthropic::count_tokens(&body),
         ("GET", "/v1/models") => json_response(

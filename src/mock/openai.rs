@@ -1,5 +1,5 @@
-//! The mock's OpenAI APIs: chat completions, legacy completions, the Responses API and
-//! embeddings.
+//! The mock's OpenAI APIs: chat completions, legacy completions, the Responses API,
+//! embeddings and moderations.
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
@@ -273,6 +273,39 @@ pub(super) fn embeddings(body: &[u8]) -> Response<Body> {
         StatusCode::OK,
         &json!({"object": "list", "data": data, "model": model_of(&req),
                 "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}),
+    )
+}
+
+/// `POST /v1/moderations`: one result per input string (or part), flagged as `violence` when
+/// the text holds the word `attack` (deterministic, so tests can tell both answers apart).
+pub(super) fn moderations(body: &[u8]) -> Response<Body> {
+    let Some(req) = parse(body) else {
+        return not_json();
+    };
+    let texts: Vec<String> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| content_text(Some(&Value::Array(vec![i.clone()]))))
+            .collect(),
+        _ => return error(StatusCode::BAD_REQUEST, "moderations need `input`"),
+    };
+    let results: Vec<Value> = texts
+        .iter()
+        .map(|t| {
+            let violent = t.split_whitespace().any(|w| w == "attack");
+            let score = if violent { 0.9 } else { 0.01 };
+            json!({"flagged": violent, "categories": {"violence": violent},
+                   "category_scores": {"violence": score}})
+        })
+        .collect();
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("omni-moderation-latest");
+    json_response(
+        StatusCode::OK,
+        &json!({"id": mock_id("modr-"), "model": model, "results": results}),
     )
 }
 

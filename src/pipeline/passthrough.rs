@@ -3,21 +3,24 @@
 //! and form bodies, a BOM before the JSON, a model only in the query — may still name one to the
 //! upstream, so it is forwarded only for a caller allowed every model that upstream serves.
 
-use sluice_filters::{Permission, Reply, Route};
+use sluice_filters::api::Models;
+use sluice_filters::Reply;
 
 use super::Call;
 
 impl Call {
-    /// The `403 model_not_allowed` of a passthrough request that names no readable model, when
+    /// The `403 model_not_allowed` of a request on a route with passthrough's model rule
+    /// ([`Models::IfNamedElseEvery`]) that names no readable model, when
     /// the caller may not use every model of the upstream it goes to.
     pub(crate) fn unnamed_model_refusal(&self) -> Option<Reply> {
-        if self.cx.route != Route::Passthrough || self.cx.model.is_some() {
+        let rules = self.cx.route.api_route()?;
+        if rules.models != Models::IfNamedElseEvery || self.cx.model.is_some() {
             return None;
         }
         // Without `auth` in the chain there is no caller to authorize (a plain proxy); without
-        // `passthrough` the chain refuses it with `permission_denied`.
+        // the route's permission the chain refuses it with `permission_denied`.
         let id = self.cx.identity.as_ref()?;
-        if !id.grants.has(Permission::Passthrough) {
+        if !id.grants.has(rules.permission) {
             return None;
         }
         let snap = &self.snap;

@@ -130,7 +130,7 @@ async fn a_chat_request_is_routed_rewritten_and_stripped_of_client_credentials()
         json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let (mut call, reply) = request(&st, "/v1/Chat/Completions/?api_key=sk-1&x=2", &h, body).await;
     assert!(reply.is_none(), "forwarded");
-    assert_eq!(call.cx.route, Route::ChatCompletions);
+    assert_eq!(call.cx.route, Route::Api(&sluice_filters::api::chat::ROUTE));
     assert_eq!(call.upstream_rt().map(|u| u.name.as_str()), Some("openai"));
     let sent = json_of(call.held_body().unwrap_or(&Bytes::new()));
     assert_eq!(sent["model"], "gpt-real");

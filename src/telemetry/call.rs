@@ -35,9 +35,7 @@ pub struct CallTrace {
 /// Routes that run no model (model lists, keys, token counting, passthrough) have none.
 fn operation(route: Route) -> Option<&'static str> {
     match route {
-        Route::ChatCompletions | Route::Responses | Route::Messages => Some("chat"),
-        Route::Completions => Some("text_completion"),
-        Route::Embeddings => Some("embeddings"),
+        Route::Api(r) => r.operation,
         Route::AgentRun => Some("invoke_agent"),
         _ => None,
     }

@@ -356,6 +356,10 @@ fn token_limits_hold_on_every_route() {
             json!({"model": "mock-echo", "input": huge}),
         ),
         (
+            "/v1/moderations",
+            json!({"model": "mock-echo", "input": huge}),
+        ),
+        (
             "/v1/custom/anything",
             json!({"model": "raw-model", "text": huge}),
         ),
@@ -380,4 +384,74 @@ fn token_limits_hold_on_every_route() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(remaining < 1000, "{remaining}");
+}
+
+/// `POST /v1/moderations`, added as its `api/` module and one registration line: forwarded,
+/// scanned both ways (a secret in `input` blocks it), audited and counted as `moderations`,
+/// under passthrough's rules (a request naming no model goes to the first upstream).
+#[test]
+fn moderations_are_a_governed_route() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let audit = dir.path().join("audit.jsonl");
+    let toml = config(scripted_upstream(), &audit, "redact").replace(
+        r#"request_action = "monitor""#,
+        r#"request_action = "block""#,
+    );
+    let env = Env {
+        gw: start(&toml),
+        audit,
+        _dir: dir,
+    };
+    let body = json!({"model": "mock-echo", "input": ["a calm day", "attack now"]});
+    let r = post(&env, ALICE, "/v1/moderations", &body);
+    assert_eq!(r.status().as_u16(), 200);
+    let id = rid(&r);
+    let v = json_of(r);
+    assert_eq!(v["model"], "echo", "{v}");
+    assert_eq!(v["results"][0]["flagged"], false, "{v}");
+    assert_eq!(v["results"][1]["flagged"], true, "{v}");
+    let rec = record(&env, &id);
+    assert_eq!(rec["path"], "/v1/moderations", "{rec}");
+    assert_eq!(rec["model"], "mock-echo", "{rec}");
+    assert_eq!(rec["outcome"], "ok", "{rec}");
+
+    // No model: the first upstream, for a caller allowed every model of it.
+    let r = post(&env, ALICE, "/v1/moderations", &json!({"input": "hello"}));
+    assert_eq!(json_of(r)["model"], "omni-moderation-latest");
+
+    // A secret in `input` (a text part) never reaches the upstream.
+    let secret = json!([{"type": "text", "text": "key AKIAIOSFODNN7EXAMPLE"}]);
+    let body = json!({"model": "mock-echo", "input": secret});
+    let r = post(&env, ALICE, "/v1/moderations", &body);
+    let id = rid(&r);
+    assert_eq!(error_code(r, 400), "dlp_blocked");
+    assert_eq!(record(&env, &id)["outcome"], "dlp_blocked");
+
+    // The answer's strings are scanned too.
+    let answer = json!({"id": "modr-1", "model": "raw-model",
+        "results": [{"flagged": false, "note": format!("mail {EMAIL}")}]});
+    let r = client()
+        .post(url(&env.gw, "/v1/moderations"))
+        .bearer_auth(ALICE)
+        .header("x-body", answer.to_string())
+        .json(&json!({"model": "raw-model", "input": "hi"}))
+        .send()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json_of(r)["results"][0]["note"], "mail [REDACTED:email]");
+
+    let route = r#"route="moderations""#;
+    wait_metric(
+        &env.gw,
+        "sluice_requests_total",
+        &[route, r#"outcome="ok""#],
+        3.0,
+    );
+    let text = wait_metric(
+        &env.gw,
+        "sluice_requests_total",
+        &[route, r#"outcome="dlp_blocked""#],
+        1.0,
+    );
+    let by_model = [route, r#"model="mock-echo""#, r#"outcome="ok""#];
+    assert_eq!(metric_sum(&text, "sluice_requests_total", &by_model), 1.0);
 }

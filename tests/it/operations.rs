@@ -171,7 +171,7 @@ fn a_fresh_gateway_exports_every_family_and_configured_series_at_zero() {
             );
         }
     }
-    for route in sluice::filters::Route::ALL {
+    for route in sluice::filters::Route::all() {
         let r = format!("route=\"{}\"", route.label());
         assert!(
             has_series(&text, "sluice_request_duration_seconds_count", &[&r]),

@@ -4,8 +4,24 @@
 use serde_json::Value;
 
 use super::choices::{self, ChoicesApi, Shape};
-use super::{estimate, read_ceiling, read_choices, read_model, read_stream, RequestFacts};
-use crate::Reply;
+use super::{
+    estimate, read_ceiling, read_choices, read_model, read_stream, ApiRoute, Models, RequestFacts,
+};
+use crate::{Permission, Reply};
+
+/// `POST /v1/chat/completions`.
+pub static ROUTE: ApiRoute = ApiRoute {
+    path: "chat/completions",
+    post_only: true,
+    label: "chat_completions",
+    api: &super::CHAT,
+    permission: Permission::Chat,
+    action: "create chat completions",
+    models: Models::Required,
+    operation: Some("chat"),
+    anthropic: false,
+    usage_row: true,
+};
 
 pub(super) const API: ChoicesApi = ChoicesApi {
     name: "chat",

@@ -5,8 +5,24 @@
 use serde_json::Value;
 
 use super::choices::{self, ChoicesApi, Shape};
-use super::{estimate, read_ceiling, read_choices, read_model, read_stream, RequestFacts};
-use crate::Reply;
+use super::{
+    estimate, read_ceiling, read_choices, read_model, read_stream, ApiRoute, Models, RequestFacts,
+};
+use crate::{Permission, Reply};
+
+/// `POST /v1/completions`.
+pub static ROUTE: ApiRoute = ApiRoute {
+    path: "completions",
+    post_only: true,
+    label: "completions",
+    api: &super::COMPLETIONS,
+    permission: Permission::Chat,
+    action: "create chat completions",
+    models: Models::Required,
+    operation: Some("text_completion"),
+    anthropic: false,
+    usage_row: true,
+};
 
 pub(super) const API: ChoicesApi = ChoicesApi {
     name: "completions",

@@ -3,8 +3,22 @@
 
 use serde_json::Value;
 
-use super::{estimate, read_model, Api, RequestFacts, TokenCost};
-use crate::{JsonBody, Reply};
+use super::{estimate, read_model, Api, ApiRoute, Models, RequestFacts, TokenCost};
+use crate::{JsonBody, Permission, Reply};
+
+/// `POST /v1/embeddings` (any method reaches it, as ever).
+pub static ROUTE: ApiRoute = ApiRoute {
+    path: "embeddings",
+    post_only: false,
+    label: "embeddings",
+    api: &super::EMBEDDINGS,
+    permission: Permission::Embeddings,
+    action: "create embeddings",
+    models: Models::IfNamed,
+    operation: Some("embeddings"),
+    anthropic: false,
+    usage_row: true,
+};
 
 pub struct Embeddings;
 

@@ -17,10 +17,38 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    estimate, read_head, read_model, read_stream, span_of, splice, Api, BlockScope, Delta,
-    DeltaKey, ErrorInfo, EventView, Finish, Loc, Memo, RequestFacts, TokenCost,
+    estimate, read_head, read_model, read_stream, span_of, splice, Api, ApiRoute, BlockScope,
+    Delta, DeltaKey, ErrorInfo, EventView, Finish, Loc, Memo, Models, RequestFacts, TokenCost,
 };
-use crate::{JsonBody, Reply, StreamEvent};
+use crate::{JsonBody, Permission, Reply, StreamEvent};
+
+/// `POST /v1/messages`.
+pub static ROUTE: ApiRoute = ApiRoute {
+    path: "messages",
+    post_only: true,
+    label: "messages",
+    api: &super::MESSAGES,
+    permission: Permission::Chat,
+    action: "create chat completions",
+    models: Models::Required,
+    operation: Some("chat"),
+    anthropic: true,
+    usage_row: true,
+};
+
+/// `POST /v1/messages/count_tokens`: no model runs, and it is no request of usage.
+pub static COUNT_TOKENS_ROUTE: ApiRoute = ApiRoute {
+    path: "messages/count_tokens",
+    post_only: true,
+    label: "count_tokens",
+    api: &super::COUNT_TOKENS,
+    permission: Permission::Chat,
+    action: "create chat completions",
+    models: Models::Required,
+    operation: None,
+    anthropic: true,
+    usage_row: false,
+};
 
 pub struct Messages;
 

@@ -6,8 +6,25 @@
 
 use serde_json::Value;
 
-use super::{estimate, read_ceiling, read_choices, read_model, Api, RequestFacts};
-use crate::{JsonBody, Reply};
+use super::{
+    estimate, read_ceiling, read_choices, read_model, Api, ApiRoute, Models, RequestFacts,
+};
+use crate::{JsonBody, Permission, Reply};
+
+/// The rules of [`crate::Route::Passthrough`] (any other `/v1/*`: matched by the engine after
+/// every governed route, so it is not in [`super::GOVERNED`] and `path` is unused).
+pub static ROUTE: ApiRoute = ApiRoute {
+    path: "",
+    post_only: false,
+    label: "passthrough",
+    api: &super::PASSTHROUGH,
+    permission: Permission::Passthrough,
+    action: "call this endpoint",
+    models: Models::IfNamedElseEvery,
+    operation: None,
+    anthropic: false,
+    usage_row: true,
+};
 
 pub struct Passthrough;
 

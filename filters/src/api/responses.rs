@@ -13,10 +13,24 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    estimate, read_ceiling, read_head, read_model, read_stream, span_of, splice, Api, BlockScope,
-    Delta, DeltaKey, EventView, Finish, Loc, Memo, RequestFacts,
+    estimate, read_ceiling, read_head, read_model, read_stream, span_of, splice, Api, ApiRoute,
+    BlockScope, Delta, DeltaKey, EventView, Finish, Loc, Memo, Models, RequestFacts,
 };
-use crate::{JsonBody, Reply, StreamEvent};
+use crate::{JsonBody, Permission, Reply, StreamEvent};
+
+/// `POST /v1/responses`.
+pub static ROUTE: ApiRoute = ApiRoute {
+    path: "responses",
+    post_only: true,
+    label: "responses",
+    api: &super::RESPONSES,
+    permission: Permission::Chat,
+    action: "create chat completions",
+    models: Models::Required,
+    operation: Some("chat"),
+    anthropic: false,
+    usage_row: true,
+};
 
 pub struct Responses;
 

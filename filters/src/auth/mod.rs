@@ -102,8 +102,7 @@ const INVALID_MESSAGE_X_API_KEY: &str = "Incorrect API key provided. Check that 
 /// or one that sent `x-api-key`, is told about `x-api-key`, not `Authorization: Bearer`.
 fn in_clients_terms(reply: Reply, head: &RequestHead<'_>, route: Route) -> Reply {
     let bearer = head.headers.contains_key(http::header::AUTHORIZATION);
-    let anthropic = matches!(route, Route::Messages | Route::CountTokens)
-        || head.headers.contains_key("x-api-key");
+    let anthropic = route.anthropic() || head.headers.contains_key("x-api-key");
     if bearer || !anthropic || reply.status != 401 {
         return reply;
     }
@@ -265,8 +264,7 @@ impl AuthFilter {
         request_id: &str,
     ) -> Result<Resolved<'h>, Reply> {
         // Anthropic's SDKs and Claude Code send their key as `x-api-key`.
-        let anthropic = matches!(route, Route::Messages | Route::CountTokens)
-            || head.headers.contains_key(key::ANTHROPIC_VERSION);
+        let anthropic = route.anthropic() || head.headers.contains_key(key::ANTHROPIC_VERSION);
         let key = match parse_credentials(head.headers, anthropic) {
             Presented::Key(key) => key,
             Presented::Missing => {

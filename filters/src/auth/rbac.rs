@@ -5,6 +5,7 @@
 //! (or their administrator) knows what to change, and nothing more: the key id and role are the
 //! caller's own, and the model or agent is what they asked for.
 
+use crate::api::{self, ApiRoute, Models};
 use crate::{Cx, Grants, Identity, Permission, Reply, Route};
 
 /// Longest model or agent name echoed back in an error message. Both come from the client, so
@@ -14,23 +15,8 @@ const MAX_ECHO_CHARS: usize = 128;
 /// Checks that `id` may do what `cx` describes. `Err` is the reply to send instead.
 pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
     match cx.route {
-        Route::ChatCompletions
-        | Route::Responses
-        | Route::Completions
-        | Route::Messages
-        | Route::CountTokens => {
-            require(id, Permission::Chat, "create chat completions")?;
-            match cx.model.as_deref() {
-                Some(model) => require_model(id, model),
-                // The engine answers this itself before the chain runs; refusing here too
-                // keeps an unchecked request from ever reaching an upstream.
-                None => Err(Reply::error(
-                    400,
-                    "missing_model",
-                    "The request body must name a `model` (GET /v1/models lists the ones your key may use).",
-                )),
-            }
-        }
+        Route::Api(r) => governed(id, cx, r),
+        Route::Passthrough => governed(id, cx, &api::passthrough::ROUTE),
         Route::ListModels | Route::GetModel => require(id, Permission::ModelsList, "list models"),
         // The agent's own model is the administrator's choice when they granted the agent, so
         // the role's model globs do not apply (SPEC §5); a key's own `models` narrows every
@@ -43,21 +29,30 @@ pub(crate) fn authorize(id: &Identity, cx: &Cx) -> Result<(), Reply> {
                 _ => Ok(()),
             }
         }
-        Route::Embeddings => {
-            require(id, Permission::Embeddings, "create embeddings")?;
-            cx.model.as_deref().map_or(Ok(()), |m| require_model(id, m))
-        }
         Route::Keys | Route::Key => require(id, Permission::KeysManage, "manage API keys"),
-        Route::Passthrough => {
-            require(id, Permission::Passthrough, "call this endpoint")?;
-            cx.model.as_deref().map_or(Ok(()), |m| require_model(id, m))
-        }
         // Per tool, by the engine's MCP route (the role's `mcp` globs).
         Route::Mcp => require(id, Permission::Mcp, "call MCP tools"),
         // Answered 404 by the engine; there is nothing to authorise.
         Route::Unknown | Route::Root => Ok(()),
         // Any authenticated caller may read its own user's usage (SPEC §15).
         Route::Usage => Ok(()),
+    }
+}
+
+/// A governed API or passthrough: the route's permission, then its model ([`Models`]).
+fn governed(id: &Identity, cx: &Cx, r: &ApiRoute) -> Result<(), Reply> {
+    require(id, r.permission, r.action)?;
+    match (cx.model.as_deref(), r.models) {
+        (Some(model), _) => require_model(id, model),
+        // The engine answers this itself before the chain runs; refusing here too keeps an
+        // unchecked request from ever reaching an upstream.
+        (None, Models::Required) => Err(Reply::error(
+            400,
+            "missing_model",
+            "The request body must name a `model` (GET /v1/models lists the ones your key may use).",
+        )),
+        // An unnamed model is the engine's to check: it knows the upstream the request goes to.
+        (None, Models::IfNamed | Models::IfNamedElseEvery) => Ok(()),
     }
 }
 
@@ -186,7 +181,7 @@ mod tests {
             ..Grants::default()
         });
         let model = "x".repeat(10_000);
-        let reply = authorize(&id, &cx(Route::ChatCompletions, Some(&model))).unwrap_err();
+        let reply = authorize(&id, &cx(Route::Api(&api::chat::ROUTE), Some(&model))).unwrap_err();
         assert!(reply.body.len() < 1_000, "{}", reply.body.len());
         assert!(bounded("short") == "short");
         assert_eq!(
@@ -203,9 +198,11 @@ mod tests {
             key_models: Some(vec!["mock-echo".into()]),
             ..Grants::default()
         });
-        let by_key = authorize(&id, &cx(Route::ChatCompletions, Some("mock-other"))).unwrap_err();
+        let by_key =
+            authorize(&id, &cx(Route::Api(&api::chat::ROUTE), Some("mock-other"))).unwrap_err();
         assert!(String::from_utf8_lossy(&by_key.body).contains("key's own `models`"));
-        let by_role = authorize(&id, &cx(Route::ChatCompletions, Some("gpt-4o"))).unwrap_err();
+        let by_role =
+            authorize(&id, &cx(Route::Api(&api::chat::ROUTE), Some("gpt-4o"))).unwrap_err();
         assert!(String::from_utf8_lossy(&by_role.body).contains("role `analyst`"));
     }
 }

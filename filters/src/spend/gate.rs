@@ -308,8 +308,8 @@ impl SpendGate {
             .as_deref()
             .or_else(|| cx.extensions.get::<CallPrice>().map(|p| &*p.label));
         let row = match (&cx.identity, model) {
-            // Token counting is not a model call: it costs nothing and is no request of usage.
-            _ if cx.route == Route::CountTokens => None,
+            // Not a model call (token counting): it costs nothing and is no request of usage.
+            _ if cx.route.api_route().is_some_and(|r| !r.usage_row) => None,
             (Some(id), Some(model)) if ok || cx.usage.is_some() => Some(RowKey {
                 date: OffsetDateTime::now_utc().date(),
                 org: id.org.clone(),

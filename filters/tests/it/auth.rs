@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use serde::Deserialize;
+use sluice_filters::api::GOVERNED;
 use sluice_filters::audit::AuditSettings;
 use sluice_filters::auth::{self, AuthFilter};
 use sluice_filters::dlp::DlpSettings;
@@ -14,6 +15,10 @@ use sluice_filters::ratelimit::RateLimitSettings;
 use sluice_filters::{
     Cx, Filter, JsonBody, Outcome, Policy, Request, RequestHead, Route, Sections, Shared, Verdict,
 };
+
+/// The governed routes these tests call.
+const CHAT: Route = Route::Api(&sluice_filters::api::chat::ROUTE);
+const EMBEDDINGS: Route = Route::Api(&sluice_filters::api::embeddings::ROUTE);
 
 // ---------------------------------------------------------------------------------------------
 // Fixture: a config as an operator writes it, keys added by hash.
@@ -384,26 +389,10 @@ async fn a_refused_request_carries_no_identity_from_before() {
 async fn the_role_models_decide_which_models_a_key_may_use() {
     let filter = Config::standard().build(&shared());
     for model in ["mock-echo", "mock-other", "gpt-4o-mini"] {
-        let v = call(
-            &*filter,
-            ALICE_KEY,
-            Route::ChatCompletions,
-            Some(model),
-            None,
-        )
-        .await;
+        let v = call(&*filter, ALICE_KEY, CHAT, Some(model), None).await;
         assert!(allowed(&v), "{model}");
     }
-    let e = refused(
-        call(
-            &*filter,
-            ALICE_KEY,
-            Route::ChatCompletions,
-            Some("gpt-4o"),
-            None,
-        )
-        .await,
-    );
+    let e = refused(call(&*filter, ALICE_KEY, CHAT, Some("gpt-4o"), None).await);
     assert_eq!((e.status, e.kind.as_str()), (403, "permission_error"));
     assert_eq!(e.code, "model_not_allowed");
     assert_eq!(e.outcome, Outcome::DeniedPermission);
@@ -418,26 +407,10 @@ async fn the_role_models_decide_which_models_a_key_may_use() {
 #[tokio::test]
 async fn a_key_models_list_narrows_its_role() {
     let filter = Config::standard().build(&shared());
-    let ok = call(
-        &*filter,
-        NARROW_KEY,
-        Route::ChatCompletions,
-        Some("mock-echo"),
-        None,
-    )
-    .await;
+    let ok = call(&*filter, NARROW_KEY, CHAT, Some("mock-echo"), None).await;
     assert!(allowed(&ok));
     for model in ["mock-other", "gpt-4o-mini", "gpt-4o"] {
-        let e = refused(
-            call(
-                &*filter,
-                NARROW_KEY,
-                Route::ChatCompletions,
-                Some(model),
-                None,
-            )
-            .await,
-        );
+        let e = refused(call(&*filter, NARROW_KEY, CHAT, Some(model), None).await);
         assert_eq!(
             (e.status, e.code.as_str()),
             (403, "model_not_allowed"),
@@ -454,26 +427,10 @@ async fn a_key_models_list_narrows_its_role() {
 async fn a_key_models_list_never_widens_its_role() {
     let filter = Config::standard().build(&shared());
     // The key says `*`, the role says `mock-*` and `gpt-4o-mini`: the role wins.
-    let ok = call(
-        &*filter,
-        WIDE_KEY,
-        Route::ChatCompletions,
-        Some("mock-echo"),
-        None,
-    )
-    .await;
+    let ok = call(&*filter, WIDE_KEY, CHAT, Some("mock-echo"), None).await;
     assert!(allowed(&ok));
     for model in ["gpt-4o", "o1", "anything"] {
-        let e = refused(
-            call(
-                &*filter,
-                WIDE_KEY,
-                Route::ChatCompletions,
-                Some(model),
-                None,
-            )
-            .await,
-        );
+        let e = refused(call(&*filter, WIDE_KEY, CHAT, Some(model), None).await);
         assert_eq!(e.code, "model_not_allowed", "{model}");
         assert!(e.message.contains("role `analyst`"), "{}", e.message);
     }
@@ -483,8 +440,20 @@ async fn a_key_models_list_never_widens_its_role() {
 /// has every other permission is refused with `permission_denied` naming the permission.
 #[tokio::test]
 async fn each_route_checks_the_permission_it_needs() {
-    let routes: [(Route, &str, Option<&str>, Option<&str>); 7] = [
-        (Route::ChatCompletions, "chat", Some("mock-echo"), None),
+    // Every governed API as registered (a route added to `api::GOVERNED` is checked here too),
+    // then the engine's own routes.
+    let mut routes: Vec<(Route, &str, Option<&str>, Option<&str>)> = GOVERNED
+        .iter()
+        .map(|r| {
+            (
+                Route::Api(r),
+                r.permission.as_str(),
+                Some("mock-echo"),
+                None,
+            )
+        })
+        .collect();
+    routes.extend([
         (Route::ListModels, "models:list", None, None),
         (Route::GetModel, "models:list", None, None),
         (Route::AgentRun, "agents:run", None, Some("daily-scan")),
@@ -494,9 +463,8 @@ async fn each_route_checks_the_permission_it_needs() {
             None,
             Some("daily-scan"),
         ),
-        (Route::Embeddings, "embeddings", Some("mock-echo"), None),
         (Route::Passthrough, "passthrough", None, None),
-    ];
+    ]);
     let all = [
         "chat",
         "models:list",
@@ -614,7 +582,7 @@ async fn embeddings_and_passthrough_check_the_model_when_one_is_given() {
         false,
     );
     let filter = c.build(&shared());
-    for route in [Route::Embeddings, Route::Passthrough] {
+    for route in [EMBEDDINGS, Route::Passthrough] {
         assert!(allowed(
             &call(
                 &*filter,
@@ -636,7 +604,7 @@ async fn embeddings_and_passthrough_check_the_model_when_one_is_given() {
 #[tokio::test]
 async fn chat_without_a_model_is_not_waved_through() {
     let filter = Config::standard().build(&shared());
-    let e = refused(call(&*filter, ALICE_KEY, Route::ChatCompletions, None, None).await);
+    let e = refused(call(&*filter, ALICE_KEY, CHAT, None, None).await);
     assert_eq!((e.status, e.code.as_str()), (400, "missing_model"));
 }
 
@@ -957,14 +925,7 @@ fn no_log_line_shows_a_key_even_at_trace_level() {
                 HeaderValue::from_static("Basic c2stc2x1aWNlLXNlY3JldA=="),
             );
             head(&*filter, &basic).await;
-            call(
-                &*filter,
-                ALICE_KEY,
-                Route::ChatCompletions,
-                Some("gpt-4o"),
-                None,
-            )
-            .await;
+            call(&*filter, ALICE_KEY, CHAT, Some("gpt-4o"), None).await;
             call(&*filter, NARROW_KEY, Route::AgentRun, None, Some("weekly")).await;
         })
     }

@@ -27,6 +27,9 @@ use sluice_filters::{
 
 use crate::support::redis_server::RedisServer;
 
+/// The governed routes these tests call.
+const CHAT: Route = Route::Api(&sluice_filters::api::chat::ROUTE);
+
 impl RedisServer {
     /// A raw command, for looking at what the filter stored.
     async fn query(&self, args: &[&str]) -> ::redis::Value {
@@ -192,8 +195,7 @@ impl Env {
     /// so it reserves `8 + max_tokens`.
     async fn chat(&self, key: &str, max_tokens: u64) -> (Verdict, Cx) {
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "ping"}]});
-        self.call(Some(key), Route::ChatCompletions, body, Some(max_tokens))
-            .await
+        self.call(Some(key), CHAT, body, Some(max_tokens)).await
     }
 
     async fn models(&self, key: &str) -> (Verdict, Cx) {
@@ -278,7 +280,7 @@ async fn call_in(
     cx.route = route;
     // What the engine reads through the route's API.
     cx.api = match route {
-        Route::ChatCompletions | Route::AgentRun => &sluice_filters::api::CHAT,
+        r if r == CHAT || r == Route::AgentRun => &sluice_filters::api::CHAT,
         _ => &sluice_filters::api::PASSTHROUGH,
     };
     cx.choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
@@ -452,15 +454,7 @@ async fn fire(
             tokio::spawn(async move {
                 b.wait().await;
                 let body = json!({"model": "m", "messages": [{"role": "user", "content": "ping"}]});
-                call(
-                    &*f,
-                    Some(id),
-                    Route::ChatCompletions,
-                    body,
-                    Some(max_tokens),
-                )
-                .await
-                .0
+                call(&*f, Some(id), CHAT, body, Some(max_tokens)).await.0
             })
         })
         .collect();
@@ -586,9 +580,7 @@ async fn headers_describe_the_tightest_bucket(store: Store) {
     );
 
     // No identity (no auth filter): nothing to limit, nothing to report.
-    let (v, cx) = env
-        .call(None, Route::ChatCompletions, json!({}), None)
-        .await;
+    let (v, cx) = env.call(None, CHAT, json!({}), None).await;
     assert!(admitted(&v));
     assert!(cx.response_headers.is_empty());
 }
@@ -794,12 +786,7 @@ async fn token_limits_apply_only_where_tokens_are_consumed(store: Store) {
     );
     // Without max_tokens, default_max_tokens (4096) is reserved: more than the bucket holds.
     let (v, _) = env
-        .call(
-            Some("a1"),
-            Route::ChatCompletions,
-            json!({"messages": []}),
-            None,
-        )
+        .call(Some("a1"), CHAT, json!({"messages": []}), None)
         .await;
     let msg = error(&reply(v))["message"].as_str().unwrap().to_string();
     assert!(
