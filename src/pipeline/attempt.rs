@@ -258,9 +258,8 @@ impl Call {
         let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(body) else {
             return;
         };
-        self.cx
-            .api
-            .prepare_upstream(&mut obj, &self.facts, Some(&want));
+        let facts = super::request::stream_facts(&self.cx);
+        self.cx.api.prepare_upstream(&mut obj, &facts, Some(&want));
         if let Ok(out) = serde_json::to_vec(&obj) {
             self.body = Some(out.into());
             self.attempts.body_model = Some(want);

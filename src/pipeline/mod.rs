@@ -34,7 +34,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use sluice_filters::api::RequestFacts;
 use sluice_filters::{Cx, Outcome, Reply};
 
 pub use attempt::TargetsOf;
@@ -91,7 +90,6 @@ pub struct Call {
     pub(crate) ids: (Option<String>, Option<String>),
     /// The received path is the normalized one (`cx.path`).
     pub(crate) path_is_raw: bool,
-    pub(crate) facts: RequestFacts,
     pub(crate) agent_response: bool,
     pub(crate) local: Option<LocalDone>,
     pub(crate) failure: Option<(Outcome, &'static str)>,
@@ -128,7 +126,6 @@ impl Call {
             upstream_path: None,
             ids: (None, None),
             path_is_raw: false,
-            facts: RequestFacts::default(),
             agent_response: false,
             local: None,
             failure: None,

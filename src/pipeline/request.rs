@@ -116,12 +116,6 @@ impl Call {
                     self.route_to(Some(prep.model));
                     self.upstream_path = Some("/v1/chat/completions".into());
                     self.agent_response = true;
-                    self.facts = RequestFacts {
-                        model: self.cx.model.clone(),
-                        stream: self.cx.stream,
-                        max_tokens: self.cx.max_tokens,
-                        ..RequestFacts::default()
-                    };
                 }
                 Err(reply) => return Step::Reply(reply),
             }
@@ -176,22 +170,30 @@ impl Call {
             },
             None => RequestFacts::default(),
         };
+        // The facts' one home is `cx` (filters read them there): moved, not copied.
+        let RequestFacts {
+            model,
+            stream,
+            client_wants_stream_usage,
+            max_tokens,
+            choices,
+        } = facts;
         let cx = &mut self.cx;
-        cx.stream = facts.stream;
-        cx.client_wants_stream_usage = facts.client_wants_stream_usage;
-        cx.max_tokens = facts.max_tokens;
-        cx.choices = facts.choices;
+        cx.stream = stream;
+        cx.client_wants_stream_usage = client_wants_stream_usage;
+        cx.max_tokens = max_tokens;
+        cx.choices = choices;
         let snap = self.snap.clone();
-        match &facts.model {
-            Some(m) => match snap.models.get(m) {
+        match model {
+            Some(m) => match snap.models.get(&m) {
                 Some(&i) => {
-                    self.cx.model = Some(m.clone());
+                    self.cx.model = Some(m);
                     self.route_to(Some(i));
                 }
                 None => {
                     // Recorded (redacted when it holds a finding), never a metric label.
                     self.cx.unknown_model = Some(m.chars().take(256).collect());
-                    return Some(model_not_found(m));
+                    return Some(model_not_found(&m));
                 }
             },
             None if snap.upstreams.is_empty() => {
@@ -203,7 +205,6 @@ impl Call {
             }
             None => self.route_to(None),
         }
-        self.facts = facts;
         None
     }
 
@@ -314,12 +315,26 @@ impl Call {
         let rename = self.target_model().map(str::to_string);
         self.attempts.body_model = Some(rename.as_deref().unwrap_or(model).to_string());
         let api = self.cx.api;
-        if !api.rewrites_upstream(&self.facts, rename.as_deref()) {
+        let facts = stream_facts(&self.cx);
+        if !api.rewrites_upstream(&facts, rename.as_deref()) {
             return;
         }
         if let Some(Value::Object(obj)) = body.json_mut() {
-            api.prepare_upstream(obj, &self.facts, rename.as_deref());
+            api.prepare_upstream(obj, &facts, rename.as_deref());
         }
+    }
+}
+
+/// What a route's API reads of the request to shape its upstream body: how the answer
+/// streams. Built from `cx`, the facts' one home; the model is not copied (the APIs are handed
+/// the target's model name on its own).
+pub(crate) fn stream_facts(cx: &sluice_filters::Cx) -> RequestFacts {
+    RequestFacts {
+        model: None,
+        stream: cx.stream,
+        client_wants_stream_usage: cx.client_wants_stream_usage,
+        max_tokens: cx.max_tokens,
+        choices: cx.choices,
     }
 }
 
