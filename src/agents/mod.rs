@@ -24,159 +24,26 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Value};
 use sluice_filters::clock::unix_secs;
-use sluice_filters::{Cx, Identity, JsonBody, Reply};
+use sluice_filters::{Cx, Identity, Reply};
 
-use crate::state::Snapshot;
 use crate::store::{RunRow, StoreRuntime};
 
 // `[agent_runs]` by itself, so the config file's types need nothing else of this module.
 pub mod config;
+// What the request pipeline calls for the agent routes.
+pub mod route;
 pub use config::AgentRunsConfig;
 
 /// The header carrying an internal run's token; never accepted from outside the loopback
 /// execution and never forwarded upstream.
 pub const INTERNAL_RUN_HEADER: &str = "x-sluice-internal-run";
 
-/// Where a prepared run goes and how it runs.
-pub struct Prepared {
-    /// The agent's model: its index in `config.models`, whose targets the run goes to.
-    pub model: usize,
-    /// `Some(input)` for `"async": true`.
-    pub async_input: Option<Value>,
-}
-
-/// Turns `{"input": …}` into the agent's chat completion request (in `body`) and fills the
-/// context (model, stream, max_tokens).
-pub fn prepare(
-    snap: &Snapshot,
-    cx: &mut Cx,
-    agent_id: &str,
-    body: &mut JsonBody,
-) -> Result<Prepared, Reply> {
-    let Some(agent) = snap.config.agents.iter().find(|a| a.id == agent_id) else {
-        return Err(Reply::error(
-            404,
-            "agent_not_found",
-            format!(
-                "No agent `{}` is configured on this gateway.",
-                truncate(agent_id)
-            ),
-        ));
-    };
-    cx.agent_id = Some(agent.id.clone());
-    let req = body.json().cloned().unwrap_or(Value::Null);
-    let input = match req.get("input") {
-        Some(Value::String(s)) if !s.is_empty() => Value::String(s.clone()),
-        Some(Value::Array(parts)) if !parts.is_empty() => Value::Array(parts.clone()),
-        _ => {
-            return Err(Reply::error(
-                400,
-                "missing_input",
-                "The request needs `input`: the text the agent should work on.",
-            ))
-        }
-    };
-    let flag = |name: &str| -> Result<bool, Reply> {
-        match req.get(name) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(Reply::error(
-                400,
-                "invalid_request",
-                format!("`{name}` must be true or false."),
-            )),
-        }
-    };
-    let stream = flag("stream")?;
-    let is_async = flag("async")?;
-    if stream && is_async {
-        return Err(Reply::error(
-            400,
-            "invalid_request",
-            "`stream` and `async` cannot be combined: poll an asynchronous run instead.",
-        ));
-    }
-    let Some(&model) = snap.models.get(&agent.model) else {
-        return Err(Reply::error(
-            500,
-            "internal_error",
-            "The agent's model is not routable.",
-        ));
-    };
-    let mut chat = json!({
-        "model": agent.model,
-        "messages": [
-            {"role": "system", "content": agent.instructions},
-            {"role": "user", "content": input},
-        ],
-        "stream": stream,
-    });
-    if let Value::Object(o) = &mut chat {
-        if let Some(m) = agent.max_tokens {
-            o.insert("max_tokens".into(), json!(m));
-        }
-        if let Some(t) = agent.temperature {
-            o.insert("temperature".into(), json!(t));
-        }
-        if let Some(p) = agent.top_p {
-            o.insert("top_p".into(), json!(p));
-        }
-    }
-    match body.json_mut() {
-        Some(v) => *v = chat,
-        None => {
-            *body = JsonBody::parsed(body.bytes().clone(), chat);
-            let _ = body.json_mut();
-        }
-    }
-    cx.model = Some(agent.model.clone());
-    cx.stream = stream;
-    cx.max_tokens = agent.max_tokens;
-    Ok(Prepared {
-        model,
-        async_input: is_async.then_some(input),
-    })
-}
-
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(128).collect()
 }
 
-fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     format!("run_{:024x}", rand::random::<u128>() >> 32)
-}
-
-/// The run object for a finished (non-streamed) run, from the upstream's chat completion.
-pub fn run_object(cx: &Cx, completion: Option<&Value>) -> Value {
-    let output = completion
-        .and_then(|c| c.pointer("/choices/0/message/content"))
-        .cloned();
-    let finish = completion
-        .and_then(|c| c.pointer("/choices/0/finish_reason"))
-        .cloned();
-    let status = if output.is_some() {
-        "completed"
-    } else {
-        "failed"
-    };
-    let mut run = json!({
-        "id": new_run_id(),
-        "object": "agent.run",
-        "agent_id": cx.agent_id,
-        "status": status,
-        "output": output.unwrap_or(Value::Null),
-        "model": cx.model,
-        "created": unix_secs(),
-    });
-    if let Value::Object(o) = &mut run {
-        if let Some(u) = completion.and_then(|c| c.get("usage")) {
-            o.insert("usage".into(), u.clone());
-        }
-        if let Some(f) = finish {
-            o.insert("finish_reason".into(), f);
-        }
-    }
-    run
 }
 
 struct RunEntry {

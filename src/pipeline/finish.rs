@@ -327,14 +327,8 @@ impl Call {
                 .with_label_values(&[model, org, "completion"])
                 .inc_by(u.completion_tokens);
         }
-        if self.agent_response {
-            let agent = self.cx.agent_id.as_deref().unwrap_or("");
-            let status = if ex.outcome == Outcome::Ok {
-                "completed"
-            } else {
-                "failed"
-            };
-            m.agent_runs.with_label_values(&[agent, status]).inc();
+        if let Some(r) = self.reshape {
+            r.count(&self.cx, ex.outcome, m);
         }
         if self.stream_counted {
             m.active_streams.dec();

@@ -90,7 +90,8 @@ pub struct Call {
     pub(crate) ids: (Option<String>, Option<String>),
     /// The received path is the normalized one (`cx.path`).
     pub(crate) path_is_raw: bool,
-    pub(crate) agent_response: bool,
+    /// The route builds the upstream request and the client's answer itself (agent runs).
+    pub(crate) reshape: Option<&'static dyn crate::agents::route::Reshape>,
     pub(crate) local: Option<LocalDone>,
     pub(crate) failure: Option<(Outcome, &'static str)>,
     pub(crate) mode: RespMode,
@@ -126,7 +127,7 @@ impl Call {
             upstream_path: None,
             ids: (None, None),
             path_is_raw: false,
-            agent_response: false,
+            reshape: None,
             local: None,
             failure: None,
             mode: RespMode::Pass,

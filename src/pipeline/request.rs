@@ -8,7 +8,7 @@ use sluice_filters::api::{Api, RequestFacts};
 use sluice_filters::{JsonBody, Reply, Request, RequestHead, Route, Verdict};
 
 use super::{Call, Head, Step};
-use crate::routes;
+use crate::{agents, routes};
 
 impl Call {
     /// The head phase: request id, route, the internal run token, and the chain's header checks
@@ -41,14 +41,12 @@ impl Call {
         cx.api = m.api;
         self.ids = (m.id.map(str::to_string), m.run_id.map(str::to_string));
         self.upstream_path = m.canonical;
-        if matches!(cx.route, Route::AgentRun | Route::AgentRunStatus) {
-            cx.agent_id = self.ids.0.clone();
-        }
         cx.path = path.into_owned();
         if cx.route == Route::Root {
             return Some(Reply::json(200, &json!({"service": "sluice"})));
         }
-        if let Some(reply) = self.internal_run(head) {
+        let id = self.ids.0.as_deref();
+        if let Some(reply) = agents::route::begin(&self.state, &mut self.cx, id, head.headers) {
             return Some(reply);
         }
         let normalized = (!self.path_is_raw).then(|| self.cx.path.clone());
@@ -77,29 +75,6 @@ impl Call {
         None
     }
 
-    /// The engine's own execution of an asynchronous agent run: its single-use token stands
-    /// for the caller who started it (loopback only).
-    fn internal_run(&mut self, head: &Head<'_>) -> Option<Reply> {
-        let token = head.headers.get(crate::agents::INTERNAL_RUN_HEADER)?;
-        let claimed = match (self.cx.route, self.ids.0.as_deref(), token.to_str()) {
-            (Route::AgentRun, Some(agent), Ok(t)) => self.state.runs.claim(t, agent),
-            _ => None,
-        };
-        let loopback = self.cx.client_ip.is_some_and(|ip| ip.is_loopback());
-        match claimed {
-            Some((_run, identity)) if loopback => {
-                self.cx.identity = identity;
-                self.cx.extensions.insert(sluice_filters::PreAuthenticated);
-                None
-            }
-            _ => Some(Reply::error(
-                401,
-                "invalid_api_key",
-                "Unknown or used internal run token.",
-            )),
-        }
-    }
-
     /// The body phase: `raw` is the whole request body (bounded by the adapter).
     pub async fn on_body(&mut self, head: &Head<'_>, raw: Bytes) -> Step {
         let api = self.cx.api;
@@ -109,13 +84,13 @@ impl Call {
         };
         let mut async_input = None;
         if self.cx.route == Route::AgentRun {
-            let agent_id = self.ids.0.clone().unwrap_or_default();
-            match crate::agents::prepare(&self.snap, &mut self.cx, &agent_id, &mut body) {
-                Ok(prep) => {
-                    async_input = prep.async_input;
-                    self.route_to(Some(prep.model));
-                    self.upstream_path = Some("/v1/chat/completions".into());
-                    self.agent_response = true;
+            let agent = self.ids.0.as_deref().unwrap_or_default();
+            match agents::route::prepare(&self.snap, &mut self.cx, agent, &mut body) {
+                Ok(run) => {
+                    async_input = run.async_input;
+                    self.route_to(Some(run.model));
+                    self.upstream_path = Some(run.upstream_path.into());
+                    self.reshape = Some(run.reshape);
                 }
                 Err(reply) => return Step::Reply(reply),
             }
@@ -233,16 +208,10 @@ impl Call {
                     None => model_not_found(id),
                 })
             }
-            Route::AgentRunStatus => Some(
-                self.state
-                    .runs
-                    .status(
-                        self.ids.0.as_deref().unwrap_or_default(),
-                        self.ids.1.as_deref().unwrap_or_default(),
-                        identity,
-                    )
-                    .await,
-            ),
+            Route::AgentRunStatus => {
+                let (agent, run) = (self.ids.0.as_deref(), self.ids.1.as_deref());
+                Some(agents::route::status(&self.state, &self.cx, agent, run).await)
+            }
             Route::Keys | Route::Key => Some(
                 crate::keys::self_service(
                     &self.state,
@@ -263,47 +232,20 @@ impl Call {
                 )
                 .await,
             ),
-            Route::AgentRun => match async_input {
-                Some(input) => Some(self.start_async_run(head, input).await),
-                None => None,
-            },
+            Route::AgentRun => {
+                let input = async_input?;
+                let (state, snap) = (&self.state, &self.snap);
+                match agents::route::start_async(state, snap, &self.cx, head.listen, input).await {
+                    Ok(queued) => {
+                        // Not this acceptance: its execution is a run of its own.
+                        self.reshape = None;
+                        Some(queued)
+                    }
+                    Err(refused) => Some(refused),
+                }
+            }
             _ => None,
         }
-    }
-
-    /// `"async": true`: answers `202` with the queued run and executes it in the background.
-    async fn start_async_run(&mut self, head: &Head<'_>, input: Value) -> Reply {
-        let cfg = &self.snap.config.agent_runs;
-        let started = match self.state.runs.start(cfg, &self.cx).await {
-            Ok(s) => s,
-            Err(r) => return r,
-        };
-        let agent = self.cx.agent_id.clone().unwrap_or_default();
-        self.state
-            .metrics
-            .agent_runs
-            .with_label_values(&[agent.as_str(), "queued"])
-            .inc();
-        let queued = Reply::json(202, &started.queued);
-        // The execution is counted when it finishes, not this acceptance.
-        self.agent_response = false;
-        match head.listen {
-            Some(addr) => {
-                tokio::spawn(crate::agents::execute(
-                    self.state.clone(),
-                    addr,
-                    agent,
-                    started,
-                    input,
-                ));
-            }
-            None => {
-                let failed =
-                    json!({"status": "failed", "error": {"message": "no listener address"}});
-                self.state.runs.finish(cfg, &started.run_id, failed).await;
-            }
-        }
-        queued
     }
 
     /// The first target's own model name, and usage in streams (as the route's API asks for

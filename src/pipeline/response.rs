@@ -24,7 +24,8 @@ pub enum RespMode {
 #[derive(Debug, Default)]
 pub struct HeadPlan {
     pub remove: Vec<HeaderName>,
-    /// Set `content-type: application/json` (an agent run's object replaces the completion).
+    /// Set `content-type: application/json` (the route reshaped the answer, see
+    /// [`crate::agents::route::Reshape`]).
     pub json_content_type: bool,
 }
 
@@ -64,23 +65,24 @@ impl Call {
         let encoded = !enc.is_empty() && !enc.eq_ignore_ascii_case("identity");
         let needs = self.snap.chain.needs();
         let server = &self.snap.config.server;
+        let reshaped = self.reshape.is_some();
         self.mode = if self.cx.route == Route::Unknown {
             RespMode::Pass
         } else if !status.is_success() {
             // Error bodies are scanned like answers (an upstream may echo the prompt).
-            if needs.response_body && !self.agent_response && !is_sse {
+            if needs.response_body && !reshaped && !is_sse {
                 RespMode::Hold(BytesMut::new())
             } else {
                 RespMode::Pass
             }
         } else if is_sse {
             RespMode::Sse(SseFramer::new(server.max_sse_event_bytes))
-        } else if self.agent_response || needs.response_body || is_json {
+        } else if reshaped || needs.response_body || is_json {
             RespMode::Hold(BytesMut::new())
         } else {
             RespMode::Pass
         };
-        let reads = needs.response_body || needs.stream_events || self.agent_response;
+        let reads = needs.response_body || needs.stream_events || reshaped;
         if !matches!(self.mode, RespMode::Pass) && encoded && reads {
             // Fail closed: a body the filters cannot read is not delivered.
             self.failure = Some((Outcome::UpstreamError, "upstream_unscannable"));
@@ -94,11 +96,11 @@ impl Call {
             self.mode = RespMode::Pass;
         }
         // A held body keeps the upstream's Content-Length when nothing can change it (no filter
-        // reads response bodies and it is not an agent run): Pingora then sends the header and
-        // the body in one write.
+        // reads response bodies and the route does not reshape it): Pingora then sends the
+        // header and the body in one write.
         let length_kept = matches!(self.mode, RespMode::Hold(_))
             && !needs.response_body
-            && !self.agent_response
+            && !reshaped
             && headers.contains_key("content-length");
         if !matches!(self.mode, RespMode::Pass) && !length_kept {
             plan.remove.push(http::header::CONTENT_LENGTH);
@@ -107,7 +109,7 @@ impl Call {
             self.state.metrics.active_streams.inc();
             self.stream_counted = true;
         }
-        plan.json_content_type = self.agent_response && matches!(self.mode, RespMode::Hold(_));
+        plan.json_content_type = reshaped && matches!(self.mode, RespMode::Hold(_));
         self.gate_answer();
         let head = ResponseHead { status, headers };
         let snap = self.snap.clone();
@@ -206,13 +208,13 @@ impl Call {
         let raw = std::mem::take(buf).freeze();
         self.trace_answer(&raw);
         let snap = self.snap.clone();
-        if !snap.chain.needs().response_body && !self.agent_response {
+        if !snap.chain.needs().response_body && self.reshape.is_none() {
             // No filter reads the body (and its Content-Length was kept).
             self.read_usage(answer_usage(&raw));
             *body = Some(raw);
             return self.gate_bytes(body, true);
         }
-        // Parsed only if a filter (or the agent) asks for the document.
+        // Parsed only if a filter (or the route's reshape) asks for the document.
         let mut jb = JsonBody::lazy(raw.clone());
         snap.chain.on_response_body(&mut jb, &mut self.cx);
         // The usage, after the filters (none reads it): from the document if one of them had it
@@ -222,12 +224,9 @@ impl Call {
             _ => answer_usage(&raw),
         };
         self.read_usage(usage);
-        let out = if self.agent_response {
-            crate::agents::run_object(&self.cx, jb.json())
-                .to_string()
-                .into()
-        } else {
-            jb.to_bytes()
+        let out = match self.reshape {
+            Some(r) => r.answer(&self.cx, jb.json()),
+            None => jb.to_bytes(),
         };
         *body = Some(out);
         self.gate_bytes(body, true)

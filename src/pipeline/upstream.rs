@@ -99,7 +99,8 @@ impl Call {
             h.remove.push(http::header::TRANSFER_ENCODING);
             let len = HeaderValue::from(body.len());
             h.set("content-length", len);
-            if self.agent_response {
+            if self.reshape.is_some() {
+                // The route built this body itself.
                 h.method = Some(Method::POST);
                 h.set("content-type", HeaderValue::from_static("application/json"));
             }
