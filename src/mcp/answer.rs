@@ -36,7 +36,7 @@ pub(super) async fn relay(
     let ex = match upstream::open(&cx.snap.mcp, cx.rt, method, cx.headers, body).await {
         Ok(ex) => ex,
         Err(reply) => {
-            call.t.upstream_end = Some(Instant::now());
+            call.t.upstream_ended(Instant::now());
             cx.count(tool.as_deref(), reply.outcome);
             return respond(session, call, reply, false).await;
         }
@@ -126,7 +126,7 @@ async fn relay_whole(
             }
         }
     }
-    call.t.upstream_end = Some(Instant::now());
+    call.t.upstream_ended(Instant::now());
     let mut body = Bytes::from(buf);
     if !body.is_empty() {
         match relay::parse_object(&body) {
@@ -185,7 +185,7 @@ async fn relay_sse(
                 c = ex.next() => c,
                 r = session.as_downstream_mut().read_body_or_idle(true) => {
                     if r.is_err() {
-                        call.t.upstream_end = Some(Instant::now());
+                        call.t.upstream_ended(Instant::now());
                         if gov.answered {
                             // SDKs close the stream once they hold the response they waited for.
                             let outcome = relayed_outcome(status, gov.blocked);
@@ -241,7 +241,7 @@ async fn relay_sse(
             }
         }
         if end {
-            call.t.upstream_end = Some(Instant::now());
+            call.t.upstream_ended(Instant::now());
             let outcome = relayed_outcome(status, gov.blocked);
             if !finish(call, status, outcome) {
                 ex.release(&cx.snap.mcp).await;
@@ -268,7 +268,7 @@ async fn end_stream_with_error(
     status: u16,
     message: &str,
 ) -> Result<Outcome> {
-    call.t.upstream_end = Some(Instant::now());
+    call.t.upstream_ended(Instant::now());
     call.failure = Some((Outcome::UpstreamError, "upstream_unavailable"));
     // An error event either way: the stream does not end as a success.
     let _ = finish(call, status, Outcome::UpstreamError);

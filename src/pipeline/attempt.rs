@@ -230,15 +230,7 @@ impl Call {
     /// The failed attempt's time was the upstream's (for `sluice_overhead_seconds`); the next
     /// one's upstream time starts afresh.
     fn next_attempt_timing(&mut self) {
-        let t = &mut self.t;
-        if let Some(since) = t.req_sent.or(t.peer) {
-            t.waited += since.elapsed();
-        }
-        t.upstream_start = None;
-        t.peer = None;
-        t.req_sent = None;
-        t.resp_head = None;
-        t.upstream_end = None;
+        self.t.next_attempt();
         self.upstream_status = 0;
     }
 

@@ -1,69 +1,11 @@
 //! How a request ends: failures in the route's API shape, the filters' completion hook, the
 //! metrics and the chain's log phase.
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use sluice_filters::api::ErrorInfo;
 use sluice_filters::{Exchange, Outcome, Reply};
 
 use super::{Call, RespMode};
-
-/// Overhead accounting (see [`Timing::overhead`]).
-pub(crate) struct Timing {
-    /// When the request's head had been read.
-    pub(crate) start: Instant,
-    /// Time spent waiting for the client's body or for a new upstream connection.
-    pub(crate) waited: Duration,
-    pub(crate) upstream_start: Option<Instant>,
-    pub(crate) upstream_end: Option<Instant>,
-    pub(crate) peer: Option<Instant>,
-    /// When the request was handed to the upstream.
-    pub(crate) req_sent: Option<Instant>,
-    pub(crate) failed: Option<Instant>,
-    pub(crate) resp_head: Option<Instant>,
-    /// Sluice's own hook time while the upstream streamed.
-    pub(crate) span_hooks: Duration,
-}
-
-impl Timing {
-    pub(crate) fn new() -> Timing {
-        Timing {
-            start: Instant::now(),
-            waited: Duration::ZERO,
-            upstream_start: None,
-            upstream_end: None,
-            peer: None,
-            req_sent: None,
-            failed: None,
-            resp_head: None,
-            span_hooks: Duration::ZERO,
-        }
-    }
-
-    /// What `sluice_overhead_seconds` observes: the time from the request's head having been
-    /// read to the end of the exchange, less the time Sluice waited: for the client's body, for
-    /// a new upstream connection, and for the upstream — from handing it the request until its
-    /// response head arrived (or it failed), and for a stream until its last byte, minus the
-    /// time Sluice's own hooks ran meanwhile. So it is what Sluice adds to a request's latency.
-    fn overhead(&self, stream: bool) -> Duration {
-        let total = self.start.elapsed();
-        let upstream = match self.req_sent {
-            Some(sent) => {
-                let (end, hooks) = if stream {
-                    (self.upstream_end.or(self.failed), self.span_hooks)
-                } else {
-                    (self.resp_head.or(self.failed), Duration::ZERO)
-                };
-                end.unwrap_or_else(Instant::now)
-                    .saturating_duration_since(sent)
-                    .saturating_sub(hooks)
-            }
-            None => Duration::ZERO,
-        };
-        total.saturating_sub(self.waited).saturating_sub(upstream)
-    }
-}
 
 /// A failure, as the adapter classifies its proxy's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,15 +44,11 @@ impl Call {
         outcome: Outcome,
         code: Option<&'static str>,
     ) -> Exchange {
-        let upstream_latency = self
-            .t
-            .upstream_start
-            .map(|s| self.t.upstream_end.unwrap_or_else(Instant::now) - s);
         Exchange {
             status,
             outcome,
             latency: self.cx.started.elapsed(),
-            upstream_latency,
+            upstream_latency: self.t.upstream_latency(),
             error_code: code,
         }
     }
@@ -140,27 +78,6 @@ impl Call {
         })
     }
 
-    /// Marks the upstream as contacted (a peer was chosen).
-    pub fn upstream_contacted(&mut self) {
-        let now = Instant::now();
-        self.t.upstream_start.get_or_insert(now);
-        self.t.peer = Some(now);
-    }
-
-    /// A new connection was made (connecting is the upstream's time, not Sluice's).
-    pub fn connected(&mut self, reused: bool) {
-        if !reused {
-            if let Some(t) = self.t.peer {
-                self.t.waited += t.elapsed();
-            }
-        }
-    }
-
-    /// The request (head, or its last body byte) was handed to the upstream.
-    pub fn request_sent(&mut self) {
-        self.t.req_sent = Some(Instant::now());
-    }
-
     /// Records a failure the client caused while its request was read (the reply, if any, is
     /// sent by the caller): audited as `bad_request` or `client_closed`, never Sluice's own.
     pub fn client_failed(&mut self, kind: FailKind) {
@@ -173,7 +90,7 @@ impl Call {
 
     /// Decides the answer to a failure. `started`: the client already has a status line.
     pub fn on_failure(&mut self, kind: FailKind, started: bool) -> FailAction {
-        self.t.failed.get_or_insert_with(Instant::now);
+        self.t.failed();
         // Each failed attempt was counted (sluice_upstream_errors_total) as it failed.
         let upstream = self.upstream_rt().map(|u| u.name.clone());
         let timeout = kind == FailKind::UpstreamTimeout;

@@ -27,6 +27,7 @@ mod passthrough;
 mod request;
 mod response;
 mod scrub;
+mod timing;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -42,7 +43,7 @@ pub use response::{HeadPlan, Refused, RespMode};
 pub use upstream::UpstreamHead;
 
 use crate::state::{EngineState, InflightGuard, Snapshot};
-use finish::Timing;
+use timing::Timing;
 
 /// The request line and headers, and where the request came in.
 pub struct Head<'a> {
@@ -152,11 +153,6 @@ impl Call {
     /// The body to send upstream, when Sluice holds (and may have rewritten) it.
     pub fn held_body(&self) -> Option<&Bytes> {
         self.body.as_ref()
-    }
-
-    /// Records the time spent waiting for the client's body or a new upstream connection.
-    pub fn waited(&mut self, d: std::time::Duration) {
-        self.t.waited += d;
     }
 
     /// Marks a local reply as sent: its outcome for the log, and the filters' durability hook.

@@ -48,7 +48,7 @@ impl Call {
             return Err(retry);
         }
         let t0 = Instant::now();
-        self.t.resp_head.get_or_insert(t0);
+        self.t.response_head(t0);
         self.upstream_status = status.as_u16();
         let mut plan = HeadPlan {
             remove: crate::headers::hop_by_hop_present(headers),
@@ -114,7 +114,7 @@ impl Call {
         let head = ResponseHead { status, headers };
         let snap = self.snap.clone();
         snap.chain.on_response_head(&head, &mut self.cx);
-        self.t.span_hooks += t0.elapsed();
+        self.t.hooks(t0.elapsed());
         Ok(plan)
     }
 
@@ -161,7 +161,7 @@ impl Call {
     pub fn on_response_body(&mut self, body: &mut Option<Bytes>, end: bool) -> Result<(), Refused> {
         let t0 = Instant::now();
         if end {
-            self.t.upstream_end = Some(t0);
+            self.t.upstream_ended(t0);
         }
         let mut mode = std::mem::replace(&mut self.mode, RespMode::Pass);
         let result = match &mut mode {
@@ -180,7 +180,7 @@ impl Call {
         self.mode = mode;
         if !end {
             // Inside the upstream's span; the last call's time comes after it.
-            self.t.span_hooks += t0.elapsed();
+            self.t.hooks(t0.elapsed());
         }
         result
     }

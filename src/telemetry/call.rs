@@ -139,7 +139,7 @@ impl Call {
         let start = self.cx.started_at
             + self
                 .t
-                .upstream_start
+                .upstream_started()
                 .unwrap_or(now)
                 .saturating_duration_since(self.cx.started);
         let sent: SpanContext = if tr.request.is_recording() {
@@ -256,7 +256,7 @@ impl Call {
             }
             None => {}
         }
-        let end = self.t.upstream_end.or(self.t.failed).unwrap_or(now);
+        let end = self.t.upstream_done().unwrap_or(now);
         span.end_with_timestamp(self.wall(end));
     }
 
