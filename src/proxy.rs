@@ -371,7 +371,7 @@ impl ProxyHttp for SluiceProxy {
             Ok(()) => {
                 if end_of_stream && call.is_held() {
                     let len = body.as_ref().map_or(0, Bytes::len);
-                    HeldHead::complete(session, call.upstream_status, len, call.late_header());
+                    HeldHead::complete(session, call.upstream_status(), len, call.late_header());
                 }
                 Ok(None)
             }

@@ -9,7 +9,10 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use sluice_filters::JsonBody;
 
 use super::response::Refused;
 use super::{Call, FailKind};
@@ -25,37 +28,108 @@ pub enum TargetsOf {
     FirstUpstream,
 }
 
+/// Where the request goes and how its attempts went: changed here only.
+#[derive(Default)]
+pub(crate) struct Attempt {
+    /// Whose targets the request may go to, once routed.
+    targets_of: Option<TargetsOf>,
+    /// The current attempt's upstream (index in `snap.upstreams`).
+    upstream: Option<usize>,
+    attempts: crate::upstream::Attempts,
+    /// The current attempt's response status (0: none yet).
+    status: u16,
+    /// The exact body to send upstream, when Sluice holds it.
+    body: Option<Bytes>,
+}
+
+impl Attempt {
+    /// The current attempt's upstream (index in `snap.upstreams`).
+    pub(crate) fn upstream(&self) -> Option<usize> {
+        self.upstream
+    }
+
+    /// The current attempt's upstream answered with this status.
+    pub(crate) fn answered(&mut self, status: StatusCode) {
+        self.status = status.as_u16();
+    }
+}
+
 impl Call {
+    /// The upstream this request goes to.
+    pub fn upstream_rt(&self) -> Option<&crate::upstream::UpstreamRt> {
+        self.attempt
+            .upstream
+            .and_then(|i| self.snap.upstreams.get(i))
+    }
+
+    /// The body to send upstream, when Sluice holds (and may have rewritten) it.
+    pub fn held_body(&self) -> Option<&Bytes> {
+        self.attempt.body.as_ref()
+    }
+
+    /// The current attempt's response status (0: none yet).
+    pub fn upstream_status(&self) -> u16 {
+        self.attempt.status
+    }
+
     /// Routes the request to a model's targets (`None`: it names no model).
     pub(crate) fn route_to(&mut self, model: Option<usize>) {
-        self.targets_of = Some(match model {
+        self.attempt.targets_of = Some(match model {
             Some(i) => TargetsOf::Model(i),
             None => TargetsOf::FirstUpstream,
         });
     }
 
     fn route<'a>(&self, snap: &'a crate::state::Snapshot) -> Option<&'a ModelTargets> {
-        match self.targets_of? {
+        match self.attempt.targets_of? {
             TargetsOf::Model(i) => snap.routes.get(i),
             TargetsOf::FirstUpstream => Some(&snap.default_route),
         }
     }
 
-    /// Picks the first target (the chain admitted the request). `false`: the route has none.
-    pub(crate) fn first_attempt(&mut self) -> bool {
-        match self.pick_target(true) {
-            Some(p) => {
-                self.begin_attempt(p);
-                true
-            }
-            None => false,
+    /// Picks the first target (the chain admitted the request) and holds the body it is sent,
+    /// as the chain left it. `false`: no upstream was chosen.
+    pub(crate) fn first_attempt(&mut self, body: &mut JsonBody) -> bool {
+        if let Some(p) = self.pick_target(true) {
+            self.begin_attempt(p);
         }
+        self.rewrite_for_upstream(body);
+        let out = body.to_bytes();
+        self.attempt.body = if out.is_empty() && !body.is_changed() {
+            None
+        } else {
+            Some(out)
+        };
+        self.attempt.upstream.is_some()
+    }
+
+    /// The first target's own model name, and usage in streams (as the route's API asks for
+    /// it). A retry on another target rewrites `model` again (`rebody`).
+    fn rewrite_for_upstream(&mut self, body: &mut JsonBody) {
+        let Some(model) = self.cx.model.as_deref().filter(|_| body.json().is_some()) else {
+            return;
+        };
+        let rename = self.target_model().map(str::to_string);
+        self.attempt.attempts.body_model = Some(rename.as_deref().unwrap_or(model).to_string());
+        let api = self.cx.api;
+        let facts = super::request::stream_facts(&self.cx);
+        if !api.rewrites_upstream(&facts, rename.as_deref()) {
+            return;
+        }
+        if let Some(Value::Object(obj)) = body.json_mut() {
+            api.prepare_upstream(obj, &facts, rename.as_deref());
+        }
+    }
+
+    fn set_upstream(&mut self, up: usize) {
+        self.attempt.upstream = Some(up);
+        self.cx.upstream = self.snap.upstreams.get(up).map(|u| u.name.clone());
     }
 
     /// The current target's own name for the model, when it has one.
     pub(crate) fn target_model(&self) -> Option<&str> {
         let route = self.route(&self.snap)?;
-        let t = route.targets.get(self.attempts.current_target()?)?;
+        let t = route.targets.get(self.attempt.attempts.current_target()?)?;
         t.upstream_model.as_deref()
     }
 
@@ -63,7 +137,7 @@ impl Call {
         let route = self.route(&self.snap)?;
         crate::upstream::pick(
             &route.targets,
-            self.attempts.tried(),
+            self.attempt.attempts.tried(),
             Instant::now(),
             fallback,
         )
@@ -72,7 +146,11 @@ impl Call {
     /// A retry's target (see [`crate::upstream::pick_retry`]).
     fn pick_retry(&self) -> Option<Pick> {
         let route = self.route(&self.snap)?;
-        crate::upstream::pick_retry(&route.targets, self.attempts.tried(), Instant::now())
+        crate::upstream::pick_retry(
+            &route.targets,
+            self.attempt.attempts.tried(),
+            Instant::now(),
+        )
     }
 
     fn begin_attempt(&mut self, p: Pick) {
@@ -80,28 +158,32 @@ impl Call {
         let Some(t) = self.route(&snap).and_then(|r| r.targets.get(p.index)) else {
             return;
         };
-        self.attempts.begin(p, t.upstream, &t.health);
+        self.attempt.attempts.begin(p, t.upstream, &t.health);
         self.set_upstream(t.upstream);
-        self.cx.attempts = self.attempts.count();
+        self.cx.attempts = self.attempt.attempts.count();
     }
 
     /// An attempt failed (the adapter's error hooks). `started`: the client already has the
     /// response head; `stale`: it failed on a pooled connection the upstream had closed.
     /// Returns whether to try again (Pingora then asks for the peer of the next attempt).
     pub fn attempt_failed(&mut self, kind: FailKind, started: bool, stale: bool) -> bool {
-        if std::mem::take(&mut self.attempts.retry_pending) {
+        if std::mem::take(&mut self.attempt.attempts.retry_pending) {
             return true;
         }
-        if !self.attempts.in_progress() {
+        if !self.attempt.attempts.in_progress() {
             return false;
         }
         use crate::metrics::upstream_error_kind as k;
-        if stale && !started && kind == FailKind::UpstreamReset && !self.attempts.stale_retry_used {
+        if stale
+            && !started
+            && kind == FailKind::UpstreamReset
+            && !self.attempt.attempts.stale_retry_used
+        {
             // A pooled connection the upstream had closed: tried again once, whatever the
             // retry budget — on another target when there is one (the upstream that closed it
             // may be gone; never back to it), else on the only one over a new connection (as
             // Pingora does by default; then not counted as an attempt).
-            self.attempts.stale_retry_used = true;
+            self.attempt.attempts.stale_retry_used = true;
             if let Some(next) = self.pick_retry() {
                 self.record_attempt(AttemptResult::Reset, Some(k::RESET));
                 self.begin_attempt(next);
@@ -120,9 +202,9 @@ impl Call {
             FailKind::UpstreamReset if started => (AttemptResult::MidStream, Some(k::MID_STREAM)),
             FailKind::UpstreamReset => (AttemptResult::Reset, Some(k::RESET)),
             FailKind::ClientClosed | FailKind::ClientTimeout | FailKind::ClientBad
-                if self.upstream_status != 0 =>
+                if self.attempt.status != 0 =>
             {
-                (AttemptResult::from_status(self.upstream_status), None)
+                (AttemptResult::from_status(self.attempt.status), None)
             }
             _ => (AttemptResult::Aborted, None),
         };
@@ -145,7 +227,7 @@ impl Call {
         let code = status.as_u16();
         if matches!(code, 429 | 503) {
             if let Some(d) = crate::upstream::retry_after(headers) {
-                self.attempts.set_retry_after(code, d);
+                self.attempt.attempts.set_retry_after(code, d);
             }
         }
         let result = AttemptResult::from_status(code);
@@ -153,7 +235,7 @@ impl Call {
         if result == AttemptResult::Ok || !result.retryable(retry_on) {
             return None;
         }
-        if self.attempts.count() > self.snap.config.routing.retries {
+        if self.attempt.attempts.count() > self.snap.config.routing.retries {
             return None;
         }
         // An ejected target is tried before the request fails (SPEC §11).
@@ -162,7 +244,7 @@ impl Call {
         self.begin_attempt(next);
         self.next_attempt_timing();
         self.rebody();
-        self.attempts.retry_pending = true;
+        self.attempt.attempts.retry_pending = true;
         Some(Refused {
             status: 502,
             why: "upstream status retried on another target",
@@ -171,10 +253,10 @@ impl Call {
 
     /// The log phase: ends the attempt still in progress (one that was answered).
     pub(crate) fn end_attempt(&mut self, error: Option<FailKind>) {
-        if !self.attempts.in_progress() {
+        if !self.attempt.attempts.in_progress() {
             return;
         }
-        let result = match (self.upstream_status, error) {
+        let result = match (self.attempt.status, error) {
             (0, _) => AttemptResult::Aborted,
             (s, None | Some(FailKind::ClientClosed | FailKind::ClientTimeout)) => {
                 AttemptResult::from_status(s)
@@ -195,7 +277,7 @@ impl Call {
 
     fn record_attempt(&mut self, result: AttemptResult, error_kind: Option<&'static str>) {
         let snap = self.snap.clone();
-        let Some(ended) = self.attempts.end(result, &snap.config.routing) else {
+        let Some(ended) = self.attempt.attempts.end(result, &snap.config.routing) else {
             return;
         };
         let Some(u) = snap.upstreams.get(ended.upstream) else {
@@ -214,7 +296,7 @@ impl Call {
 
     /// After a failure: another target, if the budget and the route allow one.
     fn next_attempt(&mut self) -> bool {
-        if self.attempts.count() > self.snap.config.routing.retries {
+        if self.attempt.attempts.count() > self.snap.config.routing.retries {
             return false;
         }
         // An ejected target is tried before the request fails (SPEC §11).
@@ -231,12 +313,12 @@ impl Call {
     /// one's upstream time starts afresh.
     fn next_attempt_timing(&mut self) {
         self.t.next_attempt();
-        self.upstream_status = 0;
+        self.attempt.status = 0;
     }
 
     /// Puts the current target's model name into the held body when it carries another one.
     fn rebody(&mut self) {
-        let Some(carried) = self.attempts.body_model.as_deref() else {
+        let Some(carried) = self.attempt.attempts.body_model.as_deref() else {
             return;
         };
         let Some(want) = self.target_model().or(self.cx.model.as_deref()) else {
@@ -246,15 +328,17 @@ impl Call {
             return;
         }
         let want = want.to_string();
-        let Some(body) = &self.body else { return };
-        let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(body) else {
+        let Some(body) = &self.attempt.body else {
+            return;
+        };
+        let Ok(Value::Object(mut obj)) = serde_json::from_slice(body) else {
             return;
         };
         let facts = super::request::stream_facts(&self.cx);
         self.cx.api.prepare_upstream(&mut obj, &facts, Some(&want));
         if let Ok(out) = serde_json::to_vec(&obj) {
-            self.body = Some(out.into());
-            self.attempts.body_model = Some(want);
+            self.attempt.body = Some(out.into());
+            self.attempt.attempts.body_model = Some(want);
         }
     }
 }

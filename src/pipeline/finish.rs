@@ -61,8 +61,8 @@ impl Call {
         }
         self.completed = true;
         self.scrub_record();
-        let outcome = status_outcome(self.upstream_status);
-        let ex = self.exchange(self.upstream_status, outcome, None);
+        let outcome = status_outcome(self.upstream_status());
+        let ex = self.exchange(self.upstream_status(), outcome, None);
         // Priced now (SPEC §15): under `fsync = "always"` the record is written here.
         let snap = self.snap.clone();
         snap.spend
@@ -202,7 +202,7 @@ impl Call {
             (None, None, Some(FailKind::ClientBad)) => (Outcome::BadRequest, None),
             (None, None, Some(FailKind::Internal)) => (Outcome::InternalError, None),
             (None, None, Some(_)) => (Outcome::UpstreamError, None),
-            (None, None, None) => (status_outcome(self.upstream_status), None),
+            (None, None, None) => (status_outcome(self.upstream_status()), None),
         };
         let ex = self.exchange(status, outcome, code);
         let snap = self.snap.clone();

@@ -77,13 +77,8 @@ pub struct Call {
     pub(crate) snap: Arc<Snapshot>,
     pub cx: Cx,
     _inflight: InflightGuard,
-    /// The current attempt's upstream (index in `snap.upstreams`).
-    pub(crate) upstream: Option<usize>,
-    /// Whose targets the request may go to, once routed (see `attempt.rs`).
-    pub(crate) targets_of: Option<TargetsOf>,
-    pub(crate) attempts: crate::upstream::Attempts,
-    /// The exact body to send upstream, when Sluice holds it.
-    pub(crate) body: Option<Bytes>,
+    /// Where the request goes, and its attempts (`attempt.rs`).
+    pub(crate) attempt: attempt::Attempt,
     /// The path to request upstream when it differs from the client's (agent runs, governed
     /// routes spelled differently).
     pub(crate) upstream_path: Option<String>,
@@ -96,7 +91,6 @@ pub struct Call {
     pub(crate) local: Option<LocalDone>,
     pub(crate) failure: Option<(Outcome, &'static str)>,
     pub(crate) mode: RespMode,
-    pub(crate) upstream_status: u16,
     pub(crate) t: Timing,
     pub(crate) first_sent: bool,
     pub(crate) stream_counted: bool,
@@ -121,10 +115,7 @@ impl Call {
             cx: Cx::new(String::new(), Method::GET, String::new()),
             _inflight: InflightGuard::new(state),
             state: state.clone(),
-            upstream: None,
-            targets_of: None,
-            attempts: crate::upstream::Attempts::default(),
-            body: None,
+            attempt: attempt::Attempt::default(),
             upstream_path: None,
             ids: (None, None),
             path_is_raw: false,
@@ -132,7 +123,6 @@ impl Call {
             local: None,
             failure: None,
             mode: RespMode::Pass,
-            upstream_status: 0,
             t: Timing::new(),
             first_sent: false,
             stream_counted: false,
@@ -143,16 +133,6 @@ impl Call {
             scrubbed: false,
             trace: None,
         }
-    }
-
-    /// The upstream this request goes to.
-    pub fn upstream_rt(&self) -> Option<&crate::upstream::UpstreamRt> {
-        self.upstream.and_then(|i| self.snap.upstreams.get(i))
-    }
-
-    /// The body to send upstream, when Sluice holds (and may have rewritten) it.
-    pub fn held_body(&self) -> Option<&Bytes> {
-        self.body.as_ref()
     }
 
     /// Marks a local reply as sent: its outcome for the log, and the filters' durability hook.

@@ -118,15 +118,7 @@ impl Call {
         if let Some(reply) = self.local_route(head, async_input, &body).await {
             return Step::Reply(reply);
         }
-        self.first_attempt();
-        self.rewrite_for_upstream(&mut body);
-        let out = body.to_bytes();
-        self.body = if out.is_empty() && !body.is_changed() {
-            None
-        } else {
-            Some(out)
-        };
-        if self.upstream.is_none() {
+        if !self.first_attempt(&mut body) {
             return Step::Reply(Reply::error(
                 500,
                 "internal_error",
@@ -181,11 +173,6 @@ impl Call {
             None => self.route_to(None),
         }
         None
-    }
-
-    pub(crate) fn set_upstream(&mut self, up: usize) {
-        self.upstream = Some(up);
-        self.cx.upstream = self.snap.upstreams.get(up).map(|u| u.name.clone());
     }
 
     /// The routes Sluice answers itself, once the chain admitted the request.
@@ -245,24 +232,6 @@ impl Call {
                 }
             }
             _ => None,
-        }
-    }
-
-    /// The first target's own model name, and usage in streams (as the route's API asks for
-    /// it). A retry on another target rewrites `model` again (`attempt.rs`).
-    fn rewrite_for_upstream(&mut self, body: &mut JsonBody) {
-        let Some(model) = self.cx.model.as_deref().filter(|_| body.json().is_some()) else {
-            return;
-        };
-        let rename = self.target_model().map(str::to_string);
-        self.attempts.body_model = Some(rename.as_deref().unwrap_or(model).to_string());
-        let api = self.cx.api;
-        let facts = stream_facts(&self.cx);
-        if !api.rewrites_upstream(&facts, rename.as_deref()) {
-            return;
-        }
-        if let Some(Value::Object(obj)) = body.json_mut() {
-            api.prepare_upstream(obj, &facts, rename.as_deref());
         }
     }
 }

@@ -49,7 +49,7 @@ impl Call {
         }
         let t0 = Instant::now();
         self.t.response_head(t0);
-        self.upstream_status = status.as_u16();
+        self.attempt.answered(status);
         let mut plan = HeadPlan {
             remove: crate::headers::hop_by_hop_present(headers),
             json_content_type: false,
@@ -140,7 +140,7 @@ impl Call {
     /// What a held answer's head gains once its body is read: `x-sluice-cost-usd`, the real
     /// cost the request was priced at when it completed (0 for an unpriced model).
     pub fn late_header(&self) -> Option<(HeaderName, http::HeaderValue)> {
-        if !(200..300).contains(&self.upstream_status) {
+        if !(200..300).contains(&self.upstream_status()) {
             return None;
         }
         let cost = self.cx.extensions.get::<sluice_filters::spend::Cost>()?;

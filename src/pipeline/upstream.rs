@@ -95,7 +95,7 @@ impl Call {
                     .map_err(|_| "upstream path is not a valid URI")?,
             );
         }
-        if let Some(body) = &self.body {
+        if let Some(body) = self.held_body() {
             h.remove.push(http::header::TRANSFER_ENCODING);
             let len = HeaderValue::from(body.len());
             h.set("content-length", len);

@@ -152,7 +152,11 @@ impl Call {
             }
             let parent = Context::new().with_remote_span_context(tr.request.span_context().clone());
             let mut attrs = Vec::with_capacity(3);
-            if let Some(u) = self.upstream.and_then(|i| self.snap.upstreams.get(i)) {
+            if let Some(u) = self
+                .attempt
+                .upstream()
+                .and_then(|i| self.snap.upstreams.get(i))
+            {
                 attrs.push(KeyValue::new("sluice.upstream", u.name.clone()));
                 attrs.push(KeyValue::new("server.address", u.host.clone()));
                 attrs.push(KeyValue::new("server.port", i64::from(u.addr.port())));
@@ -232,7 +236,7 @@ impl Call {
     }
 
     fn end_upstream(&self, span: &mut Span, error: Option<FailKind>, now: Instant) {
-        let status = self.upstream_status;
+        let status = self.upstream_status();
         if status != 0 {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
