@@ -244,7 +244,7 @@ impl Call {
                 .with_label_values(&[model, org, "completion"])
                 .inc_by(u.completion_tokens);
         }
-        if let Some(r) = self.reshape {
+        if let Some(r) = self.routing.reshape() {
             r.count(&self.cx, ex.outcome, m);
         }
         if self.stream_counted {

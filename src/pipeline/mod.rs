@@ -79,15 +79,8 @@ pub struct Call {
     _inflight: InflightGuard,
     /// Where the request goes, and its attempts (`attempt.rs`).
     pub(crate) attempt: attempt::Attempt,
-    /// The path to request upstream when it differs from the client's (agent runs, governed
-    /// routes spelled differently).
-    pub(crate) upstream_path: Option<String>,
-    /// The ids in the request path (model or agent; run).
-    pub(crate) ids: (Option<String>, Option<String>),
-    /// The received path is the normalized one (`cx.path`).
-    pub(crate) path_is_raw: bool,
-    /// The route builds the upstream request and the client's answer itself (agent runs).
-    pub(crate) reshape: Option<&'static dyn crate::agents::route::Reshape>,
+    /// What the request line routed it to (`request.rs`).
+    pub(crate) routing: request::Routing,
     pub(crate) local: Option<LocalDone>,
     pub(crate) failure: Option<(Outcome, &'static str)>,
     pub(crate) mode: RespMode,
@@ -116,10 +109,7 @@ impl Call {
             _inflight: InflightGuard::new(state),
             state: state.clone(),
             attempt: attempt::Attempt::default(),
-            upstream_path: None,
-            ids: (None, None),
-            path_is_raw: false,
-            reshape: None,
+            routing: request::Routing::default(),
             local: None,
             failure: None,
             mode: RespMode::Pass,

@@ -1,6 +1,8 @@
 //! The request phases: route and authenticate from the head, then parse the body, read the
 //! route's API facts, route by model, run the chain and answer the routes Sluice serves.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{json, Value};
@@ -8,7 +10,34 @@ use sluice_filters::api::{Api, RequestFacts};
 use sluice_filters::{JsonBody, Reply, Request, RequestHead, Route, Verdict};
 
 use super::{Call, Head, Step};
+use crate::agents::route::Reshape;
 use crate::{agents, routes};
+
+/// What the request line routed the request to: set by the head and body phases here only.
+#[derive(Default)]
+pub(crate) struct Routing {
+    /// The ids in the request path (model or agent; run).
+    ids: (Option<String>, Option<String>),
+    /// The received path is the normalized one (`cx.path`).
+    path_is_raw: bool,
+    /// The path to request upstream when it differs from the client's (agent runs, governed
+    /// routes spelled differently).
+    upstream_path: Option<Cow<'static, str>>,
+    /// The route builds the upstream request and the client's answer itself (agent runs).
+    reshape: Option<&'static dyn Reshape>,
+}
+
+impl Routing {
+    /// The path to request upstream when it differs from the client's.
+    pub(crate) fn upstream_path(&self) -> Option<&str> {
+        self.upstream_path.as_deref()
+    }
+
+    /// How the route reshapes the exchange, if it does.
+    pub(crate) fn reshape(&self) -> Option<&'static dyn Reshape> {
+        self.reshape
+    }
+}
 
 impl Call {
     /// The head phase: request id, route, the internal run token, and the chain's header checks
@@ -35,21 +64,21 @@ impl Call {
             }
         };
         // Usually the path is already normal: filters then read the received one, uncopied.
-        self.path_is_raw = matches!(path, std::borrow::Cow::Borrowed(_));
+        self.routing.path_is_raw = matches!(path, Cow::Borrowed(_));
         let m = routes::match_route(head.method, &path);
         cx.route = m.route;
         cx.api = m.api;
-        self.ids = (m.id.map(str::to_string), m.run_id.map(str::to_string));
-        self.upstream_path = m.canonical;
+        self.routing.ids = (m.id.map(str::to_string), m.run_id.map(str::to_string));
+        self.routing.upstream_path = m.canonical.map(Cow::Owned);
         cx.path = path.into_owned();
         if cx.route == Route::Root {
             return Some(Reply::json(200, &json!({"service": "sluice"})));
         }
-        let id = self.ids.0.as_deref();
+        let id = self.routing.ids.0.as_deref();
         if let Some(reply) = agents::route::begin(&self.state, &mut self.cx, id, head.headers) {
             return Some(reply);
         }
-        let normalized = (!self.path_is_raw).then(|| self.cx.path.clone());
+        let normalized = (!self.routing.path_is_raw).then(|| self.cx.path.clone());
         let rh = RequestHead {
             method: head.method,
             path: normalized.as_deref().unwrap_or(head.path),
@@ -84,13 +113,13 @@ impl Call {
         };
         let mut async_input = None;
         if self.cx.route == Route::AgentRun {
-            let agent = self.ids.0.as_deref().unwrap_or_default();
+            let agent = self.routing.ids.0.as_deref().unwrap_or_default();
             match agents::route::prepare(&self.snap, &mut self.cx, agent, &mut body) {
                 Ok(run) => {
                     async_input = run.async_input;
                     self.route_to(Some(run.model));
-                    self.upstream_path = Some(run.upstream_path.into());
-                    self.reshape = Some(run.reshape);
+                    self.routing.upstream_path = Some(Cow::Borrowed(run.upstream_path));
+                    self.routing.reshape = Some(run.reshape);
                 }
                 Err(reply) => return Step::Reply(reply),
             }
@@ -102,7 +131,7 @@ impl Call {
                 return Step::Reply(r);
             }
         }
-        let normalized = (!self.path_is_raw).then(|| self.cx.path.clone());
+        let normalized = (!self.routing.path_is_raw).then(|| self.cx.path.clone());
         let mut request = Request {
             method: head.method,
             path: normalized.as_deref().unwrap_or(head.path),
@@ -189,14 +218,14 @@ impl Call {
                 &routes::list_models(&self.snap.config, identity),
             )),
             Route::GetModel => {
-                let id = self.ids.0.as_deref().unwrap_or_default();
+                let id = self.routing.ids.0.as_deref().unwrap_or_default();
                 Some(match routes::get_model(&self.snap.config, identity, id) {
                     Some(m) => Reply::json(200, &m),
                     None => model_not_found(id),
                 })
             }
             Route::AgentRunStatus => {
-                let (agent, run) = (self.ids.0.as_deref(), self.ids.1.as_deref());
+                let (agent, run) = (self.routing.ids.0.as_deref(), self.routing.ids.1.as_deref());
                 Some(agents::route::status(&self.state, &self.cx, agent, run).await)
             }
             Route::Keys | Route::Key => Some(
@@ -205,7 +234,7 @@ impl Call {
                     &self.snap,
                     &self.cx,
                     head.method,
-                    self.ids.0.as_deref(),
+                    self.routing.ids.0.as_deref(),
                     body,
                 )
                 .await,
@@ -225,7 +254,7 @@ impl Call {
                 match agents::route::start_async(state, snap, &self.cx, head.listen, input).await {
                     Ok(queued) => {
                         // Not this acceptance: its execution is a run of its own.
-                        self.reshape = None;
+                        self.routing.reshape = None;
                         Some(queued)
                     }
                     Err(refused) => Some(refused),

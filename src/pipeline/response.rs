@@ -65,7 +65,7 @@ impl Call {
         let encoded = !enc.is_empty() && !enc.eq_ignore_ascii_case("identity");
         let needs = self.snap.chain.needs();
         let server = &self.snap.config.server;
-        let reshaped = self.reshape.is_some();
+        let reshaped = self.routing.reshape().is_some();
         self.mode = if self.cx.route == Route::Unknown {
             RespMode::Pass
         } else if !status.is_success() {
@@ -208,7 +208,7 @@ impl Call {
         let raw = std::mem::take(buf).freeze();
         self.trace_answer(&raw);
         let snap = self.snap.clone();
-        if !snap.chain.needs().response_body && self.reshape.is_none() {
+        if !snap.chain.needs().response_body && self.routing.reshape().is_none() {
             // No filter reads the body (and its Content-Length was kept).
             self.read_usage(answer_usage(&raw));
             *body = Some(raw);
@@ -224,7 +224,7 @@ impl Call {
             _ => answer_usage(&raw),
         };
         self.read_usage(usage);
-        let out = match self.reshape {
+        let out = match self.routing.reshape() {
             Some(r) => r.answer(&self.cx, jb.json()),
             None => jb.to_bytes(),
         };

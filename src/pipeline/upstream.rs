@@ -79,12 +79,12 @@ impl Call {
         let stripped = self.cx.query.as_deref().map(strip_credential_params);
         let query_changed = stripped.clone().flatten().as_deref() != uri.query();
         let rewrite = !u.base_path.is_empty()
-            || self.upstream_path.is_some()
+            || self.routing.upstream_path().is_some()
             || uri.scheme().is_some()
             || uri.path() != self.cx.path
             || query_changed;
         if rewrite {
-            let path = self.upstream_path.as_deref().unwrap_or(&self.cx.path);
+            let path = self.routing.upstream_path().unwrap_or(&self.cx.path);
             let q = match stripped.flatten() {
                 Some(q) => format!("?{q}"),
                 None => String::new(),
@@ -99,7 +99,7 @@ impl Call {
             h.remove.push(http::header::TRANSFER_ENCODING);
             let len = HeaderValue::from(body.len());
             h.set("content-length", len);
-            if self.reshape.is_some() {
+            if self.routing.reshape().is_some() {
                 // The route built this body itself.
                 h.method = Some(Method::POST);
                 h.set("content-type", HeaderValue::from_static("application/json"));
