@@ -386,7 +386,7 @@ impl ProxyHttp for SluiceProxy {
         call: &mut Box<Call>,
     ) -> FailToProxy {
         let started = session.response_written().is_some();
-        let kind = if call.failure.is_some() && !started {
+        let kind = if call.end.failure().is_some() && !started {
             FailKind::Refused
         } else {
             classify(e)

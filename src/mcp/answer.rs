@@ -15,7 +15,7 @@ use super::relay::{self, Governed, Governor};
 use super::route::{respond, Ctx};
 use super::upstream::{self, Exchange};
 use super::McpMetrics;
-use crate::pipeline::{Call, LocalDone};
+use crate::pipeline::Call;
 
 /// Sends a request to the server and relays its answer, governed.
 pub(super) async fn relay(
@@ -194,7 +194,7 @@ async fn relay_sse(
                             }
                             return Ok(outcome);
                         }
-                        call.failure = Some((Outcome::ClientClosed, "client_closed"));
+                        call.end.fail(Outcome::ClientClosed, "client_closed");
                         return Ok(Outcome::ClientClosed);
                     }
                     watch_client = false;
@@ -269,7 +269,8 @@ async fn end_stream_with_error(
     message: &str,
 ) -> Result<Outcome> {
     call.t.upstream_ended(Instant::now());
-    call.failure = Some((Outcome::UpstreamError, "upstream_unavailable"));
+    call.end
+        .fail(Outcome::UpstreamError, "upstream_unavailable");
     // An error event either way: the stream does not end as a success.
     let _ = finish(call, status, Outcome::UpstreamError);
     let ev = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "sluice", "data": message}});
@@ -293,8 +294,8 @@ fn relayed_outcome(status: u16, blocked: bool) -> Outcome {
 /// False when the record could not be made durable (`fsync = "always"`): the answer must then
 /// be withheld (SPEC §6).
 fn finish(call: &mut Call, status: u16, outcome: Outcome) -> bool {
-    let code = call.failure.map(|(_, c)| c);
-    call.local = Some(LocalDone { outcome, code });
+    let code = call.end.failure().map(|(_, c)| c);
+    call.end.answered(outcome, code);
     let ex = call.exchange(status, outcome, code);
     let snap = call.snap.clone();
     // A paid `tools/call` costs its price (SPEC §15): in the record written here, if any.
@@ -302,9 +303,10 @@ fn finish(call: &mut Call, status: u16, outcome: Outcome) -> bool {
         .price_request(&snap.config.prices, &ex, &mut call.cx);
     let durable = snap.chain.on_response_complete(&ex, &call.cx).is_ok();
     call.cx.response_completed = true;
-    call.completed = true;
+    call.end.complete();
     if !durable {
-        call.failure = Some((Outcome::AuditUnavailable, "audit_unavailable"));
+        call.end
+            .fail(Outcome::AuditUnavailable, "audit_unavailable");
     }
     durable
 }

@@ -5,7 +5,45 @@ use bytes::Bytes;
 use sluice_filters::api::ErrorInfo;
 use sluice_filters::{Exchange, Outcome, Reply};
 
-use super::{Call, RespMode};
+use super::Call;
+
+/// How a request ends: changed here only (and by the MCP route, through these methods).
+#[derive(Default)]
+pub(crate) struct End {
+    /// A reply Sluice produced itself (or an error it turned into one): its outcome and code.
+    local: Option<(Outcome, Option<&'static str>)>,
+    /// What went wrong, when something did: it is the outcome logged.
+    failure: Option<(Outcome, &'static str)>,
+    /// The completion hook ran (the client is being sent a complete answer).
+    completed: bool,
+}
+
+impl End {
+    /// Records a failure (the last one recorded is the outcome).
+    pub(crate) fn fail(&mut self, outcome: Outcome, code: &'static str) {
+        self.failure = Some((outcome, code));
+    }
+
+    /// Records a failure unless one is recorded already.
+    fn fail_first(&mut self, outcome: Outcome, code: &'static str) {
+        self.failure.get_or_insert((outcome, code));
+    }
+
+    /// The failure recorded, if any.
+    pub(crate) fn failure(&self) -> Option<(Outcome, &'static str)> {
+        self.failure
+    }
+
+    /// Sluice answered the request itself, with this outcome.
+    pub(crate) fn answered(&mut self, outcome: Outcome, code: Option<&'static str>) {
+        self.local = Some((outcome, code));
+    }
+
+    /// Marks the answer complete. `false`: it was already.
+    pub(crate) fn complete(&mut self) -> bool {
+        !std::mem::replace(&mut self.completed, true)
+    }
+}
 
 /// A failure, as the adapter classifies its proxy's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +91,40 @@ impl Call {
         }
     }
 
+    /// Marks a local reply as sent: its outcome for the log, and the filters' durability hook.
+    /// `false`: a success whose record is not durable, which must not be sent (the adapter
+    /// closes the connection instead).
+    pub fn replied(&mut self, reply: &Reply) -> bool {
+        self.end.answered(reply.outcome, reply.code);
+        if self.cx.route == sluice_filters::Route::Root {
+            // Not an API call: no chain, no record (SPEC §3).
+            self.end.complete();
+            return true;
+        }
+        self.scrub_record();
+        let ex = self.exchange(reply.status.as_u16(), reply.outcome, reply.code);
+        // Priced now (SPEC §15): under `fsync = "always"` the record is written here.
+        let snap = self.snap.clone();
+        snap.spend
+            .price_request(&snap.config.prices, &ex, &mut self.cx);
+        let done = self.snap.chain.on_response_complete(&ex, &self.cx);
+        self.cx.response_completed = true;
+        self.end.complete();
+        if done.is_ok() || !reply.status.is_success() {
+            // A refusal goes out even so: it hands the client nothing the trail lacks.
+            return true;
+        }
+        self.end
+            .fail(Outcome::AuditUnavailable, "audit_unavailable");
+        false
+    }
+
     /// Just before the last bytes go out: the filters' durability hook. `Err`: the answer must
     /// not complete (its record is not durable); the failure is recorded as the audit's.
     pub(crate) fn complete(&mut self) -> Result<(), super::Refused> {
-        if self.completed {
+        if !self.end.complete() {
             return Ok(());
         }
-        self.completed = true;
         self.scrub_record();
         let outcome = status_outcome(self.upstream_status());
         let ex = self.exchange(self.upstream_status(), outcome, None);
@@ -70,7 +135,8 @@ impl Call {
         let done = self.snap.chain.on_response_complete(&ex, &self.cx);
         self.cx.response_completed = true;
         done.map_err(|_| {
-            self.failure = Some((Outcome::AuditUnavailable, "audit_unavailable"));
+            self.end
+                .fail(Outcome::AuditUnavailable, "audit_unavailable");
             super::Refused {
                 status: 503,
                 why: "the audit record of this answer is not durable",
@@ -81,11 +147,10 @@ impl Call {
     /// Records a failure the client caused while its request was read (the reply, if any, is
     /// sent by the caller): audited as `bad_request` or `client_closed`, never Sluice's own.
     pub fn client_failed(&mut self, kind: FailKind) {
-        let failure = match kind {
-            FailKind::ClientBad => (Outcome::BadRequest, "bad_request"),
-            _ => (Outcome::ClientClosed, "client_closed"),
-        };
-        self.failure = Some(failure);
+        match kind {
+            FailKind::ClientBad => self.end.fail(Outcome::BadRequest, "bad_request"),
+            _ => self.end.fail(Outcome::ClientClosed, "client_closed"),
+        }
     }
 
     /// Decides the answer to a failure. `started`: the client already has a status line.
@@ -95,8 +160,7 @@ impl Call {
         let upstream = self.upstream_rt().map(|u| u.name.clone());
         let timeout = kind == FailKind::UpstreamTimeout;
         if matches!(kind, FailKind::ClientClosed | FailKind::ClientTimeout) {
-            self.failure
-                .get_or_insert((Outcome::ClientClosed, "client_closed"));
+            self.end.fail_first(Outcome::ClientClosed, "client_closed");
             return match (kind, started) {
                 (FailKind::ClientTimeout, false) => FailAction::Reply(Reply::error(
                     408,
@@ -119,8 +183,8 @@ impl Call {
                 FailKind::ClientBad => Outcome::BadRequest,
                 _ => Outcome::UpstreamError,
             };
-            self.failure.get_or_insert((outcome, code));
-            if !matches!(self.mode, RespMode::Sse(_)) {
+            self.end.fail_first(outcome, code);
+            if !self.is_streamed() {
                 return FailAction::Nothing;
             }
             if let Some(info) = self.audit_failure_info() {
@@ -152,7 +216,7 @@ impl Call {
                  bound); nothing was delivered.",
             ),
             FailKind::ClientBad => {
-                self.failure = Some((Outcome::BadRequest, "bad_request"));
+                self.end.fail(Outcome::BadRequest, "bad_request");
                 Reply::error(
                     400,
                     "bad_request",
@@ -193,9 +257,9 @@ impl Call {
             return;
         }
         self.end_attempt(error);
-        let (outcome, code) = match (&self.local, &self.failure, error) {
-            (_, Some((o, c)), _) => (*o, Some(*c)),
-            (Some(l), _, _) => (l.outcome, l.code),
+        let (outcome, code) = match (self.end.local, self.end.failure, error) {
+            (_, Some((o, c)), _) => (o, Some(c)),
+            (Some(l), _, _) => l,
             (None, None, Some(FailKind::ClientClosed | FailKind::ClientTimeout)) => {
                 (Outcome::ClientClosed, None)
             }
@@ -247,10 +311,7 @@ impl Call {
         if let Some(r) = self.routing.reshape() {
             r.count(&self.cx, ex.outcome, m);
         }
-        if self.stream_counted {
-            m.active_streams.dec();
-            self.stream_counted = false;
-        }
+        self.answer.ended(m);
         let status = ex.status.to_string();
         m.requests
             .with_label_values(&[route, model, status.as_str(), ex.outcome.as_str()])

@@ -125,7 +125,7 @@ impl Call {
 
     /// The error a withheld answer ends with, when its record was not durable.
     pub(crate) fn audit_failure_info(&self) -> Option<ErrorInfo> {
-        match self.failure {
+        match self.end.failure() {
             Some((_, "audit_unavailable")) => Some(ErrorInfo {
                 status: 503,
                 kind: "server_error",

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use sluice_filters::{Cx, Outcome, Reply};
+use sluice_filters::{Cx, Reply};
 
 pub use attempt::TargetsOf;
 pub use finish::{FailAction, FailKind};
@@ -65,12 +65,6 @@ pub enum Step {
     Reply(Reply),
 }
 
-/// A reply Sluice produced itself (or an error it turned into one).
-pub(crate) struct LocalDone {
-    pub(crate) outcome: Outcome,
-    pub(crate) code: Option<&'static str>,
-}
-
 /// One request's state, from its head to its log.
 pub struct Call {
     pub(crate) state: Arc<EngineState>,
@@ -81,13 +75,11 @@ pub struct Call {
     pub(crate) attempt: attempt::Attempt,
     /// What the request line routed it to (`request.rs`).
     pub(crate) routing: request::Routing,
-    pub(crate) local: Option<LocalDone>,
-    pub(crate) failure: Option<(Outcome, &'static str)>,
-    pub(crate) mode: RespMode,
+    /// How the request ends (`finish.rs`).
+    pub(crate) end: finish::End,
+    /// How the answer is handled (`response.rs`).
+    pub(crate) answer: response::Answer,
     pub(crate) t: Timing,
-    pub(crate) first_sent: bool,
-    pub(crate) stream_counted: bool,
-    pub(crate) completed: bool,
     /// A completion hook may refuse (audit under `fsync = "always"`): what is kept back of the
     /// answer until it ran (`gate.rs`).
     pub(crate) gate: Option<gate::Gate>,
@@ -110,49 +102,15 @@ impl Call {
             state: state.clone(),
             attempt: attempt::Attempt::default(),
             routing: request::Routing::default(),
-            local: None,
-            failure: None,
-            mode: RespMode::Pass,
+            end: finish::End::default(),
+            answer: response::Answer::default(),
             t: Timing::new(),
-            first_sent: false,
-            stream_counted: false,
-            completed: false,
             gate: None,
             probe: false,
             console: false,
             scrubbed: false,
             trace: None,
         }
-    }
-
-    /// Marks a local reply as sent: its outcome for the log, and the filters' durability hook.
-    /// `false`: a success whose record is not durable, which must not be sent (the adapter
-    /// closes the connection instead).
-    pub fn replied(&mut self, reply: &Reply) -> bool {
-        self.local = Some(LocalDone {
-            outcome: reply.outcome,
-            code: reply.code,
-        });
-        if self.cx.route == sluice_filters::Route::Root {
-            // Not an API call: no chain, no record (SPEC §3).
-            self.completed = true;
-            return true;
-        }
-        self.scrub_record();
-        let ex = self.exchange(reply.status.as_u16(), reply.outcome, reply.code);
-        // Priced now (SPEC §15): under `fsync = "always"` the record is written here.
-        let snap = self.snap.clone();
-        snap.spend
-            .price_request(&snap.config.prices, &ex, &mut self.cx);
-        let done = self.snap.chain.on_response_complete(&ex, &self.cx);
-        self.cx.response_completed = true;
-        self.completed = true;
-        if done.is_ok() || !reply.status.is_success() {
-            // A refusal goes out even so: it hands the client nothing the trail lacks.
-            return true;
-        }
-        self.failure = Some((Outcome::AuditUnavailable, "audit_unavailable"));
-        false
     }
 
     /// A reply's body in the route's API shape (errors are built in OpenAI's).

@@ -20,6 +20,34 @@ pub enum RespMode {
     Sse(SseFramer),
 }
 
+/// How the answer is handled: changed here only.
+pub(crate) struct Answer {
+    mode: RespMode,
+    /// The first bytes of a stream went out (time to first token observed).
+    first_sent: bool,
+    /// The answer is counted in `sluice_active_streams`.
+    stream_counted: bool,
+}
+
+impl Answer {
+    /// The answer ended: it no longer counts as an active stream.
+    pub(crate) fn ended(&mut self, metrics: &crate::metrics::EngineMetrics) {
+        if std::mem::take(&mut self.stream_counted) {
+            metrics.active_streams.dec();
+        }
+    }
+}
+
+impl Default for Answer {
+    fn default() -> Answer {
+        Answer {
+            mode: RespMode::Pass,
+            first_sent: false,
+            stream_counted: false,
+        }
+    }
+}
+
 /// What the upstream response head becomes.
 #[derive(Debug, Default)]
 pub struct HeadPlan {
@@ -66,7 +94,7 @@ impl Call {
         let needs = self.snap.chain.needs();
         let server = &self.snap.config.server;
         let reshaped = self.routing.reshape().is_some();
-        self.mode = if self.cx.route == Route::Unknown {
+        self.answer.mode = if self.cx.route == Route::Unknown {
             RespMode::Pass
         } else if !status.is_success() {
             // Error bodies are scanned like answers (an upstream may echo the prompt).
@@ -83,33 +111,34 @@ impl Call {
             RespMode::Pass
         };
         let reads = needs.response_body || needs.stream_events || reshaped;
-        if !matches!(self.mode, RespMode::Pass) && encoded && reads {
+        if !matches!(self.answer.mode, RespMode::Pass) && encoded && reads {
             // Fail closed: a body the filters cannot read is not delivered.
-            self.failure = Some((Outcome::UpstreamError, "upstream_unscannable"));
+            self.end
+                .fail(Outcome::UpstreamError, "upstream_unscannable");
             return Err(Refused {
                 status: 502,
                 why: "upstream sent a compressed body although identity was requested",
             });
         }
-        if matches!(self.mode, RespMode::Hold(_)) && encoded {
+        if matches!(self.answer.mode, RespMode::Hold(_)) && encoded {
             // Only usage was to be read, and it cannot be: pass the body as it is.
-            self.mode = RespMode::Pass;
+            self.answer.mode = RespMode::Pass;
         }
         // A held body keeps the upstream's Content-Length when nothing can change it (no filter
         // reads response bodies and the route does not reshape it): Pingora then sends the
         // header and the body in one write.
-        let length_kept = matches!(self.mode, RespMode::Hold(_))
+        let length_kept = matches!(self.answer.mode, RespMode::Hold(_))
             && !needs.response_body
             && !reshaped
             && headers.contains_key("content-length");
-        if !matches!(self.mode, RespMode::Pass) && !length_kept {
+        if !matches!(self.answer.mode, RespMode::Pass) && !length_kept {
             plan.remove.push(http::header::CONTENT_LENGTH);
         }
-        if matches!(self.mode, RespMode::Sse(_)) {
+        if matches!(self.answer.mode, RespMode::Sse(_)) {
             self.state.metrics.active_streams.inc();
-            self.stream_counted = true;
+            self.answer.stream_counted = true;
         }
-        plan.json_content_type = reshaped && matches!(self.mode, RespMode::Hold(_));
+        plan.json_content_type = reshaped && matches!(self.answer.mode, RespMode::Hold(_));
         self.gate_answer();
         let head = ResponseHead { status, headers };
         let snap = self.snap.clone();
@@ -132,9 +161,14 @@ impl Call {
         }
     }
 
+    /// Whether the answer is framed as SSE events (a failure can still end it with one).
+    pub(crate) fn is_streamed(&self) -> bool {
+        matches!(self.answer.mode, RespMode::Sse(_))
+    }
+
     /// Whether the answer's body is held whole (the last chunk carries all of it).
     pub fn is_held(&self) -> bool {
-        matches!(self.mode, RespMode::Hold(_))
+        matches!(self.answer.mode, RespMode::Hold(_))
     }
 
     /// What a held answer's head gains once its body is read: `x-sluice-cost-usd`, the real
@@ -163,11 +197,11 @@ impl Call {
         if end {
             self.t.upstream_ended(t0);
         }
-        let mut mode = std::mem::replace(&mut self.mode, RespMode::Pass);
+        let mut mode = std::mem::replace(&mut self.answer.mode, RespMode::Pass);
         let result = match &mut mode {
             RespMode::Pass => {
                 if self.cx.stream
-                    && !self.first_sent
+                    && !self.answer.first_sent
                     && body.as_ref().is_some_and(|b| !b.is_empty())
                 {
                     self.first_sent();
@@ -177,7 +211,7 @@ impl Call {
             RespMode::Hold(buf) => self.hold_body(buf, body, end),
             RespMode::Sse(framer) => self.frame_events(framer, body, end),
         };
-        self.mode = mode;
+        self.answer.mode = mode;
         if !end {
             // Inside the upstream's span; the last call's time comes after it.
             self.t.hooks(t0.elapsed());
@@ -194,7 +228,7 @@ impl Call {
         if let Some(b) = body.take() {
             if buf.len() + b.len() > self.snap.config.server.max_response_body_bytes {
                 // Fail closed: an answer too large to scan is not delivered.
-                self.failure = Some((Outcome::UpstreamError, "response_too_large"));
+                self.end.fail(Outcome::UpstreamError, "response_too_large");
                 return Err(Refused {
                     status: 502,
                     why: "upstream response over max_response_body_bytes",
@@ -247,7 +281,7 @@ impl Call {
         let mut raw_events: Vec<RawEvent> = Vec::new();
         if let Some(b) = body.take() {
             if framer.push(&b, &mut raw_events).is_err() {
-                self.failure = Some((Outcome::UpstreamError, "event_too_large"));
+                self.end.fail(Outcome::UpstreamError, "event_too_large");
                 return Err(Refused {
                     status: 502,
                     why: "SSE event over max_sse_event_bytes",
@@ -274,7 +308,7 @@ impl Call {
         let snap = self.snap.clone();
         snap.chain.on_stream_events(&mut events, end, &mut self.cx);
         let out = self.gate_events(&events, end)?;
-        if !out.is_empty() && !self.first_sent {
+        if !out.is_empty() && !self.answer.first_sent {
             self.first_sent();
         }
         *body = Some(out);
@@ -282,7 +316,7 @@ impl Call {
     }
 
     fn first_sent(&mut self) {
-        self.first_sent = true;
+        self.answer.first_sent = true;
         let model = self.cx.model.as_deref().unwrap_or("");
         self.state
             .metrics

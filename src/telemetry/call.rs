@@ -244,10 +244,10 @@ impl Call {
             ));
         }
         let failed = error.and_then(upstream_error).or_else(|| {
-            self.failure
-                .as_ref()
+            self.end
+                .failure()
                 .filter(|(o, _)| *o == Outcome::UpstreamError)
-                .map(|(_, code)| *code)
+                .map(|(_, code)| code)
         });
         match failed {
             Some(kind) => {
