@@ -19,6 +19,23 @@
 //!
 //! So the whole pipeline — filters, APIs, routing — is unit-tested without a socket, and the
 //! adapter stays a thin translation of Pingora's hooks.
+//!
+//! Who changes what: the request's state is in pieces, each a struct with private fields in the
+//! file that changes it; the other files read it through methods, or ask its owner for a change
+//! by name (`self.end.fail(..)`, `self.t.upstream_ended(..)`).
+//!
+//! ```text
+//! request.rs   Routing   path ids, raw path, upstream path, the route's Reshape (agent runs)
+//! attempt.rs   Attempt   targets, current upstream, attempts, upstream status, body sent
+//! response.rs  Answer    passed / held / SSE, first byte sent, counted as an active stream
+//! finish.rs    End       local reply, failure, completion hook ran
+//! timing.rs    Timing    where the time went (overhead, upstream latency)
+//! gate.rs      Gate      what is kept back until the completion hook ran
+//! ```
+//!
+//! The request's facts (model, stream, output ceiling …) live in `cx`, where filters read them.
+//! Agent runs are a route module (`crate::agents::route`): the pipeline calls it and holds the
+//! [`crate::agents::route::Reshape`] it returns, and has no agent flags.
 
 mod attempt;
 mod finish;
@@ -79,6 +96,7 @@ pub struct Call {
     pub(crate) end: finish::End,
     /// How the answer is handled (`response.rs`).
     pub(crate) answer: response::Answer,
+    /// Where the time went (`timing.rs`).
     pub(crate) t: Timing,
     /// A completion hook may refuse (audit under `fsync = "always"`): what is kept back of the
     /// answer until it ran (`gate.rs`).
@@ -87,7 +105,7 @@ pub struct Call {
     pub probe: bool,
     /// A console request (`crate::console`): answered and audited by the console itself.
     pub console: bool,
-    /// The client-chosen fields were redacted for the record (`scrub.rs`).
+    /// The client-chosen fields were redacted for the record (set by `scrub.rs` only).
     pub(crate) scrubbed: bool,
     /// This request's spans, when traces are on (`crate::telemetry`).
     pub(crate) trace: Option<Box<crate::telemetry::CallTrace>>,
