@@ -243,7 +243,13 @@ pub async fn start_async(
     let queued = Reply::json(202, &started.queued);
     match listen {
         Some(addr) => {
-            tokio::spawn(super::execute(state.clone(), addr, agent, started, input));
+            tokio::spawn(super::execute::execute(
+                state.clone(),
+                addr,
+                agent,
+                started,
+                input,
+            ));
         }
         None => {
             let failed = json!({"status": "failed", "error": {"message": "no listener address"}});
