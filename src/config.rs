@@ -14,12 +14,14 @@ use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
 // One error type for the whole load: the file, the snapshot and every filter report with it.
 pub use sluice_filters::ConfigErrors;
-use sluice_filters::{ConfigError, Policy, Sections};
+use sluice_filters::{ConfigError, Policy};
 
 // The `[[upstreams]]` and `[[models]]` entries are the upstream module's (it validates them).
 pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
 
+mod sections;
 mod upstream_url;
+use sections::BuiltSections;
 pub use upstream_url::{load_ca_file, parse_url, CheckedUpstream, UpstreamTarget};
 
 /// The whole config file.
@@ -80,6 +82,12 @@ pub struct Config {
     /// Each upstream's URL and CA file as loading found them (see [`Config::checked_upstream`]).
     #[serde(skip)]
     checked_upstreams: Vec<CheckedUpstream>,
+    /// Each MCP server's URL as loading found it (see [`Config::checked_mcp_server`]).
+    #[serde(skip)]
+    checked_mcp_servers: Vec<CheckedUpstream>,
+    /// `[rate_limit]`, `[dlp]` and `[audit]` as loading built them (building is their check).
+    #[serde(skip)]
+    built: BuiltSections,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +214,11 @@ impl Config {
             .iter()
             .map(|u| CheckedUpstream::of(u.url.as_deref(), u.ca_file.as_deref()))
             .collect();
+        cfg.checked_mcp_servers = cfg
+            .mcp_servers
+            .iter()
+            .map(|s| CheckedUpstream::of(Some(&s.url), None))
+            .collect();
         cfg.validate(&mut errs);
         if errs.is_empty() {
             Ok(cfg)
@@ -221,10 +234,9 @@ impl Config {
             roles: &self.roles,
             users: &self.users,
             keys: &self.keys,
-            sections: Sections::new()
-                .with(&self.rate_limit)
-                .with(&self.dlp)
-                .with(&self.audit),
+            sections: self
+                .built
+                .sections(&self.rate_limit, &self.dlp, &self.audit),
             models: &self.model_names,
             agents: &self.agent_ids,
             prices: &self.prices,
@@ -242,7 +254,28 @@ impl Config {
         }
     }
 
-    fn validate(&self, errs: &mut Vec<ConfigError>) {
+    /// MCP server `i`'s URL as loading parsed and resolved it; made again only if it changed
+    /// since.
+    pub fn checked_mcp_server(&self, i: usize) -> std::borrow::Cow<'_, CheckedUpstream> {
+        let url = Some(self.mcp_servers[i].url.as_str());
+        match self.checked_mcp_servers.get(i) {
+            Some(c) if c.is_of(url, None) => std::borrow::Cow::Borrowed(c),
+            _ => std::borrow::Cow::Owned(CheckedUpstream::of(url, None)),
+        }
+    }
+
+    /// Builds again any filter section an embedder changed since loading; the snapshot build
+    /// calls it first, so that [`Config::policy`] hands factories built sections.
+    pub(crate) fn refresh_sections(&mut self) -> Result<(), ConfigErrors> {
+        self.built.refresh(&self.rate_limit, &self.dlp, &self.audit)
+    }
+
+    /// `[dlp]` as built (after [`Config::refresh_sections`]).
+    pub fn dlp_built(&self) -> Option<&std::sync::Arc<sluice_filters::dlp::Dlp>> {
+        self.built.dlp(&self.dlp)
+    }
+
+    fn validate(&mut self, errs: &mut Vec<ConfigError>) {
         let s = &self.server;
         for (field, v) in [("listen", &s.listen), ("admin_listen", &s.admin_listen)] {
             if let Err(m) = check_listen(v) {
@@ -434,9 +467,7 @@ impl Config {
             }
         }
         self.policy().validate(errs);
-        self.rate_limit.validate(errs);
-        self.dlp.validate(errs);
-        self.audit.validate(errs);
+        self.built = BuiltSections::build(&self.rate_limit, &self.dlp, &self.audit, errs);
         self.store.validate(errs);
         if let Some(t) = &self.telemetry {
             t.validate(errs);

@@ -67,6 +67,18 @@ pub fn no_options(options: &toml::Table, path: &str, why: &str) -> Vec<ConfigErr
         .collect()
 }
 
+/// A config section whose check is building what it configures (`[dlp]` → its compiled
+/// detectors): nothing is checked without being built, and nothing built is checked again.
+/// The engine builds each section once per load and hands the result to every user of it.
+pub trait Section: std::any::Any + Send + Sync {
+    /// The section's name in the file (`dlp` for `[dlp]`).
+    const NAME: &'static str;
+    /// What the section configures, ready for use.
+    type Built: std::any::Any + Send + Sync;
+    /// Builds it, reporting every problem with its field path.
+    fn build(&self) -> Result<Self::Built, Vec<ConfigError>>;
+}
+
 /// The config sections a factory may read, by type: each filter takes its own (`[dlp]` →
 /// `DlpSettings`) with [`Sections::get`], so this base and the factory trait name none of them
 /// and a filter with its own section needs no field here.
@@ -91,6 +103,19 @@ impl<'a> Sections<'a> {
             let s: &'a (dyn std::any::Any + Send + Sync) = *s;
             s.downcast_ref::<T>()
         })
+    }
+
+    /// Section `S` as built: the one given built (the engine's, built once per load), else
+    /// built here from the settings given (an embedder's policy).
+    pub fn built<S: Section>(&self, path: &str) -> Result<std::sync::Arc<S::Built>, ConfigErrors> {
+        if let Some(b) = self.get::<std::sync::Arc<S::Built>>() {
+            return Ok(b.clone());
+        }
+        let settings = self.require::<S>(path, S::NAME)?;
+        settings
+            .build()
+            .map(std::sync::Arc::new)
+            .map_err(ConfigErrors)
     }
 
     /// The section of type `T`, or an error naming the filter at `path` that needed it (an
