@@ -229,14 +229,21 @@ impl Config {
 
     /// The policy sections, for filter factories.
     pub fn policy(&self) -> Policy<'_> {
+        let mut p = self.policy_lists();
+        p.sections = self
+            .built
+            .sections(&p, &self.rate_limit, &self.dlp, &self.audit);
+        p
+    }
+
+    /// The policy without its sections.
+    fn policy_lists(&self) -> Policy<'_> {
         Policy {
             orgs: &self.orgs,
             roles: &self.roles,
             users: &self.users,
             keys: &self.keys,
-            sections: self
-                .built
-                .sections(&self.rate_limit, &self.dlp, &self.audit),
+            sections: Default::default(),
             models: &self.model_names,
             agents: &self.agent_ids,
             prices: &self.prices,
@@ -267,7 +274,12 @@ impl Config {
     /// Builds again any filter section an embedder changed since loading; the snapshot build
     /// calls it first, so that [`Config::policy`] hands factories built sections.
     pub(crate) fn refresh_sections(&mut self) -> Result<(), ConfigErrors> {
-        self.built.refresh(&self.rate_limit, &self.dlp, &self.audit)
+        let mut built = std::mem::take(&mut self.built);
+        let result = built
+            .refresh(&self.rate_limit, &self.dlp, &self.audit)
+            .and_then(|()| built.refresh_policy(&self.policy_lists()));
+        self.built = built;
+        result
     }
 
     /// `[dlp]` as built (after [`Config::refresh_sections`]).
@@ -466,8 +478,10 @@ impl Config {
                 )),
             }
         }
-        self.policy().validate(errs);
-        self.built = BuiltSections::build(&self.rate_limit, &self.dlp, &self.audit, errs);
+        let mut built = BuiltSections::default();
+        built.check_policy(&self.policy_lists(), errs);
+        built.build(&self.rate_limit, &self.dlp, &self.audit, errs);
+        self.built = built;
         self.store.validate(errs);
         if let Some(t) = &self.telemetry {
             t.validate(errs);

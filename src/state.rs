@@ -351,12 +351,30 @@ impl Drop for InflightGuard {
 mod tests {
     use super::*;
     use sluice_filters::dlp::compiles_on_this_thread;
+    use sluice_filters::policy::checks_on_this_thread;
 
     const CONFIG: &str = r#"
 [server]
 [[upstreams]]
 name = "up"
 url = "http://127.0.0.1:9"
+[[orgs]]
+name = "o"
+[[roles]]
+name = "r"
+permissions = ["chat"]
+[[users]]
+name = "u"
+org = "o"
+role = "r"
+[[keys]]
+id = "k"
+user = "u"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+[[filters]]
+type = "auth"
+[[filters]]
+type = "rate_limit"
 [[dlp.rules]]
 name = "ticket"
 regex = "TICKET-[0-9]{6}"
@@ -373,13 +391,15 @@ type = "dlp"
     }
 
     /// `[dlp]` is compiled by loading (its check) and nowhere else: the `dlp` filter and the
-    /// field scrubber of the snapshot take what the load compiled.
+    /// field scrubber of the snapshot take what the load compiled. The policy likewise is
+    /// checked once, and the auth filter takes that check.
     #[test]
-    fn one_load_compiles_dlp_once() {
-        let before = compiles_on_this_thread();
+    fn one_load_builds_each_section_once() {
+        let (compiles, checks) = (compiles_on_this_thread(), checks_on_this_thread());
         let config = Config::parse(CONFIG).unwrap_or_else(|e| panic!("{e}"));
         let snap = snapshot(config);
-        assert_eq!(compiles_on_this_thread() - before, 1);
+        assert_eq!(compiles_on_this_thread() - compiles, 1);
+        assert_eq!(checks_on_this_thread() - checks, 1);
         let built = snap.config.dlp_built().unwrap_or_else(|| panic!("built"));
         assert!(Arc::ptr_eq(snap.scrubber.scanner(), built.scanner()));
         assert!(snap.scrubber.finds("see TICKET-123456"));
@@ -392,9 +412,11 @@ type = "dlp"
         let mut config = Config::parse(CONFIG).unwrap_or_else(|e| panic!("{e}"));
         config.dlp.rules.clear();
         config.dlp.allow.clear();
-        let before = compiles_on_this_thread();
+        config.roles[0].permissions.push("embeddings".into());
+        let (compiles, checks) = (compiles_on_this_thread(), checks_on_this_thread());
         let snap = snapshot(config);
-        assert_eq!(compiles_on_this_thread() - before, 1);
+        assert_eq!(compiles_on_this_thread() - compiles, 1);
+        assert_eq!(checks_on_this_thread() - checks, 1);
         assert!(!snap.scrubber.finds("see TICKET-123456"));
 
         let mut config = Config::parse(CONFIG).unwrap_or_else(|e| panic!("{e}"));

@@ -1,14 +1,16 @@
-//! The filter sections (`[rate_limit]`, `[dlp]`, `[audit]`) as loading built them: each is
-//! checked by building it ([`Section::build`]), once per load, and the filters and the engine
-//! take the built value instead of building it again.
+//! The filter sections (`[rate_limit]`, `[dlp]`, `[audit]`) as loading built them, and the
+//! policy (`[[orgs]]`, `[[roles]]`, `[[users]]`, `[[keys]]`) as loading checked it: each is
+//! checked by building it ([`Section::build`], [`Policy::check`]), once per load, and the
+//! filters and the engine take the built value instead of building it again.
 
 use std::sync::Arc;
 
 use sluice_filters::audit::AuditSettings;
 use sluice_filters::config::Section;
 use sluice_filters::dlp::{Dlp, DlpSettings};
+use sluice_filters::policy::{CheckedPolicy, KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
-use sluice_filters::{ConfigError, ConfigErrors, Sections};
+use sluice_filters::{ConfigError, ConfigErrors, Policy, Sections};
 
 /// One section built, with the settings it was built from: an embedder may change a parsed
 /// config, and the snapshot then builds the changed section again (see [`Built::fresh`]).
@@ -51,6 +53,32 @@ pub(crate) struct BuiltSections {
     rate_limit: Option<Built<RateLimitSettings>>,
     dlp: Option<Built<DlpSettings>>,
     audit: Option<Built<AuditSettings>>,
+    /// The policy's lists as checked, and what checking them parsed.
+    policy: Option<(PolicyLists, Arc<CheckedPolicy>)>,
+}
+
+/// The lists a [`CheckedPolicy`] was made from.
+#[derive(Clone, PartialEq)]
+struct PolicyLists {
+    orgs: Vec<OrgConfig>,
+    roles: Vec<RoleConfig>,
+    users: Vec<UserConfig>,
+    keys: Vec<KeyConfig>,
+}
+
+impl PolicyLists {
+    fn of(p: &Policy<'_>) -> PolicyLists {
+        PolicyLists {
+            orgs: p.orgs.to_vec(),
+            roles: p.roles.to_vec(),
+            users: p.users.to_vec(),
+            keys: p.keys.to_vec(),
+        }
+    }
+
+    fn are(&self, p: &Policy<'_>) -> bool {
+        self.orgs == p.orgs && self.roles == p.roles && self.users == p.users && self.keys == p.keys
+    }
 }
 
 impl std::fmt::Debug for BuiltSections {
@@ -64,16 +92,15 @@ impl std::fmt::Debug for BuiltSections {
 impl BuiltSections {
     /// Builds every section, each error with its field path.
     pub(crate) fn build(
+        &mut self,
         rate_limit: &RateLimitSettings,
         dlp: &DlpSettings,
         audit: &AuditSettings,
         errs: &mut Vec<ConfigError>,
-    ) -> BuiltSections {
-        BuiltSections {
-            rate_limit: Built::of(rate_limit, errs),
-            dlp: Built::of(dlp, errs),
-            audit: Built::of(audit, errs),
-        }
+    ) {
+        self.rate_limit = Built::of(rate_limit, errs);
+        self.dlp = Built::of(dlp, errs);
+        self.audit = Built::of(audit, errs);
     }
 
     /// Builds again the sections whose settings changed since (or that were never built: a
@@ -101,15 +128,45 @@ impl BuiltSections {
         }
     }
 
+    /// Checks the policy (the one place: [`Policy::check`]) and keeps what checking parsed.
+    pub(crate) fn check_policy(&mut self, policy: &Policy<'_>, errs: &mut Vec<ConfigError>) {
+        self.policy = match policy.check() {
+            Ok(c) => Some((PolicyLists::of(policy), Arc::new(c))),
+            Err(e) => {
+                errs.extend(e);
+                None
+            }
+        };
+    }
+
+    /// Checks the policy again if its lists changed since.
+    pub(crate) fn refresh_policy(&mut self, policy: &Policy<'_>) -> Result<(), ConfigErrors> {
+        if self.policy.as_ref().is_some_and(|(l, _)| l.are(policy)) {
+            return Ok(());
+        }
+        let mut errs = Vec::new();
+        self.check_policy(policy, &mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
     /// What filter factories read: each section's settings, and its built value when it was
-    /// built from them (a factory given only settings builds them itself).
+    /// built from them (a factory given only settings builds them itself); the policy's check
+    /// when it was made from `lists`.
     pub(crate) fn sections<'a>(
         &'a self,
+        lists: &Policy<'_>,
         rate_limit: &'a RateLimitSettings,
         dlp: &'a DlpSettings,
         audit: &'a AuditSettings,
     ) -> Sections<'a> {
         let mut s = Sections::new().with(rate_limit).with(dlp).with(audit);
+        if let Some((_, c)) = self.policy.as_ref().filter(|(l, _)| l.are(lists)) {
+            s = s.with(c);
+        }
         if let Some(b) = self.rate_limit.as_ref().filter(|b| b.from == *rate_limit) {
             s = s.with(&b.value);
         }
