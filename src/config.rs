@@ -13,8 +13,8 @@ use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
 // One error type for the whole load: the file, the snapshot and every filter report with it.
+use sluice_filters::ConfigError;
 pub use sluice_filters::ConfigErrors;
-use sluice_filters::{ConfigError, Policy};
 
 // The `[[upstreams]]` and `[[models]]` entries are the upstream module's (it validates them).
 pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
@@ -227,29 +227,6 @@ impl Config {
         }
     }
 
-    /// The policy sections, for filter factories.
-    pub fn policy(&self) -> Policy<'_> {
-        let mut p = self.policy_lists();
-        p.sections = self
-            .built
-            .sections(&p, &self.rate_limit, &self.dlp, &self.audit);
-        p
-    }
-
-    /// The policy without its sections.
-    fn policy_lists(&self) -> Policy<'_> {
-        Policy {
-            orgs: &self.orgs,
-            roles: &self.roles,
-            users: &self.users,
-            keys: &self.keys,
-            sections: Default::default(),
-            models: &self.model_names,
-            agents: &self.agent_ids,
-            prices: &self.prices,
-        }
-    }
-
     /// Upstream `i`'s URL and CA file as loading parsed, resolved and read them; made again only
     /// if the entry changed since (an embedder's edit).
     pub fn checked_upstream(&self, i: usize) -> std::borrow::Cow<'_, CheckedUpstream> {
@@ -269,22 +246,6 @@ impl Config {
             Some(c) if c.is_of(url, None) => std::borrow::Cow::Borrowed(c),
             _ => std::borrow::Cow::Owned(CheckedUpstream::of(url, None)),
         }
-    }
-
-    /// Builds again any filter section an embedder changed since loading; the snapshot build
-    /// calls it first, so that [`Config::policy`] hands factories built sections.
-    pub(crate) fn refresh_sections(&mut self) -> Result<(), ConfigErrors> {
-        let mut built = std::mem::take(&mut self.built);
-        let result = built
-            .refresh(&self.rate_limit, &self.dlp, &self.audit)
-            .and_then(|()| built.refresh_policy(&self.policy_lists()));
-        self.built = built;
-        result
-    }
-
-    /// `[dlp]` as built (after [`Config::refresh_sections`]).
-    pub fn dlp_built(&self) -> Option<&std::sync::Arc<sluice_filters::dlp::Dlp>> {
-        self.built.dlp(&self.dlp)
     }
 
     fn validate(&mut self, errs: &mut Vec<ConfigError>) {
@@ -478,10 +439,7 @@ impl Config {
                 )),
             }
         }
-        let mut built = BuiltSections::default();
-        built.check_policy(&self.policy_lists(), errs);
-        built.build(&self.rate_limit, &self.dlp, &self.audit, errs);
-        self.built = built;
+        self.build_sections(errs);
         self.store.validate(errs);
         if let Some(t) = &self.telemetry {
             t.validate(errs);

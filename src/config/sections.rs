@@ -187,3 +187,53 @@ impl BuiltSections {
             .map(|b| &b.value)
     }
 }
+
+impl super::Config {
+    /// The policy sections, for filter factories.
+    pub fn policy(&self) -> Policy<'_> {
+        let mut p = self.policy_lists();
+        p.sections = self
+            .built
+            .sections(&p, &self.rate_limit, &self.dlp, &self.audit);
+        p
+    }
+
+    /// The policy without its sections.
+    pub(super) fn policy_lists(&self) -> Policy<'_> {
+        Policy {
+            orgs: &self.orgs,
+            roles: &self.roles,
+            users: &self.users,
+            keys: &self.keys,
+            sections: Default::default(),
+            models: &self.model_names,
+            agents: &self.agent_ids,
+            prices: &self.prices,
+        }
+    }
+
+    /// Checks the policy and builds the filter sections, each once (loading does, in order
+    /// with the other checks).
+    pub(super) fn build_sections(&mut self, errs: &mut Vec<ConfigError>) {
+        let mut built = BuiltSections::default();
+        built.check_policy(&self.policy_lists(), errs);
+        built.build(&self.rate_limit, &self.dlp, &self.audit, errs);
+        self.built = built;
+    }
+
+    /// Builds again any filter section an embedder changed since loading; the snapshot build
+    /// calls it first, so that [`Config::policy`] hands factories built sections.
+    pub(crate) fn refresh_sections(&mut self) -> Result<(), ConfigErrors> {
+        let mut built = std::mem::take(&mut self.built);
+        let result = built
+            .refresh(&self.rate_limit, &self.dlp, &self.audit)
+            .and_then(|()| built.refresh_policy(&self.policy_lists()));
+        self.built = built;
+        result
+    }
+
+    /// `[dlp]` as built (after [`Config::refresh_sections`]).
+    pub fn dlp_built(&self) -> Option<&Arc<Dlp>> {
+        self.built.dlp(&self.dlp)
+    }
+}
