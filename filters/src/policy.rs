@@ -126,19 +126,19 @@ impl std::fmt::Debug for CheckedPolicy {
 impl Policy<'_> {
     /// Checks the references between orgs, roles, users and keys and the shape of each entry,
     /// reporting every problem with its field path.
-    pub fn check(&self) -> Result<CheckedPolicy, Vec<ConfigError>> {
+    pub fn check(&self) -> Result<CheckedPolicy, ConfigErrors> {
         let mut errs = Vec::new();
         let checked = self.check_into(&mut errs);
         if errs.is_empty() {
             Ok(checked)
         } else {
-            Err(errs)
+            Err(ConfigErrors(errs))
         }
     }
 
     /// The policy checked (when the engine gave it, as it does for every load), else checked
     /// here.
-    pub fn checked(&self) -> Result<Arc<CheckedPolicy>, Vec<ConfigError>> {
+    pub fn checked(&self) -> Result<Arc<CheckedPolicy>, ConfigErrors> {
         match self.sections.get::<Arc<CheckedPolicy>>() {
             Some(c) if c.fits(self) => Ok(c.clone()),
             _ => self.check().map(Arc::new),

@@ -36,7 +36,7 @@ impl<S: Section + Clone + PartialEq> Built<S> {
                 value: Arc::new(v),
             }),
             Err(e) => {
-                errs.extend(e);
+                errs.extend(e.0);
                 None
             }
         }
@@ -133,7 +133,7 @@ impl BuiltSections {
         self.policy = match policy.check() {
             Ok(c) => Some((PolicyLists::of(policy), Arc::new(c))),
             Err(e) => {
-                errs.extend(e);
+                errs.extend(e.0);
                 None
             }
         };

@@ -251,11 +251,11 @@ impl Section for AuditSettings {
     const NAME: &'static str = "audit";
     type Built = Audit;
 
-    fn build(&self) -> Result<Audit, Vec<ConfigError>> {
+    fn build(&self) -> Result<Audit, ConfigErrors> {
         let mut errs = Vec::new();
         self.check(&mut errs);
         if !errs.is_empty() {
-            return Err(errs);
+            return Err(ConfigErrors(errs));
         }
         Ok(Audit {
             writer: self.writer_options(),
@@ -393,7 +393,7 @@ mod tests {
     use super::*;
 
     fn errors(s: &AuditSettings) -> Vec<String> {
-        let errs = s.build().err().unwrap_or_default();
+        let errs = s.build().err().unwrap_or_default().0;
         errs.into_iter().map(|e| e.to_string()).collect()
     }
 

@@ -226,7 +226,7 @@ impl AuthFilter {
             Ok(c) if errs.is_empty() => c,
             Ok(_) => return Err(ConfigErrors(errs)),
             Err(e) => {
-                errs.extend(e);
+                errs.extend(e.0);
                 return Err(ConfigErrors(errs));
             }
         };

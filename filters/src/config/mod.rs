@@ -76,7 +76,7 @@ pub trait Section: std::any::Any + Send + Sync {
     /// What the section configures, ready for use.
     type Built: std::any::Any + Send + Sync;
     /// Builds it, reporting every problem with its field path.
-    fn build(&self) -> Result<Self::Built, Vec<ConfigError>>;
+    fn build(&self) -> Result<Self::Built, ConfigErrors>;
 }
 
 /// The config sections a factory may read, by type: each filter takes its own (`[dlp]` →
@@ -112,10 +112,7 @@ impl<'a> Sections<'a> {
             return Ok(b.clone());
         }
         let settings = self.require::<S>(path, S::NAME)?;
-        settings
-            .build()
-            .map(std::sync::Arc::new)
-            .map_err(ConfigErrors)
+        settings.build().map(std::sync::Arc::new)
     }
 
     /// The section of type `T`, or an error naming the filter at `path` that needed it (an

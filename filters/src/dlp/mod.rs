@@ -83,7 +83,7 @@ struct ResponseState {
 impl DlpFilter {
     /// Builds the filter from `[dlp]`; registers its metric in `shared` (once per process).
     pub fn new(settings: &DlpSettings, shared: &Shared) -> Result<DlpFilter, ConfigErrors> {
-        let dlp = settings.build().map_err(ConfigErrors)?;
+        let dlp = settings.build()?;
         Ok(DlpFilter::of(&dlp, shared))
     }
 

@@ -136,7 +136,8 @@ mod tests {
         let errs = settings("packs = [\"secrets\"]\n[pack_actions.pii]\naction = \"redact\"\n[pack_actions.phi]\naction = \"redact\"")
             .build()
             .err()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .0;
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["dlp.pack_actions.phi", "dlp.pack_actions.pii"]);
         assert!(toml::from_str::<DlpSettings>("[pack_actions.pii]\nrequest = \"redact\"").is_err());

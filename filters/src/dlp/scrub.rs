@@ -50,7 +50,7 @@ mod tests {
             packs: vec!["pii".into()],
             ..DlpSettings::default()
         };
-        let dlp = settings.build().unwrap_or_else(|e| panic!("{e:?}"));
+        let dlp = settings.build().unwrap_or_else(|e| panic!("{e}"));
         let s = dlp.scrubber();
         assert!(!std::sync::Arc::ptr_eq(s.scanner(), dlp.scanner()));
         let out = s.redact("/v1/AKIAIOSFODNN7EXAMPLE/x").unwrap_or_default();
@@ -64,7 +64,7 @@ mod tests {
     fn the_scrubber_shares_the_filters_scanner_when_secrets_are_scanned() {
         let dlp = DlpSettings::default()
             .build()
-            .unwrap_or_else(|e| panic!("{e:?}"));
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(std::sync::Arc::ptr_eq(
             dlp.scrubber().scanner(),
             dlp.scanner()
@@ -77,7 +77,7 @@ mod tests {
             "packs = [\"pii\"]\n[[allow]]\nvalue = \"jane@example.com\"\ndetectors = [\"email\"]",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let dlp = settings.build().unwrap_or_else(|e| panic!("{e:?}"));
+        let dlp = settings.build().unwrap_or_else(|e| panic!("{e}"));
         let s = dlp.scrubber();
         assert!(!s.finds("jane@example.com"));
         assert!(s.finds("john@example.com"));

@@ -223,13 +223,13 @@ impl Section for DlpSettings {
 
     /// Compiles the detectors and allow rules once; the filter and the field scrubber share
     /// the result.
-    fn build(&self) -> Result<Dlp, Vec<ConfigError>> {
+    fn build(&self) -> Result<Dlp, ConfigErrors> {
         let mut errs = Vec::new();
         let compiled = self.compile_with_allow(&mut errs);
         if errs.is_empty() {
             Ok(Dlp::new(self, compiled))
         } else {
-            Err(errs)
+            Err(ConfigErrors(errs))
         }
     }
 }

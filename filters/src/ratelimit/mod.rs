@@ -586,7 +586,7 @@ mod tests {
             "backend = \"redis\"\nredis_url = \"redis://:hunter2@[::1\"\nredis_key_prefix = \"a{b\"\nredis_timeout_ms = 0",
         )
         .unwrap();
-        let errs = s.build().err().unwrap_or_default();
+        let errs = s.build().err().unwrap_or_default().0;
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -598,7 +598,7 @@ mod tests {
         );
         assert!(errs.iter().all(|e| !e.message.contains("hunter2")));
         let s: RateLimitSettings = toml::from_str("backend = \"redis\"").unwrap();
-        let errs = s.build().err().unwrap_or_default();
+        let errs = s.build().err().unwrap_or_default().0;
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "rate_limit.redis_url");
     }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Section};
+use crate::config::{ConfigError, ConfigErrors, Section};
 
 /// `[rate_limit]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -84,7 +84,7 @@ impl Section for RateLimitSettings {
 
     /// Checks `[rate_limit]`; errors name their field (`rate_limit.redis_url`). Never contacts
     /// Redis.
-    fn build(&self) -> Result<RateLimit, Vec<ConfigError>> {
+    fn build(&self) -> Result<RateLimit, ConfigErrors> {
         let mut errs = Vec::new();
         let redis = self.check(&mut errs);
         if errs.is_empty() {
@@ -93,7 +93,7 @@ impl Section for RateLimitSettings {
                 redis,
             })
         } else {
-            Err(errs)
+            Err(ConfigErrors(errs))
         }
     }
 }

@@ -13,7 +13,7 @@ fn scanner(toml_text: &str) -> Scanner {
 }
 
 fn errors(toml_text: &str) -> Vec<String> {
-    let errs = settings(toml_text).build().err().unwrap_or_default();
+    let errs = settings(toml_text).build().err().unwrap_or_default().0;
     errs.iter().map(ToString::to_string).collect()
 }
 

@@ -8,7 +8,7 @@ use sluice_filters::Shared;
 
 fn errors(toml_text: &str) -> Vec<String> {
     let s: DlpSettings = toml::from_str(toml_text).expect("parses");
-    let errs = s.build().err().unwrap_or_default();
+    let errs = s.build().err().unwrap_or_default().0;
     errs.iter().map(ToString::to_string).collect()
 }
 
