@@ -343,19 +343,12 @@ pub fn build(
     path: &str,
     shared: &Shared,
 ) -> Result<Arc<dyn Filter>, ConfigErrors> {
-    let mut errs = crate::config::no_options(
+    let errs = crate::config::no_options(
         options,
         path,
         "unknown option: the audit filter takes none (it is configured in [audit])",
     );
-    let audit = match policy.sections.built::<AuditSettings>(path) {
-        Ok(a) if errs.is_empty() => a,
-        Ok(_) => return Err(ConfigErrors(errs)),
-        Err(e) => {
-            errs.extend(e.0);
-            return Err(ConfigErrors(errs));
-        }
-    };
+    let audit = crate::config::together(errs, policy.sections.built::<AuditSettings>(path))?;
     let metrics = AuditMetrics::register(shared)
         .map_err(|e| ConfigErrors::one(path, format!("cannot register the audit metrics: {e}")))?;
     let opts = &audit.writer;

@@ -222,14 +222,7 @@ impl AuthFilter {
                  configured in [[keys]], [[users]] and [[roles]])",
             ));
         }
-        let checked = match policy.checked() {
-            Ok(c) if errs.is_empty() => c,
-            Ok(_) => return Err(ConfigErrors(errs)),
-            Err(e) => {
-                errs.extend(e.0);
-                return Err(ConfigErrors(errs));
-            }
-        };
+        let checked = crate::config::together(errs, policy.checked())?;
         let (keys, users, roles) = resolve_keys(policy, &checked);
         // Registered once per process and found again after a reload, so the counts survive it.
         let failures = failures_metric(shared).map_err(|e| {

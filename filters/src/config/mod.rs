@@ -67,6 +67,22 @@ pub fn no_options(options: &toml::Table, path: &str, why: &str) -> Vec<ConfigErr
         .collect()
 }
 
+/// `built`, unless `errs` (a factory's own option errors) or its errors say otherwise: either
+/// way every error is reported, together.
+pub fn together<T>(
+    mut errs: Vec<ConfigError>,
+    built: Result<T, ConfigErrors>,
+) -> Result<T, ConfigErrors> {
+    match built {
+        Ok(b) if errs.is_empty() => Ok(b),
+        Ok(_) => Err(ConfigErrors(errs)),
+        Err(e) => {
+            errs.extend(e.0);
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
 /// A config section whose check is building what it configures (`[dlp]` → its compiled
 /// detectors): nothing is checked without being built, and nothing built is checked again.
 /// The engine builds each section once per load and hands the result to every user of it.

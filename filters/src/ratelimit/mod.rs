@@ -104,20 +104,13 @@ pub fn build(
     path: &str,
     shared: &Shared,
 ) -> Result<Arc<dyn Filter>, ConfigErrors> {
-    let mut errs = crate::config::no_options(
+    let errs = crate::config::no_options(
         options,
         path,
         "unknown option: rate_limit takes no options here; configure it in [rate_limit] \
          and in the `rate_limit` of [[orgs]], [[users]] and [[keys]]",
     );
-    let built = match policy.sections.built::<RateLimitSettings>(path) {
-        Ok(b) if errs.is_empty() => b,
-        Ok(_) => return Err(ConfigErrors(errs)),
-        Err(e) => {
-            errs.extend(e.0);
-            return Err(ConfigErrors(errs));
-        }
-    };
+    let built = crate::config::together(errs, policy.sections.built::<RateLimitSettings>(path))?;
     let settings = &built.settings;
     let store = match &built.redis {
         None => Store::Local(
