@@ -96,8 +96,8 @@ pub trait Section: std::any::Any + Send + Sync {
 }
 
 /// The config sections a factory may read, by type: each filter takes its own (`[dlp]` →
-/// `DlpSettings`) with [`Sections::get`], so this base and the factory trait name none of them
-/// and a filter with its own section needs no field here.
+/// `DlpSettings`, built: `Dlp`) with [`Sections::built`], so this base and the factory trait
+/// name none of them and a filter with its own section needs no field here.
 #[derive(Clone, Default)]
 pub struct Sections<'a> {
     items: Vec<&'a (dyn std::any::Any + Send + Sync)>,
