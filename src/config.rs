@@ -13,13 +13,15 @@ use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
 // One error type for the whole load: the file, the snapshot and every filter report with it.
+use sluice_filters::ConfigError;
 pub use sluice_filters::ConfigErrors;
-use sluice_filters::{ConfigError, Policy, Sections};
 
 // The `[[upstreams]]` and `[[models]]` entries are the upstream module's (it validates them).
 pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
 
+mod sections;
 mod upstream_url;
+use sections::BuiltSections;
 pub use upstream_url::{load_ca_file, parse_url, CheckedUpstream, UpstreamTarget};
 
 /// The whole config file.
@@ -80,6 +82,12 @@ pub struct Config {
     /// Each upstream's URL and CA file as loading found them (see [`Config::checked_upstream`]).
     #[serde(skip)]
     checked_upstreams: Vec<CheckedUpstream>,
+    /// Each MCP server's URL as loading found it (see [`Config::checked_mcp_server`]).
+    #[serde(skip)]
+    checked_mcp_servers: Vec<CheckedUpstream>,
+    /// `[rate_limit]`, `[dlp]` and `[audit]` as loading built them (building is their check).
+    #[serde(skip)]
+    built: BuiltSections,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,28 +214,16 @@ impl Config {
             .iter()
             .map(|u| CheckedUpstream::of(u.url.as_deref(), u.ca_file.as_deref()))
             .collect();
+        cfg.checked_mcp_servers = cfg
+            .mcp_servers
+            .iter()
+            .map(|s| CheckedUpstream::of(Some(&s.url), None))
+            .collect();
         cfg.validate(&mut errs);
         if errs.is_empty() {
             Ok(cfg)
         } else {
             Err(ConfigErrors(errs))
-        }
-    }
-
-    /// The policy sections, for filter factories.
-    pub fn policy(&self) -> Policy<'_> {
-        Policy {
-            orgs: &self.orgs,
-            roles: &self.roles,
-            users: &self.users,
-            keys: &self.keys,
-            sections: Sections::new()
-                .with(&self.rate_limit)
-                .with(&self.dlp)
-                .with(&self.audit),
-            models: &self.model_names,
-            agents: &self.agent_ids,
-            prices: &self.prices,
         }
     }
 
@@ -242,7 +238,17 @@ impl Config {
         }
     }
 
-    fn validate(&self, errs: &mut Vec<ConfigError>) {
+    /// MCP server `i`'s URL as loading parsed and resolved it; made again only if it changed
+    /// since.
+    pub fn checked_mcp_server(&self, i: usize) -> std::borrow::Cow<'_, CheckedUpstream> {
+        let url = Some(self.mcp_servers[i].url.as_str());
+        match self.checked_mcp_servers.get(i) {
+            Some(c) if c.is_of(url, None) => std::borrow::Cow::Borrowed(c),
+            _ => std::borrow::Cow::Owned(CheckedUpstream::of(url, None)),
+        }
+    }
+
+    fn validate(&mut self, errs: &mut Vec<ConfigError>) {
         let s = &self.server;
         for (field, v) in [("listen", &s.listen), ("admin_listen", &s.admin_listen)] {
             if let Err(m) = check_listen(v) {
@@ -433,10 +439,7 @@ impl Config {
                 )),
             }
         }
-        self.policy().validate(errs);
-        self.rate_limit.validate(errs);
-        self.dlp.validate(errs);
-        self.audit.validate(errs);
+        self.build_sections(errs);
         self.store.validate(errs);
         if let Some(t) = &self.telemetry {
             t.validate(errs);

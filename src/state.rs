@@ -45,11 +45,16 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub(crate) fn build(
-        config: Config,
+        mut config: Config,
         types: &FilterTypes,
         shared: &Shared,
         mock_addr: Option<SocketAddr>,
     ) -> Result<Snapshot, ConfigErrors> {
+        // Built when the config was loaded; again only if an embedder changed them since.
+        config.refresh_sections()?;
+        let Some(scrubber) = config.dlp_built().map(|d| d.scrubber().clone()) else {
+            return Err(ConfigErrors::one("dlp", "not built"));
+        };
         let mut errs: Vec<ConfigError> = Vec::new();
         let board = crate::upstream::board(shared)
             .map_err(|m| ConfigErrors(vec![ConfigError::new("upstreams", m)]))?;
@@ -174,7 +179,7 @@ impl Snapshot {
             routes.push(route);
         }
         let default_route = crate::upstream::ModelTargets::first_upstream(&upstreams);
-        let mcp = crate::mcp::McpServers::build(&config.mcp_servers, &mut errs);
+        let mcp = crate::mcp::McpServers::build(&config, &mut errs);
         let chain = match Chain::build(&config, types, shared) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -197,7 +202,6 @@ impl Snapshot {
         match (chain, spend) {
             (Some(chain), Some(spend)) if errs.is_empty() => {
                 board.install(&upstreams);
-                let scrubber = Arc::new(sluice_filters::dlp::FieldScrubber::new(&config.dlp));
                 Ok(Snapshot {
                     scrubber,
                     config,
@@ -340,5 +344,94 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_filters::dlp::compiles_on_this_thread;
+    use sluice_filters::policy::checks_on_this_thread;
+
+    const CONFIG: &str = r#"
+[server]
+[[upstreams]]
+name = "up"
+url = "http://127.0.0.1:9"
+[[orgs]]
+name = "o"
+[[roles]]
+name = "r"
+permissions = ["chat"]
+[[users]]
+name = "u"
+org = "o"
+role = "r"
+[[keys]]
+id = "k"
+user = "u"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+[[filters]]
+type = "auth"
+[[filters]]
+type = "rate_limit"
+[[dlp.rules]]
+name = "ticket"
+regex = "TICKET-[0-9]{6}"
+[[dlp.allow]]
+value = "TICKET-000000"
+[[filters]]
+type = "dlp"
+"#;
+
+    fn snapshot(config: Config) -> Snapshot {
+        let shared = Shared::new(prometheus::Registry::new());
+        Snapshot::build(config, &FilterTypes::default(), &shared, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `[dlp]` is compiled by loading (its check) and nowhere else: the `dlp` filter and the
+    /// field scrubber of the snapshot take what the load compiled. The policy likewise is
+    /// checked once, and the auth filter takes that check.
+    #[test]
+    fn one_load_builds_each_section_once() {
+        let (compiles, checks) = (compiles_on_this_thread(), checks_on_this_thread());
+        let config = Config::parse(CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        let snap = snapshot(config);
+        assert_eq!(compiles_on_this_thread() - compiles, 1);
+        assert_eq!(checks_on_this_thread() - checks, 1);
+        let built = snap.config.dlp_built().unwrap_or_else(|| panic!("built"));
+        assert!(Arc::ptr_eq(snap.scrubber.scanner(), built.scanner()));
+        assert!(snap.scrubber.finds("see TICKET-123456"));
+        assert!(!snap.scrubber.finds("see TICKET-000000"));
+    }
+
+    /// An embedder that changes a loaded config's section gets it built again, once.
+    #[test]
+    fn a_changed_section_is_built_again() {
+        let mut config = Config::parse(CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        config.dlp.rules.clear();
+        config.dlp.allow.clear();
+        config.roles[0].permissions.push("embeddings".into());
+        let (compiles, checks) = (compiles_on_this_thread(), checks_on_this_thread());
+        let snap = snapshot(config);
+        assert_eq!(compiles_on_this_thread() - compiles, 1);
+        assert_eq!(checks_on_this_thread() - checks, 1);
+        assert!(!snap.scrubber.finds("see TICKET-123456"));
+
+        let mut config = Config::parse(CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        config.dlp.rules[0].regex = Some("[".into());
+        let err = Snapshot::build(
+            config,
+            &FilterTypes::default(),
+            &Shared::new(prometheus::Registry::new()),
+            None,
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("dlp.rules[0].regex: unclosed character class")
+        );
     }
 }

@@ -28,7 +28,7 @@ pub struct RateLimitSpec {
     pub token_burst: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct OrgConfig {
     pub name: String,
     pub rate_limit: Option<RateLimitSpec>,
@@ -36,7 +36,7 @@ pub struct OrgConfig {
     pub budget: Option<BudgetSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RoleConfig {
     pub name: String,
     #[serde(default)]
@@ -50,7 +50,7 @@ pub struct RoleConfig {
     pub mcp: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UserConfig {
     pub name: String,
     pub org: String,
@@ -60,7 +60,7 @@ pub struct UserConfig {
     pub budget: Option<BudgetSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct KeyConfig {
     pub id: String,
     pub user: String,
@@ -95,9 +95,59 @@ pub struct Policy<'a> {
     pub prices: &'a std::collections::HashMap<String, Price>,
 }
 
+/// What checking a policy parsed: each role's permissions and each key's SHA-256. A policy is
+/// checked by [`Policy::check`], the one place its checks and their messages live, once per
+/// load; the auth filter makes its identities from this instead of checking again.
+#[derive(Default)]
+pub struct CheckedPolicy {
+    /// Each role's permissions (parallel to `roles`).
+    pub(crate) permissions: Vec<Vec<Permission>>,
+    /// Each key's SHA-256 (parallel to `keys`).
+    pub(crate) digests: Vec<[u8; 32]>,
+}
+
+impl CheckedPolicy {
+    /// Whether this could be the check of `policy` (an embedder's may not be).
+    pub(crate) fn fits(&self, policy: &Policy<'_>) -> bool {
+        self.permissions.len() == policy.roles.len() && self.digests.len() == policy.keys.len()
+    }
+}
+
+/// Counts only: a digest has no business in logs.
+impl std::fmt::Debug for CheckedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedPolicy")
+            .field("roles", &self.permissions.len())
+            .field("keys", &self.digests.len())
+            .finish()
+    }
+}
+
 impl Policy<'_> {
-    /// Checks the references between orgs, roles, users and keys and the shape of each entry.
-    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
+    /// Checks the references between orgs, roles, users and keys and the shape of each entry,
+    /// reporting every problem with its field path.
+    pub fn check(&self) -> Result<CheckedPolicy, ConfigErrors> {
+        let mut errs = Vec::new();
+        let checked = self.check_into(&mut errs);
+        if errs.is_empty() {
+            Ok(checked)
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// The policy checked (when the engine gave it, as it does for every load), else checked
+    /// here.
+    pub fn checked(&self) -> Result<Arc<CheckedPolicy>, ConfigErrors> {
+        match self.sections.get::<Arc<CheckedPolicy>>() {
+            Some(c) if c.fits(self) => Ok(c.clone()),
+            _ => self.check().map(Arc::new),
+        }
+    }
+
+    fn check_into(&self, errs: &mut Vec<ConfigError>) -> CheckedPolicy {
+        CHECKS.with(|c| c.set(c.get() + 1));
+        let mut checked = CheckedPolicy::default();
         let mut seen = std::collections::HashSet::new();
         for (i, o) in self.orgs.iter().enumerate() {
             if !seen.insert(o.name.as_str()) {
@@ -121,8 +171,11 @@ impl Policy<'_> {
                     format!("duplicate role `{}`", r.name),
                 ));
             }
+            let mut permissions = Vec::with_capacity(r.permissions.len());
             for (j, p) in r.permissions.iter().enumerate() {
-                if Permission::parse(p).is_none() {
+                if let Some(p) = Permission::parse(p) {
+                    permissions.push(p);
+                } else {
                     let all: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
                     errs.push(ConfigError::new(
                         format!("roles[{i}].permissions[{j}]"),
@@ -130,6 +183,7 @@ impl Policy<'_> {
                     ));
                 }
             }
+            checked.permissions.push(permissions);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
@@ -173,7 +227,10 @@ impl Policy<'_> {
                     format!("no user named `{}` in [[users]]", k.user),
                 ));
             }
-            let ok_hex = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            let mut digest = [0u8; 32];
+            let ok_hex =
+                k.sha256.len() == 64 && hex::decode_to_slice(&k.sha256, &mut digest).is_ok();
+            checked.digests.push(digest);
             if !ok_hex {
                 errs.push(ConfigError::new(
                     format!("keys[{i}].sha256"),
@@ -192,7 +249,19 @@ impl Policy<'_> {
                 b.validate(&format!("keys[{i}].budget"), errs);
             }
         }
+        checked
     }
+}
+
+thread_local! {
+    static CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many policies were checked on this thread: lets a test show that one config load checks
+/// its policy once (a thread's own count, undisturbed by tests running alongside).
+#[doc(hidden)]
+pub fn checks_on_this_thread() -> u64 {
+    CHECKS.with(std::cell::Cell::get)
 }
 
 /// Checks one `rate_limit` table (every limit at least 1), naming `path` in errors.

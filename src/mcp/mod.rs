@@ -66,7 +66,7 @@ fn default_read_timeout_ms() -> u64 {
 /// beyond resolving each URL's host, as `[[upstreams]]` do, and the `mcp` globs of roles and
 /// keys (each `server:tool`, naming a configured server unless the server part is a glob).
 pub fn validate(config: &crate::config::Config, errs: &mut Vec<ConfigError>) {
-    validate_servers(&config.mcp_servers, errs);
+    validate_servers(config, errs);
     let names: Vec<&str> = config.mcp_servers.iter().map(|s| s.name.as_str()).collect();
     for (i, r) in config.roles.iter().enumerate() {
         validate_globs(&r.mcp, &format!("roles[{i}].mcp"), &names, errs);
@@ -97,9 +97,9 @@ fn validate_globs(globs: &[String], path: &str, servers: &[&str], errs: &mut Vec
     }
 }
 
-fn validate_servers(servers: &[McpServerConfig], errs: &mut Vec<ConfigError>) {
+fn validate_servers(config: &crate::config::Config, errs: &mut Vec<ConfigError>) {
     let mut seen = std::collections::HashSet::new();
-    for (i, s) in servers.iter().enumerate() {
+    for (i, s) in config.mcp_servers.iter().enumerate() {
         let p = format!("mcp_servers[{i}]");
         if !seen.insert(s.name.as_str()) {
             errs.push(ConfigError::new(
@@ -117,8 +117,8 @@ fn validate_servers(servers: &[McpServerConfig], errs: &mut Vec<ConfigError>) {
                 "use letters, digits, `-`, `_` and `.` only (it is a path segment)",
             ));
         }
-        if let Err(m) = crate::config::parse_url(&s.url) {
-            errs.push(ConfigError::new(format!("{p}.url"), m));
+        if let Some(Err(m)) = &config.checked_mcp_server(i).target {
+            errs.push(ConfigError::new(format!("{p}.url"), m.as_str()));
         }
         if let Some(env) = &s.api_key_env {
             if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -184,18 +184,20 @@ impl Default for McpServers {
 }
 
 impl McpServers {
-    /// Resolves each server once (DNS never runs on the request path) and reads its
-    /// credential; every problem is reported with its field path.
-    pub fn build(servers: &[McpServerConfig], errs: &mut Vec<ConfigError>) -> McpServers {
+    /// Takes each server's address as loading resolved it (DNS never runs on the request path,
+    /// nor twice per load) and reads its credential; every problem is reported with its field
+    /// path.
+    pub fn build(config: &crate::config::Config, errs: &mut Vec<ConfigError>) -> McpServers {
         let mut out = McpServers::default();
-        for (i, s) in servers.iter().enumerate() {
+        for (i, s) in config.mcp_servers.iter().enumerate() {
             let p = format!("mcp_servers[{i}]");
-            let target = match crate::config::parse_url(&s.url) {
-                Ok(t) => t,
-                Err(m) => {
-                    errs.push(ConfigError::new(format!("{p}.url"), m));
+            let target = match &config.checked_mcp_server(i).target {
+                Some(Ok(t)) => t.clone(),
+                Some(Err(m)) => {
+                    errs.push(ConfigError::new(format!("{p}.url"), m.as_str()));
                     continue;
                 }
+                None => continue,
             };
             let Some(addr) = target.addr else { continue };
             let credential = match &s.api_key_env {

@@ -143,7 +143,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{ConfigError, ConfigErrors, Section};
 use crate::policy::Policy;
 use crate::{Filter, Shared};
 
@@ -159,7 +159,7 @@ pub use writer::{AuditWriter, StartError, SubmitError, WaitError, WriterOptions}
 ///
 /// Unknown keys are reported by the engine's config loader (with their field path), as for every
 /// section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AuditSettings {
     /// The active log file, or `-` for stdout.
     #[serde(default = "default_path")]
@@ -237,8 +237,37 @@ const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 const MAX_INTERVAL_MS: u64 = 60_000;
 const MAX_WRITE_TIMEOUT_MS: u64 = 600_000;
 
+/// `[audit]` built: the writer's options and what requests do while it cannot write, checked.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub writer: WriterOptions,
+    pub on_error: OnError,
+    pub write_timeout: Duration,
+    /// The log's writer in [`Shared`]: one per file, however the path names it.
+    writer_key: String,
+}
+
+impl Section for AuditSettings {
+    const NAME: &'static str = "audit";
+    type Built = Audit;
+
+    fn build(&self) -> Result<Audit, ConfigErrors> {
+        let mut errs = Vec::new();
+        self.check(&mut errs);
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        Ok(Audit {
+            writer: self.writer_options(),
+            on_error: self.on_error,
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            writer_key: format!("audit:{}", writer_key(&self.path)),
+        })
+    }
+}
+
 impl AuditSettings {
-    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
+    fn check(&self, errs: &mut Vec<ConfigError>) {
         let mut err = |field: &str, msg: String| {
             errs.push(ConfigError::new(format!("audit.{field}"), msg));
         };
@@ -314,31 +343,28 @@ pub fn build(
     path: &str,
     shared: &Shared,
 ) -> Result<Arc<dyn Filter>, ConfigErrors> {
-    let mut errs = crate::config::no_options(
+    let errs = crate::config::no_options(
         options,
         path,
         "unknown option: the audit filter takes none (it is configured in [audit])",
     );
-    let settings = policy.sections.require::<AuditSettings>(path, "audit")?;
-    settings.validate(&mut errs);
-    if !errs.is_empty() {
-        return Err(ConfigErrors(errs));
-    }
+    let audit = crate::config::together(errs, policy.sections.built::<AuditSettings>(path))?;
     let metrics = AuditMetrics::register(shared)
         .map_err(|e| ConfigErrors::one(path, format!("cannot register the audit metrics: {e}")))?;
-    let opts = settings.writer_options();
-    let key = format!("audit:{}", writer_key(&settings.path));
+    let opts = &audit.writer;
     let writer = shared
-        .get_or_try_init(&key, || AuditWriter::start(opts.clone(), metrics.clone()))
+        .get_or_try_init(&audit.writer_key, || {
+            AuditWriter::start(opts.clone(), metrics.clone())
+        })
         .map_err(|e| ConfigErrors::one("audit.path", e.0))?;
-    writer.reconfigure(&opts);
-    metrics.set_queue_capacity(settings.queue_capacity);
+    writer.reconfigure(opts);
+    metrics.set_queue_capacity(opts.queue_capacity);
     Ok(Arc::new(AuditFilter {
         writer,
         all_writers: shared.all::<AuditWriter>(),
-        fsync: settings.fsync,
-        on_error: settings.on_error,
-        write_timeout: Duration::from_millis(settings.write_timeout_ms),
+        fsync: opts.fsync,
+        on_error: audit.on_error,
+        write_timeout: audit.write_timeout,
         metrics,
         missed: std::sync::atomic::AtomicU64::new(0),
     }))
@@ -360,8 +386,7 @@ mod tests {
     use super::*;
 
     fn errors(s: &AuditSettings) -> Vec<String> {
-        let mut errs = Vec::new();
-        s.validate(&mut errs);
+        let errs = s.build().err().unwrap_or_default().0;
         errs.into_iter().map(|e| e.to_string()).collect()
     }
 

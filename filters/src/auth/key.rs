@@ -82,6 +82,11 @@ impl KeyDigest {
         KeyDigest(Sha256::digest(key).into())
     }
 
+    /// A digest as [`crate::policy::Policy::check`] decoded it.
+    pub(crate) fn from_bytes(digest: [u8; 32]) -> KeyDigest {
+        KeyDigest(digest)
+    }
+
     /// Decodes `[[keys]].sha256` (64 hex digits, either case).
     pub(crate) fn from_hex(hex_digest: &str) -> Option<KeyDigest> {
         let mut out = [0u8; 32];

@@ -51,7 +51,7 @@ mod runtime;
 mod users;
 pub mod verified;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,7 +60,7 @@ use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 
 use crate::config::{ConfigError, ConfigErrors};
-use crate::policy::Policy;
+use crate::policy::{CheckedPolicy, Policy};
 use crate::{
     Cx, Filter, Grants, Identity, Permission, Reply, Request, RequestHead, Route, Shared, Verdict,
 };
@@ -204,11 +204,9 @@ pub fn build(
 }
 
 impl AuthFilter {
-    /// Resolves every key of `policy` to its identity and grants.
-    ///
-    /// The reference checks mirror [`Policy::validate`] with the same paths and messages (so an
-    /// engine that reports both can deduplicate them); the filter re-checks because it relies
-    /// on them and may be built by an embedder that never validated.
+    /// Resolves every key of `policy` to its identity and grants, from the policy as checked
+    /// ([`Policy::checked`]: the engine's check of the load, or one made here for an embedder's
+    /// policy).
     pub fn from_policy(
         policy: &Policy<'_>,
         options: &toml::Table,
@@ -223,10 +221,8 @@ impl AuthFilter {
                  configured in [[keys]], [[users]] and [[roles]])",
             ));
         }
-        let (keys, users, roles) = resolve_keys(policy, &mut errs);
-        if !errs.is_empty() {
-            return Err(ConfigErrors(errs));
-        }
+        let checked = crate::config::together(errs, policy.checked())?;
+        let (keys, users, roles) = resolve_keys(policy, &checked);
         // Registered once per process and found again after a reload, so the counts survive it.
         let failures = failures_metric(shared).map_err(|e| {
             ConfigErrors::one(path, format!("cannot register {FAILURES_METRIC}: {e}"))
@@ -387,111 +383,32 @@ fn entry(identity: Identity, disabled: bool, expires: Option<u64>) -> KeyEntry {
     }
 }
 
-/// Builds the digest → identity table (and the users the store's keys resolve against),
-/// pushing every broken reference to `errs`.
+/// Builds the digest → identity table (and the users the store's keys resolve against) from a
+/// policy [`Policy::check`] found sound: every reference resolves, nothing is checked again.
 #[allow(clippy::type_complexity)]
 fn resolve_keys(
     policy: &Policy<'_>,
-    errs: &mut Vec<ConfigError>,
+    checked: &CheckedPolicy,
 ) -> (
     HashMap<KeyDigest, KeyEntry>,
     HashMap<String, ResolvedUser>,
     HashMap<String, RoleGrants>,
 ) {
-    let mut roles: HashMap<&str, (Vec<Permission>, &crate::policy::RoleConfig)> = HashMap::new();
-    for (i, r) in policy.roles.iter().enumerate() {
-        if roles.contains_key(r.name.as_str()) {
-            errs.push(ConfigError::new(
-                format!("roles[{i}].name"),
-                format!("duplicate role `{}`", r.name),
-            ));
-            continue;
-        }
-        let mut permissions = Vec::with_capacity(r.permissions.len());
-        for (j, p) in r.permissions.iter().enumerate() {
-            match Permission::parse(p) {
-                Some(p) => permissions.push(p),
-                None => {
-                    let all: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
-                    errs.push(ConfigError::new(
-                        format!("roles[{i}].permissions[{j}]"),
-                        format!("unknown permission `{p}` (known: {})", all.join(", ")),
-                    ));
-                }
-            }
-        }
-        roles.insert(&r.name, (permissions, r));
-    }
-
-    let orgs: HashSet<&str> = policy.orgs.iter().map(|o| o.name.as_str()).collect();
-    let mut users = HashMap::new();
-    for (i, u) in policy.users.iter().enumerate() {
-        if users.contains_key(u.name.as_str()) {
-            errs.push(ConfigError::new(
-                format!("users[{i}].name"),
-                format!("duplicate user `{}`", u.name),
-            ));
-            continue;
-        }
-        let mut ok = true;
-        if !orgs.contains(u.org.as_str()) {
-            ok = false;
-            errs.push(ConfigError::new(
-                format!("users[{i}].org"),
-                format!("no org named `{}` in [[orgs]]", u.org),
-            ));
-        }
-        if !roles.contains_key(u.role.as_str()) {
-            ok = false;
-            errs.push(ConfigError::new(
-                format!("users[{i}].role"),
-                format!("no role named `{}` in [[roles]]", u.role),
-            ));
-        }
-        // A broken user is reported once, here; its keys are skipped silently below.
-        users.insert(u.name.as_str(), ok.then_some(u));
-    }
+    let roles: HashMap<&str, (Vec<Permission>, &crate::policy::RoleConfig)> = policy
+        .roles
+        .iter()
+        .zip(&checked.permissions)
+        .map(|(r, p)| (r.name.as_str(), (p.clone(), r)))
+        .collect();
+    let users: HashMap<&str, &crate::policy::UserConfig> =
+        policy.users.iter().map(|u| (u.name.as_str(), u)).collect();
 
     let mut table = HashMap::with_capacity(policy.keys.len());
-    let mut ids = HashSet::new();
-    for (i, k) in policy.keys.iter().enumerate() {
-        if !ids.insert(k.id.as_str()) {
-            errs.push(ConfigError::new(
-                format!("keys[{i}].id"),
-                format!("duplicate key id `{}`", k.id),
-            ));
-        }
-        let user = match users.get(k.user.as_str()) {
-            Some(Some(user)) => Some(*user),
-            Some(None) => None,
-            None => {
-                errs.push(ConfigError::new(
-                    format!("keys[{i}].user"),
-                    format!("no user named `{}` in [[users]]", k.user),
-                ));
-                None
-            }
-        };
-        let digest = if k.sha256.len() == 64 {
-            KeyDigest::from_hex(&k.sha256)
-        } else {
-            None
-        };
-        let Some(digest) = digest else {
-            errs.push(ConfigError::new(
-                format!("keys[{i}].sha256"),
-                "must be the 64 hex digits of the key's SHA-256 (see `sluice keys new`)",
-            ));
+    for (i, (k, digest)) in policy.keys.iter().zip(&checked.digests).enumerate() {
+        let digest = KeyDigest::from_bytes(*digest);
+        let Some(user) = users.get(k.user.as_str()).copied() else {
             continue;
         };
-        if table.contains_key(&digest) {
-            errs.push(ConfigError::new(
-                format!("keys[{i}].sha256"),
-                "the same key hash appears twice",
-            ));
-            continue;
-        }
-        let Some(user) = user else { continue };
         let Some((permissions, role)) = roles.get(user.role.as_str()) else {
             continue;
         };
@@ -524,7 +441,6 @@ fn resolve_keys(
     }
     let resolved = users
         .values()
-        .flatten()
         .filter_map(|u| {
             let (permissions, role) = roles.get(u.role.as_str())?;
             Some((

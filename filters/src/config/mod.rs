@@ -67,9 +67,37 @@ pub fn no_options(options: &toml::Table, path: &str, why: &str) -> Vec<ConfigErr
         .collect()
 }
 
+/// `built`, unless `errs` (a factory's own option errors) or its errors say otherwise: either
+/// way every error is reported, together.
+pub fn together<T>(
+    mut errs: Vec<ConfigError>,
+    built: Result<T, ConfigErrors>,
+) -> Result<T, ConfigErrors> {
+    match built {
+        Ok(b) if errs.is_empty() => Ok(b),
+        Ok(_) => Err(ConfigErrors(errs)),
+        Err(e) => {
+            errs.extend(e.0);
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+/// A config section whose check is building what it configures (`[dlp]` → its compiled
+/// detectors): nothing is checked without being built, and nothing built is checked again.
+/// The engine builds each section once per load and hands the result to every user of it.
+pub trait Section: std::any::Any + Send + Sync {
+    /// The section's name in the file (`dlp` for `[dlp]`).
+    const NAME: &'static str;
+    /// What the section configures, ready for use.
+    type Built: std::any::Any + Send + Sync;
+    /// Builds it, reporting every problem with its field path.
+    fn build(&self) -> Result<Self::Built, ConfigErrors>;
+}
+
 /// The config sections a factory may read, by type: each filter takes its own (`[dlp]` →
-/// `DlpSettings`) with [`Sections::get`], so this base and the factory trait name none of them
-/// and a filter with its own section needs no field here.
+/// `DlpSettings`, built: `Dlp`) with [`Sections::built`], so this base and the factory trait
+/// name none of them and a filter with its own section needs no field here.
 #[derive(Clone, Default)]
 pub struct Sections<'a> {
     items: Vec<&'a (dyn std::any::Any + Send + Sync)>,
@@ -91,6 +119,16 @@ impl<'a> Sections<'a> {
             let s: &'a (dyn std::any::Any + Send + Sync) = *s;
             s.downcast_ref::<T>()
         })
+    }
+
+    /// Section `S` as built: the one given built (the engine's, built once per load), else
+    /// built here from the settings given (an embedder's policy).
+    pub fn built<S: Section>(&self, path: &str) -> Result<std::sync::Arc<S::Built>, ConfigErrors> {
+        if let Some(b) = self.get::<std::sync::Arc<S::Built>>() {
+            return Ok(b.clone());
+        }
+        let settings = self.require::<S>(path, S::NAME)?;
+        settings.build().map(std::sync::Arc::new)
     }
 
     /// The section of type `T`, or an error naming the filter at `path` that needed it (an

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 
 /// One `[[dlp.allow]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowSettings {
     /// The exact text of an allowed finding.
@@ -39,6 +39,18 @@ enum Exempt {
 }
 
 impl Allow {
+    /// The same rule over another scanner's detectors: `to` maps an index of this rule's
+    /// scanner to the other's.
+    pub(crate) fn reindexed(&self, to: impl Fn(usize) -> Option<usize>) -> Allow {
+        Allow {
+            what: self.what.clone(),
+            detectors: self
+                .detectors
+                .as_ref()
+                .map(|ds| ds.iter().filter_map(|&d| to(d)).collect()),
+        }
+    }
+
     /// Whether this rule exempts `text`, found by detector `d`.
     pub(crate) fn exempts(&self, d: usize, text: &[u8]) -> bool {
         if self.detectors.as_ref().is_some_and(|ds| !ds.contains(&d)) {

@@ -26,6 +26,7 @@ mod redact;
 mod scanner;
 mod scrub;
 mod secrets;
+mod section;
 mod settings;
 mod stream;
 pub mod tokens;
@@ -41,7 +42,7 @@ use prometheus::{IntCounterVec, Opts};
 use serde_json::Value;
 
 use crate::api::{Api, ErrorInfo};
-use crate::config::ConfigErrors;
+use crate::config::{ConfigErrors, Section};
 use crate::policy::Policy;
 use crate::{
     Cx, Filter, JsonBody, Needs, Reply, Request, ResponseHead, Shared, StreamEvent, Verdict,
@@ -52,6 +53,9 @@ pub use detectors::builtin_names;
 pub use pack_actions::PackActions;
 pub use scanner::{Match, Scanner, MAX_MATCH_BYTES};
 pub use scrub::FieldScrubber;
+#[doc(hidden)]
+pub use section::compiles_on_this_thread;
+pub use section::Dlp;
 pub use settings::{Action, Direction, DlpSettings, RuleSettings, UNSCANNABLE};
 
 use json::JsonScan;
@@ -79,9 +83,15 @@ struct ResponseState {
 impl DlpFilter {
     /// Builds the filter from `[dlp]`; registers its metric in `shared` (once per process).
     pub fn new(settings: &DlpSettings, shared: &Shared) -> Result<DlpFilter, ConfigErrors> {
-        let scanner = Scanner::from_settings(settings)?;
-        let request_actions = settings.actions(&scanner, Direction::Request);
-        let response_actions = settings.actions(&scanner, Direction::Response);
+        let dlp = settings.build()?;
+        Ok(DlpFilter::of(&dlp, shared))
+    }
+
+    /// The filter over a built `[dlp]` (its scanner shared, not compiled again).
+    pub fn of(dlp: &Dlp, shared: &Shared) -> DlpFilter {
+        let scanner = dlp.scanner().clone();
+        let request_actions = dlp.actions(Direction::Request).to_vec();
+        let response_actions = dlp.actions(Direction::Response).to_vec();
         let findings = shared
             .metric("dlp_findings", || {
                 IntCounterVec::new(
@@ -101,13 +111,13 @@ impl DlpFilter {
             preinit_findings(m, &scanner, Direction::Request, &request_actions);
             preinit_findings(m, &scanner, Direction::Response, &response_actions);
         }
-        Ok(DlpFilter {
-            scanner: Arc::new(scanner),
+        DlpFilter {
+            scanner,
             request_actions,
             response_actions,
-            max_scan_bytes: settings.max_scan_bytes,
+            max_scan_bytes: dlp.max_scan_bytes(),
             findings,
-        })
+        }
     }
 
     pub fn scanner(&self) -> &Scanner {
@@ -517,6 +527,6 @@ pub fn build(
             "unknown option: the dlp filter is configured in [dlp]",
         )));
     }
-    let settings = policy.sections.require::<DlpSettings>(path, "dlp")?;
-    Ok(Arc::new(DlpFilter::new(settings, shared)?))
+    let dlp = policy.sections.built::<DlpSettings>(path)?;
+    Ok(Arc::new(DlpFilter::of(&dlp, shared)))
 }

@@ -132,9 +132,12 @@ mod tests {
 
     #[test]
     fn unknown_or_disabled_packs_are_errors_with_their_path() {
-        let mut errs = Vec::new();
-        settings("packs = [\"secrets\"]\n[pack_actions.pii]\naction = \"redact\"\n[pack_actions.phi]\naction = \"redact\"")
-            .validate(&mut errs);
+        use crate::config::Section;
+        let errs = settings("packs = [\"secrets\"]\n[pack_actions.pii]\naction = \"redact\"\n[pack_actions.phi]\naction = \"redact\"")
+            .build()
+            .err()
+            .unwrap_or_default()
+            .0;
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["dlp.pack_actions.phi", "dlp.pack_actions.pii"]);
         assert!(toml::from_str::<DlpSettings>("[pack_actions.pii]\nrequest = \"redact\"").is_err());

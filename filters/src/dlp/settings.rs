@@ -10,10 +10,11 @@ use super::json::JsonScan;
 use super::literals::{first_bytes, literal_prefixes};
 use super::pack_actions::{self, PackActions};
 use super::scanner::{builtins, compile_dfa, last_line, Detector, Scanner};
-use crate::config::{ConfigError, ConfigErrors};
+use super::section::{self, Dlp};
+use crate::config::{ConfigError, ConfigErrors, Section};
 
 /// `[dlp]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DlpSettings {
     /// Built-in detector packs: `secrets`, `pii`. Both when left out.
@@ -65,7 +66,7 @@ impl Default for DlpSettings {
 }
 
 /// `[[dlp.rules]]`: a custom detector.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSettings {
     pub name: String,
@@ -143,23 +144,22 @@ impl DlpSettings {
         actions
     }
 
-    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
-        self.compile_with_allow(errs);
-    }
-
-    /// The detectors, and the allow rules compiled against their names.
-    fn compile_with_allow(
-        &self,
-        errs: &mut Vec<ConfigError>,
-    ) -> (Vec<Arc<Detector>>, Vec<allow::Allow>) {
-        let detectors = self.compile(errs);
+    /// The packs, the detectors (the packs' built-ins, then the custom rules) and the allow
+    /// rules compiled against their names: the one place `[dlp]` is compiled.
+    fn compile_with_allow(&self, errs: &mut Vec<ConfigError>) -> Compiled {
+        section::count_compile();
+        let (packs, detectors) = self.compile(errs);
         let names: Vec<&str> = detectors.iter().map(|d| d.name.as_str()).collect();
         let allow = allow::compile(&self.allow, &names, errs);
-        (detectors, allow)
+        Compiled {
+            packs,
+            detectors,
+            allow,
+        }
     }
 
     /// Compiles the configured detectors, reporting every problem with its field path.
-    fn compile(&self, errs: &mut Vec<ConfigError>) -> Vec<Arc<Detector>> {
+    fn compile(&self, errs: &mut Vec<ConfigError>) -> (Vec<Pack>, Vec<Arc<Detector>>) {
         let mut packs = Vec::new();
         for (i, p) in self.packs.iter().enumerate() {
             match Pack::parse(p) {
@@ -206,7 +206,31 @@ impl DlpSettings {
                 Err((field, msg)) => errs.push(ConfigError::new(format!("{at}{field}"), msg)),
             }
         }
-        out
+        (packs, out)
+    }
+}
+
+/// `[dlp]` compiled: what [`Dlp`] is made of.
+pub(super) struct Compiled {
+    pub packs: Vec<Pack>,
+    pub detectors: Vec<Arc<Detector>>,
+    pub allow: Vec<allow::Allow>,
+}
+
+impl Section for DlpSettings {
+    const NAME: &'static str = "dlp";
+    type Built = Dlp;
+
+    /// Compiles the detectors and allow rules once; the filter and the field scrubber share
+    /// the result.
+    fn build(&self) -> Result<Dlp, ConfigErrors> {
+        let mut errs = Vec::new();
+        let compiled = self.compile_with_allow(&mut errs);
+        if errs.is_empty() {
+            Ok(Dlp::new(self, compiled))
+        } else {
+            Err(ConfigErrors(errs))
+        }
     }
 }
 
@@ -335,12 +359,13 @@ fn ascii_word_boundaries(p: &str) -> String {
 }
 
 impl Scanner {
-    /// A scanner for these settings (the built-ins of its packs, then its custom rules).
+    /// A scanner for these settings (the built-ins of its packs, then its custom rules), for
+    /// tools and tests; a config load builds the section ([`Section::build`]) instead.
     pub fn from_settings(settings: &DlpSettings) -> Result<Scanner, ConfigErrors> {
         let mut errs = Vec::new();
-        let (detectors, allow) = settings.compile_with_allow(&mut errs);
+        let c = settings.compile_with_allow(&mut errs);
         if errs.is_empty() {
-            Ok(Scanner::new(detectors).with_allow(allow))
+            Ok(Scanner::new(c.detectors).with_allow(c.allow))
         } else {
             Err(ConfigErrors(errs))
         }

@@ -82,7 +82,7 @@ use self::refusal::{limited_message, never_fits, retry_after_secs, NEVER_FITS_RE
 #[cfg(test)]
 use self::report::openai_duration;
 use self::report::{set_headers, Metrics};
-pub use self::settings::{Backend, OnBackendError, RateLimitSettings};
+pub use self::settings::{Backend, OnBackendError, RateLimit, RateLimitSettings};
 use crate::api::TokenCost;
 use crate::auth::{Derived, RuntimeKeys};
 use crate::config::ConfigErrors;
@@ -96,7 +96,7 @@ use crate::{
 /// Builds the `rate_limit` filter for `[[filters]] type = "rate_limit"`.
 ///
 /// Takes no options of its own (its settings are `[rate_limit]` and the `rate_limit` of each
-/// org, user and key). Runs [`RateLimitSettings::validate`]. Never contacts Redis: the
+/// org, user and key), built once per load ([`RateLimit`]). Never contacts Redis: the
 /// connection is made by the first request that needs it.
 pub fn build(
     policy: &Policy<'_>,
@@ -104,38 +104,30 @@ pub fn build(
     path: &str,
     shared: &Shared,
 ) -> Result<Arc<dyn Filter>, ConfigErrors> {
-    let mut errs = crate::config::no_options(
+    let errs = crate::config::no_options(
         options,
         path,
         "unknown option: rate_limit takes no options here; configure it in [rate_limit] \
          and in the `rate_limit` of [[orgs]], [[users]] and [[keys]]",
     );
-    let settings = policy
-        .sections
-        .require::<RateLimitSettings>(path, "rate_limit")?;
-    settings.validate(&mut errs);
-    if !errs.is_empty() {
-        return Err(ConfigErrors(errs));
-    }
-
-    let store = match settings.backend {
-        Backend::Local => Store::Local(
+    let built = crate::config::together(errs, policy.sections.built::<RateLimitSettings>(path))?;
+    let settings = &built.settings;
+    let store = match &built.redis {
+        None => Store::Local(
             shared
                 .get_or_try_init("ratelimit:local", || {
                     Ok::<_, std::convert::Infallible>(LocalStore::new())
                 })
                 .unwrap_or_else(|never| match never {}),
         ),
-        Backend::Redis => {
-            // validate() guarantees a URL; the Shared key is its hash, not the URL (which may
-            // hold a password).
+        Some(client) => {
+            // The Shared key is the URL's hash, not the URL (which may hold a password).
             let url = settings.redis_url.as_deref().unwrap_or_default();
             let id = hex::encode(Sha256::digest(url.as_bytes()));
-            let conn = shared
-                .get_or_try_init(&format!("ratelimit:redis:{id}"), || RedisConn::new(url))
-                .map_err(|e| {
-                    ConfigErrors::one("rate_limit.redis_url", format!("not usable: {e}"))
-                })?;
+            let conn = shared.get_or_try_init(&format!("ratelimit:redis:{id}"), || {
+                Ok::<_, std::convert::Infallible>(RedisConn::new(client.clone()))
+            });
+            let conn = conn.unwrap_or_else(|never| match never {});
             Store::Redis(RedisStore {
                 conn,
                 timeout: Duration::from_millis(settings.redis_timeout_ms),
@@ -553,6 +545,7 @@ fn clamp_i64(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Section;
 
     #[test]
     fn durations_in_openai_format() {
@@ -586,8 +579,7 @@ mod tests {
             "backend = \"redis\"\nredis_url = \"redis://:hunter2@[::1\"\nredis_key_prefix = \"a{b\"\nredis_timeout_ms = 0",
         )
         .unwrap();
-        let mut errs = Vec::new();
-        s.validate(&mut errs);
+        let errs = s.build().err().unwrap_or_default().0;
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -599,8 +591,7 @@ mod tests {
         );
         assert!(errs.iter().all(|e| !e.message.contains("hunter2")));
         let s: RateLimitSettings = toml::from_str("backend = \"redis\"").unwrap();
-        let mut errs = Vec::new();
-        s.validate(&mut errs);
+        let errs = s.build().err().unwrap_or_default().0;
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "rate_limit.redis_url");
     }

@@ -193,9 +193,9 @@ mod tests {
     fn keys_carry_the_org_tag_and_the_period_start() {
         let budgets = RedisBudgets {
             store: RedisStore {
-                conn: Arc::new(
-                    super::super::redis_store::RedisConn::new("redis://127.0.0.1:1").unwrap(),
-                ),
+                conn: Arc::new(super::super::redis_store::RedisConn::new(
+                    redis::Client::open("redis://127.0.0.1:1").unwrap(),
+                )),
                 timeout: std::time::Duration::from_millis(1),
                 connect_timeout: std::time::Duration::from_millis(1),
             },
@@ -236,7 +236,7 @@ mod tests {
         rt.block_on(async {
             let budgets = RedisBudgets {
                 store: RedisStore {
-                    conn: Arc::new(super::super::redis_store::RedisConn::new(&redis.url()).unwrap()),
+                    conn: Arc::new(super::super::redis_store::RedisConn::new(redis::Client::open(redis.url()).unwrap())),
                     timeout: std::time::Duration::from_secs(5),
                     connect_timeout: std::time::Duration::from_secs(5),
                 },

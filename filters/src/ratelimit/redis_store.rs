@@ -120,9 +120,10 @@ impl Drop for Pass<'_> {
 
 impl RedisConn {
     /// Parses the URL; does not connect.
-    pub(crate) fn new(url: &str) -> redis::RedisResult<RedisConn> {
-        Ok(RedisConn {
-            client: redis::Client::open(url)?,
+    /// A connection (made on first use) through `client`, which `[rate_limit]` built.
+    pub(crate) fn new(client: redis::Client) -> RedisConn {
+        RedisConn {
+            client,
             manager: OnceCell::new(),
             connecting: AtomicBool::new(false),
             attempt_done: Notify::new(),
@@ -130,7 +131,7 @@ impl RedisConn {
             open_until_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             last_warning_s: AtomicU64::new(u64::MAX),
-        })
+        }
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -406,7 +407,7 @@ mod tests {
 
     #[test]
     fn breaker_fails_fast_then_lets_one_probe_through() {
-        let mut conn = RedisConn::new("redis://127.0.0.1:1").unwrap();
+        let mut conn = RedisConn::new(redis::Client::open("redis://127.0.0.1:1").unwrap());
         // Pretend the process has been up for a while, so that "open until 1 ms" has passed.
         conn.origin = Instant::now()
             .checked_sub(Duration::from_secs(10))

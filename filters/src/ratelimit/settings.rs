@@ -2,10 +2,10 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigErrors, Section};
 
 /// `[rate_limit]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RateLimitSettings {
     #[serde(default)]
     pub backend: Backend,
@@ -70,10 +70,37 @@ pub enum OnBackendError {
     Deny,
 }
 
-impl RateLimitSettings {
+/// `[rate_limit]` built: its settings, checked, and the Redis client its URL makes.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub settings: RateLimitSettings,
+    /// `backend = "redis"`: the client of `redis_url` (not yet connected).
+    pub redis: Option<redis::Client>,
+}
+
+impl Section for RateLimitSettings {
+    const NAME: &'static str = "rate_limit";
+    type Built = RateLimit;
+
     /// Checks `[rate_limit]`; errors name their field (`rate_limit.redis_url`). Never contacts
     /// Redis.
-    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
+    fn build(&self) -> Result<RateLimit, ConfigErrors> {
+        let mut errs = Vec::new();
+        let redis = self.check(&mut errs);
+        if errs.is_empty() {
+            Ok(RateLimit {
+                settings: self.clone(),
+                redis,
+            })
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+impl RateLimitSettings {
+    fn check(&self, errs: &mut Vec<ConfigError>) -> Option<redis::Client> {
+        let mut client = None;
         if self.backend == Backend::Redis {
             match &self.redis_url {
                 None => errs.push(ConfigError::new(
@@ -82,17 +109,16 @@ impl RateLimitSettings {
                 )),
                 // The URL may hold a password: never echo it. The redis crate's parse errors
                 // describe the problem without quoting the URL.
-                Some(u) => {
-                    if let Err(e) = redis::Client::open(u.as_str()) {
-                        errs.push(ConfigError::new(
-                            "rate_limit.redis_url",
-                            format!(
-                                "not a usable Redis URL ({e}); expected e.g. \
+                Some(u) => match redis::Client::open(u.as_str()) {
+                    Ok(c) => client = Some(c),
+                    Err(e) => errs.push(ConfigError::new(
+                        "rate_limit.redis_url",
+                        format!(
+                            "not a usable Redis URL ({e}); expected e.g. \
                                  redis://127.0.0.1:6379 or redis://:password@host:6379/0"
-                            ),
-                        ));
-                    }
-                }
+                        ),
+                    )),
+                },
             }
         }
         if self.redis_timeout_ms == 0 {
@@ -113,5 +139,6 @@ impl RateLimitSettings {
                 "must be non-empty and free of `{` and `}` (Sluice puts the org in the key's hash tag)",
             ));
         }
+        client
     }
 }

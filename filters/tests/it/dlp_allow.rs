@@ -1,6 +1,7 @@
 //! `[[dlp.allow]]`: an allowed value passes, its neighbours do not; per detector or for all;
 //! every config error names its field.
 
+use sluice_filters::config::Section;
 use sluice_filters::dlp::{Action, DlpSettings, Scanner};
 
 fn settings(toml_text: &str) -> DlpSettings {
@@ -12,8 +13,7 @@ fn scanner(toml_text: &str) -> Scanner {
 }
 
 fn errors(toml_text: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    settings(toml_text).validate(&mut errs);
+    let errs = settings(toml_text).build().err().unwrap_or_default().0;
     errs.iter().map(ToString::to_string).collect()
 }
 

@@ -1,5 +1,6 @@
 //! `[dlp]` configuration: defaults, and every error with its field path.
 
+use sluice_filters::config::Section;
 use sluice_filters::dlp::{build, Action, DlpSettings};
 use sluice_filters::policy::Policy;
 use sluice_filters::Sections;
@@ -7,8 +8,7 @@ use sluice_filters::Shared;
 
 fn errors(toml_text: &str) -> Vec<String> {
     let s: DlpSettings = toml::from_str(toml_text).expect("parses");
-    let mut errs = Vec::new();
-    s.validate(&mut errs);
+    let errs = s.build().err().unwrap_or_default().0;
     errs.iter().map(ToString::to_string).collect()
 }
 
