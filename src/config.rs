@@ -20,7 +20,7 @@ pub use sluice_filters::ConfigErrors;
 pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
 
 mod sections;
-mod upstream_url;
+pub(crate) mod upstream_url;
 use sections::BuiltSections;
 pub use upstream_url::{load_ca_file, parse_url, CheckedUpstream, UpstreamTarget};
 
@@ -66,7 +66,7 @@ pub struct Config {
     pub console: crate::console::config::ConsoleConfig,
     /// MCP servers governed at `/mcp/{server}` (SPEC §16).
     #[serde(default)]
-    pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
+    pub mcp_servers: Vec<crate::mcp::config::McpServerConfig>,
     /// The organisation's OpenID Connect provider (SPEC §13); absent: users come from the
     /// config only.
     #[serde(default)]
@@ -445,7 +445,11 @@ impl Config {
             t.validate(errs);
         }
         self.console.validate(errs);
-        crate::mcp::validate(self, errs);
+        let checked: Vec<_> = (0..self.mcp_servers.len())
+            .map(|i| self.checked_mcp_server(i))
+            .collect();
+        let directory = (self.roles.as_slice(), self.keys.as_slice());
+        crate::mcp::config::validate(&self.mcp_servers, &checked, directory, errs);
         if let Some(i) = &self.identity {
             i.validate(&self.orgs, &self.roles, errs);
         }
