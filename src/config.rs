@@ -182,25 +182,40 @@ pub struct AgentConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_owned(path, &|_| true)
+    }
+
+    /// [`Config::load`], reporting at once (with the file's other errors) each top-level table
+    /// that `owned` says no filter type owns: the gateway knows its types when it loads a file.
+    pub(crate) fn load_owned(
+        path: &Path,
+        owned: &dyn Fn(&str) -> bool,
+    ) -> Result<Config, ConfigErrors> {
         let text = std::fmt::format(format_args!("{}", path.display()));
         let src = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![ConfigError::new(text, format!("cannot read: {e}"))]))?;
-        Config::parse(&src)
+        Config::parse_owned(&src, owned)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text. A top-level table no field names is kept for the
+    /// filter type that owns it ([`Config::filter_sections`]); the snapshot build reports one
+    /// that none owns.
     pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
+        Config::parse_owned(src, &|_| true)
+    }
+
+    fn parse_owned(src: &str, owned: &dyn Fn(&str) -> bool) -> Result<Config, ConfigErrors> {
         let mut errs = Vec::new();
         let de = toml::Deserializer::new(src);
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> =
             serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
-        // A top-level table is kept for the filter type that owns it (checked when the snapshot
-        // is built); any other unknown key is an error now.
+        // A top-level table is kept for the filter type that owns it (checked again when the
+        // snapshot is built); any other unknown key is an error now.
         let mut tables = toml::Table::new();
         let mut whole: Option<toml::Table> = None;
         for p in unknown {
-            if !p.contains('.') {
+            if !p.contains('.') && owned(&p) {
                 let doc = whole.get_or_insert_with(|| toml::from_str(src).unwrap_or_default());
                 if let Some(t @ toml::Value::Table(_)) = doc.remove(&p) {
                     tables.insert(p, t);

@@ -274,6 +274,12 @@ fn unknown_sections_are_errors() {
     let (code, _, err) = check(&format!("{GOOD}[quota]\nmax_requests = 1\n"));
     assert_eq!(code, 2);
     assert!(err.contains("quota: unknown key"), "{err}");
+    // Reported with the file's other errors, all at once.
+    let bad = GOOD.replace(":18080", ":notaport");
+    let (code, _, err) = check(&format!("{bad}[quota]\nmax_requests = 1\n"));
+    assert_eq!(code, 2);
+    assert!(err.contains("quota: unknown key"), "{err}");
+    assert!(err.contains("server.listen:"), "{err}");
     // Any other unknown top-level key is reported as it always was.
     let (code, _, err) = check(&format!("nonsense = 1\n{GOOD}"));
     assert_eq!(code, 2);
