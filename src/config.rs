@@ -506,6 +506,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unknown_top_level_tables_are_kept_for_their_filter_type() {
+        let base = "[server]\n[[upstreams]]\nname = \"m\"\nbuiltin = \"mock\"\n";
+        let c =
+            Config::parse(&format!("{base}[quota]\nmax = 1\n")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c
+            .filter_sections
+            .get("quota")
+            .is_some_and(toml::Value::is_table));
+        let e = Config::parse(&format!("quota = 1\n{base}"))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("quota: unknown key"));
+        let e = Config::parse_owned(&format!("{base}[quota]\nmax = 1\n"), &|_| false);
+        assert_eq!(
+            e.err().map(|e| e.to_string()).as_deref(),
+            Some("quota: unknown key")
+        );
+    }
+
+    #[test]
     fn url_parsing() {
         let t = parse_url("http://127.0.0.1:8000/v1base/").unwrap_or_else(|e| panic!("{e}"));
         assert!(!t.tls);

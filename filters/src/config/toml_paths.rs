@@ -89,3 +89,41 @@ mod tests {
         assert_eq!(fix_path("telemetry.?.sample_rate"), "telemetry.sample_rate");
     }
 }
+
+#[cfg(test)]
+mod section_tests {
+    use crate::config::parse_section;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Rule {
+        #[allow(dead_code)]
+        limit: u64,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Settings {
+        #[allow(dead_code)]
+        rules: Vec<Rule>,
+    }
+
+    fn errors(src: &str) -> String {
+        let table: toml::Table = toml::from_str(src).unwrap_or_else(|e| panic!("{e}"));
+        let value = toml::Value::Table(table);
+        match parse_section::<Settings>("quota", &value) {
+            Ok(s) => format!("ok {s:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_sections_errors_carry_its_field_paths() {
+        assert!(errors("[[rules]]\nlimit = 3\n").starts_with("ok"));
+        let e = errors("[[rules]]\nlimit = 3\n[[rules]]\nlimit = \"x\"\n");
+        assert!(e.starts_with("quota.rules[1].limit: invalid type"), "{e}");
+        assert!(!e.contains("line"), "{e}");
+        let e = errors("[[rules]]\nlimit = 3\nlimt = 4\n");
+        assert_eq!(e, "quota.rules[0].limt: unknown key");
+        let e = errors("");
+        assert!(e.starts_with("quota: missing field `rules`"), "{e}");
+    }
+}
