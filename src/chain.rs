@@ -28,8 +28,11 @@ impl Default for FilterTypes {
         let mut t = FilterTypes {
             factories: HashMap::new(),
         };
-        for (name, factory) in sluice_filters::builtins::FILTERS {
-            t.register(name, *factory);
+        for (name, build, section) in sluice_filters::builtins::FILTERS {
+            match section {
+                Some(s) => t.register(name, sluice_filters::WithSection::new(*s, *build)),
+                None => t.register(name, *build),
+            }
         }
         t
     }
@@ -38,6 +41,13 @@ impl Default for FilterTypes {
 impl FilterTypes {
     pub fn register(&mut self, name: &str, factory: impl FilterFactory) {
         self.factories.insert(name.to_string(), Arc::new(factory));
+    }
+
+    /// Whether a registered type owns section `[name]` ([`FilterFactory::section`]).
+    pub fn claims(&self, section: &str) -> bool {
+        self.factories
+            .values()
+            .any(|f| f.section() == Some(section))
     }
 
     fn names(&self) -> String {
@@ -55,7 +65,14 @@ impl Chain {
         shared: &Shared,
     ) -> Result<Chain, Vec<ConfigError>> {
         let policy = config.policy();
-        let mut errs = Vec::new();
+        // A top-level table the config has no field for is some filter type's own section, or
+        // a mistake: reported as the file's other unknown keys are.
+        let mut errs: Vec<ConfigError> = config
+            .filter_sections
+            .keys()
+            .filter(|name| !types.claims(name))
+            .map(|name| ConfigError::new(name.as_str(), "unknown key"))
+            .collect();
         let mut filters = Vec::new();
         for (i, spec) in config.filters.iter().enumerate() {
             let path = format!("filters[{i}]");

@@ -13,6 +13,7 @@ use sluice_filters::dlp::DlpSettings;
 use sluice_filters::policy::{KeyConfig, OrgConfig, RoleConfig, UserConfig};
 use sluice_filters::ratelimit::RateLimitSettings;
 // One error type for the whole load: the file, the snapshot and every filter report with it.
+use sluice_filters::config::toml_paths::{fix_path, toml_error};
 use sluice_filters::ConfigError;
 pub use sluice_filters::ConfigErrors;
 
@@ -71,6 +72,12 @@ pub struct Config {
     /// config only.
     #[serde(default)]
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// The top-level tables no field here names (`[quota]`): each is a filter type's own section
+    /// ([`sluice_filters::FilterFactory::section`]), handed to it as written; building the
+    /// snapshot, which knows the registered types, reports one that none owns as `NAME: unknown
+    /// key`.
+    #[serde(skip)]
+    pub filter_sections: toml::Table,
     /// Cached views for [`Config::policy`].
     #[serde(skip)]
     model_names: Vec<String>,
@@ -175,20 +182,46 @@ pub struct AgentConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_owned(path, &|_| true)
+    }
+
+    /// [`Config::load`], reporting at once (with the file's other errors) each top-level table
+    /// that `owned` says no filter type owns: the gateway knows its types when it loads a file.
+    pub(crate) fn load_owned(
+        path: &Path,
+        owned: &dyn Fn(&str) -> bool,
+    ) -> Result<Config, ConfigErrors> {
         let text = std::fmt::format(format_args!("{}", path.display()));
         let src = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![ConfigError::new(text, format!("cannot read: {e}"))]))?;
-        Config::parse(&src)
+        Config::parse_owned(&src, owned)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text. A top-level table no field names is kept for the
+    /// filter type that owns it ([`Config::filter_sections`]); the snapshot build reports one
+    /// that none owns.
     pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
+        Config::parse_owned(src, &|_| true)
+    }
+
+    fn parse_owned(src: &str, owned: &dyn Fn(&str) -> bool) -> Result<Config, ConfigErrors> {
         let mut errs = Vec::new();
         let de = toml::Deserializer::new(src);
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> =
             serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+        // A top-level table is kept for the filter type that owns it (checked again when the
+        // snapshot is built); any other unknown key is an error now.
+        let mut tables = toml::Table::new();
+        let mut whole: Option<toml::Table> = None;
         for p in unknown {
+            if !p.contains('.') && owned(&p) {
+                let doc = whole.get_or_insert_with(|| toml::from_str(src).unwrap_or_default());
+                if let Some(t @ toml::Value::Table(_)) = doc.remove(&p) {
+                    tables.insert(p, t);
+                    continue;
+                }
+            }
             errs.push(ConfigError::new(fix_path(&p), "unknown key"));
         }
         let mut cfg = match parsed {
@@ -198,6 +231,7 @@ impl Config {
                 return Err(ConfigErrors(errs));
             }
         };
+        cfg.filter_sections = tables;
         cfg.model_names = cfg.models.iter().map(|m| m.name.clone()).collect();
         cfg.agent_ids = cfg.agents.iter().map(|a| a.id.clone()).collect();
         for (i, m) in cfg.models.iter().enumerate() {
@@ -461,77 +495,6 @@ fn check_listen(v: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{v}` is not an address like 127.0.0.1:8080"))
 }
 
-/// serde_ignored writes `filters.0.x` (and `?` for an `Option`'s content, dropped); the
-/// contract spells arrays `filters[0].x`.
-fn fix_path(p: &str) -> String {
-    let mut out = String::with_capacity(p.len() + 4);
-    for (i, seg) in p.split('.').filter(|s| *s != "?").enumerate() {
-        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-            out.push('[');
-            out.push_str(seg);
-            out.push(']');
-        } else {
-            if i > 0 {
-                out.push('.');
-            }
-            out.push_str(seg);
-        }
-    }
-    out
-}
-
-/// A TOML syntax or type error, with its line and the key path when toml names it.
-fn toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
-    let msg = e.message().trim().to_string();
-    let line = e
-        .span()
-        .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
-    let path = key_path_at(src, e.span().map(|s| s.start));
-    let loc = match line {
-        Some(l) => format!(" (line {l})"),
-        None => String::new(),
-    };
-    ConfigError::new(
-        path.unwrap_or_else(|| "config".into()),
-        format!("{msg}{loc}"),
-    )
-}
-
-/// Best-effort field path of the TOML key at a byte offset: the last table header before it
-/// plus the key on that line.
-fn key_path_at(src: &str, offset: Option<usize>) -> Option<String> {
-    let off = offset?.min(src.len());
-    let before = &src[..off];
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = src[off..].find('\n').map(|i| off + i).unwrap_or(src.len());
-    let line = src[line_start..line_end].trim();
-    let key = line
-        .split('=')
-        .next()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
-    // Count array-of-tables occurrences so the path says `models[3]`.
-    let mut header: Option<String> = None;
-    let mut counts: std::collections::HashMap<String, usize> = Default::default();
-    for l in src[..line_start].lines() {
-        let t = l.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let n = counts.entry(name.clone()).or_insert(0);
-            header = Some(format!("{name}[{n}]"));
-            *n += 1;
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            header = Some(name.trim().to_string());
-        }
-    }
-    match (header, key) {
-        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
-        (None, Some(k)) => Some(k.to_string()),
-        (Some(h), None) => Some(h),
-        (None, None) => None,
-    }
-}
-
 /// The config file `sluice run`/`check` use: `-c`, else `$SLUICE_CONFIG`, else `conf/sluice.toml`.
 pub fn default_path(arg: Option<PathBuf>) -> PathBuf {
     arg.or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from))
@@ -543,14 +506,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_use_brackets() {
-        assert_eq!(fix_path("filters.0.x"), "filters[0].x");
-        assert_eq!(fix_path("server.listne"), "server.listne");
+    fn unknown_top_level_tables_are_kept_for_their_filter_type() {
+        let base = "[server]\n[[upstreams]]\nname = \"m\"\nbuiltin = \"mock\"\n";
+        let c =
+            Config::parse(&format!("{base}[quota]\nmax = 1\n")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c
+            .filter_sections
+            .get("quota")
+            .is_some_and(toml::Value::is_table));
+        let e = Config::parse(&format!("quota = 1\n{base}"))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("quota: unknown key"));
+        let e = Config::parse_owned(&format!("{base}[quota]\nmax = 1\n"), &|_| false);
         assert_eq!(
-            fix_path("models.0.targets.?.1.wieght"),
-            "models[0].targets[1].wieght"
+            e.err().map(|e| e.to_string()).as_deref(),
+            Some("quota: unknown key")
         );
-        assert_eq!(fix_path("telemetry.?.sample_rate"), "telemetry.sample_rate");
     }
 
     #[test]

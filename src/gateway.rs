@@ -84,7 +84,7 @@ impl GatewayBuilder {
     fn load_config(&self) -> Result<Config, ConfigErrors> {
         match (&self.config, &self.config_path) {
             (Some(c), _) => Ok(c.clone()),
-            (None, Some(p)) => Config::load(p),
+            (None, Some(p)) => Config::load_owned(p, &|s| self.types.claims(s)),
             (None, None) => Err(ConfigErrors(vec![ConfigError::new(
                 "config",
                 "no config given",

@@ -275,7 +275,7 @@ impl EngineState {
         let config = match next {
             Some(c) => c,
             None => match &self.config_path {
-                Some(p) => match Config::load(p) {
+                Some(p) => match Config::load_owned(p, &|s| self.types.claims(s)) {
                     Ok(c) => c,
                     Err(e) => return Err(self.rejected(e)),
                 },

@@ -33,6 +33,6 @@ pub use config::{ConfigError, ConfigErrors, Sections};
 pub use context::{Cx, DlpFinding, Exchange, Outcome, PreAuthenticated, Route, Usage};
 pub use filter::{Filter, Needs, Request, RequestHead, ResponseHead, Verdict};
 pub use identity::{glob_match, Grants, Identity, Permission};
-pub use policy::{FilterFactory, Policy};
+pub use policy::{FilterFactory, Policy, WithSection};
 pub use reply::Reply;
 pub use shared::Shared;

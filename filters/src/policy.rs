@@ -123,7 +123,7 @@ impl std::fmt::Debug for CheckedPolicy {
     }
 }
 
-impl Policy<'_> {
+impl<'a> Policy<'a> {
     /// Checks the references between orgs, roles, users and keys and the shape of each entry,
     /// reporting every problem with its field path.
     pub fn check(&self) -> Result<CheckedPolicy, ConfigErrors> {
@@ -143,6 +143,12 @@ impl Policy<'_> {
             Some(c) if c.fits(self) => Ok(c.clone()),
             _ => self.check().map(Arc::new),
         }
+    }
+
+    /// This filter type's own section `[name]` as written (see [`FilterFactory::section`]);
+    /// [`crate::config::parse_section`] reads it into the filter's settings.
+    pub fn section_table(&self, name: &str) -> Option<&'a toml::Value> {
+        self.sections.table(name)
     }
 
     fn check_into(&self, errs: &mut Vec<ConfigError>) -> CheckedPolicy {
@@ -293,6 +299,46 @@ pub trait FilterFactory: Send + Sync + 'static {
         path: &str,
         shared: &Shared,
     ) -> Result<Arc<dyn Filter>, ConfigErrors>;
+
+    /// The top-level section this filter type owns (`quota` for `[quota]`), if any: the engine
+    /// hands it over as written ([`Policy::section_table`]) and reports a section that no
+    /// registered type owns as an unknown key. A section the engine itself reads (`[dlp]`,
+    /// `[audit]`, `[rate_limit]`, `[server]` …) is never handed over this way.
+    fn section(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A factory that owns a section of its own: `WithSection::new("quota", build)` makes `build`
+/// (a function or closure) the factory of a filter type whose settings live in `[quota]`.
+pub struct WithSection<F> {
+    section: String,
+    factory: F,
+}
+
+impl<F: FilterFactory> WithSection<F> {
+    pub fn new(section: impl Into<String>, factory: F) -> WithSection<F> {
+        WithSection {
+            section: section.into(),
+            factory,
+        }
+    }
+}
+
+impl<F: FilterFactory> FilterFactory for WithSection<F> {
+    fn build(
+        &self,
+        policy: &Policy<'_>,
+        options: &toml::Table,
+        path: &str,
+        shared: &Shared,
+    ) -> Result<Arc<dyn Filter>, ConfigErrors> {
+        self.factory.build(policy, options, path, shared)
+    }
+
+    fn section(&self) -> Option<&str> {
+        Some(&self.section)
+    }
 }
 
 impl<F> FilterFactory for F

@@ -194,7 +194,8 @@ impl super::Config {
         let mut p = self.policy_lists();
         p.sections = self
             .built
-            .sections(&p, &self.rate_limit, &self.dlp, &self.audit);
+            .sections(&p, &self.rate_limit, &self.dlp, &self.audit)
+            .with_tables(&self.filter_sections);
         p
     }
 

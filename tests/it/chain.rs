@@ -269,3 +269,88 @@ fn embedding_example_builds_and_enforces_its_filter() {
     assert!(err.contains("filters[0].headr: unknown key"), "{err}");
     assert!(err.contains("filters[0].header: required"), "{err}");
 }
+
+/// `[quota] max_requests = N`: the quota filter's own section, which the engine has no field for.
+#[derive(serde::Deserialize)]
+struct QuotaSettings {
+    max_requests: u64,
+}
+
+/// Refuses (429 `quota_exceeded`) every request after the first `max_requests` of this load.
+struct Quota {
+    max: u64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl Filter for Quota {
+    fn name(&self) -> &str {
+        "quota"
+    }
+    async fn on_request(&self, _req: &mut Request<'_>, _cx: &mut Cx) -> Verdict {
+        if self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < self.max {
+            return Verdict::Continue;
+        }
+        sluice::filters::Reply::error(429, "quota_exceeded", "over quota").into()
+    }
+}
+
+/// A filter type with a section of its own, registered as an embedder (or the built-in list)
+/// does: nothing about `[quota]` is known to the engine.
+fn quota_builder() -> sluice::GatewayBuilder {
+    let build = |policy: &Policy<'_>,
+                 options: &toml::Table,
+                 path: &str,
+                 _: &Shared|
+     -> Result<Arc<dyn Filter>, ConfigErrors> {
+        let errs = sluice::filters::config::no_options(options, path, "set in [quota]");
+        let Some(table) = policy.section_table("quota") else {
+            return Err(ConfigErrors::one(path, "needs a [quota] section"));
+        };
+        let settings = sluice::filters::config::together(
+            errs,
+            sluice::filters::config::parse_section::<QuotaSettings>("quota", table),
+        )?;
+        Ok(Arc::new(Quota {
+            max: settings.max_requests,
+            seen: Default::default(),
+        }))
+    };
+    sluice::GatewayBuilder::new()
+        .filter_type("quota", sluice::filters::WithSection::new("quota", build))
+}
+
+fn check_errors(builder: sluice::GatewayBuilder, rest: &str) -> String {
+    let config = sluice::Config::parse(&format!("{}{MOCK}{rest}", server_section()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    builder
+        .config(config)
+        .check()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_filter_types_own_section_reaches_it_and_is_checked_by_it() {
+    let quota = "[[filters]]\ntype = \"quota\"\n[quota]\nmax_requests = 1\n";
+    let gw = start_with(quota_builder(), &format!("{MOCK}{quota}"));
+    let r = post_chat(&gw, &chat_body("hi", false));
+    assert_eq!(r.status().as_u16(), 200);
+    let r = post_chat(&gw, &chat_body("hi", false));
+    assert_eq!(error_code(r, 429), "quota_exceeded");
+
+    // Its errors carry the section's field paths.
+    let err = check_errors(
+        quota_builder(),
+        "[[filters]]\ntype = \"quota\"\n[quota]\nmax_request = 2\nmax_requests = \"many\"\n",
+    );
+    assert!(err.contains("quota.max_requests: invalid type"), "{err}");
+    assert!(err.contains("quota.max_request: unknown"), "{err}");
+
+    // A section no registered type owns is an unknown key, as it always was.
+    let err = check_errors(quota_builder(), "[quotas]\nmax_requests = 1\n");
+    assert_eq!(err, "quotas: unknown key");
+    let err = check_errors(sluice::GatewayBuilder::new(), "[quota]\nmax_requests = 1\n");
+    assert_eq!(err, "quota: unknown key");
+}

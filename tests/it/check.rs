@@ -267,3 +267,21 @@ eject_seconds = 301
         "{err}"
     );
 }
+
+#[test]
+fn unknown_sections_are_errors() {
+    // A top-level table is kept for a filter type that owns it; none does here.
+    let (code, _, err) = check(&format!("{GOOD}[quota]\nmax_requests = 1\n"));
+    assert_eq!(code, 2);
+    assert!(err.contains("quota: unknown key"), "{err}");
+    // Reported with the file's other errors, all at once.
+    let bad = GOOD.replace(":18080", ":notaport");
+    let (code, _, err) = check(&format!("{bad}[quota]\nmax_requests = 1\n"));
+    assert_eq!(code, 2);
+    assert!(err.contains("quota: unknown key"), "{err}");
+    assert!(err.contains("server.listen:"), "{err}");
+    // Any other unknown top-level key is reported as it always was.
+    let (code, _, err) = check(&format!("nonsense = 1\n{GOOD}"));
+    assert_eq!(code, 2);
+    assert!(err.contains("nonsense: unknown key"), "{err}");
+}

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+pub mod toml_paths;
+
 /// One problem in the config, with the field path that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -101,6 +103,9 @@ pub trait Section: std::any::Any + Send + Sync {
 #[derive(Clone, Default)]
 pub struct Sections<'a> {
     items: Vec<&'a (dyn std::any::Any + Send + Sync)>,
+    /// The top-level tables the engine's config has no field for: filter types' own sections
+    /// (`[NAME]`), as written, for the types that claim them ([`crate::FilterFactory::section`]).
+    tables: Option<&'a toml::Table>,
 }
 
 impl<'a> Sections<'a> {
@@ -112,6 +117,18 @@ impl<'a> Sections<'a> {
     pub fn with<T: std::any::Any + Send + Sync>(mut self, section: &'a T) -> Sections<'a> {
         self.items.push(section);
         self
+    }
+
+    /// Adds the config's own-section tables (see [`Sections::table`]).
+    pub fn with_tables(mut self, tables: &'a toml::Table) -> Sections<'a> {
+        self.tables = Some(tables);
+        self
+    }
+
+    /// Section `[name]` as written, when the config has it and it is a filter type's own (the
+    /// engine reports a table no registered type claims as an unknown key).
+    pub fn table(&self, name: &str) -> Option<&'a toml::Value> {
+        self.tables.and_then(|t| t.get(name))
     }
 
     pub fn get<T: std::any::Any>(&self) -> Option<&'a T> {
@@ -145,4 +162,44 @@ impl<'a> Sections<'a> {
             )
         })
     }
+}
+
+/// A filter's own section `[name]` (its [`Sections::table`]) deserialized into its settings:
+/// every unknown key and type error is reported with its field path (`name.field`), as the
+/// engine reports the rest of the file.
+pub fn parse_section<T: serde::de::DeserializeOwned>(
+    name: &str,
+    table: &toml::Value,
+) -> Result<T, ConfigErrors> {
+    // Written back as `[name]` and read with toml's own parser: its errors carry a position,
+    // from which the path is read exactly as for the whole file.
+    let mut doc = toml::Table::new();
+    doc.insert(name.to_string(), table.clone());
+    let src = toml::to_string(&doc)
+        .map_err(|e| ConfigErrors::one(name, format!("cannot be read: {e}")))?;
+    let mut errs = Vec::new();
+    let mut unknown = Vec::new();
+    let parsed: Result<std::collections::BTreeMap<String, T>, _> =
+        serde_ignored::deserialize(toml::Deserializer::new(&src), |p| {
+            unknown.push(p.to_string())
+        });
+    for p in unknown {
+        errs.push(ConfigError::new(toml_paths::fix_path(&p), "unknown key"));
+    }
+    match parsed {
+        // No line: it would be the rewritten text's, not the file's.
+        Err(e) => errs.push(ConfigError::new(
+            toml_paths::key_path_at(&src, e.span().map(|s| s.start))
+                .unwrap_or_else(|| name.to_string()),
+            e.message().trim(),
+        )),
+        Ok(mut m) if errs.is_empty() => {
+            if let Some(v) = m.remove(name) {
+                return Ok(v);
+            }
+            errs.push(ConfigError::new(name, "missing"));
+        }
+        Ok(_) => {}
+    }
+    Err(ConfigErrors(errs))
 }
