@@ -3,7 +3,6 @@
 //! Every problem is reported, each with the path of the field that holds it
 //! (`models[3].upstream: no upstream named "x"`), so `sluice check` shows them all at once.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +17,7 @@ use sluice_filters::ConfigError;
 pub use sluice_filters::ConfigErrors;
 
 // The `[[upstreams]]` and `[[models]]` entries are the upstream module's (it validates them).
+pub use crate::agents::config::AgentConfig;
 pub use crate::upstream::config::{ModelConfig, UpstreamApi, UpstreamConfig};
 
 mod sections;
@@ -168,17 +168,6 @@ fn default_keepalive_idle() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct AgentConfig {
-    pub id: String,
-    pub model: String,
-    pub instructions: String,
-    pub max_tokens: Option<u64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub description: Option<String>,
-}
-
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -283,7 +272,35 @@ impl Config {
     }
 
     fn validate(&mut self, errs: &mut Vec<ConfigError>) {
-        let s = &self.server;
+        self.server.validate(errs);
+        let checked: Vec<_> = (0..self.upstreams.len())
+            .map(|i| self.checked_upstream(i))
+            .collect();
+        crate::upstream::config::validate_upstreams(&self.upstreams, &checked, errs);
+        crate::upstream::config::validate_models(&self.models, &self.upstreams, errs);
+        crate::upstream::config::validate_routing(&self.routing, errs);
+        crate::agents::config::validate(&self.agents, &self.model_names, &self.agent_runs, errs);
+        validate_filter_entries(&self.filters, errs);
+        self.build_sections(errs);
+        self.store.validate(errs);
+        if let Some(t) = &self.telemetry {
+            t.validate(errs);
+        }
+        self.console.validate(errs);
+        let checked: Vec<_> = (0..self.mcp_servers.len())
+            .map(|i| self.checked_mcp_server(i))
+            .collect();
+        let directory = (self.roles.as_slice(), self.keys.as_slice());
+        crate::mcp::config::validate(&self.mcp_servers, &checked, directory, errs);
+        if let Some(i) = &self.identity {
+            i.validate(&self.orgs, &self.roles, errs);
+        }
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self, errs: &mut Vec<ConfigError>) {
+        let s = self;
         for (field, v) in [("listen", &s.listen), ("admin_listen", &s.admin_listen)] {
             if let Err(m) = check_listen(v) {
                 errs.push(ConfigError::new(format!("server.{field}"), m));
@@ -347,145 +364,22 @@ impl Config {
                 ));
             }
         }
+    }
+}
 
-        let mut names = HashSet::new();
-        for (i, u) in self.upstreams.iter().enumerate() {
-            let p = format!("upstreams[{i}]");
-            if !names.insert(u.name.as_str()) {
-                errs.push(ConfigError::new(
-                    format!("{p}.name"),
-                    format!("duplicate upstream `{}`", u.name),
-                ));
-            }
-            match (&u.url, &u.builtin) {
-                (Some(_), Some(_)) => errs.push(ConfigError::new(
-                    p.clone(),
-                    "set either `url` or `builtin`, not both",
-                )),
-                (None, None) => errs.push(ConfigError::new(
-                    p.clone(),
-                    "needs `url` (http:// or https://) or `builtin = \"mock\"`",
-                )),
-                (None, Some(b)) if b != "mock" => errs.push(ConfigError::new(
-                    format!("{p}.builtin"),
-                    format!("unknown builtin `{b}` (known: mock)"),
-                )),
-                (Some(_), None) => {
-                    let checked = self.checked_upstream(i);
-                    let found = match &checked.target {
-                        Some(Ok(t)) if t.addr.is_none() => Err("no address"),
-                        Some(Err(m)) => Err(m.as_str()),
-                        _ => Ok(()),
-                    };
-                    if let Err(m) = found {
-                        errs.push(ConfigError::new(format!("{p}.url"), m));
-                    }
-                }
-                _ => {}
-            }
-            if let Some(env) = &u.api_key_env {
-                if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    errs.push(ConfigError::new(
-                        format!("{p}.api_key_env"),
-                        "must be an environment variable name",
-                    ));
-                }
-            }
-            if let Some(Err(m)) = &self.checked_upstream(i).ca {
-                errs.push(ConfigError::new(format!("{p}.ca_file"), m.as_str()));
-            }
-            if let Some(hc) = &u.health_check {
-                crate::upstream::config::validate_health_check(&p, hc, errs);
-            }
-            for (field, v) in [
-                ("connect_timeout_ms", u.connect_timeout_ms),
-                ("read_timeout_ms", u.read_timeout_ms),
-            ] {
-                if v == 0 {
-                    errs.push(ConfigError::new(
-                        format!("{p}.{field}"),
-                        "must be at least 1",
-                    ));
-                }
-            }
-        }
-        let mut seen = HashSet::new();
-        for (i, m) in self.models.iter().enumerate() {
-            if !seen.insert(m.name.as_str()) {
-                errs.push(ConfigError::new(
-                    format!("models[{i}].name"),
-                    format!("duplicate model `{}`", m.name),
-                ));
-            }
-            crate::upstream::config::validate_model(i, m, &self.upstreams, errs);
-        }
-        crate::upstream::config::validate_routing(&self.routing, errs);
-        let mut seen = HashSet::new();
-        for (i, a) in self.agents.iter().enumerate() {
-            if !seen.insert(a.id.as_str()) {
-                errs.push(ConfigError::new(
-                    format!("agents[{i}].id"),
-                    format!("duplicate agent `{}`", a.id),
-                ));
-            }
-            if a.id.is_empty()
-                || !a
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                errs.push(ConfigError::new(
-                    format!("agents[{i}].id"),
-                    "use letters, digits, `-`, `_` and `.` only",
-                ));
-            }
-            if !self.models.iter().any(|m| m.name == a.model) {
-                errs.push(ConfigError::new(
-                    format!("agents[{i}].model"),
-                    format!("no model named `{}` in [[models]]", a.model),
-                ));
-            }
-        }
-        let ar = &self.agent_runs;
-        for (field, v) in [
-            ("max_in_flight", ar.max_in_flight as u64),
-            ("retention_seconds", ar.retention_seconds),
-            ("max_stored", ar.max_stored as u64),
-            ("timeout_seconds", ar.timeout_seconds),
-        ] {
-            if v == 0 {
-                errs.push(ConfigError::new(
-                    format!("agent_runs.{field}"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        for (i, f) in self.filters.iter().enumerate() {
-            match f.get("type") {
-                Some(toml::Value::String(_)) => {}
-                Some(_) => errs.push(ConfigError::new(
-                    format!("filters[{i}].type"),
-                    "must be a string",
-                )),
-                None => errs.push(ConfigError::new(
-                    format!("filters[{i}].type"),
-                    "missing (auth, rate_limit, dlp, audit or a registered custom type)",
-                )),
-            }
-        }
-        self.build_sections(errs);
-        self.store.validate(errs);
-        if let Some(t) = &self.telemetry {
-            t.validate(errs);
-        }
-        self.console.validate(errs);
-        let checked: Vec<_> = (0..self.mcp_servers.len())
-            .map(|i| self.checked_mcp_server(i))
-            .collect();
-        let directory = (self.roles.as_slice(), self.keys.as_slice());
-        crate::mcp::config::validate(&self.mcp_servers, &checked, directory, errs);
-        if let Some(i) = &self.identity {
-            i.validate(&self.orgs, &self.roles, errs);
+/// Each `[[filters]]` entry names its type (what the type is, the chain checks when it builds).
+fn validate_filter_entries(filters: &[toml::Table], errs: &mut Vec<ConfigError>) {
+    for (i, f) in filters.iter().enumerate() {
+        match f.get("type") {
+            Some(toml::Value::String(_)) => {}
+            Some(_) => errs.push(ConfigError::new(
+                format!("filters[{i}].type"),
+                "must be a string",
+            )),
+            None => errs.push(ConfigError::new(
+                format!("filters[{i}].type"),
+                "missing (auth, rate_limit, dlp, audit or a registered custom type)",
+            )),
         }
     }
 }

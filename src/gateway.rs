@@ -113,23 +113,7 @@ impl GatewayBuilder {
             None
         };
 
-        let needs_mock = config
-            .upstreams
-            .iter()
-            .any(|u| u.builtin.as_deref() == Some("mock"));
-        let mock_addr = if needs_mock {
-            let rx = stop_rx.clone();
-            let addr = control
-                .block_on(mock::spawn(
-                    SocketAddr::from(([127, 0, 0, 1], 0)),
-                    MockOptions::default(),
-                    rx,
-                ))
-                .map_err(|e| StartError::Io(format!("built-in mock: {e}")))?;
-            Some(addr)
-        } else {
-            None
-        };
+        let mock_addr = builtin_mock(&config, &control, stop_rx.clone())?;
 
         let registry = prometheus::Registry::new();
         let metrics = EngineMetrics::register(&registry)
@@ -209,41 +193,7 @@ impl GatewayBuilder {
         std::net::TcpListener::bind(listen_sock)
             .map_err(|e| StartError::Io(format!("cannot listen on {listen}: {e}")))?;
 
-        // The pingora server, on its own thread; it stops when `pingora_stop` fires.
-        let pingora_stop = Arc::new(Notify::new());
-        let conf = ServerConf {
-            threads: config.server.threads,
-            grace_period_seconds: Some(config.server.shutdown_grace_seconds),
-            graceful_shutdown_timeout_seconds: Some(1),
-            pid_file: String::new(),
-            upgrade_sock: String::new(),
-            // Pingora's retry loop runs every attempt of a request; Sluice decides each retry.
-            max_retries: crate::upstream::MAX_ATTEMPTS,
-            ..Default::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
-        server.bootstrap();
-        let proxy_app =
-            pingora_proxy::http_proxy(&server.configuration, SluiceProxy::new(state.clone()));
-        let mut proxy = pingora_core::services::listening::Service::new(
-            "sluice".to_string(),
-            crate::edge::EdgeApp::new(proxy_app, state.clone()),
-        );
-        // A write buffer that holds a whole small answer: Pingora sends a head with its length
-        // and the body in one write when both fit (its default, 1,460 bytes, splits a chat
-        // completion's head, with Sluice's rate-limit and cost headers, from its body).
-        let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
-        proxy.add_listener(ListenerConfig::tcp(listen.clone()).l4_buffer(buffers));
-        server.add_service(proxy);
-        let watch = StopWatch(pingora_stop.clone());
-        let server_thread = std::thread::Builder::new()
-            .name("sluice-pingora".into())
-            .spawn(move || {
-                server.run(RunArgs {
-                    shutdown_signal: Box::new(watch),
-                })
-            })
-            .map_err(|e| StartError::Io(format!("server thread: {e}")))?;
+        let (pingora_stop, server_thread) = serve(&config, &state)?;
 
         let listen_addr: SocketAddr = listen
             .parse()
@@ -267,6 +217,73 @@ impl GatewayBuilder {
         gw.state.ready.store(true, Ordering::SeqCst);
         Ok(gw)
     }
+}
+
+/// The built-in mock upstream, on the control runtime, when an upstream is `builtin = "mock"`.
+fn builtin_mock(
+    config: &Config,
+    control: &tokio::runtime::Runtime,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, StartError> {
+    if !config
+        .upstreams
+        .iter()
+        .any(|u| u.builtin.as_deref() == Some("mock"))
+    {
+        return Ok(None);
+    }
+    let addr = control
+        .block_on(mock::spawn(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            MockOptions::default(),
+            stop,
+        ))
+        .map_err(|e| StartError::Io(format!("built-in mock: {e}")))?;
+    Ok(Some(addr))
+}
+
+/// The Pingora server with Sluice's proxy on the public listener, on its own thread; it stops
+/// when the returned `Notify` fires.
+fn serve(
+    config: &Config,
+    state: &Arc<EngineState>,
+) -> Result<(Arc<Notify>, std::thread::JoinHandle<()>), StartError> {
+    // The pingora server, on its own thread; it stops when `pingora_stop` fires.
+    let pingora_stop = Arc::new(Notify::new());
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: String::new(),
+        upgrade_sock: String::new(),
+        // Pingora's retry loop runs every attempt of a request; Sluice decides each retry.
+        max_retries: crate::upstream::MAX_ATTEMPTS,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let proxy_app =
+        pingora_proxy::http_proxy(&server.configuration, SluiceProxy::new(state.clone()));
+    let mut proxy = pingora_core::services::listening::Service::new(
+        "sluice".to_string(),
+        crate::edge::EdgeApp::new(proxy_app, state.clone()),
+    );
+    // A write buffer that holds a whole small answer: Pingora sends a head with its length
+    // and the body in one write when both fit (its default, 1,460 bytes, splits a chat
+    // completion's head, with Sluice's rate-limit and cost headers, from its body).
+    let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
+    proxy.add_listener(ListenerConfig::tcp(config.server.listen.clone()).l4_buffer(buffers));
+    server.add_service(proxy);
+    let watch = StopWatch(pingora_stop.clone());
+    let server_thread = std::thread::Builder::new()
+        .name("sluice-pingora".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(watch),
+            })
+        })
+        .map_err(|e| StartError::Io(format!("server thread: {e}")))?;
+    Ok((pingora_stop, server_thread))
 }
 
 /// Waits until *this* gateway answers on its listener: a probe carrying the gateway's own

@@ -11,16 +11,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
-use pingora_core::utils::tls::WrappedX509;
 use sluice_filters::{ConfigError, Shared};
 
 use crate::agents::AgentRuns;
 use crate::chain::{Chain, FilterTypes};
-use crate::config::{Config, ConfigErrors, UpstreamApi};
+use crate::config::{Config, ConfigErrors};
 use crate::metrics::EngineMetrics;
 use crate::upstream::UpstreamRt;
 
@@ -60,114 +57,13 @@ impl Snapshot {
             .map_err(|m| ConfigErrors(vec![ConfigError::new("upstreams", m)]))?;
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
-            let p = format!("upstreams[{i}]");
             // Parsed, resolved and read when the config was loaded: not again here.
             let checked = config.checked_upstream(i);
-            let target = match (&checked.target, &u.builtin, mock_addr) {
-                (Some(Ok(t)), _, _) => t.clone(),
-                (Some(Err(m)), _, _) => {
-                    errs.push(ConfigError::new(format!("{p}.url"), m.as_str()));
-                    continue;
-                }
-                (None, Some(_), Some(addr)) => crate::config::UpstreamTarget {
-                    addr: Some(addr),
-                    tls: false,
-                    host: addr.to_string(),
-                    base_path: String::new(),
-                },
-                _ => {
-                    errs.push(ConfigError::new(
-                        p.clone(),
-                        "the built-in mock is not running",
-                    ));
-                    continue;
-                }
-            };
-            let Some(addr) = target.addr else { continue };
-            let anthropic = u.api == UpstreamApi::Anthropic;
-            let credential = match &u.api_key_env {
-                Some(env) => match std::env::var(env) {
-                    Ok(key) if !key.is_empty() => {
-                        let (name, value) = if anthropic {
-                            ("x-api-key", key)
-                        } else {
-                            ("authorization", format!("Bearer {key}"))
-                        };
-                        match HeaderValue::from_str(&value) {
-                            Ok(mut v) => {
-                                v.set_sensitive(true);
-                                Some((name, v))
-                            }
-                            Err(_) => {
-                                errs.push(ConfigError::new(
-                                    format!("{p}.api_key_env"),
-                                    format!("${env} holds characters a header cannot carry"),
-                                ));
-                                None
-                            }
-                        }
-                    }
-                    _ => {
-                        errs.push(ConfigError::new(
-                            format!("{p}.api_key_env"),
-                            format!("environment variable {env} is not set"),
-                        ));
-                        None
-                    }
-                },
-                None => None,
-            };
-            let mut pool_key = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(&(&u.name, &u.url, &u.builtin), &mut pool_key);
-            let ca = match &checked.ca {
-                Some(Ok(ders)) => {
-                    std::hash::Hash::hash(ders, &mut pool_key);
-                    let certs: Vec<WrappedX509> = ders
-                        .iter()
-                        .map(|d| WrappedX509::new(d.clone(), pingora_core::utils::tls::parse_x509))
-                        .collect();
-                    Some(Arc::from(certs.into_boxed_slice()))
-                }
-                Some(Err(m)) => {
-                    errs.push(ConfigError::new(format!("{p}.ca_file"), m.as_str()));
-                    None
-                }
-                None => None,
-            };
-            let default_port = if target.tls { 443 } else { 80 };
-            let host_header = match (u.builtin.is_some(), addr.port() == default_port) {
-                (true, _) => addr.to_string(),
-                (false, true) => target.host.clone(),
-                (false, false) if target.host.contains(':') => {
-                    format!("[{}]:{}", target.host, addr.port())
-                }
-                (false, false) => format!("{}:{}", target.host, addr.port()),
-            };
-            let Ok(host_value) = HeaderValue::from_str(&host_header) else {
-                errs.push(ConfigError::new(
-                    format!("{p}.url"),
-                    "the host is not a valid header",
-                ));
-                continue;
-            };
-            upstreams.push(UpstreamRt {
-                name: u.name.clone(),
-                addr,
-                tls: target.tls,
-                host_header,
-                host_value,
-                host: target.host,
-                base_path: target.base_path,
-                credential,
-                anthropic,
-                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-                read_timeout: Duration::from_millis(u.read_timeout_ms),
-                idle_timeout: Duration::from_millis(u.idle_timeout_ms),
-                ca,
-                pool_key: std::hash::Hasher::finish(&pool_key),
-                health: board.health_for(&u.name),
-                health_check: u.health_check.clone(),
-            });
+            let health = board.health_for(&u.name);
+            let at = format!("upstreams[{i}]");
+            if let Some(rt) = UpstreamRt::build(&at, u, &checked, mock_addr, health, &mut errs) {
+                upstreams.push(rt);
+            }
         }
         let mut models = HashMap::new();
         let mut routes = Vec::with_capacity(config.models.len());

@@ -6,8 +6,13 @@
 //! `targets`; [`ModelConfig::target_list`] reads either as one list, so the rest of the engine
 //! knows a single shape.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+
 use serde::Deserialize;
 use sluice_filters::ConfigError;
+
+use crate::config::upstream_url::CheckedUpstream;
 
 /// The most targets a model may have (selection scans them per request).
 pub const MAX_TARGETS: usize = 32;
@@ -343,5 +348,94 @@ pub fn validate_health_check(p: &str, hc: &HealthCheckConfig, errs: &mut Vec<Con
             format!("{p}.timeout_ms"),
             "must be at least 1 and at most interval_ms",
         ));
+    }
+}
+
+/// Checks `[[upstreams]]`: unique names, a `url` or the built-in mock, the URL and CA file as
+/// loading parsed, resolved and read them (`checked[i]` is upstream `i`'s), credentials' env
+/// names, health checks and timeouts.
+pub fn validate_upstreams(
+    upstreams: &[UpstreamConfig],
+    checked: &[Cow<'_, CheckedUpstream>],
+    errs: &mut Vec<ConfigError>,
+) {
+    let mut names = HashSet::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        let p = format!("upstreams[{i}]");
+        if !names.insert(u.name.as_str()) {
+            errs.push(ConfigError::new(
+                format!("{p}.name"),
+                format!("duplicate upstream `{}`", u.name),
+            ));
+        }
+        match (&u.url, &u.builtin) {
+            (Some(_), Some(_)) => errs.push(ConfigError::new(
+                p.clone(),
+                "set either `url` or `builtin`, not both",
+            )),
+            (None, None) => errs.push(ConfigError::new(
+                p.clone(),
+                "needs `url` (http:// or https://) or `builtin = \"mock\"`",
+            )),
+            (None, Some(b)) if b != "mock" => errs.push(ConfigError::new(
+                format!("{p}.builtin"),
+                format!("unknown builtin `{b}` (known: mock)"),
+            )),
+            (Some(_), None) => {
+                let checked = &checked[i];
+                let found = match &checked.target {
+                    Some(Ok(t)) if t.addr.is_none() => Err("no address"),
+                    Some(Err(m)) => Err(m.as_str()),
+                    _ => Ok(()),
+                };
+                if let Err(m) = found {
+                    errs.push(ConfigError::new(format!("{p}.url"), m));
+                }
+            }
+            _ => {}
+        }
+        if let Some(env) = &u.api_key_env {
+            if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                errs.push(ConfigError::new(
+                    format!("{p}.api_key_env"),
+                    "must be an environment variable name",
+                ));
+            }
+        }
+        if let Some(Err(m)) = &checked[i].ca {
+            errs.push(ConfigError::new(format!("{p}.ca_file"), m.as_str()));
+        }
+        if let Some(hc) = &u.health_check {
+            crate::upstream::config::validate_health_check(&p, hc, errs);
+        }
+        for (field, v) in [
+            ("connect_timeout_ms", u.connect_timeout_ms),
+            ("read_timeout_ms", u.read_timeout_ms),
+        ] {
+            if v == 0 {
+                errs.push(ConfigError::new(
+                    format!("{p}.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+    }
+}
+
+/// Checks `[[models]]`: unique names, and each one's upstream or targets.
+pub fn validate_models(
+    models: &[ModelConfig],
+    upstreams: &[UpstreamConfig],
+    errs: &mut Vec<ConfigError>,
+) {
+    let mut seen = HashSet::new();
+    for (i, m) in models.iter().enumerate() {
+        if !seen.insert(m.name.as_str()) {
+            errs.push(ConfigError::new(
+                format!("models[{i}].name"),
+                format!("duplicate model `{}`", m.name),
+            ));
+        }
+        validate_model(i, m, upstreams, errs);
     }
 }

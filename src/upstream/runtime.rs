@@ -10,6 +10,10 @@ use std::time::Duration;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::WrappedX509;
+use sluice_filters::ConfigError;
+
+use super::config::{UpstreamApi, UpstreamConfig};
+use crate::config::upstream_url::{CheckedUpstream, UpstreamTarget};
 
 /// An upstream ready for the request path: resolved address, credentials, timeouts.
 pub struct UpstreamRt {
@@ -57,5 +61,132 @@ impl UpstreamRt {
             peer.options.ca = Some(ca.clone());
         }
         peer
+    }
+}
+
+impl UpstreamRt {
+    /// Upstream `p` (`upstreams[i]`) of a new generation, from its entry and what loading
+    /// parsed, resolved and read of it (`checked`); `None`, with the problems in `errs`, when it
+    /// cannot be reached. A `builtin` upstream is the in-process mock at `mock_addr`.
+    pub(crate) fn build(
+        p: &str,
+        u: &UpstreamConfig,
+        checked: &CheckedUpstream,
+        mock_addr: Option<SocketAddr>,
+        health: Arc<super::TargetHealth>,
+        errs: &mut Vec<ConfigError>,
+    ) -> Option<UpstreamRt> {
+        let target = match (&checked.target, &u.builtin, mock_addr) {
+            (Some(Ok(t)), _, _) => t.clone(),
+            (Some(Err(m)), _, _) => {
+                errs.push(ConfigError::new(format!("{p}.url"), m.as_str()));
+                return None;
+            }
+            (None, Some(_), Some(addr)) => UpstreamTarget {
+                addr: Some(addr),
+                tls: false,
+                host: addr.to_string(),
+                base_path: String::new(),
+            },
+            _ => {
+                errs.push(ConfigError::new(p, "the built-in mock is not running"));
+                return None;
+            }
+        };
+        let addr = target.addr?;
+        let anthropic = u.api == UpstreamApi::Anthropic;
+        let credential = credential(p, u, anthropic, errs);
+        let mut pool_key = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(&u.name, &u.url, &u.builtin), &mut pool_key);
+        let ca = match &checked.ca {
+            Some(Ok(ders)) => {
+                std::hash::Hash::hash(ders, &mut pool_key);
+                let certs: Vec<WrappedX509> = ders
+                    .iter()
+                    .map(|d| WrappedX509::new(d.clone(), pingora_core::utils::tls::parse_x509))
+                    .collect();
+                Some(Arc::from(certs.into_boxed_slice()))
+            }
+            Some(Err(m)) => {
+                errs.push(ConfigError::new(format!("{p}.ca_file"), m.as_str()));
+                None
+            }
+            None => None,
+        };
+        let default_port = if target.tls { 443 } else { 80 };
+        let host_header = match (u.builtin.is_some(), addr.port() == default_port) {
+            (true, _) => addr.to_string(),
+            (false, true) => target.host.clone(),
+            (false, false) if target.host.contains(':') => {
+                format!("[{}]:{}", target.host, addr.port())
+            }
+            (false, false) => format!("{}:{}", target.host, addr.port()),
+        };
+        let Ok(host_value) = HeaderValue::from_str(&host_header) else {
+            errs.push(ConfigError::new(
+                format!("{p}.url"),
+                "the host is not a valid header",
+            ));
+            return None;
+        };
+        Some(UpstreamRt {
+            name: u.name.clone(),
+            addr,
+            tls: target.tls,
+            host_header,
+            host_value,
+            host: target.host,
+            base_path: target.base_path,
+            credential,
+            anthropic,
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+            read_timeout: Duration::from_millis(u.read_timeout_ms),
+            idle_timeout: Duration::from_millis(u.idle_timeout_ms),
+            ca,
+            pool_key: std::hash::Hasher::finish(&pool_key),
+            health,
+            health_check: u.health_check.clone(),
+        })
+    }
+}
+
+/// The upstream's own key from `api_key_env`, as the header it travels in (never logged).
+fn credential(
+    p: &str,
+    u: &UpstreamConfig,
+    anthropic: bool,
+    errs: &mut Vec<ConfigError>,
+) -> Option<(&'static str, HeaderValue)> {
+    match &u.api_key_env {
+        Some(env) => match std::env::var(env) {
+            Ok(key) if !key.is_empty() => {
+                let (name, value) = if anthropic {
+                    ("x-api-key", key)
+                } else {
+                    ("authorization", format!("Bearer {key}"))
+                };
+                match HeaderValue::from_str(&value) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        Some((name, v))
+                    }
+                    Err(_) => {
+                        errs.push(ConfigError::new(
+                            format!("{p}.api_key_env"),
+                            format!("${env} holds characters a header cannot carry"),
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => {
+                errs.push(ConfigError::new(
+                    format!("{p}.api_key_env"),
+                    format!("environment variable {env} is not set"),
+                ));
+                None
+            }
+        },
+        None => None,
     }
 }
