@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -61,62 +62,48 @@ def mcp_server():
         proc.kill()
 
 
-def config(mcp_port: int, audit: Path) -> str:
-    return f"""
-[server]
-threads = 2
-shutdown_grace_seconds = 5
-
-[[mcp_servers]]
-name = "tools"
-url = "http://127.0.0.1:{mcp_port}/mcp"
-api_key_env = "PY_MCP_SERVER_TOKEN"
-
-[[mcp_servers]]
-name = "dead"
-url = "http://127.0.0.1:{closed_port()}/mcp"
-
-[[orgs]]
-name = "acme"
-[[roles]]
-name = "agent"
-permissions = ["mcp"]
-mcp = ["tools:echo", "tools:progress", "tools:secret_row", "tools:codename", "tools:whoami", "dead:*"]
-[[users]]
-name = "ada"
-org = "acme"
-role = "agent"
-[[keys]]
-id = "ada-agent"
-user = "ada"
-sha256 = "{sha(AGENT_KEY)}"
-
-[dlp]
-packs = ["secrets", "pii"]
-request_action = "block"
-response_action = "redact"
-[[dlp.rules]]
-name = "employee_id"
-regex = 'EMP-[0-9]{{6}}'
-action = "redact"
-[[dlp.rules]]
-name = "codename"
-keywords = ["BLUEBIRD"]
-action = "block"
-
-[audit]
-path = "{audit}"
-fsync = "always"
-
-[[filters]]
-type = "auth"
-[[filters]]
-type = "rate_limit"
-[[filters]]
-type = "dlp"
-[[filters]]
-type = "audit"
-"""
+def config(mcp_port: int, audit: Path) -> dict[str, Any]:
+    """The quick start's config (conftest's builder) with two MCP servers (one dead), a role
+    that may call some of their tools, DLP with a redacted and a blocked rule, audit."""
+    return {
+        "server": {"threads": 2, "shutdown_grace_seconds": 5},
+        "mcp_servers": [
+            {
+                "name": "tools",
+                "url": f"http://127.0.0.1:{mcp_port}/mcp",
+                "api_key_env": "PY_MCP_SERVER_TOKEN",
+            },
+            {"name": "dead", "url": f"http://127.0.0.1:{closed_port()}/mcp"},
+        ],
+        "orgs": [{"name": "acme"}],
+        "roles": [
+            {
+                "name": "agent",
+                "permissions": ["mcp"],
+                "mcp": [
+                    "tools:echo",
+                    "tools:progress",
+                    "tools:secret_row",
+                    "tools:codename",
+                    "tools:whoami",
+                    "dead:*",
+                ],
+            }
+        ],
+        "users": [{"name": "ada", "org": "acme", "role": "agent"}],
+        "keys": [{"id": "ada-agent", "user": "ada", "sha256": sha(AGENT_KEY)}],
+        "dlp": {
+            "packs": ["secrets", "pii"],
+            "request_action": "block",
+            "response_action": "redact",
+            "rules": [
+                {"name": "employee_id", "regex": "EMP-[0-9]{6}", "action": "redact"},
+                {"name": "codename", "keywords": ["BLUEBIRD"], "action": "block"},
+            ],
+        },
+        "audit": {"path": str(audit), "fsync": "always"},
+        "filters": [{"type": t} for t in ("auth", "rate_limit", "dlp", "audit")],
+    }
 
 
 @pytest.fixture
