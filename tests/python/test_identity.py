@@ -56,16 +56,26 @@ class OidcProvider:
             args.append("--rotate")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
+        # It starts in well under a second here (an RSA key is made first); the bound is for a
+        # machine under load, and the failure says what was last seen.
+        deadline = time.monotonic() + 60
+        last = "no answer yet"
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                if requests.get(f"{self.issuer}/.well-known/openid-configuration", timeout=1).ok:
+                r = requests.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2)
+                if r.ok:
                     return
-            except requests.RequestException:
-                pass
+                last = f"HTTP {r.status_code}"
+            except requests.RequestException as e:
+                last = type(e).__name__
             time.sleep(0.1)
-        pytest.fail(f"the provider did not start: {self.log.read_text()}", pytrace=False)
+        alive = self.proc.poll() is None
+        pytest.fail(
+            f"the provider did not start in 60 s (alive: {alive}, last: {last}): "
+            f"{self.log.read_text()}",
+            pytrace=False,
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
