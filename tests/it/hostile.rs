@@ -3,13 +3,13 @@
 //! and those that were fixed, so that none of it comes back.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::process::{raw, SluiceProcess};
+use crate::support::trust::Recorder;
 use crate::support::{free_port, Directory};
 use serde_json::{json, Value};
 
@@ -18,71 +18,6 @@ const TIGHT: &str = "sk-sluice-TIGHTtightTIGHTtightTIGHTtightTIGHTtigh";
 const AWS: &str = "AKIAIOSFODNN7EXAMPLE";
 const PROMPT: &str = "zebra-quartz-prompt-marker";
 const UPSTREAM_KEY: &str = "sk-upstream-own-credential";
-
-/// An upstream that records every request it receives (head and body) and answers a small
-/// chat completion.
-struct Recorder {
-    port: u16,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    fn start() -> Recorder {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                let s = s.clone();
-                std::thread::spawn(move || record(conn, &s));
-            }
-        });
-        Recorder { port, seen }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
-fn record(mut conn: TcpStream, seen: &Mutex<Vec<String>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // One request per connection: the head, then a Content-Length body.
-    loop {
-        let Ok(n) = conn.read(&mut chunk) else { return };
-        if n == 0 {
-            return;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + len {
-            break;
-        }
-    }
-    if let Ok(mut s) = seen.lock() {
-        s.push(String::from_utf8_lossy(&buf).to_string());
-    }
-    let body = json!({"id": "c", "object": "chat.completion", "created": 0, "model": "up",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-        "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
-    .to_string();
-    let _ = write!(
-        conn,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
 
 /// A `sluice run` subprocess ([`SluiceProcess`]) and its audit log.
 struct Gateway {
