@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
 
+use crate::support::scripted::write_cut;
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -103,19 +103,7 @@ fn serve_raw(mut stream: TcpStream) {
     if stream.write_all(head.as_bytes()).is_err() {
         return;
     }
-    let bytes = sse.as_bytes();
-    let mut at = 0;
-    for &c in cuts.iter().filter(|&&c| c > 0 && c < bytes.len()) {
-        if c <= at {
-            continue;
-        }
-        let _ = stream.write_all(&bytes[at..c]);
-        let _ = stream.flush();
-        std::thread::sleep(Duration::from_millis(3));
-        at = c;
-    }
-    let _ = stream.write_all(&bytes[at..]);
-    let _ = stream.flush();
+    write_cut(&mut stream, sse.as_bytes(), &cuts);
 }
 
 fn stream_raw(gw: &sluice::Gateway, deltas: &[&str], cuts: &[usize]) -> (String, Vec<Value>) {

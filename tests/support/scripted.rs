@@ -146,7 +146,12 @@ fn serve(mut stream: TcpStream) {
     if stream.write_all(head.as_bytes()).is_err() {
         return;
     }
-    let bytes = payload.as_bytes();
+    write_cut(&mut stream, payload.as_bytes(), &cuts);
+}
+
+/// Writes `bytes` in pieces split at the offsets `cuts` (each flushed, 3 ms apart), as an
+/// upstream whose events arrive in several TCP reads.
+pub fn write_cut(stream: &mut impl Write, bytes: &[u8], cuts: &[usize]) {
     let mut at = 0;
     for &c in cuts.iter().filter(|&&c| c > 0 && c < bytes.len()) {
         if c <= at {
