@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{estimate, read_model, Api, ApiRoute, Models, RequestFacts, TokenCost};
+use super::{estimate, input_request, Api, ApiRoute, Models, RequestFacts, TokenCost};
 use crate::{JsonBody, Permission, Reply};
 
 /// `POST /v1/embeddings` (any method reaches it, as ever).
@@ -28,18 +28,7 @@ impl Api for Embeddings {
     }
 
     fn read_request(&self, body: &Value) -> Result<RequestFacts, Reply> {
-        let model = read_model(body, true)?;
-        if body.get("input").is_none_or(Value::is_null) {
-            return Err(Reply::error(
-                400,
-                "missing_input",
-                "The request needs `input` (a string or an array of strings or token ids).",
-            ));
-        }
-        Ok(RequestFacts {
-            model,
-            ..RequestFacts::default()
-        })
+        input_request(body, true, "a string or an array of strings or token ids")
     }
 
     fn prompt_tokens(&self, body: &JsonBody) -> u64 {

@@ -24,6 +24,27 @@ pub(crate) fn read_model(body: &Value, required: bool) -> Result<Option<String>,
 }
 
 /// A request's `stream` flag (absent or null: false).
+/// The facts of a request that embeds or classifies its `input` (required; `shape` says what
+/// it may be, for the error): only the model.
+pub(crate) fn input_request(
+    body: &Value,
+    model_required: bool,
+    shape: &str,
+) -> Result<super::RequestFacts, Reply> {
+    let model = read_model(body, model_required)?;
+    if body.get("input").is_none_or(Value::is_null) {
+        return Err(Reply::error(
+            400,
+            "missing_input",
+            format!("The request needs `input` ({shape})."),
+        ));
+    }
+    Ok(super::RequestFacts {
+        model,
+        ..super::RequestFacts::default()
+    })
+}
+
 pub(crate) fn read_stream(body: &Value) -> Result<bool, Reply> {
     match body.get("stream") {
         None | Some(Value::Null) => Ok(false),

@@ -32,7 +32,7 @@ use crate::{JsonBody, Reply, StreamEvent, Usage};
 
 pub use choices::ChoicesApi;
 pub use embeddings::Embeddings;
-pub(crate) use fields::{read_ceiling, read_choices, read_model, read_stream};
+pub(crate) use fields::{input_request, read_ceiling, read_choices, read_model, read_stream};
 pub use finish::{FinishReasons, MAX_REASONS};
 pub use messages::{CountTokens, Messages};
 pub use passthrough::Passthrough;

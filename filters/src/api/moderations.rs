@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::{estimate, read_model, Api, ApiRoute, Models, RequestFacts, TokenCost};
+use super::{estimate, input_request, Api, ApiRoute, Models, RequestFacts, TokenCost};
 use crate::{JsonBody, Permission, Reply};
 
 /// `POST /v1/moderations`.
@@ -35,19 +35,11 @@ impl Api for Moderations {
     }
 
     fn read_request(&self, body: &Value) -> Result<RequestFacts, Reply> {
-        let model = read_model(body, false)?;
-        if body.get("input").is_none_or(Value::is_null) {
-            return Err(Reply::error(
-                400,
-                "missing_input",
-                "The request needs `input` (a string, an array of strings, or an array of \
-                 text and image parts).",
-            ));
-        }
-        Ok(RequestFacts {
-            model,
-            ..RequestFacts::default()
-        })
+        input_request(
+            body,
+            false,
+            "a string, an array of strings, or an array of text and image parts",
+        )
     }
 
     fn prompt_tokens(&self, body: &JsonBody) -> u64 {
