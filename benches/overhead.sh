@@ -23,9 +23,10 @@
 #           sends back to back (where the proxy, not the model, sets the pace), with the proxy's
 #           CPU time per chunk; "added" = target minus direct, same round
 #   memory  RSS after start, idle after the load, and with 1,000 concurrent open streams
-#   syscalls  for the floor, the empty and the full chain: `strace -c -f` attached to every
-#           thread over SYS_REQUESTS requests on SYS_CONNS connections (after 200 unmeasured):
-#           system calls per request, by name (what instructions do not show: writes, wake-ups)
+#   syscalls  for the floor, the empty and the full chain: the kernel's syscall tracepoints
+#           counted by `perf stat` (or, without perf, `strace -c -f`) on every thread over
+#           SYS_REQUESTS requests on SYS_CONNS connections (after 200 unmeasured): system calls
+#           per request, by name (what instructions do not show: writes, wake-ups)
 #
 # Each of RUNS rounds measures every target in turn, in a rotating order; the report gives
 # medians over the rounds, and every "added" figure and ratio is taken within a round (the two
@@ -69,6 +70,8 @@
 #                      and the key a budget (SPEC §15): the cost of budgets at three levels
 #   MODE=syscalls      only the syscalls phase (~1 minute)
 #   SYS_REQUESTS=2000, SYS_CONNS=4   the syscalls phase; SYSCALLS=0 leaves it out
+#   SYS_TOOL=auto      perf (tracepoints; requests at full speed) when `perf stat` can read them,
+#                      else strace (slows requests ~10x: time-batched work looks costlier)
 #   FLOOR=1            0 leaves out the Pingora floor row
 #   MODE=callgrind     instead of timing anything, count the instructions Sluice executes per
 #                      request (user space, every thread) under valgrind's callgrind, for the
@@ -112,6 +115,7 @@ CG_REQUESTS=${CG_REQUESTS:-2000}
 SYS_REQUESTS=${SYS_REQUESTS:-2000}
 SYS_CONNS=${SYS_CONNS:-4}
 SYSCALLS=${SYSCALLS:-1}
+SYS_TOOL=${SYS_TOOL:-auto}
 FLOOR=${FLOOR:-1}
 TELEMETRY=${TELEMETRY:-0}
 SPEND=${SPEND:-0}
@@ -148,10 +152,16 @@ if [[ $MODE == callgrind ]] && ! command -v callgrind_annotate >/dev/null; then
   die "MODE=callgrind needs valgrind (Debian: apt-get install valgrind)"
 fi
 command -v taskset >/dev/null || PIN=0
-if [[ $SYSCALLS == 1 || $MODE == syscalls ]] && ! command -v strace >/dev/null; then
-  [[ $MODE == syscalls ]] && die "MODE=syscalls needs strace (Debian: apt-get install strace)"
-  log "strace not found: the syscalls phase is skipped (Debian: apt-get install strace)"
-  SYSCALLS=0
+if [[ $SYSCALLS == 1 || $MODE == syscalls ]]; then
+  if [[ $SYS_TOOL == auto ]]; then
+    SYS_TOOL=strace
+    perf stat -e 'syscalls:sys_enter_write' -- true >/dev/null 2>&1 && SYS_TOOL=perf
+  fi
+  if ! command -v "$SYS_TOOL" >/dev/null; then
+    [[ $MODE == syscalls ]] && die "MODE=syscalls needs perf or strace (Debian: apt-get install strace)"
+    log "neither perf nor strace found: the syscalls phase is skipped (Debian: apt-get install strace)"
+    SYSCALLS=0
+  fi
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ $NGINX != 0 && ! -x $NGINX_BIN ]]; then
@@ -528,23 +538,33 @@ fi
 log "every target answers; the full chain refuses a request without a key and one with an AWS key"
 
 # ---------------------------------------------------------------------------------------------
-# Syscalls per request: strace attached to every thread of a running proxy, over a fixed number
-# of requests. strace slows every call down, so only the counts mean anything, not the time.
+# Syscalls per request over a fixed number of requests, every thread of a running proxy. With
+# SYS_TOOL=perf (the default where `perf stat` can read the syscall tracepoints): the kernel counts
+# them (`perf stat -e 'syscalls:sys_enter_*'`), so the requests run at full speed and the audit
+# writer batches as it does in production. With SYS_TOOL=strace (the fallback): strace slows each
+# call ~10x, so a time-batched writer gets smaller batches and more calls per request than it
+# would; only the counts mean anything, not the time.
 
 sys_count() { # target
   local t=$1 pid=${PID[$1]} args=() tid spid
   python3 "$DRIVER" requests --port "${PORT[$t]}" --key "${KEY[$t]}" --body "$T/body.json" \
-    --n 200 --conns "$SYS_CONNS" || die "requests failed before strace ($t)"
-  for tid in /proc/"$pid"/task/*; do args+=(-p "${tid##*/}"); done
-  strace -c -f -o "$T/strace-$t.txt" "${args[@]}" 2>"$T/strace-$t.log" &
+    --n 200 --conns "$SYS_CONNS" || die "requests failed before counting syscalls ($t)"
+  if [[ $SYS_TOOL == perf ]]; then
+    perf stat -x, -e 'syscalls:sys_enter_*' -p "$pid" -o "$T/perf-$t.txt" 2>"$T/perf-$t.log" &
+  else
+    for tid in /proc/"$pid"/task/*; do args+=(-p "${tid##*/}"); done
+    strace -c -f -o "$T/strace-$t.txt" "${args[@]}" 2>"$T/strace-$t.log" &
+  fi
   spid=$!
   sleep 1 # attached to every thread
   timeout 600 python3 "$DRIVER" requests --port "${PORT[$t]}" --key "${KEY[$t]}" \
     --body "$T/body.json" --n "$SYS_REQUESTS" --conns "$SYS_CONNS" ||
-    die "requests failed under strace ($t)"
+    die "requests failed while counting syscalls ($t)"
+  sleep 0.2 # the audit writer's last batch
   kill -INT "$spid"
   wait "$spid" 2>/dev/null || true
-  python3 "$HERE/syscalls.py" parse --target "$t" --requests "$SYS_REQUESTS" "$T/strace-$t.txt"
+  python3 "$HERE/syscalls.py" parse --tool "$SYS_TOOL" --target "$t" --requests "$SYS_REQUESTS" \
+    "$T/$SYS_TOOL-$t.txt"
 }
 syscalls_phase() { # results-file
   local t

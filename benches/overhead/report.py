@@ -299,8 +299,13 @@ SHOWN = ["sendto", "recvfrom", "write", "writev", "read", "futex", "epoll_wait",
 
 
 def syscall_table(w, labels, rows):
-    w("**System calls per request** (`strace -c -f` on every thread of the proxy, over a fixed "
-      "number of requests; strace slows each call, so only the counts mean anything):")
+    if all(r.get("tool") == "perf" for _, r in rows):
+        w("**System calls per request** (the kernel's `syscalls:sys_enter_*` tracepoints counted by "
+          "`perf stat` on every thread of the proxy, over a fixed number of requests at full speed):")
+    else:
+        w("**System calls per request** (`strace -c -f` on every thread of the proxy, over a fixed "
+          "number of requests; strace slows each call ~10x, so a time-batched audit writer makes "
+          "smaller batches than it would at speed; only the counts mean anything):")
     w("")
     w("| | all | " + " | ".join(f"`{n}`" for n in SHOWN) + " | other |")
     w("|---|---:|" + "---:|" * (len(SHOWN) + 1))
