@@ -68,7 +68,8 @@ mod refusal;
 mod report;
 mod settings;
 
-use std::collections::HashMap;
+// foldhash: the keys are the config's own names, looked up several times per request.
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,19 +143,19 @@ pub fn build(
         .iter()
         .map(|u| (u.name.as_str(), u.org.as_str()))
         .collect();
-    let mut orgs = HashMap::new();
+    let mut orgs = HashMap::default();
     for o in policy.orgs {
         if let Some(e) = entity(Level::Org, &o.name, &o.name, o.rate_limit.as_ref(), prefix) {
             orgs.insert(Arc::clone(&e.name), e);
         }
     }
-    let mut users = HashMap::new();
+    let mut users = HashMap::default();
     for u in policy.users {
         if let Some(e) = entity(Level::User, &u.name, &u.org, u.rate_limit.as_ref(), prefix) {
             users.insert(Arc::clone(&e.name), e);
         }
     }
-    let mut keys = HashMap::new();
+    let mut keys = HashMap::default();
     // Store keys (made through the key API) have ids no config key has.
     for k in policy.keys {
         let org = user_org.get(k.user.as_str()).copied().unwrap_or_default();
