@@ -78,7 +78,8 @@
 //! - `interval`: each batch is written as it comes and synced at most `fsync_interval_ms`
 //!   after its first unsynced line: a crash of the machine loses at most that interval (a crash
 //!   of the process alone loses only what was still queued: the writer lets records gather for
-//!   up to 5 ms, never longer than the interval, before writing a batch, so about that much).
+//!   up to 1 ms before writing a batch, 5 ms while busy, never longer than the interval, so
+//!   about that much).
 //! - `never`: written as it comes; syncing is left to the OS.
 //!
 //! Every mode syncs on rotation and at shutdown: [`Filter::shutdown`] (after the engine drained
