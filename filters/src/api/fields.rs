@@ -23,7 +23,6 @@ pub(crate) fn read_model(body: &Value, required: bool) -> Result<Option<String>,
     }
 }
 
-/// A request's `stream` flag (absent or null: false).
 /// The facts of a request that embeds or classifies its `input` (required; `shape` says what
 /// it may be, for the error): only the model.
 pub(crate) fn input_request(
@@ -45,6 +44,7 @@ pub(crate) fn input_request(
     })
 }
 
+/// A request's `stream` flag (absent or null: false).
 pub(crate) fn read_stream(body: &Value) -> Result<bool, Reply> {
     match body.get("stream") {
         None | Some(Value::Null) => Ok(false),

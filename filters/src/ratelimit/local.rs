@@ -53,8 +53,8 @@ type Slot = Arc<Mutex<SlotState>>;
 const MIN_SWEEP_LEN: usize = 1024;
 
 pub(crate) struct LocalStore {
-    /// foldhash, seeded per process: the keys are the config's own org, user and key names, and
-    /// SipHash was ~5 % of a rate-limit check.
+    /// foldhash, seeded per process: the keys are org, user and key names from the config and
+    /// the key store (never a client's text), and SipHash was ~5 % of a rate-limit check.
     buckets: DashMap<(Level, Arc<str>), Slot, foldhash::fast::RandomState>,
     clock: Box<dyn Clock>,
     /// The map size that triggers the next sweep.
