@@ -31,6 +31,8 @@ function newKey() {
 let keys = existsSync(keysFile) ? JSON.parse(readFileSync(keysFile, 'utf8')) : [];
 if (keys.length === 0 || rotate) keys = [newKey(), ...keys];
 writeFileSync(keysFile, JSON.stringify(keys));
+// Where a slow start spent its time (the test's failure message prints this log).
+console.log(`keys ready after ${process.uptime().toFixed(2)} s`);
 
 // Who is who: groups per client (client credentials) and per login name (code flow).
 const CLIENT_USERS = {
@@ -149,5 +151,5 @@ provider.use(async (ctx, next) => {
 });
 
 provider.listen(port, '127.0.0.1', () => {
-  console.log(`oidc-provider listening on ${issuer}`);
+  console.log(`oidc-provider listening on ${issuer} after ${process.uptime().toFixed(2)} s`);
 });
