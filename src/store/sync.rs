@@ -262,10 +262,12 @@ impl StoreRuntime {
         self.wake.notify_one();
     }
 
-    /// Starts the loop that keeps the table current (and, on PostgreSQL, the listener). Both
-    /// end when `stop` changes; the loop writes the last uses first.
+    /// Starts the loop that keeps the table current, the housekeeping loop (uses, spend,
+    /// purges) and, on PostgreSQL, the listener. They end when `stop` changes; housekeeping
+    /// writes the last uses first.
     pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         tokio::spawn(self.clone().run(stop.clone()));
+        tokio::spawn(self.clone().housekeeping(stop.clone()));
         let errors = self.metrics.errors.with_label_values(&["spend"]);
         self.spend.spawn(stop.clone(), move || errors.inc());
         if let Some(pool) = self.store.pg_pool().cloned() {
@@ -273,25 +275,35 @@ impl StoreRuntime {
         }
     }
 
+    /// The poll, alone: it is the outage detector, so it never waits behind a write that
+    /// waits out `store.timeout_ms` for a pool connection.
     async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut flushed, mut read_uses, mut purged) =
-            (Instant::now(), Instant::now(), Instant::now());
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            self.poll_once().await;
+        }
+    }
+
+    /// Writes uses and spend every second, reads other instances' uses, purges old runs.
+    async fn housekeeping(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut read_uses, mut purged) = (Instant::now(), Instant::now());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
                 _ = stop.changed() => {
                     self.flush_uses().await;
                     return;
                 }
             }
-            self.poll_once().await;
-            if flushed.elapsed() >= FLUSH_EVERY {
-                flushed = Instant::now();
-                self.flush_uses().await;
-            }
+            self.flush_uses().await;
             if read_uses.elapsed() >= READ_USES_EVERY {
                 read_uses = Instant::now();
                 if let Ok(uses) = self.store.load_last_used().await {
