@@ -172,7 +172,7 @@ fn same_origin(headers: &hyper::HeaderMap, own: SocketAddr) -> Result<(), sluice
 
 /// `GET /admin/v1/usage` (SPEC §15), behind the admin token like `/admin/v1/keys`.
 async fn admin_usage(req: Request<Incoming>, state: &EngineState) -> Response<Full<Bytes>> {
-    let request_id = crate::keys::admin::request_id(req.headers());
+    let request_id = crate::request_id::from_headers(req.headers());
     let snap = state.snapshot.load();
     if let crate::keys::admin::TokenCheck::Refused(r) =
         crate::keys::admin::check_token(&snap.config, req.headers())
@@ -196,7 +196,7 @@ async fn admin_keys(
 ) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;
     let (parts, body) = req.into_parts();
-    let request_id = crate::keys::admin::request_id(&parts.headers);
+    let request_id = crate::request_id::from_headers(&parts.headers);
     let body = match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
         .collect()
         .await

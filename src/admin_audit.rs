@@ -19,9 +19,9 @@ pub(crate) async fn refused(
     reply: &Reply,
 ) {
     let snap = state.snapshot.load_full();
-    let request_id = crate::keys::admin::request_id(headers);
+    let request_id = crate::request_id::from_headers(headers);
     let request_id = if snap.scrubber.finds(&request_id) {
-        crate::keys::admin::request_id(&HeaderMap::new())
+        crate::request_id::new()
     } else {
         request_id
     };

@@ -25,6 +25,7 @@ pub mod mock;
 pub mod pipeline;
 pub mod proxy;
 mod reply;
+pub mod request_id;
 pub mod routes;
 pub mod spend;
 pub mod sse;

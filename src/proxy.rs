@@ -521,13 +521,16 @@ pub(crate) async fn read_body(
             .await
             .map_err(|_| BodyFail::Gone)?;
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    // A body that arrives in one chunk (the usual case) is kept as it came, uncopied.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
     // See the module docs: the retry buffer must see the last ≤ 64 KiB, and only those.
     let mut buffering = false;
     loop {
+        let have = first.as_ref().map_or(0, Bytes::len) + buf.len();
         let remaining_small = match declared {
-            Some(n) => n.saturating_sub(buf.len()) <= RETRY_BUFFER,
-            None => buf.is_empty(),
+            Some(n) => n.saturating_sub(have) <= RETRY_BUFFER,
+            None => have == 0,
         };
         if !buffering && remaining_small {
             session.as_downstream_mut().enable_retry_buffering();
@@ -538,8 +541,16 @@ pub(crate) async fn read_body(
         let read = pingora_timeout::timeout(left, session.read_request_body()).await;
         match read {
             Ok(Ok(Some(chunk))) => {
-                if buf.len() + chunk.len() > limit {
+                if have + chunk.len() > limit {
                     return Err(too_large());
+                }
+                if have == 0 {
+                    first = Some(chunk);
+                    continue;
+                }
+                if let Some(head) = first.take() {
+                    buf.reserve(declared.unwrap_or(have + chunk.len()).min(limit));
+                    buf.extend_from_slice(&head);
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -548,7 +559,7 @@ pub(crate) async fn read_body(
             Err(_) => return Err(slow_body()),
         }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 fn slow_body() -> BodyFail {

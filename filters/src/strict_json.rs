@@ -7,6 +7,7 @@
 //! Refusing them closes that gap.
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 /// Parses `raw` as JSON, refusing duplicate object keys.
@@ -78,12 +79,16 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                let shown: String = key.chars().take(64).collect();
-                return Err(A::Error::custom(format!("duplicate key `{shown}`")));
+            // One lookup per key: the vacant slot is filled once its value is parsed.
+            match out.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(Strict)?);
+                }
+                Entry::Occupied(dup) => {
+                    let shown: String = dup.key().chars().take(64).collect();
+                    return Err(A::Error::custom(format!("duplicate key `{shown}`")));
+                }
             }
-            let v = map.next_value_seed(Strict)?;
-            out.insert(key, v);
         }
         Ok(Value::Object(out))
     }

@@ -199,7 +199,7 @@ pub async fn handle(state: &Arc<EngineState>, req: &ConsoleRequest<'_>) -> Page 
         state,
         snap: state.snapshot.load_full(),
         req,
-        request_id: format!("req_{:032x}", rand::random::<u128>()),
+        request_id: crate::request_id::new(),
     };
     answer(&cx).await.with_request_id(&cx.request_id)
 }

@@ -179,21 +179,6 @@ pub async fn handle(state: &EngineState, req: AdminRequest<'_>) -> Reply {
     }
 }
 
-/// The client's `x-request-id` when it is sane (≤ 128 of `[A-Za-z0-9-_.:]`), else a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
-    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        Some(v)
-            if !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
-        {
-            v.to_string()
-        }
-        _ => format!("req_{:032x}", rand::random::<u128>()),
-    }
-}
-
 /// `?user=NAME` (no percent-decoding beyond what names need: names are plain).
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?

@@ -312,9 +312,18 @@ impl Call {
             r.count(&self.cx, ex.outcome, m);
         }
         self.answer.ended(m);
-        let status = ex.status.to_string();
+        // `StatusCode` spells its three digits from a table: no allocation per request.
+        let code = http::StatusCode::from_u16(ex.status);
+        let other;
+        let status = match &code {
+            Ok(code) => code.as_str(),
+            Err(_) => {
+                other = ex.status.to_string();
+                other.as_str()
+            }
+        };
         m.requests
-            .with_label_values(&[route, model, status.as_str(), ex.outcome.as_str()])
+            .with_label_values(&[route, model, status, ex.outcome.as_str()])
             .inc();
     }
 }

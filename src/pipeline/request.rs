@@ -45,7 +45,7 @@ impl Call {
     pub async fn begin(&mut self, head: &Head<'_>) -> Option<Reply> {
         self.trace_begin(head.headers);
         let cx = &mut self.cx;
-        cx.request_id = request_id(head.headers);
+        cx.request_id = crate::request_id::from_headers(head.headers);
         cx.method = head.method.clone();
         cx.user_agent = head
             .headers
@@ -325,19 +325,4 @@ pub(crate) fn model_not_found(model: &str) -> Reply {
         "model_not_found",
         format!("The model `{model}` does not exist or you do not have access to it; GET /v1/models lists yours."),
     )
-}
-
-/// The client's `x-request-id` when it is sane (≤ 128 printable, no spaces), else a new one.
-pub(crate) fn request_id(headers: &HeaderMap) -> String {
-    const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-    if let Some(v) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !v.is_empty()
-            && v.len() <= 128
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        {
-            return v.to_string();
-        }
-    }
-    format!("req_{:032x}", rand::random::<u128>())
 }

@@ -9,9 +9,6 @@
 //!   are redacted. The request has been forwarded by then (with the path the `dlp` filter
 //!   judged), so nothing upstream changes.
 
-use http::HeaderMap;
-
-use super::request::request_id;
 use super::Call;
 
 impl Call {
@@ -20,7 +17,7 @@ impl Call {
         let sc = self.snap.scrubber.clone();
         if sc.finds(&self.cx.request_id) {
             // A fresh one: the client's is dropped, not redacted, so ids stay unique.
-            self.cx.request_id = request_id(&HeaderMap::new());
+            self.cx.request_id = crate::request_id::new();
         }
         if let Some(ua) = self.cx.user_agent.as_deref().and_then(|u| sc.redact(u)) {
             self.cx.user_agent = Some(ua);
