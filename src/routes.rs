@@ -114,13 +114,14 @@ fn strip_prefix_ci<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
 /// the root, or that holds an escaped slash or backslash, a raw backslash or a control byte —
 /// spellings a hop behind Sluice could read differently.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, Reply> {
-    if path.contains(';') {
+    if has_parameters(path) {
         // No route takes `;` parameters, and servlet-style upstreams strip them: forwarded,
-        // `/v1/chat/completions;x` would be passthrough here and chat there.
+        // `/v1/chat/completions;x` would be passthrough here and chat there. Escaped (`%3B`)
+        // too: a framework that decodes before it strips would read the same.
         return Err(Reply::error(
             400,
             "invalid_path",
-            "The request path is not accepted: it carries `;` parameters, which no route uses.",
+            "The request path is not accepted: it carries `;` parameters (raw or as `%3B`), which no route uses.",
         ));
     }
     if is_normal(path) {
@@ -162,6 +163,15 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Reply> {
         joined.push('/');
     }
     Ok(Cow::Owned(joined))
+}
+
+/// Whether a path holds a `;`, raw or percent-encoded.
+fn has_parameters(path: &str) -> bool {
+    path.contains(';')
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'))
 }
 
 /// Whether a path is already normal (the usual case, decided in one pass): absolute, no escape,
@@ -376,5 +386,9 @@ mod tests {
         assert!(n("/v1/%zz").is_err());
         assert!(n("/v1/a\\b").is_err());
         assert_eq!(n("/v1/..").as_deref(), Ok("/"));
+        for p in ["/v1/chat/completions;x", "/v1/a%3Bb", "/v1/a%3b", "/v1;/x"] {
+            assert!(n(p).is_err(), "{p}");
+        }
+        assert_eq!(n("/v1/a%3Cb%33B").as_deref(), Ok("/v1/a%3Cb3B"));
     }
 }

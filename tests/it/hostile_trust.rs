@@ -170,11 +170,15 @@ fn the_query_string_is_scanned_like_the_body() {
 fn semicolon_paths_and_odd_ceilings_are_refused() {
     let up = Recorder::start();
     let gw = start(up.port, "block", "");
-    let resp = raw(
-        gw.addr,
-        &post("/v1/chat/completions;x", KEY, "", &chat("m", "hi")),
-    );
-    assert_eq!(status(&resp), 400, "{resp}");
+    for path in [
+        "/v1/chat/completions;x",
+        "/v1/chat/completions%3Bx",
+        "/v1/chat%3bx/completions",
+    ] {
+        let resp = raw(gw.addr, &post(path, KEY, "", &chat("m", "hi")));
+        assert_eq!(status(&resp), 400, "{path}: {resp}");
+        assert!(resp.contains("invalid_path"), "{path}: {resp}");
+    }
     assert!(up.requests().is_empty(), "{:?}", up.requests());
     let odd: [(&str, Value); 5] = [
         ("max_tokens", json!(100000.0)),
