@@ -72,6 +72,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Reads the config with every field checked (an unknown key or table is an error, as at
+    /// start), without building filters: for commands that need only its data.
+    pub fn load(self) -> Result<Config, ConfigErrors> {
+        self.load_config()
+    }
+
     /// Validates the config and builds every filter without serving (`sluice check`).
     pub fn check(self) -> Result<Config, ConfigErrors> {
         let config = self.load_config()?;

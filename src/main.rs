@@ -248,7 +248,8 @@ fn keys_new_in_store(
     id: Option<String>,
     name: Option<String>,
 ) -> ExitCode {
-    let config = match sluice::Config::load(&path) {
+    // Read as `run` reads it: a misspelled table (`[stor]`) is an error, not the default store.
+    let config = match GatewayBuilder::new().config_file(&path).load() {
         Ok(c) => c,
         Err(errs) => {
             eprintln!("sluice: {}:\n{errs}", path.display());

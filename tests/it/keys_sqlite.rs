@@ -428,4 +428,22 @@ fn keys_new_store_bootstraps_a_key_running_gateways_pick_up() {
         .output()
         .expect("sluice keys new");
     assert!(!out.status.success());
+    // A misspelled table is named, not read as "no store here" (the key would have gone to
+    // the default store, where no gateway looks).
+    let typo = dir.path().join("typo.toml");
+    let text = std::fs::read_to_string(&file).expect("config");
+    std::fs::write(&typo, text.replace("[store]", "[stor]")).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["keys", "new", "--user", "carol", "--store", "-c"])
+        .arg(&typo)
+        .current_dir(dir.path())
+        .output()
+        .expect("sluice keys new");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("stor: unknown key"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "no default store was made"
+    );
 }
