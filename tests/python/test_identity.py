@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -75,7 +76,14 @@ class OidcProvider:
 
     def _start_once(self, rotate: bool) -> str | None:
         """None once discovery answers, else what the last attempt to reach it saw."""
-        args = ["node", str(OIDC_DIR / "provider.mjs"), str(self.port), str(self.keys_file)]
+        # SIGUSR2 makes node write a diagnostic report (its JavaScript stack among it): what a
+        # start that never listens is doing.
+        self.report = self.log.with_name(f"provider-report-{self.port}.json")
+        args = [
+            "node", "--report-on-signal", "--report-signal=SIGUSR2", "--report-exclude-network",
+            f"--report-directory={self.report.parent}", f"--report-filename={self.report.name}",
+            str(OIDC_DIR / "provider.mjs"), str(self.port), str(self.keys_file),
+        ]
         if rotate:
             args.append("--rotate")
         with open(self.log, "ab") as log:
@@ -92,11 +100,35 @@ class OidcProvider:
             except requests.RequestException as e:
                 last = f"{type(e).__name__}: {e}"
             time.sleep(0.1)
+        return f"{last} ({self._where()})"
+
+    def _where(self) -> str:
+        """What the hung process is doing: its state, the kernel's wait channel and current
+        system call, and from a diagnostic report the top of its JavaScript stack and its
+        active libuv handles (a listening socket is a `tcp` one)."""
+        proc = Path(f"/proc/{self.proc.pid}")
+        seen = []
+        for name in ("stat", "wchan", "syscall"):
+            try:
+                text = (proc / name).read_text().strip()
+            except OSError:
+                continue
+            seen.append(f"{name}: {text.split()[2] if name == 'stat' else text[:80]}")
         try:
-            state = Path(f"/proc/{self.proc.pid}/stat").read_text().split()[2]
-        except OSError:
-            state = "gone"
-        return f"{last} (process state {state})"
+            self.proc.send_signal(signal.SIGUSR2)
+            for _ in range(30):
+                if self.report.exists():
+                    break
+                time.sleep(0.1)
+            report = json.loads(self.report.read_text())
+            js = report.get("javascriptStack", {})
+            stack = js.get("stack") or [js.get("message") or "no JavaScript running"]
+            handles = [h.get("type", "?") for h in report.get("libuv", []) if h.get("is_active")]
+            seen.append("js stack: " + " | ".join(str(line).strip() for line in stack[:6]))
+            seen.append("active libuv handles: " + ", ".join(handles))
+        except (OSError, ValueError, AttributeError):
+            seen.append("no diagnostic report")
+        return "; ".join(seen)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
