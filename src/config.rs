@@ -169,13 +169,9 @@ fn default_keepalive_idle() -> u64 {
 }
 
 impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        Config::load_owned(path, &|_| true)
-    }
-
-    /// [`Config::load`], reporting at once (with the file's other errors) each top-level table
-    /// that `owned` says no filter type owns: the gateway knows its types when it loads a file.
+    /// Reads and validates a config file, reporting at once (with the file's other errors) each
+    /// top-level table that `owned` says no filter type owns: the gateway knows its types when
+    /// it loads a file (`GatewayBuilder::load` for a command that needs only the data).
     pub(crate) fn load_owned(
         path: &Path,
         owned: &dyn Fn(&str) -> bool,
