@@ -96,16 +96,27 @@ pub struct Identity {
 }
 
 /// Shell-style glob with `*` (any run, possibly empty) and `?` (one character).
+///
+/// Names are almost always ASCII: matched as bytes, with no allocation (this runs on every
+/// request, once per model pattern of the caller's role). Otherwise as characters, so that `?`
+/// takes one whole character.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    if pattern.is_ascii() && text.is_ascii() {
+        return glob(pattern.as_bytes(), text.as_bytes(), b'*', b'?');
+    }
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
+    glob(&p, &t, '*', '?')
+}
+
+fn glob<T: PartialEq + Copy>(p: &[T], t: &[T], any_run: T, any_one: T) -> bool {
     let (mut pi, mut ti) = (0usize, 0usize);
     let (mut star, mut mark) = (None::<usize>, 0usize);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == any_one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == any_run {
             star = Some(pi);
             mark = ti;
             pi += 1;
@@ -117,7 +128,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < p.len() && p[pi] == any_run {
         pi += 1;
     }
     pi == p.len()
@@ -137,6 +148,11 @@ mod tests {
         assert!(!glob_match("daily-*", "weekly-scan"));
         assert!(glob_match("a?c*", "abcdef"));
         assert!(glob_match("*-mini", "gpt-4o-mini"));
+        // Not ASCII: `?` takes one whole character, not one byte.
+        assert!(glob_match("caf?-*", "café-large"));
+        assert!(!glob_match("caf??-*", "café-large"));
+        assert!(glob_match("modèle-*", "modèle-7b"));
+        assert!(!glob_match("modele-*", "modèle-7b"));
     }
 
     #[test]

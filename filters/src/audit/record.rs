@@ -1,11 +1,9 @@
 //! One audit record: its fields, its canonical JSON and its place in the hash chain.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use time::format_description::FormatItem;
-use time::macros::format_description;
 use time::OffsetDateTime;
 
 use crate::{Cx, Exchange};
@@ -18,9 +16,6 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 /// sends. Headers and paths are already bounded by the HTTP layer; this is the audit log's own
 /// bound.
 pub const MAX_FIELD_BYTES: usize = 1024;
-
-const TS_FORMAT: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 /// One line of the audit log, with the fields of SPEC §6 in their canonical order.
 ///
@@ -203,15 +198,16 @@ pub fn seal(body: &[u8], prev: &str, out: &mut Vec<u8>) -> Result<String, SealEr
     h.update(b",\"prev\":\"");
     h.update(prev.as_bytes());
     h.update(b"\"}");
-    let hash = hex::encode(h.finalize());
+    let mut hash = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut hash).map_err(|_| SealError)?;
     out.reserve(inner.len() + prev.len() + hash.len() + 24);
     out.extend_from_slice(inner);
     out.extend_from_slice(b",\"prev\":\"");
     out.extend_from_slice(prev.as_bytes());
     out.extend_from_slice(b"\",\"hash\":\"");
-    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(&hash);
     out.extend_from_slice(b"\"}\n");
-    Ok(hash)
+    String::from_utf8(hash.to_vec()).map_err(|_| SealError)
 }
 
 /// The body handed to [`seal`] is not a non-empty JSON object.
@@ -239,12 +235,37 @@ pub fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// RFC 3339 in UTC with milliseconds (`2023-11-14T22:13:20.123Z`), written digit by digit:
+/// this runs once per request, and the `time` crate's general formatter cost several times
+/// more. A year it cannot write in four digits is written as the epoch.
 fn format_ts(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(TS_FORMAT)
-        .or_else(|_| OffsetDateTime::from(UNIX_EPOCH).format(TS_FORMAT))
-        .unwrap_or_default()
+    let dt = OffsetDateTime::from(t);
+    let Ok(year) = u32::try_from(dt.year()) else {
+        return EPOCH_TS.to_string();
+    };
+    if year > 9999 {
+        return EPOCH_TS.to_string();
+    }
+    let mut s = String::with_capacity(EPOCH_TS.len());
+    for (n, width, after) in [
+        (year, 4, '-'),
+        (u32::from(u8::from(dt.month())), 2, '-'),
+        (u32::from(dt.day()), 2, 'T'),
+        (u32::from(dt.hour()), 2, ':'),
+        (u32::from(dt.minute()), 2, ':'),
+        (u32::from(dt.second()), 2, '.'),
+        (u32::from(dt.millisecond()), 3, 'Z'),
+    ] {
+        for place in (0..width).rev() {
+            let digit = n / 10u32.pow(place) % 10;
+            s.push(char::from(b'0' + digit as u8));
+        }
+        s.push(after);
+    }
+    s
 }
+
+const EPOCH_TS: &str = "1970-01-01T00:00:00.000Z";
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -265,6 +286,7 @@ fn bounded(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn sample() -> AuditRecord {
         AuditRecord {
@@ -328,5 +350,27 @@ mod tests {
     fn ts_is_rfc3339_utc_millis() {
         let t = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
         assert_eq!(format_ts(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(format_ts(UNIX_EPOCH), EPOCH_TS);
+    }
+
+    #[test]
+    fn ts_matches_the_time_crates_formatter() {
+        let reference = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        let mut ms: i64 = -86_400_000 * 365 * 3 + 7;
+        while ms < 253_402_300_799_999 {
+            let t = if ms >= 0 {
+                UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
+            } else {
+                UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
+            };
+            let expected = OffsetDateTime::from(t).format(reference).unwrap();
+            assert_eq!(format_ts(t), expected, "at {ms} ms");
+            ms += 987_654_321_987;
+        }
+        // The last instant it can write.
+        let last = UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
+        assert_eq!(format_ts(last), "9999-12-31T23:59:59.999Z");
     }
 }

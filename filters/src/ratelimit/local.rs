@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
 
 use super::bucket::{self, Bucket, Decision, Level, Plan};
 
@@ -48,6 +49,10 @@ struct SlotState {
 }
 
 type Slot = Arc<Mutex<SlotState>>;
+
+/// One item per level of a plan: org, user, key and (rarely) the keys a key was made from. Kept
+/// inline, so that checking a request allocates nothing here.
+type Levels<T> = SmallVec<[T; 4]>;
 
 /// The smallest map size at which a sweep is considered.
 const MIN_SWEEP_LEN: usize = 1024;
@@ -89,11 +94,12 @@ impl LocalStore {
         let slots = self.slots(plan);
         let decision = {
             let now = self.clock.now_nanos();
-            let mut guards: Vec<MutexGuard<'_, SlotState>> =
+            let mut guards: Levels<MutexGuard<'_, SlotState>> =
                 slots.iter().map(|s| lock(s)).collect();
-            let mut states: Vec<&mut [Option<Bucket>; 2]> =
+            let mut states: Levels<&mut [Option<Bucket>; 2]> =
                 guards.iter_mut().map(|g| &mut g.buckets).collect();
             let decision = bucket::admit(plan, &mut states, now, charge);
+            drop(states);
             if charge && matches!(decision, Decision::Admitted(_)) {
                 note_full_at(plan, &mut guards, now);
             }
@@ -107,15 +113,16 @@ impl LocalStore {
     pub(crate) fn adjust_tokens(&self, plan: &Plan, delta: i64) {
         let slots = self.slots(plan);
         let now = self.clock.now_nanos();
-        let mut guards: Vec<MutexGuard<'_, SlotState>> = slots.iter().map(|s| lock(s)).collect();
-        let mut states: Vec<&mut [Option<Bucket>; 2]> =
+        let mut guards: Levels<MutexGuard<'_, SlotState>> = slots.iter().map(|s| lock(s)).collect();
+        let mut states: Levels<&mut [Option<Bucket>; 2]> =
             guards.iter_mut().map(|g| &mut g.buckets).collect();
         bucket::adjust_tokens(plan, &mut states, delta, now);
+        drop(states);
         note_full_at(plan, &mut guards, now);
     }
 
     /// The mutex of every level of `plan`, in plan order (org, user, key), created when missing.
-    fn slots(&self, plan: &Plan) -> Vec<Slot> {
+    fn slots(&self, plan: &Plan) -> Levels<Slot> {
         plan.items
             .iter()
             .map(|item| {
