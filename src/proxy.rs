@@ -211,10 +211,15 @@ impl ProxyHttp for SluiceProxy {
         // Idle keep-alive connections are closed after `server.keepalive_idle_seconds` (the edge
         // closes them too; this keeps Pingora's own keep-alive bound the same).
         session.set_keepalive(Some(call.snap.config.server.keepalive_idle_seconds));
+        // The console's and MCP's futures are boxed, and built only for their own paths: held
+        // inline they would make this hook's future (which Pingora boxes and moves, whole, for
+        // every request) several KiB larger.
         if let Some(path) = console_path(session.req_header().uri.path()) {
-            return self.console(session, call, &path).await;
+            return Box::pin(self.console(session, call, &path)).await;
         }
-        if crate::mcp::serve(&self.state, session, call).await? {
+        if crate::mcp::claims(session.req_header().uri.path())
+            && Box::pin(crate::mcp::serve(&self.state, session, call)).await?
+        {
             return Ok(true);
         }
         match self.handle(session, call).await? {

@@ -35,7 +35,7 @@ use sluice_filters::ConfigError;
 pub use config::McpServerConfig;
 pub use metadata::{is_metadata_path, METADATA_PREFIX};
 pub use metrics::McpMetrics;
-pub use route::serve;
+pub use route::{claims, serve};
 
 /// An MCP server ready for the request path.
 pub struct ServerRt {

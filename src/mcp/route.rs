@@ -27,6 +27,15 @@ fn identity_issuer(snap: &Snapshot) -> Option<&str> {
     snap.config.identity.as_ref().map(|i| i.issuer.as_str())
 }
 
+/// Whether a request path is an MCP one (`/mcp/{server}` or its metadata document): the cheap
+/// test the proxy makes before it builds [`serve`]'s future (a large one, boxed).
+pub fn claims(raw_path: &str) -> bool {
+    match crate::routes::normalize(raw_path) {
+        Ok(p) => metadata::is_metadata_path(&p).is_some() || super::server_of(&p).is_some(),
+        Err(_) => false,
+    }
+}
+
 /// Handles the request when it is an MCP one (`/mcp/{server}` or its metadata document);
 /// `Ok(false)`: it is not, the proxy goes on as usual.
 pub async fn serve(
@@ -34,11 +43,7 @@ pub async fn serve(
     session: &mut Session,
     call: &mut Call,
 ) -> Result<bool> {
-    let ours = match crate::routes::normalize(session.req_header().uri.path()) {
-        Ok(p) => metadata::is_metadata_path(&p).is_some() || super::server_of(&p).is_some(),
-        Err(_) => false,
-    };
-    if !ours {
+    if !claims(session.req_header().uri.path()) {
         return Ok(false);
     }
     let uri = session.req_header().uri.clone();

@@ -204,7 +204,8 @@ impl Call {
         None
     }
 
-    /// The routes Sluice answers itself, once the chain admitted the request.
+    /// The routes Sluice answers itself, once the chain admitted the request. Their futures
+    /// (store queries, agent runs) are boxed: inline they would enlarge every request's future.
     async fn local_route(
         &mut self,
         head: &Head<'_>,
@@ -226,32 +227,33 @@ impl Call {
             }
             Route::AgentRunStatus => {
                 let (agent, run) = (self.routing.ids.0.as_deref(), self.routing.ids.1.as_deref());
-                Some(agents::route::status(&self.state, &self.cx, agent, run).await)
+                Some(Box::pin(agents::route::status(&self.state, &self.cx, agent, run)).await)
             }
             Route::Keys | Route::Key => Some(
-                crate::keys::self_service(
+                Box::pin(crate::keys::self_service(
                     &self.state,
                     &self.snap,
                     &self.cx,
                     head.method,
                     self.routing.ids.0.as_deref(),
                     body,
-                )
+                ))
                 .await,
             ),
             Route::Usage => Some(
-                crate::spend::usage::own_usage(
+                Box::pin(crate::spend::usage::own_usage(
                     &self.state,
                     &self.snap.config,
                     &self.cx,
                     head.query,
-                )
+                ))
                 .await,
             ),
             Route::AgentRun => {
                 let input = async_input?;
                 let (state, snap) = (&self.state, &self.snap);
-                match agents::route::start_async(state, snap, &self.cx, head.listen, input).await {
+                let start = agents::route::start_async(state, snap, &self.cx, head.listen, input);
+                match Box::pin(start).await {
                     Ok(queued) => {
                         // Not this acceptance: its execution is a run of its own.
                         self.routing.reshape = None;
