@@ -6,7 +6,9 @@
 //!   (or after) the change's own version, so that a reload which read the store just before the
 //!   commit cannot undo it, even briefly.
 //! - Other instances' changes: the change counter is read every `store.poll_interval_ms`
-//!   (PostgreSQL's `NOTIFY` wakes the loop at once) and the whole table reloaded when it moved.
+//!   (PostgreSQL's `NOTIFY` wakes the loop at once) and the whole table reloaded when it moved,
+//!   on a task beside the poll (bounded by `store.timeout_ms`), so that the poll, which is also
+//!   the outage detector, never waits behind a reload that waits for a pool connection.
 //! - The store down: requests go on being served from the table in memory; reads are retried
 //!   every poll; `sluice_store_up` is 0 and the transition is logged once each way.
 
@@ -91,6 +93,10 @@ pub struct StoreRuntime {
     wake: Notify,
     up: AtomicBool,
     poll: Duration,
+    /// How long a reload may take (`store.timeout_ms`): it runs beside the poll, never in it.
+    reload_limit: Duration,
+    /// A reload is running (at most one at a time).
+    reloading: AtomicBool,
     metrics: StoreMetrics,
     /// Spend, written behind and read back (SPEC §15).
     spend: Arc<crate::spend::SpendSync>,
@@ -105,6 +111,7 @@ impl StoreRuntime {
         store: Store,
         shared: &Shared,
         poll: Duration,
+        reload_limit: Duration,
     ) -> Result<Arc<StoreRuntime>, StoreError> {
         let metrics = StoreMetrics::register(shared)
             .map_err(|e| StoreError::Incompatible(format!("store metrics: {e}")))?;
@@ -122,6 +129,8 @@ impl StoreRuntime {
             wake: Notify::new(),
             up: AtomicBool::new(true),
             poll,
+            reload_limit,
+            reloading: AtomicBool::new(false),
             metrics,
         });
         rt.reload().await?;
@@ -141,7 +150,9 @@ impl StoreRuntime {
         let timeout = Duration::from_millis(cfg.timeout_ms) * 3;
         let opened = async {
             let store = Store::open(cfg).await?;
-            StoreRuntime::start(store, shared, Duration::from_millis(cfg.poll_interval_ms)).await
+            let poll = Duration::from_millis(cfg.poll_interval_ms);
+            let reload_limit = Duration::from_millis(cfg.timeout_ms);
+            StoreRuntime::start(store, shared, poll, reload_limit).await
         };
         tokio::time::timeout(timeout, opened)
             .await
@@ -320,7 +331,7 @@ impl StoreRuntime {
     }
 
     /// Reads the change counter; reloads when it moved.
-    async fn poll_once(&self) {
+    async fn poll_once(self: &Arc<Self>) {
         // The poll is the outage detector: a read of the change counter that the store does not
         // answer within a few polls means it is down, even while the pool would go on trying to
         // connect for the whole `store.timeout_ms` (other tasks may have taken the idle
@@ -333,18 +344,42 @@ impl StoreRuntime {
                 probe.as_millis()
             ))),
         };
-        let result = match version {
-            Ok(v) if v > self.lock().version => self.reload().await,
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => self.set_up(true, None),
-            Err(e) => {
-                self.metrics.errors.with_label_values(&["sync"]).inc();
-                self.set_up(false, Some(&e));
-            }
+        match version {
+            // The reload decides whether the store counts as up.
+            Ok(v) if v > self.lock().version => self.spawn_reload(),
+            Ok(_) => self.set_up(true, None),
+            Err(e) => self.sync_failed(&e),
         }
+    }
+
+    /// Reloads on a task of its own, bounded by `store.timeout_ms`: a reload that began as the
+    /// server went away waits that long for a pool connection, and the poll must go on
+    /// detecting the outage meanwhile. One at a time; the next poll starts another if needed.
+    fn spawn_reload(self: &Arc<Self>) {
+        if self.reloading.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let rt = self.clone();
+        tokio::spawn(async move {
+            let limit = rt.reload_limit;
+            let result = match tokio::time::timeout(limit, rt.reload()).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "the keys were not read within store.timeout_ms ({} ms)",
+                    limit.as_millis()
+                ))),
+            };
+            rt.reloading.store(false, Ordering::SeqCst);
+            match result {
+                Ok(()) => rt.set_up(true, None),
+                Err(e) => rt.sync_failed(&e),
+            }
+        });
+    }
+
+    fn sync_failed(&self, e: &StoreError) {
+        self.metrics.errors.with_label_values(&["sync"]).inc();
+        self.set_up(false, Some(e));
     }
 
     fn set_up(&self, up: bool, why: Option<&StoreError>) {
