@@ -37,15 +37,13 @@ pub fn claims(raw_path: &str) -> bool {
 }
 
 /// Handles the request when it is an MCP one (`/mcp/{server}` or its metadata document);
-/// `Ok(false)`: it is not, the proxy goes on as usual.
+/// `Ok(false)`: it is not, the proxy goes on as usual. The proxy asks [`claims`] first, so
+/// that other requests never build this future; the checks below decide on their own.
 pub async fn serve(
     state: &Arc<EngineState>,
     session: &mut Session,
     call: &mut Call,
 ) -> Result<bool> {
-    if !claims(session.req_header().uri.path()) {
-        return Ok(false);
-    }
     let uri = session.req_header().uri.clone();
     let raw_path = uri.path();
     let Ok(path) = crate::routes::normalize(raw_path) else {

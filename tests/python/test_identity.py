@@ -115,6 +115,7 @@ class OidcProvider:
                 continue
             seen.append(f"{name}: {text.split()[2] if name == 'stat' else text[:80]}")
         try:
+            self.report.unlink(missing_ok=True)  # a report left by an earlier run is not this one
             self.proc.send_signal(signal.SIGUSR2)
             for _ in range(30):
                 if self.report.exists():
